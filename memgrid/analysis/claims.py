@@ -1,0 +1,220 @@
+"""The paper's findings (DESIGN.md, "What the paper found"), checked against a points table.
+
+Each check returns a verdict computed from the data -- `holds`, `does not hold`, or `not covered
+by this grid` when the table lacks the points the claim is about -- and an evidence string with
+the numbers behind it. Claims 1-5 and 7 are about the random memorization task (Definition 1),
+so they read only random-length points; claim 6 compares fixed with random length.
+
+Where the table varies other settings (an lr axis, say), a claim about one configuration (1, 4)
+holds when one setting shows it, and a claim about all configurations (3, 5, 7) must hold for
+every setting; claims 2 and 6 pool the seeds and settings of each matched cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .capacity import capacity_testable, memory_capacity
+from .limits import bimodality
+from .tables import (THRESHOLD, describe, fixed_length, mean_losses, random_length,
+                     variant_columns)
+
+HOLDS, FAILS, NOT_COVERED = "holds", "does not hold", "not covered by this grid"
+FEW = 0.2
+"""Claim 7 holds when less than this share of (configuration, p) means lies in [0.05, 0.2]."""
+
+
+def _fmt(x: float) -> str:
+    return "nan" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def _fig4(means: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """RNN l=1 c=5: p <= 5 below threshold, 6..8 in [threshold, 0.2), 9 and 10 >= 0.2."""
+    sel = means[(means["arch"] == "rnn") & (means["layers"] == 1) & (means["cells"] == 5)]
+    extra = [k for k in variant_columns(sel) if k not in ("arch", "layers", "cells")]
+    found = []
+    for _, g in (sel.groupby(extra, dropna=False) if extra else [((), sel)]):
+        m = dict(zip(g["position"].astype(int), g["mean"]))
+        if not set(range(1, 11)) <= set(m):
+            continue
+        bad = [f"p={p}: {_fmt(m[p])} not < {threshold}" for p in range(1, 6) if not m[p] < threshold]
+        bad += [f"p={p}: {_fmt(m[p])} not in [{threshold}, 0.2)" for p in range(6, 9)
+                if not threshold <= m[p] < 0.2]
+        bad += [f"p={p}: {_fmt(m[p])} not >= 0.2" for p in (9, 10) if not m[p] >= 0.2]
+        curve = " ".join(f"{p}:{_fmt(m[p])}" for p in range(1, 11))
+        label = describe(g.iloc[0], extra)
+        found.append((not bad, f"{label} mean loss by p: {curve}" + (f"; {'; '.join(bad)}" if bad else "")))
+    if not found:
+        return NOT_COVERED, "needs rnn l=1 c=5 at every p = 1..10 (random length)"
+    ok = [ev for good, ev in found if good]
+    return (HOLDS, ok[0]) if ok else (FAILS, " | ".join(ev for _, ev in found))
+
+
+def _epochs_to_threshold(points: pd.DataFrame, curves: pd.DataFrame | None,
+                         threshold: float) -> pd.Series:
+    """Epochs until the evaluation loss first fell below `threshold`: from the curve if there is
+    one, else the point's `epochs` if its final loss is below. Points that never got there count
+    as their max_epochs (the budget), so that a slower learner can only look slower."""
+    budget = points["max_epochs"] if "max_epochs" in points else points["epochs"].max()
+    t = pd.Series(np.where(points["loss"] < threshold, points["epochs"], budget),
+                  index=points.index, dtype=float)
+    if curves is not None and len(curves) and "point_id" in points:
+        hit = curves[curves["eval_loss"] < threshold].groupby("point_id")["epoch"].min()
+        first = points["point_id"].map(hit)
+        t = first.where(first.notna(), t)
+    return t
+
+
+def _lstm_slower(points: pd.DataFrame, curves: pd.DataFrame | None,
+                 threshold: float) -> tuple[str, str]:
+    """Per (l, c, p) where RNN and LSTM both ran and one of them reached the threshold: is the
+    LSTM's mean epochs-to-threshold over seeds larger? Holds if so in most such cells."""
+    pts = points[points["arch"].isin(["rnn", "lstm"])]
+    if "epochs" not in pts or pts.empty:
+        return NOT_COVERED, "needs rnn and lstm points with epochs"
+    pts = pts.assign(t=_epochs_to_threshold(pts, curves, threshold),
+                     reached=pts["loss"] < threshold)
+    cell = pts.groupby(["layers", "cells", "position", "arch"]).agg(
+        t=("t", "mean"), reached=("reached", "any")).unstack("arch")
+    if ("t", "rnn") not in cell or ("t", "lstm") not in cell:
+        return NOT_COVERED, "needs rnn and lstm at the same (l, c, p)"
+    cell = cell.dropna(subset=[("t", "rnn"), ("t", "lstm")])
+    cell = cell[cell[("reached", "rnn")].astype(bool) | cell[("reached", "lstm")].astype(bool)]
+    if cell.empty:
+        return NOT_COVERED, f"no (l, c, p) run by both where either reached loss < {threshold}"
+    rnn, lstm = cell[("t", "rnn")], cell[("t", "lstm")]
+    slower, faster = int((lstm > rnn).sum()), int((lstm < rnn).sum())
+    source = "curves" if curves is not None and len(curves) else "final losses and epochs"
+    ev = (f"LSTM slower in {slower}, faster in {faster}, tied in {len(cell) - slower - faster} of "
+          f"{len(cell)} (l, c, p) where either reached loss < {threshold}; median epochs to get "
+          f"there: rnn {rnn.median():.0f}, lstm {lstm.median():.0f} (from {source}; "
+          "never reached = max_epochs)")
+    return (HOLDS if slower > len(cell) / 2 else FAILS), ev
+
+
+def _gated_p10(means: pd.DataFrame) -> tuple[str, str]:
+    """No LSTM/GRU configuration has mean loss < 0.04 at p = 10 (paper, Figure 8)."""
+    sel = means[means["arch"].isin(["lstm", "gru"]) & (means["position"] == 10)]
+    if sel.empty:
+        return NOT_COVERED, "needs lstm or gru points at p = 10 (random length)"
+    solved = sel[sel["mean"] < 0.04]  # a NaN mean (a diverged seed) did not solve it
+    best = sel.loc[sel["mean"].idxmin()] if sel["mean"].notna().any() else sel.iloc[0]
+    ev = (f"{len(solved)} of {len(sel)} lstm/gru configurations at p = 10 have mean loss < 0.04; "
+          f"lowest: {describe(best)} {_fmt(best['mean'])}")
+    return (HOLDS if solved.empty else FAILS), ev
+
+
+def _c_equals_p(means: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """Every one-layer RNN with c cells memorizes p = c (mean loss < threshold; Figure 6)."""
+    sel = means[(means["arch"] == "rnn") & (means["layers"] == 1)
+                & (means["position"] == means["cells"])]
+    if sel.empty:
+        return NOT_COVERED, "needs one-layer rnn points with p = c (random length)"
+    extra = [k for k in variant_columns(sel) if k not in ("arch", "layers", "cells", "position")]
+    # a configuration holds the claim if one of its settings does
+    best = sel.groupby("cells")["mean"].min()
+    bad = best[~(best < threshold)]
+    ev = (f"{len(best) - len(bad)} of {len(best)} cell counts c = {_ranges(best.index)} memorize "
+          f"p = c (mean loss < {threshold})")
+    if bad.size:
+        ev += "; not: " + ", ".join(f"c={c}: {_fmt(v)}" for c, v in bad.items())
+    if extra:
+        ev += f" (best over {', '.join(extra)})"
+    return (HOLDS if bad.empty else FAILS), ev
+
+
+def _mc_bound(points: pd.DataFrame) -> tuple[str, str]:
+    """MC <= N - (l - 1) for every (arch, l, c, seed) (section 4)."""
+    if "r2" not in points or points["r2"].isna().all():
+        return NOT_COVERED, "needs r2 measurements"
+    mc = memory_capacity(points)
+    testable = capacity_testable(mc)
+    if not testable.any():
+        return NOT_COVERED, ("every network has no more positions than N - (l - 1): "
+                             "the sum of r2 cannot exceed the bound")
+    over = mc[mc["margin"] > 0]
+    worst = mc.loc[mc["margin"].idxmax()]
+    ev = (f"{len(over)} of {len(mc)} networks have MC > N - (l - 1) ({int(testable.sum())} could "
+          f"exceed it); largest margin {worst['margin']:+.3f} ({describe(worst)} seed "
+          f"{int(worst['seed'])}: MC {worst['mc']:.3f}, bound {int(worst['bound'])}")
+    if np.isfinite(worst["noise"]):
+        ev += f", chance level of the sum {worst['noise']:.3f}"
+    return (HOLDS if over.empty else FAILS), ev + ")"
+
+
+def _fixed_vs_random(points: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """Whatever random length memorizes (mean < threshold), fixed length does too (Figure 9)."""
+    keys = ["arch", "layers", "cells"]
+    fixed = mean_losses(fixed_length(points), keys)
+    rand = mean_losses(random_length(points), keys)
+    both = rand.merge(fixed, on=keys + ["position"], suffixes=("_random", "_fixed"))
+    if both.empty:
+        return NOT_COVERED, "needs fixed-length and random-length points of the same (arch, l, c, p)"
+    r_ok, f_ok = both["mean_random"] < threshold, both["mean_fixed"] < threshold
+    lost, extra = both[r_ok & ~f_ok], both[f_ok & ~r_ok]
+    ev = (f"{int(r_ok.sum())} of {len(both)} matched (arch, l, c, p) memorized at random length, "
+          f"{int((r_ok & f_ok).sum())} of them at fixed length too; fixed length adds "
+          f"{len(extra)}")
+    if len(extra):
+        ev += " (" + ", ".join(f"{describe(r)} p={int(r['position'])}" for _, r in extra.head(5).iterrows()) + ")"
+    if len(lost):
+        ev += "; lost at fixed length: " + ", ".join(
+            f"{describe(r)} p={int(r['position'])}" for _, r in lost.head(5).iterrows())
+    return (HOLDS if lost.empty else FAILS), ev
+
+
+def _bimodal(points: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """Few (configuration, p) means in [threshold, 0.2] (Figures 6, 7)."""
+    n_configs = len(points.groupby(["arch", "layers", "cells"]))
+    if n_configs < 2:
+        return NOT_COVERED, "needs a heatmap: at least two (arch, l, c) configurations"
+    b = bimodality(points, threshold, 0.2)
+    ev = (f"{b['means_between']} of {b['means']} (arch, l, c, p) means "
+          f"({100 * b['share_means']:.1f}%) and {100 * b['share_points']:.1f}% of single points "
+          f"lie in [{threshold}, 0.2]; 'few' means < {100 * FEW:.0f}%")
+    return (HOLDS if b["share_means"] < FEW else FAILS), ev
+
+
+def _ranges(values) -> str:
+    """[1, 2, 3, 5] -> '1..3, 5'."""
+    vals, out = sorted(int(v) for v in values), []
+    for v in vals:
+        if out and v == out[-1][1] + 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in out)
+
+
+def check_claims(points: pd.DataFrame, curves: pd.DataFrame | None = None,
+                 threshold: float = THRESHOLD) -> pd.DataFrame:
+    """The paper's seven claims against `points` (and `curves`, for claim 2, if given).
+
+    Returns one row per claim: `claim`, `figure`, `verdict` (holds / does not hold / not
+    covered by this grid) and `evidence` (the numbers the verdict came from).
+    """
+    rand = random_length(points)
+    means = mean_losses(rand)
+    checks = [
+        ("RNN l=1 c=5: p<=5 learned, p=6..8 in between, p=9,10 at the 0.25 plateau", "Fig. 4",
+         lambda: _fig4(means, threshold)),
+        ("LSTM learns slower than an RNN of the same size", "Fig. 5",
+         lambda: _lstm_slower(rand, curves, threshold)),
+        ("no LSTM/GRU configuration solves p = 10 (mean loss >= 0.04)", "Fig. 8",
+         lambda: _gated_p10(means)),
+        ("a one-layer RNN with c = n cells memorizes p = n", "Fig. 6",
+         lambda: _c_equals_p(means, threshold)),
+        ("memory capacity MC <= N - (l - 1) for every network", "Sec. 4",
+         lambda: _mc_bound(rand)),
+        ("fixed length learns at least what random length learns", "Fig. 9",
+         lambda: _fixed_vs_random(points, threshold)),
+        (f"few (arch, l, c, p) mean losses in [{threshold}, 0.2] (bimodal outcomes)", "Figs. 6, 7",
+         lambda: _bimodal(rand, threshold)),
+    ]
+    rows = []
+    for claim, figure, check in checks:
+        verdict, evidence = check() if len(points) else (NOT_COVERED, "no points")
+        rows.append({"claim": claim, "figure": figure, "verdict": verdict, "evidence": evidence})
+    return pd.DataFrame(rows, columns=["claim", "figure", "verdict", "evidence"])
+

@@ -1,0 +1,159 @@
+"""Memory-distance limits, the bimodality of outcomes, and what the plateau stop changes.
+
+The memory-distance limit of a configuration (arch, l, c) is the largest position p such that
+the mean evaluation loss over seeds is below a threshold (default 0.05) for *every* p' <= p
+(DESIGN.md, "Analysis"). The paper's observation to compare it with is the capacity bound
+``limit <= MC <= N - (l - 1)``, N = c * l: a network cannot reproduce more positions than it has
+units to hold them in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..config import POINT_FIELDS
+from .tables import POINT, THRESHOLD, group_columns, mean_losses, variant_columns
+
+
+def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
+                  by: list[str] | None = None) -> pd.DataFrame:
+    """One row per configuration (``by``; default arch, layers, cells plus variant columns,
+    which must include layers and cells) with its memory-distance limit.
+
+    The walk goes p = 1, 2, ... while p is in the grid and its mean loss over seeds is below
+    `threshold`; `limit` is the last p that passed (0 if p = 1 fails or is missing).
+
+    Columns besides the keys:
+      limit           largest p with mean loss < threshold for every p' <= p
+      units, bound    N = c * l and the paper's observed bound N - (l - 1)
+      p_max           largest position of this configuration in the table
+      stop            why the walk ended: `loss` (p = limit + 1 measured, not memorized),
+                      `missing` (p = limit + 1 absent: a hole in the grid) or `end` (limit = p_max)
+      limit_censored  stop is not `loss`: the next position was never measured, so the true
+                      limit may be higher
+      complete        every position 1..p_max is present
+      loss_at_limit, loss_next  mean loss at p = limit and at p = limit + 1 (NaN if absent)
+      min_seeds       fewest seeds behind any position of the configuration
+    """
+    keys = group_columns(points, by)
+    cols = keys + ["limit", "units", "bound", "p_max", "stop", "limit_censored", "complete",
+                   "loss_at_limit", "loss_next", "min_seeds"]
+    if len(points) == 0:
+        return pd.DataFrame(columns=cols)
+    means = mean_losses(points, keys)
+    rows = []
+    for key, g in means.groupby(keys, dropna=False, sort=True):
+        mean = dict(zip(g["position"].astype(int), g["mean"]))
+        p_max = max(mean)
+        p = 1
+        # NaN (a diverged seed) compares False: it ends the walk like a failed position
+        while p in mean and mean[p] < threshold:
+            p += 1
+        limit = p - 1
+        stop = "end" if p > p_max else ("loss" if p in mean else "missing")
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        n = int(row["cells"]) * int(row["layers"])
+        row.update(limit=limit, units=n, bound=n - (int(row["layers"]) - 1), p_max=p_max,
+                   stop=stop, limit_censored=stop != "loss",
+                   complete=set(range(1, p_max + 1)) <= set(mean),
+                   loss_at_limit=mean.get(limit, np.nan), loss_next=mean.get(limit + 1, np.nan),
+                   min_seeds=int(g["seeds"].min()))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def limit_violations(points: pd.DataFrame, threshold: float = THRESHOLD,
+                     by: list[str] | None = None) -> pd.DataFrame:
+    """Configurations whose memory-distance limit exceeds the bound N - (l - 1), with
+    ``margin = limit - bound`` (> 0), largest margin first."""
+    lim = memory_limits(points, threshold, by)
+    out = lim[lim["limit"] > lim["bound"]].assign(margin=lambda d: d["limit"] - d["bound"])
+    return out.sort_values("margin", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def bimodality(points: pd.DataFrame, lo: float = THRESHOLD, hi: float = 0.2,
+               by: list[str] | None = None) -> dict:
+    """How rare the in-between outcomes are (paper, Figures 6 and 7: losses either near 0 or
+    near the 0.25 plateau, few in [0.05, 0.2]).
+
+    Returns counts and shares of points, and of (configuration, p) means over seeds, with loss in
+    the closed band [lo, hi]. Every row counts in the denominator; a diverged point (non-finite
+    loss) and a cell with one is never in the band.
+    """
+    loss = points["loss"].astype(float) if len(points) else pd.Series(dtype=float)
+    between = int(loss.between(lo, hi).sum())
+    means = mean_losses(points, by)["mean"] if len(points) else pd.Series(dtype=float)
+    means_between = int(means.between(lo, hi).sum())
+    return {
+        "lo": lo, "hi": hi,
+        "points": len(loss), "points_between": between,
+        "share_points": between / len(loss) if len(loss) else np.nan,
+        "means": len(means), "means_between": means_between,
+        "share_means": means_between / len(means) if len(means) else np.nan,
+    }
+
+
+# Settings that only the plateau stop reads: with the stop off they mean nothing, so two runs
+# that differ in them are still the same experiment.
+_STOP_ONLY = {"plateau", "plateau_loss", "plateau_tol", "patience"}
+
+
+def plateau_effect(with_stop: pd.DataFrame, without_stop: pd.DataFrame,
+                   threshold: float = THRESHOLD, on: list[str] | None = None,
+                   atol: float | None = None) -> tuple[pd.DataFrame, dict]:
+    """What the plateau stop changes: the same grid run with the stop on and off.
+
+    Rows are matched on `on` (default: every setting column of :class:`memgrid.config.Point`
+    present in both tables, except point_id, grid, q_lo/q_hi and the plateau settings). A point
+    is *solved* when its loss is below `threshold`.
+
+    Returns ``(changed, summary)``. `changed` lists the matched points whose solved status
+    differs (and, if `atol` is given, those whose losses differ by more than `atol`), with
+    loss_with, loss_without, loss_diff = loss_without - loss_with, solved_*, stop_* and epochs_*.
+    `summary` counts: matched, only_with, only_without, solved_with, solved_without, gained
+    (solved only without the stop), lost (solved only with it), stopped_plateau (stop reason
+    `plateau` with the stop on), stopped_plateau_then_solved (those solved without it),
+    mean_loss_diff and max_abs_loss_diff.
+    """
+    if on is None:
+        skip = _STOP_ONLY | {"point_id", "grid", "q_lo", "q_hi"}
+        on = [k for k in POINT_FIELDS if k not in skip
+              and k in with_stop.columns and k in without_stop.columns]
+    for name, table in (("with_stop", with_stop), ("without_stop", without_stop)):
+        if table.duplicated(on).any():
+            raise ValueError(f"plateau_effect: {name} has repeated rows on {on}")
+    result = [c for c in ("loss", "stop_reason", "epochs") if c in with_stop.columns
+              and c in without_stop.columns]
+    merged = with_stop[on + result].merge(without_stop[on + result], on=on, how="outer",
+                                          suffixes=("_with", "_without"), indicator=True)
+    both = merged[merged["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
+    both = both.rename(columns={"stop_reason_with": "stop_with",
+                                "stop_reason_without": "stop_without"})
+    both["loss_diff"] = both["loss_without"] - both["loss_with"]
+    both["solved_with"] = both["loss_with"] < threshold
+    both["solved_without"] = both["loss_without"] < threshold
+    flip = both["solved_with"] != both["solved_without"]
+    keep = flip if atol is None else flip | (both["loss_diff"].abs() > atol)
+    shown = [c for c in POINT if c in on] + [c for c in variant_columns(both[on]) if c not in POINT]
+    shown += [c for c in ("loss_with", "loss_without", "loss_diff", "solved_with",
+                          "solved_without", "stop_with", "stop_without", "epochs_with",
+                          "epochs_without") if c in both.columns]
+    changed = both.loc[keep, shown].reset_index(drop=True)
+
+    plateau = both["stop_with"] == "plateau" if "stop_with" in both else pd.Series(False, both.index)
+    summary = {
+        "matched": len(both),
+        "only_with": int((merged["_merge"] == "left_only").sum()),
+        "only_without": int((merged["_merge"] == "right_only").sum()),
+        "solved_with": int(both["solved_with"].sum()),
+        "solved_without": int(both["solved_without"].sum()),
+        "gained": int((~both["solved_with"] & both["solved_without"]).sum()),
+        "lost": int((both["solved_with"] & ~both["solved_without"]).sum()),
+        "stopped_plateau": int(plateau.sum()),
+        "stopped_plateau_then_solved": int((plateau & both["solved_without"]).sum()),
+        "mean_loss_diff": float(both["loss_diff"].mean()) if len(both) else np.nan,
+        "max_abs_loss_diff": float(both["loss_diff"].abs().max()) if len(both) else np.nan,
+    }
+    return changed, summary
+

@@ -1,0 +1,217 @@
+"""The paper's figures: loss curves (Figs. 4, 5), heatmaps (Figs. 6-9), limits against size.
+
+Every function takes the tables, returns a :class:`matplotlib.figure.Figure` and touches no
+global state: figures are built without pyplot (so nothing opens a window, and a report that
+draws hundreds of figures keeps no references to them) and rendered by Agg. Filter the points
+first when the table mixes settings (fixed and random length, an lr axis): figures pool every
+row they are given of one (arch, l, c, p).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .capacity import memory_capacity
+from .limits import memory_limits
+from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, variant_columns
+
+ARCH_ORDER = ["rnn", "lstm", "gru", "esn"]
+ARCH_COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "esn": "tab:purple"}
+LAYER_MARKERS = "osD^vP*X"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, whatever backend the process has selected
+    return fig
+
+
+def _archs(points: pd.DataFrame) -> list[str]:
+    seen = list(points["arch"].unique())
+    return [a for a in ARCH_ORDER if a in seen] + sorted(a for a in seen if a not in ARCH_ORDER)
+
+
+def length_text(points: pd.DataFrame) -> str:
+    """`random length q in 10..15`, `fixed length q = 10` or `mixed lengths`, for titles."""
+    if "q_min" not in points or "q_max" not in points or points.empty:
+        return "random length"
+    ranges = points[["q_min", "q_max"]].drop_duplicates()
+    if len(ranges) > 1:
+        return "mixed lengths"
+    lo, hi = int(ranges.iloc[0, 0]), int(ranges.iloc[0, 1])
+    return f"fixed length q = {lo}" if lo == hi else f"random length q in {lo}..{hi}"
+
+
+def plot_loss_curves(points: pd.DataFrame, curves: pd.DataFrame, arch: str, layers: int,
+                     cells: int, threshold: float = THRESHOLD) -> Figure:
+    """Evaluation loss against epoch for one configuration: one colour per position p, one thin
+    line per seed (paper, Figures 4 and 5). One axes."""
+    sel = points[(points["arch"] == arch) & (points["layers"] == layers)
+                 & (points["cells"] == cells)]
+    if sel.empty:
+        raise ValueError(f"no points of {arch} l={layers} c={cells}")
+    cur = curves.merge(sel[["point_id", "position", "seed"]], on="point_id")
+    positions = sorted(sel["position"].unique())
+    cmap = matplotlib.colormaps["tab10" if len(positions) <= 10 else "viridis"]
+    color = {p: cmap(i if len(positions) <= 10 else i / max(1, len(positions) - 1))
+             for i, p in enumerate(positions)}
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    for (p, _seed), g in cur.sort_values("epoch").groupby(["position", "seed"]):
+        ax.plot(g["epoch"], g["eval_loss"], color=color[p], lw=0.8, alpha=0.7)
+    ax.axhline(PLATEAU, color="0.3", ls="--", lw=1)
+    ax.axhline(threshold, color="0.3", ls=":", lw=1)
+    top = cur["eval_loss"].quantile(0.99) if len(cur) else PLATEAU
+    ax.set_ylim(0, float(np.clip(top * 1.05, 0.3, 0.6)))
+    handles = [Line2D([], [], color=color[p], lw=2, label=f"p = {p}") for p in positions]
+    handles += [Line2D([], [], color="0.3", ls="--", label="constant guess 0.25"),
+                Line2D([], [], color="0.3", ls=":", label=f"memorized < {threshold}")]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    seeds = sel.groupby("position")["seed"].nunique()
+    pooled = [k for k in variant_columns(sel) if k not in ("position", "seed")]
+    title = (f"{arch.upper()}, l = {layers}, c = {cells}: evaluation loss per position "
+             f"({length_text(sel)}, {seeds.min()}-{seeds.max()} seeds per p)")
+    if pooled:
+        title += f"\npooled over {', '.join(pooled)}"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean absolute error (evaluation set)")
+    if cur.empty:
+        ax.text(0.5, 0.5, "no curves recorded", transform=ax.transAxes, ha="center")
+    return fig
+
+
+def _ticks(ax, values: list[int], axis: str) -> None:
+    """Label every `step`-th cell of an index axis with its value (<= ~10 labels)."""
+    step = max(1, math.ceil(len(values) / 10))
+    idx = list(range(0, len(values), step))
+    getattr(ax, f"set_{axis}ticks")(idx, [str(values[i]) for i in idx])
+
+
+def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
+                  threshold: float = THRESHOLD) -> Figure:
+    """Mean or standard deviation over seeds of the loss, x = position p, y = cells c, one panel
+    per layer count l (columns) and architecture (rows), colour scale fixed to 0..0.25 (the
+    constant-guess plateau) as in the paper's Figures 6-9. A red staircase marks each row's
+    memory limit (mean loss < threshold for every p' <= p lies left of it); grey cells were not
+    run. Axes: one per panel plus the colour bar."""
+    if stat not in ("mean", "std"):
+        raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
+    if points.empty:
+        raise ValueError("no points to draw")
+    means = mean_losses(points, CONFIG)
+    limits = memory_limits(points, threshold, CONFIG)
+    archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
+    positions = sorted(int(v) for v in points["position"].unique())
+    cells = sorted(int(v) for v in points["cells"].unique())
+    px, cy = {p: i for i, p in enumerate(positions)}, {c: i for i, c in enumerate(cells)}
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85", over="yellow")
+    fig = _figure(3.2 * len(layers) + 1.2, 2.9 * len(archs) + 0.8)
+    axes = fig.subplots(len(archs), len(layers), squeeze=False, sharex=True, sharey=True)
+    image = None
+    for i, arch in enumerate(archs):
+        for j, l in enumerate(layers):
+            ax = axes[i, j]
+            m = means[(means["arch"] == arch) & (means["layers"] == l)]
+            grid = np.full((len(cells), len(positions)), np.nan)
+            grid[m["cells"].map(cy).to_numpy(), m["position"].map(px).to_numpy()] = m[stat]
+            image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto",
+                              cmap=cmap, vmin=0.0, vmax=PLATEAU, interpolation="nearest")
+            if m.empty:
+                ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center")
+            lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
+            xs, ys = [], []
+            for _, r in lim.sort_values("cells").iterrows():
+                # the boundary sits right of the limit's column; limit 0 is left of p = positions[0]
+                x = px[int(r["limit"])] + 0.5 if int(r["limit"]) in px else -0.5
+                y = cy[int(r["cells"])]
+                xs += [x, x]
+                ys += [y - 0.5, y + 0.5]
+            ax.plot(xs, ys, color="red", lw=1.5)
+            ax.set_title(f"{arch.upper()}, l = {l}", fontsize=10)
+            _ticks(ax, positions, "x")
+            _ticks(ax, cells, "y")
+            if i == len(archs) - 1:
+                ax.set_xlabel("position p (p-th from last)")
+            if j == 0:
+                ax.set_ylabel("cells per layer c")
+    what = "Mean" if stat == "mean" else "Standard deviation"
+    fig.colorbar(image, ax=axes, extend="max",
+                 label=f"{'mean' if stat == 'mean' else 'std of'} evaluation MAE over seeds")
+    fig.legend(handles=[Line2D([], [], color="red", lw=1.5,
+                               label=f"memory limit (mean loss < {threshold} up to here)")],
+               loc="outside lower center", fontsize=8)
+    fig.suptitle(f"{what} of the loss over seeds ({length_text(points)})", fontsize=11)
+    return fig
+
+
+def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> Figure:
+    """Memory limit (left) and memory capacity MC = sum_p r2_p, mean over seeds (right), against
+    N = c * l; colour = architecture, marker = l. Lines: N (Jaeger's bound for an ESN) and the
+    paper's observed N - (l - 1) for each l. A hollow marker is a censored limit (the grid ended
+    or had a hole before the loss failed). Two axes."""
+    if points.empty:
+        raise ValueError("no points to draw")
+    limits = memory_limits(points, threshold, CONFIG)
+    mc = memory_capacity(points, CONFIG).groupby(CONFIG, as_index=False).agg(
+        mc=("mc", "mean"), lo=("mc", "min"), hi=("mc", "max"), units=("units", "first"))
+    archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
+    shift = {a: 0.12 * (k - (len(archs) - 1) / 2) for k, a in enumerate(archs)}  # no overlap
+    fig = _figure(11, 4.6)
+    ax_lim, ax_mc = fig.subplots(1, 2, sharex=True)
+    n_max = int(limits["units"].max())
+    for ax in (ax_lim, ax_mc):
+        ax.plot([0, n_max], [0, n_max], color="0.2", lw=1, label="N")
+        for k, l in enumerate(x for x in layers if x > 1):
+            n = np.array([l, max(l, n_max)])
+            ax.plot(n, n - (l - 1), color="0.5", lw=1, ls=("--", "-.", ":")[k % 3],
+                    label=f"N - (l - 1), l = {l}")
+    for arch in archs:
+        for mi, l in enumerate(layers):
+            marker = LAYER_MARKERS[mi % len(LAYER_MARKERS)]
+            lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
+            for censored, part in lim.groupby("limit_censored"):
+                ax_lim.scatter(part["units"] + shift[arch], part["limit"], marker=marker, s=30,
+                               edgecolors=ARCH_COLORS.get(arch, "k"), linewidths=1.2,
+                               facecolors="none" if censored else ARCH_COLORS.get(arch, "k"))
+            m = mc[(mc["arch"] == arch) & (mc["layers"] == l)]
+            ax_mc.errorbar(m["units"] + shift[arch], m["mc"],
+                           yerr=[m["mc"] - m["lo"], m["hi"] - m["mc"]], fmt=marker, ms=5,
+                           color=ARCH_COLORS.get(arch, "k"), elinewidth=0.8, capsize=2)
+    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), marker="o", ls="", label=a.upper())
+              for a in archs]
+    legend += [Line2D([], [], color="0.3", marker=LAYER_MARKERS[i % len(LAYER_MARKERS)], ls="",
+                      label=f"l = {l}") for i, l in enumerate(layers)]
+    legend += [Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
+                      label="censored limit (may be higher)")]
+    ax_lim.legend(handles=legend + ax_lim.get_legend_handles_labels()[0], fontsize=7,
+                  loc="upper left")
+    ax_lim.set_title(f"memory limit (largest p with mean loss < {threshold} for all p' <= p)",
+                     fontsize=9)
+    ax_mc.set_title("memory capacity MC = sum over p of r2 (mean, min-max over seeds)", fontsize=9)
+    ax_lim.set_ylabel("position p")
+    ax_mc.set_ylabel("MC")
+    for ax in (ax_lim, ax_mc):
+        ax.set_xlabel("units N = c * l")
+        ax.set_xlim(0, n_max + 1)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"Memory against network size ({length_text(points)})", fontsize=11)
+    return fig
+
+
+def save(fig: Figure, out_dir: str | Path, stem: str) -> Path:
+    """Write `fig` as `<out_dir>/<stem>.png` (150 dpi) and `.pdf`; return the PNG's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{stem}.png"
+    fig.savefig(png, dpi=150)
+    fig.savefig(out / f"{stem}.pdf")
+    return png

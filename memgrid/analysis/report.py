@@ -1,0 +1,236 @@
+"""`write_report`: one Markdown page and its figures from a results folder.
+
+The folder may be complete, still being written, cover part of a grid, or hold no points yet:
+the report reads one snapshot of what is there (parts appear atomically, see
+:mod:`memgrid.store`) and says what it covers. It prints nothing; the CLI prints the path.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..store import read_grid_identity
+from .capacity import capacity_testable, memory_capacity
+from .claims import check_claims
+from .limits import bimodality, memory_limits
+from .plots import plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save
+from .tables import (CONFIG, THRESHOLD, fixed_length, load_curves, load_points, random_length,
+                     variant_columns)
+
+MAX_ID_CHECK = 100_000
+"""Grids up to this many points are expanded to point ids to count exactly which are done."""
+MAX_CURVE_POINTS = 20_000
+"""Claim 2 reads curves only up to this many rnn/lstm points (else final epochs and losses)."""
+MAX_ROWS = 40
+"""Longest table written in full; longer ones are cut with a note."""
+
+
+def _cell(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (float, np.floating)):
+        return "" if math.isnan(x) else f"{x:.3f}"
+    return str(x).replace("|", "\\|")
+
+
+def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
+    """A pipe table (no tabulate dependency); floats with 3 decimals, NaN blank."""
+    if df.empty:
+        return "(none)\n"
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "| " + " | ".join("---" for _ in df.columns) + " |"]
+    for row in df.head(max_rows).itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    if len(df) > max_rows:
+        lines.append(f"\n({len(df) - max_rows} more rows not shown)")
+    return "\n".join(lines) + "\n"
+
+
+def _values(vals: list) -> str:
+    """[1, 2, 3, 7] -> '1..3, 7'; other lists as written."""
+    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        runs: list[list[int]] = []
+        for v in sorted(vals):
+            if runs and v == runs[-1][1] + 1:
+                runs[-1][1] = v
+            else:
+                runs.append([v, v])
+        return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs)
+    return ", ".join(map(str, vals))
+
+
+def _grid_section(identity: dict | None, points: pd.DataFrame) -> list[str]:
+    if identity is None:
+        return ["## Grid", "", "No `grid.json` in the results folder: the grid is unknown, so "
+                "progress cannot be measured against it.", ""]
+    axes, fixed = identity.get("axes", {}), identity.get("fixed", {})
+    out = ["## Grid", "", f"Name: `{identity.get('name', '?')}`.", "",
+           md_table(pd.DataFrame([(k, _values(v), len(v)) for k, v in axes.items()],
+                                 columns=["axis", "values", "count"])),
+           "Fixed settings: " + (", ".join(f"`{k} = {v}`" for k, v in sorted(fixed.items()))
+                                 or "none (defaults)") + ".", ""]
+    expected = math.prod(len(v) for v in axes.values()) if axes else 0
+    done = len(points)
+    ids = _grid_ids(identity, expected)
+    if ids is not None:
+        in_grid = int(points["point_id"].isin(ids).sum()) if done else 0
+        text = f"Points done: **{in_grid} of {expected}** ({100 * in_grid / max(expected, 1):.1f}%)."
+        if done > in_grid:
+            text += f" {done - in_grid} more rows are not points of this grid (another grid?)."
+    else:
+        text = f"Points done: **{done} of {expected}** expected from the axes."
+    return out + [text, ""]
+
+
+def _grid_ids(identity: dict, expected: int) -> set[str] | None:
+    """point_ids of the grid's points, or None if the grid is too big or will not expand."""
+    if not 0 < expected <= MAX_ID_CHECK:
+        return None
+    from ..config import Grid
+    try:
+        grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"])
+        return {p.point_id for p in grid.points()}
+    except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
+        return None
+
+
+def _limits_section(kind: str, sub: pd.DataFrame, threshold: float) -> list[str]:
+    lim = memory_limits(sub, threshold)
+    shown = [c for c in lim.columns if c not in ("complete",)]
+    lim = lim[shown].rename(columns={"limit_censored": "censored", "loss_at_limit": "loss@limit",
+                                     "loss_next": "loss@limit+1"})
+    over = lim[lim["limit"] > lim["bound"]]
+    out = [f"### {kind}", "",
+           f"Limit: largest p with mean loss over seeds < {threshold} for every p' <= p. "
+           "`stop`: `loss` = p = limit + 1 failed; `missing` = p = limit + 1 not in the data; "
+           "`end` = limit is the largest p run (censored: the true limit may be higher).", "",
+           md_table(lim),
+           f"Limits above the bound N - (l - 1): {len(over)}"
+           + (" (" + ", ".join(f"{r.arch} l={r.layers} c={r.cells}: {r.limit} > {r.bound}"
+                               for r in over.head(10).itertuples()) + ")" if len(over) else "")
+           + ".", ""]
+    return out
+
+
+def _capacity_section(points: pd.DataFrame) -> list[str]:
+    mc = memory_capacity(points)
+    if "r2" not in points or points["r2"].isna().all():
+        return ["## Memory capacity", "", "No r2 measured: MC cannot be computed.", ""]
+    over = mc[mc["margin"] > 0].sort_values("margin", ascending=False)
+    out = ["## Memory capacity", "",
+           "MC = sum over the positions run of r2 (Jaeger 2001; paper eq. 3), clipped to [0, 1], "
+           "NaN as 0. Paper's bound: MC <= N - (l - 1). `noise`: the sum of r2 expected by chance "
+           "on the evaluation sets; a margin below it is within measurement noise.", "",
+           f"Networks (arch, l, c, seed): {len(mc)}; able to exceed the bound (more positions "
+           f"than N - (l - 1)): {int(capacity_testable(mc).sum())}; **violations: {len(over)}**.",
+           ""]
+    if len(over):
+        out += [md_table(over), ""]
+    summary = mc.groupby(CONFIG + variant_columns(points), dropna=False).agg(
+        mc_mean=("mc", "mean"), mc_max=("mc", "max"), bound=("bound", "first"),
+        positions=("positions", "max"), seeds=("seed", "nunique")).reset_index()
+    return out + ["MC per configuration (over seeds):", "", md_table(summary)]
+
+
+def _stop_section(points: pd.DataFrame) -> list[str]:
+    counts = pd.crosstab(points["arch"], points["stop_reason"]).reset_index()
+    counts.columns.name = None
+    return ["## Stop reasons", "", md_table(counts)]
+
+
+def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float) -> list[tuple[str, str]]:
+    """Draw what the data supports; (caption, png name) per figure."""
+    made = []
+    for kind, sub in (("random", random_length(points)), ("fixed", fixed_length(points))):
+        if sub.empty:
+            continue
+        for stat in ("mean", "std"):
+            png = save(plot_heatmaps(sub, stat, threshold), out, f"heatmap_{stat}_{kind}")
+            made.append((f"{stat} loss over seeds, {kind} length (Figs. 6-9)", png.name))
+        png = save(plot_limits_vs_units(sub, threshold), out, f"limits_vs_units_{kind}")
+        made.append((f"memory limit and MC against N, {kind} length", png.name))
+        configs = sub[CONFIG].drop_duplicates()
+        # the paper's Figs. 4/5 configuration; a small grid gets every configuration drawn
+        if len(configs) > 6:
+            configs = configs[(configs["layers"] == 1) & (configs["cells"] == 5)]
+        for arch, l, c in configs.itertuples(index=False):
+            pts = sub[(sub["arch"] == arch) & (sub["layers"] == l) & (sub["cells"] == c)]
+            curves = load_curves(uri, pts["point_id"].tolist())
+            if curves.empty:
+                continue
+            stem = f"curves_{arch}_l{l}_c{c}_{kind}"
+            png = save(plot_loss_curves(pts, curves, arch, int(l), int(c), threshold), out, stem)
+            made.append((f"loss curves {arch} l={l} c={c}, {kind} length (Figs. 4, 5)", png.name))
+    return made
+
+
+def write_report(results_uri: str, out_dir: str | Path | None = None,
+                 threshold: float = THRESHOLD) -> Path:
+    """Analyse the results folder `results_uri` into `out_dir` (default `<results>/report` for a
+    local folder): `report.md` plus PNG and PDF figures. Returns the path of `report.md`."""
+    if out_dir is None:
+        if "://" in str(results_uri):
+            raise ValueError("out_dir is required when the results are not a local folder")
+        out_dir = Path(results_uri) / "report"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # print nothing: empty slices, layout hints
+        warnings.simplefilter("ignore")
+        text = _report(str(results_uri), out, threshold)
+    path = out / "report.md"
+    path.write_text(text)
+    return path
+
+
+def _report(uri: str, out: Path, threshold: float) -> str:
+    identity = read_grid_identity(uri)
+    points = load_points(uri)
+    name = identity.get("name", "?") if identity else Path(uri).name
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# memgrid report: {name}", "",
+             f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
+             "then.", ""]
+    lines += _grid_section(identity, points)
+    if points.empty:
+        return "\n".join(lines + ["No points yet: nothing to analyse.", ""])
+
+    pooled = [v for v in variant_columns(points) if v not in ("q_min", "q_max")]
+    if pooled:
+        lines += [f"This table varies {', '.join(pooled)} besides arch, l, c, p and seed: tables "
+                  "keep them apart; figures pool them.", ""]
+    lines += _stop_section(points)
+    lines += ["## Memory-distance limits", ""]
+    for kind, sub in (("Random length (Definition 1)", random_length(points)),
+                      ("Fixed length (Definition 2)", fixed_length(points))):
+        if len(sub):
+            lines += _limits_section(kind, sub, threshold)
+    lines += _capacity_section(points)
+
+    lines += ["## Bimodality", ""]
+    for kind, sub in (("random length", random_length(points)),
+                      ("fixed length", fixed_length(points))):
+        if len(sub):
+            b = bimodality(sub, threshold, 0.2)
+            lines.append(f"- {kind}: {b['points_between']} of {b['points']} points "
+                         f"({100 * b['share_points']:.1f}%) and {b['means_between']} of "
+                         f"{b['means']} (arch, l, c, p) means ({100 * b['share_means']:.1f}%) "
+                         f"have loss in [{threshold}, 0.2].")
+    lines.append("")
+
+    rnn_lstm = points[points["arch"].isin(["rnn", "lstm"])]
+    curves = None
+    if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
+        curves = load_curves(uri, rnn_lstm["point_id"].tolist())
+    lines += ["## Paper claims", "", md_table(check_claims(points, curves, threshold))]
+
+    lines += ["## Figures", ""]
+    for caption, png in _figures(points, uri, out, threshold):
+        pdf = png[:-4] + ".pdf"
+        lines += [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Shared views of the points table: which columns make a configuration, seed means, loading.
+
+Every analysis function takes a pandas DataFrame shaped like the points table
+(:data:`memgrid.store.POINT_SCHEMA`); only the columns it uses need to be there, so hand-made
+tables in tests can be small. A *configuration* is ``(arch, layers, cells)``; a table that also
+varies another setting (an ``lr`` axis, fixed and random length, plateau stop on and off) keeps
+those apart: they are *variant* columns and are added to every grouping, so that a mean over
+seeds never mixes two different experiments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..config import POINT_FIELDS
+from ..store import read_curves, read_points
+
+CONFIG = ["arch", "layers", "cells"]
+"""A network configuration: architecture, layers l, cells per layer c."""
+POINT = CONFIG + ["position", "seed"]
+"""What names a point inside one experiment."""
+THRESHOLD = 0.05
+"""Mean evaluation MAE below which a position counts as memorized (DESIGN.md)."""
+PLATEAU = 0.25
+"""Loss of the constant guess 0.5 on uniform [0, 1] targets: E|x - 0.5| = 1/4."""
+
+# Settings that never split an experiment: ids, the run's name, and q_lo/q_hi (they follow from
+# q_min, q_max and position under the `shift` rule, so they vary with p inside one experiment).
+_NOT_VARIANTS = {"point_id", "grid", "q_lo", "q_hi"}
+
+
+def variant_columns(points: pd.DataFrame) -> list[str]:
+    """Setting columns (fields of :class:`memgrid.config.Point` besides arch, l, c, p and seed)
+    that take more than one value in `points`, nulls counted as a value, in Point field order."""
+    out = []
+    for name in POINT_FIELDS:
+        if name in POINT or name in _NOT_VARIANTS or name not in points.columns:
+            continue
+        if points[name].nunique(dropna=False) > 1:
+            out.append(name)
+    return out
+
+
+def group_columns(points: pd.DataFrame, by: list[str] | None = None) -> list[str]:
+    """`by` if given, else the configuration plus the variant columns of `points`."""
+    return list(by) if by is not None else CONFIG + variant_columns(points)
+
+
+def units(points: pd.DataFrame) -> pd.Series:
+    """N = c * l: the number of recurrent units (the paper's N, DESIGN.md `units`)."""
+    return (points["cells"] * points["layers"]).astype(int)
+
+
+def is_fixed_length(points: pd.DataFrame) -> pd.Series:
+    """True where the point ran Definition 2 (q_min == q_max). Without q columns every point is
+    taken as random length, the paper's default task (Definition 1)."""
+    if "q_min" not in points.columns or "q_max" not in points.columns:
+        return pd.Series(False, index=points.index)
+    return points["q_min"] == points["q_max"]
+
+
+def random_length(points: pd.DataFrame) -> pd.DataFrame:
+    """Points of the random memorization task (Definition 1: q_min < q_max)."""
+    return points[~is_fixed_length(points)]
+
+
+def fixed_length(points: pd.DataFrame) -> pd.DataFrame:
+    """Points of the fixed-length task (Definition 2: q_min == q_max)."""
+    return points[is_fixed_length(points)]
+
+
+def mean_losses(points: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Loss statistics over seeds per ``by + [position]`` (default ``by``: configuration plus
+    variants). Columns: `mean` and `std` (ddof=1; NaN with one seed) of `loss`, `seeds` (rows
+    behind the cell) and `diverged` (rows with a non-finite loss).
+
+    A non-finite loss (a diverged point) makes the cell's mean NaN on purpose: a mean over the
+    seeds that survived would call a position memorized that some seeds could not train on.
+    """
+    keys = group_columns(points, by) + ["position"]
+    loss = points["loss"].astype(float).replace([np.inf, -np.inf], np.nan)
+    frame = points[keys].assign(loss=loss, diverged=loss.isna())
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    out = grouped["loss"].agg(["mean", "std", "size"]).rename(columns={"size": "seeds"})
+    out["diverged"] = grouped["diverged"].sum().astype(int)
+    out.loc[out["diverged"] > 0, ["mean", "std"]] = np.nan  # see the docstring
+    return out.reset_index()
+
+
+def describe(row: pd.Series | dict, extra: list[str] = ()) -> str:
+    """`rnn l=1 c=5` (plus `lr=0.01` for each variant column in `extra`) for evidence strings."""
+    text = f"{row['arch']} l={int(row['layers'])} c={int(row['cells'])}"
+    for k in extra:
+        text += f" {k}={row[k]}"
+    return text
+
+
+def load_points(uri: str) -> pd.DataFrame:
+    """The points table of a results folder as pandas (empty, with every column, if none yet)."""
+    return read_points(uri).to_pandas()
+
+
+def load_curves(uri: str, point_ids=None) -> pd.DataFrame:
+    """The curves of a results folder (optionally only of some points) as pandas."""
+    return read_curves(uri, point_ids).to_pandas()

@@ -1,0 +1,250 @@
+"""Training a pack: plain SGD on K independent networks at once, per-point early stopping.
+
+Nothing here knows about Ray: :class:`PackTrainer` is driven by the Tune trainable in
+``tune.py``, by the benchmark, and by the tests alike.
+
+A member that stops (solved, plateau, diverged, max_epochs) is taken out of the stacked tensors
+at the evaluation where it stopped: frozen, and no longer costing compute. The members left
+keep their own weights, momentum and data stream, so taking one out changes nobody else
+(pack invariance).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+from . import __version__
+from .config import Point
+from .models import Params, count_params, forward, init_params
+from .store import point_settings
+from .task import TRAIN, TaskSpec, make_batch, make_eval_set
+
+STOP_REASONS = ("solved", "plateau", "diverged", "max_epochs")
+MIN_DELTA = 1e-3
+"""an evaluation loss counts as an improvement when it beats the best by this much"""
+
+
+def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared Pearson correlation per member (Jaeger's MC_p for delay p). `(K, B)` -> `(K,)`;
+    0 where the output is constant."""
+    y = y - y.mean(1, keepdim=True)
+    t = target - target.mean(1, keepdim=True)
+    cov = (y * t).mean(1)
+    var = (y * y).mean(1) * (t * t).mean(1)
+    return torch.where(var > 0, cov * cov / var.clamp_min(1e-30), torch.zeros_like(cov))
+
+
+@dataclass
+class Member:
+    """Book-keeping of one point inside a pack (host side)."""
+
+    point: Point
+    best: float = math.inf
+    best_epoch: int = 0
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    """(epoch, train_loss, eval_loss)"""
+
+
+class PackTrainer:
+    """Trains the points of one pack (same arch, l, c, task, batch, epochs) together.
+
+    `run(max_seconds)` advances to the next evaluation(s); `finished` collects the rows of
+    stopped points until `pop_finished()` hands them to the writer.
+    """
+
+    def __init__(self, points: list[Point], *, device: str | torch.device = "cpu",
+                 grid_name: str = "", pack_id: str = "", dtype: torch.dtype = torch.float32):
+        if not points:
+            raise ValueError("a pack needs at least one point")
+        keys = {p.pack_key for p in points}
+        if len(keys) > 1:
+            raise ValueError("points of one pack must share everything but position, seed, lr, momentum")
+        self.device = torch.device(device)
+        self.grid_name, self.pack_id = grid_name, pack_id
+        p0 = points[0]
+        self.arch, self.layers, self.cells, self.readout = p0.arch, p0.layers, p0.cells, p0.readout
+        self.cfg = p0
+        self.members = [Member(p) for p in points]
+        self.active = list(range(len(points)))          # member index of each stacked row
+        dev = self.device
+        self.spec = TaskSpec.of(points, dev)
+        self.T = self.spec.T
+        self.params: Params = {k: v.to(dtype) for k, v in init_params(
+            self.arch, self.layers, self.cells, self.readout, self.spec.seed).items()}
+        self.bufs: Params = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.lr = torch.tensor([p.lr for p in points], dtype=dtype, device=dev)
+        self.mom = torch.tensor([p.momentum for p in points], dtype=dtype, device=dev)
+        self.eval_set = make_eval_set(self.spec, p0.eval_size, self.T)
+        self._full = (self.spec, self.lr, self.mom, self.eval_set)   # to restore any subset
+        self.n_params = count_params(self.params)
+        self.epoch = 0
+        self.train_sum = torch.zeros(len(points), dtype=dtype, device=dev)
+        self.train_steps = 0
+        self.finished: list[tuple[dict, list[dict]]] = []
+        self.started = time.perf_counter()
+        self.wall_before = 0.0                           # wall seconds of earlier attempts
+        self._evaluate_and_stop()                        # epoch 0: the untrained loss
+
+    # -- the step -----------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    def _step(self, step: int) -> None:
+        cfg = self.cfg
+        batch = make_batch(self.spec, TRAIN, step, cfg.batch_size, self.T)
+        names = list(self.params)
+        for p in self.params.values():
+            p.requires_grad_(True)
+        y = forward(self.arch, self.params, batch.x, batch.mask, cfg.tbptt)
+        loss = (y - batch.y).abs().mean(1)                                     # (K,)
+        grads = torch.autograd.grad(loss.sum(), [self.params[n] for n in names])
+        with torch.no_grad():
+            for n, g in zip(names, grads):
+                shape = (-1,) + (1,) * (g.dim() - 1)
+                buf = self.bufs[n].mul_(self.mom.view(shape)).add_(g)
+                self.params[n] = (self.params[n].detach() - self.lr.view(shape) * buf)
+            self.train_sum += loss.detach()
+        self.train_steps += 1
+
+    def run_epoch(self) -> None:
+        spe = self.cfg.steps_per_epoch
+        for i in range(spe):
+            self._step(self.epoch * spe + i)       # the data stream's counter: same in any pack
+        self.epoch += 1
+        if self.epoch % self.cfg.eval_every == 0 or self.epoch >= self.cfg.max_epochs:
+            self._evaluate_and_stop()
+
+    def run(self, max_seconds: float = math.inf) -> None:
+        """Train until every member stopped, or until the first evaluation after `max_seconds`
+        (so that a checkpoint taken then holds no half-accumulated training loss)."""
+        t0 = time.perf_counter()
+        while self.active:
+            self.run_epoch()
+            if self.train_steps == 0 and time.perf_counter() - t0 >= max_seconds:
+                break
+
+    # -- evaluation and stopping ---------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation MAE and r2 per stacked member, `(K,)` each."""
+        ev = self.eval_set
+        y = forward(self.arch, {k: v.detach() for k, v in self.params.items()}, ev.x, ev.mask)
+        return (y - ev.y).abs().mean(1), r2_score(y, ev.y)
+
+    def _evaluate_and_stop(self) -> None:
+        loss_t, r2_t = self.evaluate()
+        n = max(self.train_steps, 1)
+        train_t = self.train_sum / n if self.train_steps else loss_t
+        # one host sync per evaluation
+        loss, r2, train = (t.tolist() for t in (loss_t.float().cpu(), r2_t.float().cpu(), train_t.float().cpu()))
+        self.train_sum.zero_()
+        self.train_steps = 0
+        cfg, e = self.cfg, self.epoch
+        keep = []
+        for row, m_idx in enumerate(self.active):
+            m = self.members[m_idx]
+            lv, tv = loss[row], train[row]
+            m.curve.append((e, tv, lv))
+            if lv < m.best - MIN_DELTA:
+                m.best_epoch = e
+            m.best = min(m.best, lv) if math.isfinite(lv) else m.best
+            reason = None
+            if not (math.isfinite(lv) and math.isfinite(tv)):
+                reason = "diverged"
+            elif lv < cfg.solved_loss:
+                reason = "solved"
+            elif (cfg.plateau and lv >= cfg.plateau_loss - cfg.plateau_tol
+                  and e - m.best_epoch >= cfg.patience):
+                reason = "plateau"
+            elif e >= cfg.max_epochs:
+                reason = "max_epochs"
+            if reason is None:
+                keep.append(row)
+            else:
+                self._finish(m, reason, lv, r2[row])
+        if len(keep) < len(self.active):
+            self._compact(keep)
+
+    def _finish(self, m: Member, reason: str, loss: float, r2: float) -> None:
+        row = point_settings(m.point, self.grid_name)
+        row.update(units=m.point.units, params=self.n_params, epochs=self.epoch, stop_reason=reason,
+                   loss=loss, best_loss=m.best if math.isfinite(m.best) else loss,
+                   r2=r2 if math.isfinite(r2) else None, mc_stream=None,
+                   wall_s=self.wall_before + time.perf_counter() - self.started,
+                   pack_id=self.pack_id, device=str(self.device), memgrid_version=__version__,
+                   finished_at=datetime.now(timezone.utc))
+        pid = m.point.point_id
+        curve = [dict(point_id=pid, epoch=e, train_loss=t, eval_loss=v) for e, t, v in m.curve]
+        self.finished.append((row, curve))
+
+    def _compact(self, keep: list[int]) -> None:
+        """Keep only stacked rows `keep`: frozen members stop costing compute."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.active = [self.active[i] for i in keep]
+        self.params = {k: v.detach().index_select(0, idx) for k, v in self.params.items()}
+        self.bufs = {k: v.index_select(0, idx) for k, v in self.bufs.items()}
+        self.lr, self.mom = self.lr[idx], self.mom[idx]
+        self.train_sum = self.train_sum[idx]
+        self.spec = self.spec.select(idx)
+        ev = self.eval_set
+        self.eval_set = type(ev)(ev.x[idx], ev.mask[idx], ev.y[idx], ev.length[idx])
+
+    def drop(self, point_ids: set[str]) -> None:
+        """Forget members whose results are already stored (a retried trial)."""
+        keep = [r for r, m in enumerate(self.active) if self.members[m].point.point_id not in point_ids]
+        if len(keep) < len(self.active):
+            self._compact(keep)
+
+    def pop_finished(self) -> tuple[list[dict], list[dict]]:
+        rows = [r for r, _ in self.finished]
+        curves = [c for _, cs in self.finished for c in cs]
+        self.finished = []
+        return rows, curves
+
+    def counts(self) -> dict[str, int]:
+        return {"active": len(self.active), "epoch": self.epoch}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything to continue exactly: tensors and plain numbers only (weights_only loads)."""
+        return {
+            "epoch": self.epoch,
+            "active": list(self.active),
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "bufs": {k: v.cpu() for k, v in self.bufs.items()},
+            "best": [self.members[m].best for m in self.active],
+            "best_epoch": [self.members[m].best_epoch for m in self.active],
+            "curves": [[list(c) for c in self.members[m].curve] for m in self.active],
+            "wall_s": self.wall_before + time.perf_counter() - self.started,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` (taken at an evaluation, with nothing unflushed)."""
+        self.spec, self.lr, self.mom, self.eval_set = self._full
+        self.active = list(range(len(self.members)))
+        self.train_sum = torch.zeros(len(self.members), dtype=self.lr.dtype, device=self.device)
+        self.train_steps = 0
+        self._compact(list(state["active"]))
+        self.params = {k: v.to(self.device) for k, v in state["params"].items()}
+        self.bufs = {k: v.to(self.device) for k, v in state["bufs"].items()}
+        for i, m_idx in enumerate(self.active):
+            m = self.members[m_idx]
+            m.best, m.best_epoch = state["best"][i], state["best_epoch"][i]
+            m.curve = [tuple(c) for c in state["curves"][i]]
+        self.epoch = state["epoch"]
+        self.wall_before = state["wall_s"]
+        self.started = time.perf_counter()
+        self.finished = []
+
+
+def train_points(points: list[Point], **kwargs) -> tuple[list[dict], list[dict]]:
+    """Train a pack to the end; (points rows, curve rows). For tests, scripts and benchmarks."""
+    trainer = PackTrainer(points, **kwargs)
+    trainer.run()
+    return trainer.pop_finished()
