@@ -7,5 +7,15 @@ from .config import ConfigError as ConfigError
 from .config import Grid as Grid
 from .config import Point as Point
 from .config import load_grid as load_grid
-from .train import PackTrainer as PackTrainer
-from .train import train_points as train_points
+
+
+def __getattr__(name: str):
+    # torch-backed names load on first use: the CLI's input checks and the analysis of a
+    # results folder do not pay torch's import
+    if name in ("PackTrainer", "train_points"):
+        from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module 'memgrid' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "Grid", "Point", "load_grid", "PackTrainer", "train_points", "__version__"]

@@ -158,5 +158,27 @@ def status(results):
         click.echo("  ".join(str(x).rjust(w) for x, w in zip(r, widths)))
 
 
+@main.command()
+@click.argument("results", metavar="RESULTS")
+@click.option("--out", help="folder for report.md and the figures [default: RESULTS/report]")
+@click.option("--threshold", type=float, default=0.05, show_default=True,
+              help="mean loss below which a position counts as memorized")
+def analyze(results, out, threshold):
+    """Figures, limits, the MC check and the paper's claims from a results folder (also one
+    still being written, or one covering part of a grid): writes report.md."""
+    if not (threshold > 0):
+        _fail(f"command line: --threshold: must be > 0, got {threshold}")
+    if "://" not in results and not Path(results).is_dir():
+        _fail(f"{results}: no such results folder")
+    from .analysis import write_report
+
+    path = write_report(results, out, threshold=threshold)
+    click.echo(f"report: {path}")
+
+
+from .launch import launch as _launch  # noqa: E402 - registered last: `memgrid launch`
+
+main.add_command(_launch)
+
 if __name__ == "__main__":
     main()

@@ -280,8 +280,16 @@ def _parse_axis(source: str, key: str, raw: Any) -> list:
     return out
 
 
-def _check_value(source: str, key: str, v: Any) -> None:
-    """Impossible values, one setting at a time."""
+def _location(grid: Grid, key: str) -> str:
+    """Where a setting stands in the grid file: `axes.cells`, `train.lr`, ..."""
+    if key in grid.axes:
+        return f"axes.{key}"
+    return next((f"{sec}.{key}" for sec, keys in SECTIONS.items() if key in keys), key)
+
+
+def _check_value(source: str, where: str, v: Any) -> None:
+    """Impossible values, one setting at a time. `where`: the dotted key in the file."""
+    key = where.rsplit(".", 1)[-1]
     bad = None
     if key == "arch" and v not in ARCHS:
         bad = f"unknown arch {v!r} (one of {', '.join(ARCHS)})"
@@ -303,7 +311,7 @@ def _check_value(source: str, key: str, v: Any) -> None:
     elif key in ("solved_loss", "plateau_loss", "plateau_tol", "ridge") and not (v >= 0 and math.isfinite(v)):
         bad = f"must be >= 0, got {v}"
     if bad:
-        raise ConfigError(f"{_where(source, key)}: {bad}")
+        raise ConfigError(f"{_where(source, where)}: {bad}")
 
 
 def _validate_points(grid: Grid) -> None:
@@ -312,13 +320,13 @@ def _validate_points(grid: Grid) -> None:
     merged = {**grid.fixed, **{k: v[0] for k, v in grid.axes.items()}}
     for k, vals in list(grid.axes.items()) + [(k, [v]) for k, v in grid.fixed.items()]:
         for v in vals:
-            _check_value(src, k, v)
+            _check_value(src, _location(grid, k), v)
     q_min = merged.get("q_min", Point.q_min)
     q_max = merged.get("q_max", Point.q_max)
     qmins = grid.axes.get("q_min", [q_min])
     qmaxs = grid.axes.get("q_max", [q_max])
     if max(qmins) > min(qmaxs):
-        raise ConfigError(f"{_where(src, 'task.q_min')}: q_min {max(qmins)} > q_max {min(qmaxs)}")
+        raise ConfigError(f"{_where(src, _location(grid, 'q_min'))}: q_min {max(qmins)} > q_max {min(qmaxs)}")
     rules = grid.axes.get("long_positions", [merged.get("long_positions", "shift")])
     if "error" in rules:
         p_max = max(grid.axes["position"])

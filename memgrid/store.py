@@ -73,7 +73,7 @@ _POINT_RESULTS = [
     ("pack_id", pa.string()),
     ("device", pa.string()),
     ("memgrid_version", pa.string()),
-    ("finished_at", pa.timestamp("s", tz="UTC")),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
 ]
 POINT_SCHEMA = pa.schema(_POINT_SETTINGS + _POINT_RESULTS)
 CURVE_SCHEMA = pa.schema([

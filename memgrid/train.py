@@ -39,6 +39,28 @@ def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(var > 0, cov * cov / var.clamp_min(1e-30), torch.zeros_like(cov))
 
 
+def stop_check(p: Point, epoch: int, loss: float, train_loss: float, best: float,
+               best_epoch: int) -> tuple[str | None, float, int]:
+    """The stopping rule, applied at each evaluation: (stop reason or None, best, best_epoch).
+
+    `diverged` on a non-finite loss; `solved` below `solved_loss`; `plateau` (if on) when the
+    loss sits within `plateau_tol` of the constant-guess level `plateau_loss` (or above it) and
+    has not improved on the best by MIN_DELTA for `patience` epochs; `max_epochs` at the end.
+    """
+    if not (math.isfinite(loss) and math.isfinite(train_loss)):
+        return "diverged", best, best_epoch
+    if loss < best - MIN_DELTA:
+        best_epoch = epoch
+    best = min(best, loss)
+    if loss < p.solved_loss:
+        return "solved", best, best_epoch
+    if p.plateau and loss >= p.plateau_loss - p.plateau_tol and epoch - best_epoch >= p.patience:
+        return "plateau", best, best_epoch
+    if epoch >= p.max_epochs:
+        return "max_epochs", best, best_epoch
+    return None, best, best_epoch
+
+
 @dataclass
 class Member:
     """Book-keeping of one point inside a pack (host side)."""
@@ -145,29 +167,16 @@ class PackTrainer:
         loss, r2, train = (t.tolist() for t in (loss_t.float().cpu(), r2_t.float().cpu(), train_t.float().cpu()))
         self.train_sum.zero_()
         self.train_steps = 0
-        cfg, e = self.cfg, self.epoch
         keep = []
         for row, m_idx in enumerate(self.active):
             m = self.members[m_idx]
-            lv, tv = loss[row], train[row]
-            m.curve.append((e, tv, lv))
-            if lv < m.best - MIN_DELTA:
-                m.best_epoch = e
-            m.best = min(m.best, lv) if math.isfinite(lv) else m.best
-            reason = None
-            if not (math.isfinite(lv) and math.isfinite(tv)):
-                reason = "diverged"
-            elif lv < cfg.solved_loss:
-                reason = "solved"
-            elif (cfg.plateau and lv >= cfg.plateau_loss - cfg.plateau_tol
-                  and e - m.best_epoch >= cfg.patience):
-                reason = "plateau"
-            elif e >= cfg.max_epochs:
-                reason = "max_epochs"
+            m.curve.append((self.epoch, train[row], loss[row]))
+            reason, m.best, m.best_epoch = stop_check(self.cfg, self.epoch, loss[row], train[row],
+                                                      m.best, m.best_epoch)
             if reason is None:
                 keep.append(row)
             else:
-                self._finish(m, reason, lv, r2[row])
+                self._finish(m, reason, loss[row], r2[row])
         if len(keep) < len(self.active):
             self._compact(keep)
 

@@ -24,6 +24,9 @@ from .config import GATES, Grid, Point, Resources
 
 # Tune's legacy output with verbose=0 prints nothing: memgrid shows its own progress line
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# packs checkpoint with every write of finished points; Tune's notice about frequent
+# experiment snapshots is expected here and says nothing to act on
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 FLUSH_S = 10.0
 """seconds between writes of finished points (a kill loses at most this much finished work)"""
@@ -98,6 +101,16 @@ def pack_trial(config: dict) -> None:
     uri, pid = config["out"], config["pack"]["pack_id"]
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config["gpus"] > 0 and torch.cuda.is_available() else "cpu"
+
+    if points[0].arch == "esn":  # fitted in one pass (memgrid.esn): one part, no checkpoint;
+        from .esn import fit_esn_pack   # a retried trial rewrites the same part
+
+        rows, curves = fit_esn_pack(points, device=device, grid_name=config["grid"], pack_id=pid)
+        store.write_points(uri, f"{pid}-0000", rows, curves)
+        stops = Counter(r["stop_reason"] for r in rows)
+        tune.report({"points_done": len(rows), "points": len(points), "active": 0, "epoch": 0,
+                     **{f"stop_{k}": v for k, v in stops.items()}})
+        return
 
     trainer = PackTrainer(points, device=device, grid_name=config["grid"], pack_id=pid)
     ckpt = tune.get_checkpoint()

@@ -76,11 +76,12 @@ def plot_loss_curves(points: pd.DataFrame, curves: pd.DataFrame, arch: str, laye
                 Line2D([], [], color="0.3", ls=":", label=f"memorized < {threshold}")]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     seeds = sel.groupby("position")["seed"].nunique()
+    n_seeds = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     pooled = [k for k in variant_columns(sel) if k not in ("position", "seed")]
-    title = (f"{arch.upper()}, l = {layers}, c = {cells}: evaluation loss per position "
-             f"({length_text(sel)}, {seeds.min()}-{seeds.max()} seeds per p)")
+    title = (f"{arch.upper()}, l = {layers}, c = {cells}: evaluation loss per position p\n"
+             f"{length_text(sel)}, {n_seeds} seeds per p (one line each)")
     if pooled:
-        title += f"\npooled over {', '.join(pooled)}"
+        title += f", pooled over {', '.join(pooled)}"
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean absolute error (evaluation set)")
@@ -113,7 +114,7 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
     positions = sorted(int(v) for v in points["position"].unique())
     cells = sorted(int(v) for v in points["cells"].unique())
     px, cy = {p: i for i, p in enumerate(positions)}, {c: i for i, c in enumerate(cells)}
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85", over="yellow")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     fig = _figure(3.2 * len(layers) + 1.2, 2.9 * len(archs) + 0.8)
     axes = fig.subplots(len(archs), len(layers), squeeze=False, sharex=True, sharey=True)
     image = None
@@ -183,8 +184,10 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> 
                                edgecolors=ARCH_COLORS.get(arch, "k"), linewidths=1.2,
                                facecolors="none" if censored else ARCH_COLORS.get(arch, "k"))
             m = mc[(mc["arch"] == arch) & (mc["layers"] == l)]
-            ax_mc.errorbar(m["units"] + shift[arch], m["mc"],
-                           yerr=[m["mc"] - m["lo"], m["hi"] - m["mc"]], fmt=marker, ms=5,
+            if m.empty:
+                continue
+            spread = [(m["mc"] - m["lo"]).clip(lower=0), (m["hi"] - m["mc"]).clip(lower=0)]
+            ax_mc.errorbar(m["units"] + shift[arch], m["mc"], yerr=spread, fmt=marker, ms=5,
                            color=ARCH_COLORS.get(arch, "k"), elinewidth=0.8, capsize=2)
     legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), marker="o", ls="", label=a.upper())
               for a in archs]

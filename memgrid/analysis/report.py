@@ -155,7 +155,7 @@ def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float) -> lis
             made.append((f"{stat} loss over seeds, {kind} length (Figs. 6-9)", png.name))
         png = save(plot_limits_vs_units(sub, threshold), out, f"limits_vs_units_{kind}")
         made.append((f"memory limit and MC against N, {kind} length", png.name))
-        configs = sub[CONFIG].drop_duplicates()
+        configs = sub[CONFIG].drop_duplicates().sort_values(CONFIG)
         # the paper's Figs. 4/5 configuration; a small grid gets every configuration drawn
         if len(configs) > 6:
             configs = configs[(configs["layers"] == 1) & (configs["cells"] == 5)]

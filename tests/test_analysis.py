@@ -1,0 +1,313 @@
+"""Analysis on hand-made tables with known answers: limits, MC, bimodality, plateau effect,
+the paper's claims, figures and the report of a tiny Parquet results folder."""
+
+from __future__ import annotations
+
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memgrid.analysis import (bimodality, capacity_violations, check_claims, limit_violations,
+                              memory_capacity, memory_limits, plateau_effect, plot_heatmaps,
+                              plot_limits_vs_units, plot_loss_curves, save, write_report)
+from memgrid.config import Point
+from memgrid.store import point_settings, write_grid_identity, write_points
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def points(losses: dict[int, float | list[float]], arch="rnn", layers=1, cells=5,
+           r2: dict[int, float] | None = None, epochs: int = 100, **settings) -> pd.DataFrame:
+    """A points table of one configuration: `losses` maps p to one loss per seed (a list) or
+    to one loss for seeds 0..2."""
+    rows = []
+    for p, ls in losses.items():
+        ls = ls if isinstance(ls, list) else [ls] * 3
+        for seed, loss in enumerate(ls):
+            rows.append(dict(arch=arch, layers=layers, cells=cells, position=p, seed=seed,
+                             q_min=10, q_max=15, loss=loss,
+                             r2=(r2 or {}).get(p, 0.0), epochs=epochs, max_epochs=500,
+                             point_id=f"{arch}-{layers}-{cells}-{p}-{seed}-{settings}",
+                             **settings))
+    return pd.DataFrame(rows)
+
+
+def verdicts(table: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(check_claims(table)["figure"], check_claims(table)["verdict"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory-distance limits
+
+
+def test_limit_known():
+    lim = memory_limits(points({p: 0.01 if p <= 4 else 0.2 for p in range(1, 9)}))
+    r = lim.iloc[0]
+    assert len(lim) == 1
+    assert (r["limit"], r["units"], r["bound"], r["p_max"]) == (4, 5, 5, 8)
+    assert r["stop"] == "loss" and not r["limit_censored"] and r["complete"]
+    assert r["loss_at_limit"] == pytest.approx(0.01) and r["loss_next"] == pytest.approx(0.2)
+
+
+def test_limit_hole_and_end():
+    hole = memory_limits(points({1: 0.01, 2: 0.01, 4: 0.01, 5: 0.01})).iloc[0]
+    assert (hole["limit"], hole["stop"], hole["limit_censored"], hole["complete"]) == \
+        (2, "missing", True, False)
+    assert math.isnan(hole["loss_next"])
+    end = memory_limits(points({p: 0.01 for p in range(1, 7)})).iloc[0]
+    assert (end["limit"], end["stop"], end["limit_censored"], end["complete"]) == (6, "end", True, True)
+    assert memory_limits(points({1: 0.3, 2: 0.01})).iloc[0]["limit"] == 0
+    no_p1 = memory_limits(points({2: 0.01})).iloc[0]
+    assert (no_p1["limit"], no_p1["stop"]) == (0, "missing")
+
+
+def test_limit_means_over_seeds_missing_seeds_and_divergence():
+    # p=2: mean of 0.01, 0.01, 0.1 = 0.04 < 0.05; p=3: one seed only; p=4: mean 0.07
+    t = points({1: 0.01, 2: [0.01, 0.01, 0.1], 3: [0.02], 4: [0.01, 0.1, 0.1]})
+    r = memory_limits(t).iloc[0]
+    assert (r["limit"], r["min_seeds"]) == (3, 1)
+    assert r["loss_next"] == pytest.approx(0.07)
+    # a diverged seed (NaN loss) fails its position, whatever the other seeds did
+    t = points({1: 0.01, 2: [0.01, float("nan"), 0.01], 3: 0.01})
+    assert memory_limits(t).iloc[0]["limit"] == 1
+
+
+def test_limit_per_configuration_and_variant():
+    t = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.3}, lr=0.01),
+                   points({1: 0.01, 2: 0.3}, lr=0.1),
+                   points({1: 0.01, 2: 0.01}, cells=2, layers=2, lr=0.1)])
+    lim = memory_limits(t).set_index(["cells", "lr"])
+    assert lim.loc[(5, 0.01), "limit"] == 2 and lim.loc[(5, 0.1), "limit"] == 1
+    assert lim.loc[(2, 0.1), ["limit", "units", "bound"]].tolist() == [2, 4, 3]
+
+
+def test_limit_violations():
+    t = pd.concat([points({p: 0.01 for p in range(1, 6)} | {6: 0.3}, layers=2, cells=2),
+                   points({1: 0.01, 2: 0.3}, cells=3)])
+    v = limit_violations(t)
+    assert len(v) == 1
+    assert (v.iloc[0]["cells"], v.iloc[0]["limit"], v.iloc[0]["bound"], v.iloc[0]["margin"]) == \
+        (2, 5, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory capacity
+
+
+def test_memory_capacity_and_violation_margin():
+    # l=2, c=2: N = 4, bound 3. Seed 0: 1 + 0.9 + 0.8 + 0.7 + (NaN -> 0) + (-0.05 -> 0) + (1.2 -> 1)
+    r2 = {1: 1.0, 2: 0.9, 3: 0.8, 4: 0.7, 5: float("nan"), 6: -0.05, 7: 1.2}
+    t = points({p: [0.01] for p in r2}, layers=2, cells=2, r2=r2, eval_size=1025)
+    small = points({p: [0.01, 0.01] for p in (1, 2)}, layers=2, cells=2, r2={1: 0.5, 2: 0.5},
+                   eval_size=1025)
+    small["seed"] = [1, 2, 1, 2]  # seeds 1 and 2 ran p = 1, 2 only
+    mc = memory_capacity(pd.concat([t, small])).set_index("seed")
+    assert mc.loc[0, "mc"] == pytest.approx(4.4)
+    assert mc.loc[0, ["positions", "r2_missing", "p_max", "units", "bound"]].tolist() == [7, 1, 7, 4, 3]
+    assert mc.loc[0, "margin"] == pytest.approx(1.4)
+    assert mc.loc[0, "noise"] == pytest.approx(7 / 1024)
+    assert mc.loc[1, "mc"] == pytest.approx(1.0) and mc.loc[1, "positions"] == 2
+    v = capacity_violations(pd.concat([t, small]))
+    assert v["seed"].tolist() == [0] and v.iloc[0]["margin"] == pytest.approx(1.4)
+    assert capacity_violations(pd.concat([t, small]), tol=1.5).empty
+
+
+# ---------------------------------------------------------------------------------------------
+# Bimodality and the plateau stop
+
+
+def test_bimodality_shares():
+    t = points({1: [0.01, 0.01], 2: [0.0, 0.2], 3: [0.25, 0.25]})
+    b = bimodality(t)
+    assert (b["points"], b["points_between"], b["means"], b["means_between"]) == (6, 1, 3, 1)
+    assert b["share_points"] == pytest.approx(1 / 6) and b["share_means"] == pytest.approx(1 / 3)
+    b = bimodality(t, lo=0.0, hi=0.01)
+    assert (b["points_between"], b["means_between"]) == (3, 1)
+
+
+def test_plateau_effect():
+    on = points({1: [0.01], 2: [0.25], 3: [0.01], 4: [0.25]}, plateau=True, patience=100,
+                grid="on")
+    on["stop_reason"] = ["solved", "plateau", "solved", "plateau"]
+    off = points({1: [0.01], 2: [0.01], 3: [0.2]}, plateau=False, patience=1000, grid="off")
+    off["stop_reason"] = ["solved", "solved", "max_epochs"]
+    changed, s = plateau_effect(on, off)
+    assert changed["position"].tolist() == [2, 3]
+    assert changed["loss_diff"].tolist() == pytest.approx([-0.24, 0.19])
+    assert changed["solved_without"].tolist() == [True, False]
+    assert s == {"matched": 3, "only_with": 1, "only_without": 0, "solved_with": 2,
+                 "solved_without": 2, "gained": 1, "lost": 1, "stopped_plateau": 1,
+                 "stopped_plateau_then_solved": 1,
+                 "mean_loss_diff": pytest.approx(-0.05 / 3), "max_abs_loss_diff": pytest.approx(0.24)}
+    assert len(plateau_effect(on, off, atol=0.0)[0]) == 2  # p=1 has equal losses
+    with pytest.raises(ValueError, match="repeated"):
+        plateau_effect(pd.concat([on, on]), off)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's claims
+
+FIG4 = {p: 0.01 if p <= 5 else 0.15 if p <= 8 else 0.25 for p in range(1, 11)}
+
+
+def test_claims_fig4():
+    assert verdicts(points(FIG4))["Fig. 4"] == "holds"
+    assert verdicts(points(FIG4 | {6: 0.01}))["Fig. 4"] == "does not hold"
+    assert verdicts(points({p: FIG4[p] for p in range(1, 10)}))["Fig. 4"] == "not covered by this grid"
+    claims = check_claims(points(FIG4 | {9: 0.1}))
+    assert "p=9: 0.100 not >= 0.2" in claims.set_index("figure").loc["Fig. 4", "evidence"]
+
+
+def test_claims_lstm_slower_from_epochs_and_curves():
+    rnn = points({1: 0.01, 2: 0.01}, cells=2, epochs=100)
+    lstm = points({1: 0.01, 2: 0.3}, arch="lstm", cells=2, epochs=400)
+    assert verdicts(pd.concat([rnn, lstm]))["Fig. 5"] == "holds"
+    fast = points({1: 0.01, 2: 0.01}, arch="lstm", cells=2, epochs=50)
+    assert verdicts(pd.concat([rnn, fast]))["Fig. 5"] == "does not hold"
+    assert verdicts(rnn)["Fig. 5"] == "not covered by this grid"
+    # curves, when given, decide: the lstm crossed 0.05 at epoch 10, the rnn at epoch 90
+    both = pd.concat([rnn, lstm])
+    curves = pd.DataFrame([dict(point_id=pid, epoch=e, eval_loss=0.3 if e < cross else 0.01)
+                           for pid, a in zip(both["point_id"], both["arch"])
+                           for cross in [10 if a == "lstm" else 90] for e in (0, 10, 90)])
+    claims = check_claims(both, curves).set_index("figure")
+    assert claims.loc["Fig. 5", "verdict"] == "does not hold"
+
+
+def test_claims_gated_p10_and_c_equals_p():
+    gated = lambda loss: points({9: 0.2, 10: loss}, arch="lstm")  # noqa: E731
+    assert verdicts(gated(0.1))["Fig. 8"] == "holds"
+    assert verdicts(gated(0.02))["Fig. 8"] == "does not hold"
+    assert verdicts(points({9: 0.02}, arch="gru"))["Fig. 8"] == "not covered by this grid"
+    diag = pd.concat([points({c: 0.01, c + 1: 0.3}, cells=c) for c in (1, 2, 3)])
+    assert verdicts(diag)["Fig. 6"] == "holds"
+    bad = pd.concat([diag[diag["cells"] < 3], points({3: 0.2}, cells=3)])
+    assert verdicts(bad)["Fig. 6"] == "does not hold"
+    assert verdicts(points({1: 0.01}, cells=3))["Fig. 6"] == "not covered by this grid"
+
+
+def test_claims_capacity_bound():
+    ok = points({p: 0.01 for p in range(1, 5)}, cells=2, r2={1: 1.0, 2: 0.9, 3: 0.05})
+    assert verdicts(ok)["Sec. 4"] == "holds"
+    over = points({p: 0.01 for p in range(1, 5)}, cells=2, r2={1: 1.0, 2: 0.9, 3: 0.6})
+    assert verdicts(over)["Sec. 4"] == "does not hold"
+    # two positions for a bound of 2: the sum of r2 cannot exceed it, so nothing is tested
+    assert verdicts(points({1: 0.01, 2: 0.01}, cells=2, r2={1: 1.0, 2: 1.0}))["Sec. 4"] == \
+        "not covered by this grid"
+
+
+def test_claims_fixed_vs_random():
+    rand = points({1: 0.01, 2: 0.01, 3: 0.3}, cells=2)
+    fixed = points({1: 0.01, 2: 0.01, 3: 0.01}, cells=2).assign(q_max=10)
+    assert verdicts(pd.concat([rand, fixed]))["Fig. 9"] == "holds"
+    worse = fixed.assign(loss=np.where(fixed["position"] == 2, 0.2, fixed["loss"]))
+    assert verdicts(pd.concat([rand, worse]))["Fig. 9"] == "does not hold"
+    assert verdicts(rand)["Fig. 9"] == "not covered by this grid"
+    assert verdicts(fixed)["Fig. 4"] == "not covered by this grid"  # random-length claims
+
+
+def test_claims_bimodality_and_empty():
+    crisp = pd.concat([points({1: 0.01, 2: 0.25}, cells=c) for c in (1, 2)])
+    assert verdicts(crisp)["Figs. 6, 7"] == "holds"
+    mushy = pd.concat([points({1: 0.01, 2: 0.1}, cells=c) for c in (1, 2)])
+    assert verdicts(mushy)["Figs. 6, 7"] == "does not hold"
+    assert verdicts(points({1: 0.01, 2: 0.1}))["Figs. 6, 7"] == "not covered by this grid"
+    empty = check_claims(points({1: 0.01}).iloc[:0])
+    assert len(empty) == 7 and set(empty["verdict"]) == {"not covered by this grid"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _curves(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([dict(point_id=pid, epoch=e, train_loss=loss, eval_loss=loss + 0.1 / (1 + e))
+                         for pid, loss in zip(table["point_id"], table["loss"]) for e in (0, 10, 20)])
+
+
+def test_plots_axes_and_save(tmp_path):
+    t = pd.concat([points(FIG4), points(FIG4, layers=2, cells=3),
+                   points(FIG4, arch="lstm"), points(FIG4, arch="lstm", cells=3)])
+    heat = plot_heatmaps(t, "mean")
+    assert len(heat.axes) == 2 * 2 + 1  # (rnn, lstm) x (l = 1, 2) panels and the colour bar
+    assert len(plot_heatmaps(t, "std").axes) == 5
+    assert len(plot_limits_vs_units(t).axes) == 2
+    one = points(FIG4)
+    curves = plot_loss_curves(one, _curves(one), "rnn", 1, 5)
+    assert len(curves.axes) == 1
+    assert len(curves.axes[0].lines) == len(one) + 2  # one line per point, plateau, threshold
+    png = save(heat, tmp_path / "figs", "heat")
+    assert png.exists() and png.with_suffix(".pdf").exists()
+    with pytest.raises(ValueError):
+        plot_heatmaps(t, "median")
+
+
+# ---------------------------------------------------------------------------------------------
+# The report of a results folder
+
+
+def _results(uri: Path, losses: dict[tuple[int, int], float], seeds=(0, 1)) -> dict:
+    """A tiny results folder: rnn l=1, c in {1, 2}, p in 1..3 (as axes), the given points."""
+    axes = {"arch": ["rnn"], "layers": [1], "cells": [1, 2], "position": [1, 2, 3],
+            "seed": list(seeds)}
+    fixed = {"max_epochs": 50}
+    write_grid_identity(str(uri), {"name": "tiny", "axes": axes, "fixed": fixed})
+    rows, curves = [], []
+    for (c, p), loss in losses.items():
+        for s in seeds:
+            pt = Point(arch="rnn", layers=1, cells=c, position=p, seed=s, max_epochs=50)
+            rows.append(point_settings(pt, "tiny") | dict(
+                units=pt.units, params=pt.params, epochs=50, loss=loss, best_loss=loss,
+                stop_reason="solved" if loss < 0.01 else "max_epochs", r2=1 - 4 * loss,
+                mc_stream=None, wall_s=1.0, pack_id="pack0", device="cpu",
+                memgrid_version="test", finished_at=None))
+            curves += [dict(point_id=pt.point_id, epoch=e, train_loss=0.3, eval_loss=v)
+                       for e, v in ((0, 0.3), (50, loss))]
+    write_points(str(uri), "pack0-0", rows, curves)
+    return axes
+
+
+def test_report_partial_grid(tmp_path, capsys):
+    res = tmp_path / "results"
+    # c=1 done (limit 1), c=2 only p = 1, 2 so far (limit 2, censored): 10 of 12 points
+    _results(res, {(1, 1): 0.005, (1, 2): 0.2, (1, 3): 0.25, (2, 1): 0.005, (2, 2): 0.02})
+    path = write_report(str(res), tmp_path / "report")
+    assert capsys.readouterr() == ("", "")
+    text = path.read_text()
+    assert path == tmp_path / "report" / "report.md"
+    assert "Points done: **10 of 12**" in text
+    assert "| rnn | 1 | 1 | 1 | 1 | 1 | 3 | loss | no |" in text
+    assert "| rnn | 1 | 2 | 2 | 2 | 2 | 2 | end | yes |" in text
+    assert "| max_epochs | solved |" in text.replace("| arch ", "")
+    for png in ("heatmap_mean_random.png", "heatmap_std_random.png",
+                "limits_vs_units_random.png", "curves_rnn_l1_c1_random.png"):
+        assert f"]({png})" in text and (tmp_path / "report" / png).exists()
+    assert "## Paper claims" in text and "not covered by this grid" in text
+
+
+def test_report_without_points(tmp_path):
+    res = tmp_path / "results"
+    write_grid_identity(str(res), {"name": "tiny", "axes": {"arch": ["rnn"], "layers": [1],
+                                   "cells": [1], "position": [1, 2], "seed": [0]}, "fixed": {}})
+    text = write_report(str(res), tmp_path / "out").read_text()
+    assert "Points done: **0 of 2**" in text and "No points yet" in text
+    text = write_report(str(tmp_path / "nothing"), tmp_path / "out2").read_text()
+    assert "No `grid.json`" in text and "No points yet" in text
+
+
+def test_figure_scripts(tmp_path):
+    res = tmp_path / "results"
+    _results(res, {(c, p): 0.005 if p <= c else 0.25 for c in (1, 2) for p in (1, 2, 3)})
+    for name in ("fig6_heatmap", "fig7_std", "limits_vs_units"):
+        main = runpy.run_path(str(ROOT / "analysis" / f"{name}.py"))["main"]
+        main([str(res), "--out", str(tmp_path / "figs")])
+        assert (tmp_path / "figs" / f"{name}.png").exists()
+    main = runpy.run_path(str(ROOT / "analysis" / "fig4_curves.py"))["main"]
+    main([str(res), "--out", str(tmp_path / "figs"), "--cells", "2"])
+    assert (tmp_path / "figs" / "fig4_curves.png").exists()
+    with pytest.raises(SystemExit):  # no fixed-length points in this folder
+        runpy.run_path(str(ROOT / "analysis" / "fig9_heatmap.py"))["main"]([str(res)])

@@ -1,0 +1,121 @@
+"""Grid files: strict loading, expansion, smoke shrink; bad input on the command line."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memgrid.config import ConfigError, Point, load_grid, parse_grid
+
+from .conftest import CONFIGS, memgrid_cli
+
+GOOD = {"name": "g", "axes": {"arch": ["rnn"], "layers": [1], "cells": [5], "position": "1..3", "seed": "0..1"}}
+
+
+def with_(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return raw
+
+
+def test_expansion_and_ranges():
+    g = parse_grid(with_(axes__lr=[0.01, 0.1]), "g.yaml")
+    pts = g.points()
+    assert len(pts) == 3 * 2 * 2
+    assert {p.position for p in pts} == {1, 2, 3} and {p.lr for p in pts} == {0.01, 0.1}
+    assert len({p.point_id for p in pts}) == 12
+    assert len({p.pack_key for p in pts}) == 1      # position, seed, lr may share a pack
+
+
+def test_point_id_is_stable():
+    """The id keys results across runs: changing it orphans every stored point."""
+    assert Point("rnn", 1, 5, 3, 0).point_id == Point("rnn", 1, 5, 3, 0).point_id
+    assert Point("rnn", 1, 5, 3, 0).point_id != Point("rnn", 1, 5, 3, 1).point_id
+    assert len(Point("rnn", 1, 5, 3, 0).point_id) == 16
+
+
+BAD = [
+    (with_(axes__cells=[0]), "axes.cells"),
+    (with_(axes__position=[0, 1]), "axes.position"),
+    (with_(axes__arch=["transformer"]), "axes.arch"),
+    (with_(axes__layers=["two"]), "axes.layers"),
+    (with_(axes__seed="5..1"), "axes.seed"),
+    (with_(task__q_min=12, task__q_max=10), "task.q_min"),
+    (with_(train__lr=0), "train.lr"),
+    (with_(train__lr=-0.1), "train.lr"),
+    (with_(train__batch_size=1.5), "train.batch_size"),
+    (with_(train__momentum=1.0), "train.momentum"),
+    (with_(train__learning_rate=0.1), "train.learning_rate"),
+    (with_(stop__plateau="yes"), "stop.plateau"),
+    (with_(extra=1), "extra"),
+    (with_(axes__colour=[1]), "axes.colour"),
+    (with_(resources__pack=0), "resources.pack"),
+    (with_(resources__gpus_per_trial=-1), "resources.gpus_per_trial"),
+    (with_(task__long_positions="error", axes__position=[1, 12]), "axes.position"),
+    (with_(task__long_positions="wrap"), "task.long_positions"),
+    ({"name": "g", "axes": {"arch": ["rnn"], "layers": [1], "cells": [5], "position": [1]}}, "axes.seed"),
+]
+
+
+@pytest.mark.parametrize("raw,key", BAD, ids=[k for _, k in BAD])
+def test_bad_values_name_file_and_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        parse_grid(raw, "grids/bad.yaml")
+    msg = str(e.value)
+    assert msg.startswith("grids/bad.yaml: ") and key in msg and "\n" not in msg
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
+        load_grid(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("axes: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML at line"):
+        load_grid(tmp_path / "broken.yaml")
+
+
+def test_shipped_grids_load_and_say_how_to_run():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"smoke"}
+    for f in files:
+        grid = load_grid(f)
+        first = f.read_text().splitlines()[0]
+        assert first == f"# memgrid run tune_configs/{f.name}", f
+        assert grid.points()
+        small = grid.smoke()
+        assert len(small.points()) <= 64 and all(p.max_epochs <= 200 for p in small.points())
+
+
+@pytest.mark.parametrize("raw,key", [BAD[0], BAD[6], BAD[12]], ids=["cells", "lr", "unknown"])
+def test_cli_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, raw, key):
+    grid = tmp_path / "bad.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    r = memgrid_cli("run", grid, "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(grid) in lines[0] and key in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_cli_bad_flags_and_missing_file(tmp_path):
+    out = tmp_path / "results"
+    r = memgrid_cli("run", tmp_path / "missing.yaml", "--out", out)
+    assert r.returncode == 2 and "missing.yaml: cannot read" in r.stderr and not out.exists()
+    r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out, "--pack", "zero")
+    assert r.returncode == 2 and "resources.pack" in r.stderr and not out.exists()
+    r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out, "--max-epochs", "0")
+    assert r.returncode == 2 and "--max-epochs" in r.stderr and not out.exists()
+
+
+def test_cli_refuses_a_folder_of_another_grid(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "grid.json").write_text('{"name": "other", "axes": {}, "fixed": {}}')
+    r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out)
+    assert r.returncode == 2 and "grid.json" in r.stderr and "another grid" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["grid.json"]

@@ -1,0 +1,134 @@
+"""Training: learning happens, the stopping rule, pack invariance, exact resume."""
+
+import collections
+import math
+
+import pytest
+import torch
+
+from memgrid.config import Point
+from memgrid.train import PackTrainer, stop_check, train_points
+
+
+def curves_by_point(curves):
+    out = collections.defaultdict(list)
+    for c in curves:
+        out[c["point_id"]].append((c["epoch"], c["train_loss"], c["eval_loss"]))
+    return out
+
+
+def test_rnn_learns_p1():
+    """The last element: a small RNN gets below 0.05 MAE (0.25 is the constant guess)."""
+    p = Point("rnn", 1, 5, 1, 0, max_epochs=1000, eval_every=50, eval_size=512)
+    rows, curves = train_points([p])
+    (row,) = rows
+    assert row["loss"] < 0.05 and row["r2"] > 0.9
+    first = curves_by_point(curves)[p.point_id][0]
+    assert first[0] == 0 and first[2] > 0.2                  # it started untrained
+
+
+# -- the stopping rule on synthetic curves ------------------------------------------------------
+
+def run_rule(p, losses):
+    """Feed a synthetic evaluation curve (one loss per eval_every epochs) to the rule."""
+    best, best_epoch = math.inf, 0
+    for i, loss in enumerate(losses):
+        epoch = i * p.eval_every
+        reason, best, best_epoch = stop_check(p, epoch, loss, loss, best, best_epoch)
+        if reason:
+            return reason, epoch
+    return None, None
+
+
+RULE = Point("rnn", 1, 5, 1, 0, max_epochs=5000, eval_every=100, patience=1000, solved_loss=0.01)
+
+
+def test_rule_solved():
+    assert run_rule(RULE, [0.3, 0.2, 0.05, 0.02, 0.009, 0.001]) == ("solved", 400)
+
+
+def test_rule_plateau_after_patience_without_improvement():
+    curve = [0.5, 0.26] + [0.25] * 60
+    # best 0.25 set at epoch 200; no improvement by 1e-3 after that; stop 1000 epochs later
+    assert run_rule(RULE, curve) == ("plateau", 1200)
+
+
+def test_rule_no_plateau_below_the_level_or_while_improving():
+    assert run_rule(RULE, [0.5] + [0.2] * 60) == ("max_epochs", 5000)          # 0.2 < 0.24
+    slow = [0.25 - 0.0015 * i for i in range(10)] + [0.236] * 60               # improving, then below
+    assert run_rule(RULE, slow) == ("max_epochs", 5000)
+    p = Point("rnn", 1, 5, 1, 0, max_epochs=5000, eval_every=100, patience=1000, plateau=False)
+    assert run_rule(p, [0.25] * 60) == ("max_epochs", 5000)
+
+
+def test_rule_late_takeoff_is_not_cut_when_patience_allows():
+    curve = [0.25] * 9 + [0.1, 0.005]                    # 900 epochs flat, then learns
+    assert run_rule(RULE, curve) == ("solved", 1000)
+    short = Point("rnn", 1, 5, 1, 0, max_epochs=5000, eval_every=100, patience=500)
+    assert run_rule(short, curve) == ("plateau", 500)
+
+
+def test_rule_diverged():
+    assert run_rule(RULE, [0.3, 0.2, float("nan")]) == ("diverged", 200)
+    assert run_rule(RULE, [0.3, float("inf")]) == ("diverged", 100)
+
+
+# -- packs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_pack_invariance(arch):
+    """A point's losses are the same alone or in a mixed pack (other p, seeds, lr, longer T)."""
+    pts = [Point(arch, 2, 4, p, s, max_epochs=120, eval_every=20, lr=lr, q_min=5, q_max=8,
+                 batch_size=32, eval_size=128)
+           for p, s, lr in [(1, 0, 0.01), (3, 1, 0.05), (7, 0, 0.05), (2, 2, 0.03)]]
+    _, curves = train_points(pts)
+    packed = curves_by_point(curves)
+    for p in pts:
+        _, alone = train_points([p])
+        a, b = curves_by_point(alone)[p.point_id], packed[p.point_id]
+        assert len(a) == len(b) == 7
+        assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-6
+        assert max(abs(x[1] - y[1]) for x, y in zip(a, b)) <= 1e-6
+
+
+def test_stopped_members_leave_the_pack_and_others_continue():
+    easy = Point("rnn", 1, 5, 1, 0, max_epochs=600, eval_every=50, eval_size=256)
+    boom = Point("rnn", 1, 5, 1, 1, max_epochs=600, eval_every=50, eval_size=256, lr=1e38)  # overflows to inf - inf
+    hard = Point("rnn", 1, 5, 9, 0, max_epochs=600, eval_every=50, eval_size=256)
+    rows, curves = train_points([easy, boom, hard])
+    by = {r["point_id"]: r for r in rows}
+    assert by[boom.point_id]["stop_reason"] == "diverged"
+    assert by[hard.point_id]["stop_reason"] == "max_epochs" and by[hard.point_id]["epochs"] == 600
+    _, alone = train_points([hard])
+    assert curves_by_point(alone)[hard.point_id] == curves_by_point(curves)[hard.point_id]
+
+
+def test_resume_from_state_is_exact():
+    pts = [Point("gru", 1, 3, p, 0, max_epochs=200, eval_every=20, eval_size=128, q_min=4, q_max=6)
+           for p in (1, 2, 3)]
+    full = PackTrainer(pts)
+    full.run()
+    ref = curves_by_point(full.pop_finished()[1])
+
+    first = PackTrainer(pts)
+    while first.epoch < 100:
+        first.run_epoch()
+    state = first.state_dict()
+    done_early = first.pop_finished()[0]
+    second = PackTrainer(pts)
+    second.load_state_dict(state)
+    second.drop({r["point_id"] for r in done_early})
+    second.run()
+    rows, curves = second.pop_finished()
+    got = curves_by_point(curves)
+    for pid, c in got.items():
+        assert c == ref[pid]
+    assert len(rows) + len(done_early) == 3
+
+
+def test_state_dict_loads_without_pickle(tmp_path):
+    t = PackTrainer([Point("lstm", 1, 2, 1, 0, max_epochs=40, eval_every=20, eval_size=64)])
+    t.run_epoch()
+    torch.save(t.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert state["epoch"] == 1
