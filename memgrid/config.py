@@ -68,7 +68,7 @@ class Point:
     """rule for p > q_min: `shift` moves the length range up by p - q_min, `error` refuses"""
     readout: str = "sum"
     """`sum` of the last layer's units (paper) or a learned `linear` readout"""
-    lr: float = 0.01
+    lr: float = 0.003
     """SGD learning rate"""
     momentum: float = 0.9
     """SGD momentum"""
@@ -92,7 +92,7 @@ class Point:
     """the constant-guess level: always answering 0.5 scores 0.25"""
     plateau_tol: float = 0.01
     """a loss above plateau_loss - plateau_tol counts as on the plateau"""
-    patience: int = 1000
+    patience: int = 2000
     """epochs on the plateau without improving by 1e-3 before stop reason `plateau`"""
     spectral_radius: float = 0.9
     """esn: spectral radius of the reservoir matrix"""
@@ -104,6 +104,12 @@ class Point:
     """esn: leaky-integrator rate (1 = no leak)"""
     ridge: float = 1e-6
     """esn: ridge regularisation of the readout"""
+    mc_length: int = 4000
+    """Jaeger's MC on a stationary stream (column `mc_stream`): stream length; 0 = not measured"""
+    mc_low: float = 0.0
+    """lowest value of the stream's uniform inputs (the task's range is [0, 1]; reservoirpy: -0.8)"""
+    mc_high: float = 1.0
+    """highest value of the stream's uniform inputs"""
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -161,9 +167,11 @@ TRAIN_KEYS = ("readout", "lr", "momentum", "batch_size", "steps_per_epoch", "max
               "eval_size", "eval_every")
 STOP_KEYS = ("solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience")
 ESN_KEYS = ("spectral_radius", "input_scaling", "connectivity", "leak_rate", "ridge")
+CAPACITY_KEYS = ("mc_length", "mc_low", "mc_high")
 AXIS_KEYS = ("arch", "layers", "cells", "position", "seed") + TRAIN_KEYS + TASK_KEYS + ESN_KEYS
 REQUIRED_AXES = ("arch", "layers", "cells", "position", "seed")
-SECTIONS = {"task": TASK_KEYS, "train": TRAIN_KEYS, "stop": STOP_KEYS, "esn": ESN_KEYS}
+SECTIONS = {"task": TASK_KEYS, "train": TRAIN_KEYS, "stop": STOP_KEYS, "esn": ESN_KEYS,
+            "capacity": CAPACITY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,10 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"must be >= 1, got {v}"
     elif key in ("seed", "tbptt", "patience") and v < 0:
         bad = f"must be >= 0, got {v}"
+    elif key == "mc_length" and v != 0 and v < 200:
+        bad = f"0 (off) or a stream of >= 200 steps, got {v}"
+    elif key in ("mc_low", "mc_high") and not math.isfinite(v):
+        bad = f"must be a finite number, got {v}"
     elif key in ("lr", "spectral_radius", "input_scaling", "leak_rate") and not (v > 0 and math.isfinite(v)):
         bad = f"must be > 0, got {v}"
     elif key == "momentum" and not 0 <= v < 1:
@@ -334,6 +346,8 @@ def _validate_points(grid: Grid) -> None:
             raise ConfigError(
                 f"{_where(src, 'axes.position')}: position {p_max} > q_min {min(qmins)}, and "
                 "task.long_positions is 'error' (use 'shift' to move the length range up)")
+    if merged.get("mc_low", Point.mc_low) >= merged.get("mc_high", Point.mc_high):
+        raise ConfigError(f"{_where(src, _location(grid, 'mc_low'))}: mc_low must be below mc_high")
     archs = grid.axes.get("arch", [])
     if "esn" in archs and max(grid.axes.get("layers", [1])) > 1:
         raise ConfigError(f"{_where(src, 'axes.layers')}: esn has one reservoir layer (layers: [1])")

@@ -65,8 +65,9 @@ class Reservoirs:
     def select(self, idx: torch.Tensor | slice) -> Reservoirs:
         return Reservoirs(self.w[idx], self.w_in[idx], self.leak_rate[idx])
 
-    def to(self, device: str | torch.device) -> Reservoirs:
-        return Reservoirs(self.w.to(device), self.w_in.to(device), self.leak_rate.to(device))
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Reservoirs:
+        return Reservoirs(self.w.to(device, dtype), self.w_in.to(device, dtype),
+                          self.leak_rate.to(device, dtype))
 
     @classmethod
     def of(cls, points: list[Point], device: str | torch.device = "cpu") -> Reservoirs:
@@ -114,16 +115,19 @@ def _stepper(res: Reservoirs, linear: bool):
 
 def run_reservoirs(res: Reservoirs, x: torch.Tensor, mask: torch.Tensor | None = None, *,
                    linear: bool = False) -> torch.Tensor:
-    """Final states `(K, N, B)` for right-aligned inputs `x` `(K, B, T)`; `mask` `(K, B, P)`
-    (``memgrid.task.Batch``): False where a sequence has not started, the state stays 0 there."""
+    """Final states `(K, N, B)` for right-aligned inputs `x` `(K, B, T)`, in the reservoirs'
+    dtype. `mask` `(K, B, P)` (``memgrid.task.Batch``): False before a sequence starts, where
+    its state stays 0. (Right alignment puts every False step before the start, while the state
+    is still 0, so masking is a product.)"""
     K, B, T = x.shape
     x = x.to(res.w.dtype)
     h = x.new_zeros(K, res.units, B)
-    P = 0 if mask is None else mask.shape[2]
+    keep = () if mask is None else mask.to(x.dtype).unsqueeze(1).unbind(3)   # P x (K, 1, B)
     step = _stepper(res, linear)
     for t in range(T):
-        new = step(h, x[:, None, :, t])
-        h = torch.where(mask[:, None, :, t], new, h) if t < P else new
+        h = step(h, x[:, None, :, t])
+        if t < len(keep):
+            h = h * keep[t]
     return h
 
 
@@ -166,9 +170,9 @@ def reservoir_memory_capacity(res: Reservoirs, seed: torch.Tensor, *, k_max: int
 
 def fit_task(points: list[Point], *, device: str | torch.device = "cpu",
              train_size: int = TRAIN_SIZE, linear: bool = False) -> dict[str, torch.Tensor]:
-    """Fit the readouts of a pack of ESN points; per point `(K,)`: `loss` (evaluation MAE),
-    `r2` (squared correlation on the evaluation set), `train_loss` (MAE on the fit's sequences).
-    Also `group` `(K,)`: index of the point's (seed, length range) in `seeds` `(U,)`."""
+    """Fit the readouts of a pack of ESN points. Returns, per point `(K,)`: `loss` (evaluation
+    MAE), `r2` (squared correlation on the evaluation set), `train_loss` (MAE on the fit's own
+    sequences), float64 on `device`."""
     if not points:
         raise ValueError("a pack needs at least one point")
     if len({p.pack_key for p in points}) > 1:
@@ -177,39 +181,38 @@ def fit_task(points: list[Point], *, device: str | torch.device = "cpu",
     if p0.arch != "esn" or p0.layers != 1:
         raise ValueError(f"fit_task fits esn points with one layer, got {p0.arch} l={p0.layers}")
     dev = torch.device(device)
-    spec = TaskSpec.of(points, dev)
-    T, N = spec.T, p0.cells
-    groups: dict[tuple[int, int, int], int] = {}
-    gi = torch.tensor([groups.setdefault((p.seed, p.q_lo, p.q_hi), len(groups)) for p in points],
-                      device=dev)
-    firsts = [next(p for p in points if (p.seed, p.q_lo, p.q_hi) == g) for g in groups]
+    N, K = p0.cells, len(points)
+    # a group: points with the same sequences and reservoir (seed, length range); sorted by
+    # length so that a chunk of groups pads little
+    keys = sorted({(p.q_hi, p.q_lo, p.seed) for p in points})
+    group_of = {k: i for i, k in enumerate(keys)}
+    gi = torch.tensor([group_of[p.q_hi, p.q_lo, p.seed] for p in points], device=dev)
+    position = torch.tensor([p.position for p in points], device=dev)
+    firsts = [next(p for p in points if (p.q_hi, p.q_lo, p.seed) == k) for k in keys]
     gspec = TaskSpec.of(firsts, dev)
     res_all = Reservoirs.of(firsts, dev)
-    U = len(firsts)
-    col = T - spec.position                                               # target step per point
-    loss, r2, train_loss = (torch.empty(len(points), dtype=torch.float64, device=dev)
-                            for _ in range(3))
-    # groups in chunks so that the fit's float64 tensors stay within ~0.5 GB
-    chunk = max(1, int(2**29 // (8 * 4 * max(train_size, p0.eval_size) * (N + T))))
-    for lo in range(0, U, chunk):
-        sl = slice(lo, min(lo + chunk, U))
-        sub, res = gspec.select(torch.arange(sl.start, sl.stop, device=dev)), res_all.select(sl)
-        tr = make_batch(sub, TRAIN, 0, train_size, T)
-        h = run_reservoirs(res, tr.x, tr.mask, linear=linear).transpose(1, 2)   # (U, B, N)
-        # one readout per target step (every position at once): targets (U, B, T)
+    loss, r2, train_loss = (torch.empty(K, dtype=torch.float64, device=dev) for _ in range(3))
+    # chunks of groups: the fit's float64 tensors stay within ~0.5 GB
+    chunk = max(1, int(2**29 // (8 * 4 * max(train_size, p0.eval_size) * (N + gspec.T))))
+    for lo in range(0, len(keys), chunk):
+        idx = torch.arange(lo, min(lo + chunk, len(keys)), device=dev)
+        sub = gspec.select(idx)
+        # float32 runs (the task's inputs have 24 bits; 2-3x faster), float64 fits
+        res = res_all.select(idx).to(dev, torch.float32)
+        tr = make_batch(sub, TRAIN, 0, train_size)          # padded to this chunk's longest q
+        h = run_reservoirs(res, tr.x, tr.mask, linear=linear).transpose(1, 2).double()  # (G, B, N)
+        # one readout per target step, every position at once: targets (G, B, T)
         w, b = ridge_fit(h, tr.x, p0.ridge)
-        ev = make_eval_set(sub, p0.eval_size, T)
-        he = run_reservoirs(res, ev.x, ev.mask, linear=linear).transpose(1, 2)
-        members = ((gi >= sl.start) & (gi < sl.stop)).nonzero().squeeze(1)
-        g, c = gi[members] - sl.start, col[members]
-        pred_tr = (h @ w + b)[g, :, c]                                          # (M, B)
-        pred_ev = (he @ w + b)[g, :, c]
+        ev = make_eval_set(sub, p0.eval_size)
+        he = run_reservoirs(res, ev.x, ev.mask, linear=linear).transpose(1, 2).double()
+        members = ((gi >= lo) & (gi < lo + len(idx))).nonzero().squeeze(1)
+        g, c = gi[members] - lo, sub.T - position[members]           # group, target step
+        pred_tr, pred_ev = (h @ w + b)[g, :, c], (he @ w + b)[g, :, c]   # (M, B)
         y_tr, y_ev = tr.x[g, :, c].double(), ev.x[g, :, c].double()
         train_loss[members] = (pred_tr - y_tr).abs().mean(1)
         loss[members] = (pred_ev - y_ev).abs().mean(1)
         r2[members] = squared_correlation(pred_ev, y_ev, dim=1)
-    return {"loss": loss, "r2": r2, "train_loss": train_loss, "group": gi, "seeds": gspec.seed,
-            "reservoirs": res_all}
+    return {"loss": loss, "r2": r2, "train_loss": train_loss}
 
 
 def fit_esn_pack(points: list[Point], *, device: str | torch.device = "cpu", grid_name: str = "",
@@ -220,19 +223,20 @@ def fit_esn_pack(points: list[Point], *, device: str | torch.device = "cpu", gri
 
     Stop reason `solved` where the evaluation MAE is below `solved_loss` (as for a trained
     point), else `fitted`; `diverged` where it is not finite; epochs 0. `mc`: fill `mc_stream`
-    with each reservoir's Jaeger MC (``memgrid.capacity`` defaults: delays 1..2N on a stream of
-    uniform [0, 1] inputs), one value per seed.
+    with each reservoir's Jaeger MC (delays 1..2N on a stream of the point's `mc_length` uniform
+    inputs in [mc_low, mc_high]), one value per seed.
     """
     t0 = time.perf_counter()
     fit = fit_task(points, device=device, train_size=train_size, linear=linear)
     mc_of = [None] * len(points)
-    if mc:
+    p0 = points[0]
+    if mc and p0.mc_length > 0:
         seeds = sorted({p.seed for p in points})
         firsts = [next(p for p in points if p.seed == s) for s in seeds]
         res = Reservoirs.of(firsts, device)
-        mcs, _ = reservoir_memory_capacity(res, torch.tensor(seeds), ridge=points[0].ridge,
-                                           linear=linear)
-        by_seed = dict(zip(seeds, mcs.tolist()))
+        mcs, _ = reservoir_memory_capacity(res, torch.tensor(seeds), ridge=p0.ridge, linear=linear,
+                                           length=p0.mc_length, low=p0.mc_low, high=p0.mc_high)
+        by_seed = {s: (v if math.isfinite(v) else None) for s, v in zip(seeds, mcs.tolist())}
         mc_of = [by_seed[p.seed] for p in points]
     loss, r2, train = (fit[k].cpu().tolist() for k in ("loss", "r2", "train_loss"))
     wall = time.perf_counter() - t0

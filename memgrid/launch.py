@@ -26,8 +26,10 @@ does for a local cluster. It never sends the token to another host unasked.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
+import logging
 import os
 import re
 import shlex
@@ -87,7 +89,8 @@ def load_cluster(path: str | Path) -> dict:
         # the file as written: Ray's schema rejects unknown keys and wrong types
         jsonschema.validate(raw, schema)
         # as `ray up` reads it: merged with the provider's defaults, checked across keys
-        validate_config(prepare_config(raw))
+        logging.getLogger("ray.autoscaler").setLevel(logging.ERROR)  # its notes on defaults, mounts
+        validate_config(prepare_config(copy.deepcopy(raw)))
     except jsonschema.ValidationError as e:
         key = ".".join(str(k) for k in e.absolute_path) or "(top level)"
         raise ConfigError(f"{path}: {key}: {_one_line(e.message)}") from None
@@ -129,7 +132,16 @@ def results_root(cluster: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The provider boundary: Ray's launcher CLI. Tests replace these two functions.
+# The provider boundary: Ray's launcher and the cloud SDK under it. Tests replace these three.
+
+
+def check_provider(cluster_file: str, cluster: dict) -> None:
+    """The cloud provider's SDK that Ray's launcher needs is importable (boto3 for aws, ...)."""
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+    try:
+        _get_node_provider_cls(cluster["provider"])
+    except ImportError as e:
+        raise ConfigError(f"{cluster_file}: provider.type: {_one_line(str(e))}") from None
 
 
 def _ray_cli(*args: str) -> list[str]:
@@ -199,16 +211,21 @@ def _is_shared(out: str) -> bool:
 def connect(address: str):
     """A job client for `address`; token auth turned on for a loopback job server when a token
     is available and the user has not chosen (RAY_AUTH_MODE unset)."""
-    if is_loopback(address) and "RAY_AUTH_MODE" not in os.environ:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
     from ray.job_submission import JobSubmissionClient
+
+    # Ray's client notes (package uploads, "token authentication is enabled") are not news here
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    if is_loopback(address) and "RAY_AUTH_MODE" not in os.environ:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         return JobSubmissionClient(address if "://" in address else f"http://{address}")
     except Exception as e:  # noqa: BLE001 - Ray's client raises ConnectionError, RuntimeError, ...
-        raise LaunchError(f"cannot reach the job server at {address}: {_auth_hint(e)}") from None
+        raise LaunchError(f"job server at {address}: {_auth_hint(e)}") from None
 
 
 def _auth_hint(e: Exception) -> str:
@@ -242,6 +259,8 @@ def check_out(grid: Grid, out: str) -> None:
     """If `out` can be read from here and holds another grid, say so before submitting (the job
     would refuse it too). Storage this machine cannot read is left to the job."""
     from .cli import _first_difference
+    if "://" in out and not out.startswith("file://"):
+        return   # an object store may need credentials this machine does not have
     try:
         old = store.read_grid_identity(out)
     except (OSError, ValueError):
@@ -256,8 +275,7 @@ def submit(client, grid_file: str, spec: dict) -> str:
     """Submit the job, refusing a second live job into the same results folder."""
     out = spec["metadata"]["memgrid_out"]
     for job in client.list_jobs():
-        if (job.status.value if hasattr(job.status, "value") else str(job.status)) not in TERMINAL \
-                and (job.metadata or {}).get("memgrid_out") == out:
+        if _value(job.status) not in TERMINAL and (job.metadata or {}).get("memgrid_out") == out:
             raise LaunchError(f"job {job.submission_id} is already running into {out}: follow it "
                               f"with --follow {job.submission_id} or stop it with --stop {job.submission_id}")
     with tempfile.TemporaryDirectory(prefix="memgrid-job-") as d:
@@ -271,7 +289,7 @@ def follow(client, job_id: str, *, echo=click.echo) -> str:
     """Echo the job's log as it grows until the job ends. Returns its final status."""
     shown = 0
     while True:
-        status = _status(client, job_id)
+        status = _value(client.get_job_status(job_id))
         logs = client.get_job_logs(job_id)
         if len(logs) > shown:
             echo(logs[shown:].rstrip("\n"))
@@ -281,9 +299,9 @@ def follow(client, job_id: str, *, echo=click.echo) -> str:
         time.sleep(POLL_S)
 
 
-def _status(client, job_id: str) -> str:
-    s = client.get_job_status(job_id)
-    return s.value if hasattr(s, "value") else str(s)
+def _value(status) -> str:
+    """A JobStatus (a str enum) as its plain name."""
+    return getattr(status, "value", str(status))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,95 +342,98 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
       memgrid launch --address ... --status JOB | --follow JOB | --stop JOB
 
     Launching the same grid into the same --out again trains only the points missing there."""
-    from .cli import EXIT_BAD_INPUT, build_grid
+    from .cli import EXIT_BAD_INPUT
 
     job_ops = [x for x in (follow_id, status_id, stop_id) if x]
     flags = dict(pack=pack, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                  max_epochs=max_epochs, no_plateau=no_plateau, smoke=smoke)
-    # -- everything the user gave is checked before anything starts -----------------------------
+    # a job server on this machine's loopback runs the cluster here: its Python is this one
+    here = address is not None and is_loopback(address)
     try:
         if bool(cluster_file) == bool(address):
             raise ConfigError("command line: give one of --cluster CLUSTER.yaml or --address URL")
         if len(job_ops) > 1:
             raise ConfigError("command line: give one of --follow, --status, --stop")
-        if job_ops and grid_file:
-            raise ConfigError("command line: --follow/--status/--stop take a job id, not a grid file")
-        if not job_ops and not grid_file:
-            raise ConfigError("command line: GRID.yaml: missing (or --follow/--status/--stop JOB)")
+        if bool(job_ops) == bool(grid_file):
+            raise ConfigError("command line: give GRID.yaml or one of --follow/--status/--stop JOB")
         cluster = load_cluster(cluster_file) if cluster_file else None
-        grid = out_uri = None
-        if grid_file:
-            grid = build_grid(grid_file, **flags)
-            local = address is not None and is_loopback(address)
-            root = results_root(cluster) if cluster else None
-            out_uri = out or (f"{root.rstrip('/')}/{grid.name}" if root else
-                              f"results/{grid.name}" if local else None)
-            if out_uri is None:
-                raise ConfigError("command line: --out: required for a remote cluster (a URI or an "
-                                  "absolute path every node mounts)")
-            if not _is_shared(out_uri):
-                if not local:
-                    raise ConfigError(f"command line: --out: {out_uri!r} is relative: it would land in "
-                                      "the job's temporary folder; give a URI or an absolute path")
-                out_uri = str(Path(out_uri).absolute())  # the cluster runs on this machine
-            check_out(grid, out_uri)
+        if cluster:
+            check_provider(cluster_file, cluster)
+        grid, out = _grid_and_out(grid_file, flags, out, cluster, here) if grid_file else (None, None)
     except ConfigError as e:
         _fail(str(e), EXIT_BAD_INPUT)
 
-    # -- the cluster ------------------------------------------------------------------------------
+    where = f"--cluster {cluster_file}" if cluster_file else f"--address {address}"
     close = None
     try:
         if cluster_file:
             if grid_file:
                 ray_up(cluster_file)
             address, close = open_tunnel(cluster_file, dashboard_port(cluster))
-            local = True
-        else:
-            local = is_loopback(address)
         client = connect(address)
         if status_id:
             info = client.get_job_info(status_id)
             meta = info.metadata or {}
-            click.echo(f"{status_id}: {_status(client, status_id)}"
+            click.echo(f"{status_id}: {_value(info.status)}"
                        + (f"; results in {meta['memgrid_out']}" if "memgrid_out" in meta else "")
-                       + (f"; {info.message}" if info.message else ""))
+                       + (f"; {_one_line(info.message.splitlines()[0])}" if info.message else ""))
             return
         if stop_id:
-            stopped = client.stop_job(stop_id)
-            click.echo(f"{stop_id}: {'stopping' if stopped else _status(client, stop_id)}; "
-                       "points already stored stay (launch the grid again to finish it)")
+            stopping = client.stop_job(stop_id)
+            click.echo(f"{stop_id}: {'stopping' if stopping else _value(client.get_job_status(stop_id))}; "
+                       "the points it stored stay (launch the grid again to finish it)")
             return
         if follow_id:
             job_id = follow_id
-            out_uri = (client.get_job_info(job_id).metadata or {}).get("memgrid_out", "?")
+            out = (client.get_job_info(job_id).metadata or {}).get("memgrid_out", "?")
         else:
-            spec = job_spec(grid_file, grid, out_uri, flags, python or (sys.executable if local else "python"))
+            spec = job_spec(grid_file, grid, out, flags, python or (sys.executable if here else "python"))
             job_id = submit(client, grid_file, spec)
-            click.echo(f"memgrid: submitted job {job_id}: grid '{grid.name}' -> {out_uri}")
+            click.echo(f"memgrid: submitted job {job_id}: grid '{grid.name}' -> {out}")
             if no_follow:
-                click.echo(f"memgrid: follow it with `memgrid launch --address {address} --follow {job_id}`"
-                           if not cluster_file else
-                           f"memgrid: follow it with `memgrid launch --cluster {cluster_file} --follow {job_id}`")
+                click.echo(f"memgrid: follow it with `memgrid launch {where} --follow {job_id}`")
                 return
         try:
             final = follow(client, job_id)
         except KeyboardInterrupt:
-            where = f"--cluster {cluster_file}" if cluster_file else f"--address {address}"
             click.echo(f"\nmemgrid: job {job_id} keeps running on the cluster: "
                        f"`memgrid launch {where} --follow {job_id}` (or --stop {job_id})", err=True)
             sys.exit(130)
         if final == "SUCCEEDED":
-            click.echo(f"memgrid: job {job_id} succeeded; results in {out_uri} (memgrid status {out_uri})")
+            click.echo(f"memgrid: job {job_id} succeeded; results in {out} (memgrid status {out})")
         else:
             info = client.get_job_info(job_id)
             click.echo(f"memgrid: job {job_id} {final.lower()}"
                        + (f": {_one_line(info.message.splitlines()[0])}" if info.message else "")
-                       + f"; launch the same grid again to finish the points missing in {out_uri}", err=True)
+                       + f"; launch the same grid again to finish the points missing in {out}", err=True)
             sys.exit(1)
     except LaunchError as e:
         _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
     except Exception as e:  # noqa: BLE001 - a job server's answer, shown as one line
         _fail(f"job server at {address}: {_auth_hint(e)}", 1)
     finally:
         if close is not None:
             close()
+
+
+def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | None,
+                  here: bool) -> tuple[Grid, str]:
+    """The grid as `memgrid run` will build it, and where its results go: storage every node
+    reaches (a relative path is only meaningful for a cluster on this machine)."""
+    from .cli import build_grid
+
+    grid = build_grid(grid_file, **flags)
+    root = results_root(cluster) if cluster else None
+    out = out or (f"{root.rstrip('/')}/{grid.name}" if root else f"results/{grid.name}" if here else None)
+    if out is None:
+        raise ConfigError("command line: --out: required for a remote cluster "
+                          "(a URI or an absolute path every node mounts)")
+    if not _is_shared(out):
+        if not here:
+            raise ConfigError(f"command line: --out: {out!r} is relative: it would land in the job's "
+                              "temporary folder on the cluster; give a URI or an absolute path")
+        out = str(Path(out).absolute())
+    check_out(grid, out)
+    return grid, out

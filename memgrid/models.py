@@ -8,11 +8,19 @@ computes. ``torch.nn.RNN`` cannot be vmapped, hence the hand-written cells.
 
 Layout: the state is ``(K, c, B)`` and the recurrence is ``W_hh @ h``, a batched matmul over K
 (5-7x faster in MKL than ``(K, B, c) @ W`` at these sizes, PERF_NOTES).
+
+Speed (see ``benchmarks/``): a layer's step is ONE batched matmul ``W @ z`` of the fused weights
+``W = [W_ih | W_hh | b]`` `(K, R, m+c+1)` and the column ``z = [x_t; h_{t-1}; 1]``, written in
+place into preallocated per-step buffers, and backpropagation through time is written by hand
+(:class:`_Stack`): per step one matmul for the weight gradient, one for the state gradient and
+a few in-place elementwise ops, instead of autograd's graph of ~10 nodes per step.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 
 import torch
 
@@ -59,6 +67,286 @@ def count_params(params: Params) -> int:
     return sum(p[0].numel() for p in params.values())
 
 
+# ---------------------------------------------------------------------------------------------
+# Fused weights. Columns: [x (m) | 1 | h (c)]. Rows (R): the gates in an order where the
+# activations come in contiguous runs: rnn [h]; lstm [i, f, o, g] (torch: i, f, g, o); gru
+# [r, z, xn, hn], where xn = W_in x + b_in and hn = W_hn h + b_hn stay apart (n = tanh(xn + r *
+# hn)), each with a zero block.
+
+
+def _fuse(arch: str, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
+    K, _, m = w_ih.shape
+    c = w_hh.shape[-1]
+    if arch == "gru":
+        W = w_ih.new_zeros(K, 4 * c, m + 1 + c)
+        W[:, :2 * c, :m] = w_ih[:, :2 * c]
+        W[:, :2 * c, m] = b_ih[:, :2 * c] + b_hh[:, :2 * c]
+        W[:, :2 * c, m + 1:] = w_hh[:, :2 * c]
+        W[:, 2 * c:3 * c, :m] = w_ih[:, 2 * c:]
+        W[:, 2 * c:3 * c, m] = b_ih[:, 2 * c:]
+        W[:, 3 * c:, m] = b_hh[:, 2 * c:]
+        W[:, 3 * c:, m + 1:] = w_hh[:, 2 * c:]
+        return W
+    W = torch.cat([w_ih, (b_ih + b_hh).unsqueeze(2), w_hh], 2)
+    if arch == "lstm":  # i, f, g, o -> i, f, o, g
+        W = torch.cat([W[:, :2 * c], W[:, 3 * c:], W[:, 2 * c:3 * c]], 1)
+    return W
+
+
+def _unfuse_grad(arch: str, gW: torch.Tensor, m: int, c: int) -> list[torch.Tensor]:
+    """Gradient of the fused weights -> new tensors for (w_ih, w_hh, b_ih, b_hh)."""
+    if arch == "gru":
+        rz, xn, hn = gW[:, :2 * c], gW[:, 2 * c:3 * c], gW[:, 3 * c:]
+        return [torch.cat([rz[..., :m], xn[..., :m]], 1), torch.cat([rz[..., m + 1:], hn[..., m + 1:]], 1),
+                torch.cat([rz[..., m], xn[..., m]], 1), torch.cat([rz[..., m], hn[..., m]], 1)]
+    if arch == "lstm":  # i, f, o, g -> i, f, g, o
+        gW = torch.cat([gW[:, :2 * c], gW[:, 3 * c:], gW[:, 2 * c:3 * c]], 1)
+    f = torch.contiguous_format
+    return [gW[..., :m].clone(memory_format=f), gW[..., m + 1:].clone(memory_format=f),
+            gW[..., m].clone(memory_format=f), gW[..., m].clone(memory_format=f)]
+
+
+class _Pool:
+    """Free buffer sets of one shape, handed to the next call of that shape. A step's buffers
+    are large; fresh ones cost page faults every step (a 20 MB copy: 10-30 ms instead of ~2), and
+    reusing them keeps a pack's memory at what one step needs. Holds one shape's sets at a time."""
+
+    def __init__(self, keep: int = 1):
+        self.key, self.free, self.keep = None, [], keep
+        self.lock = threading.Lock()
+
+    def take(self, key, make):
+        with self.lock:
+            if key != self.key:
+                self.key, self.free = key, []
+            if self.free:
+                return self.free.pop()
+        return make()
+
+    def give(self, key, bufs) -> None:
+        with self.lock:
+            if key == self.key and len(self.free) < self.keep:
+                self.free.append(bufs)
+
+
+_FWD, _BWD, _INF = _Pool(), _Pool(), _Pool()
+
+
+# ---------------------------------------------------------------------------------------------
+# One step of one layer, forward: z `(K, m+1+c, B)` = [x_t; 1; h_{t-1}] -> h_t written into
+# `h_out` `(K, c, B)`. `act` `(K, R, B)` receives the gates (kept for backward when training).
+
+
+def _step(arch: str, W, z, h_out, act, c: int, mask, cell_prev=None, cell_out=None,
+          tc_out=None) -> None:
+    torch.bmm(W, z, out=act)
+    if arch == "rnn":
+        torch.tanh(act, out=h_out)
+        if mask is not None:
+            h_out.mul_(mask)                      # h stays 0 until the sequence starts
+    elif arch == "lstm":
+        act[:, :3 * c].sigmoid_()                 # i, f, o
+        act[:, 3 * c:].tanh_()                    # g
+        torch.mul(act[:, c:2 * c], cell_prev, out=cell_out)
+        cell_out.addcmul_(act[:, :c], act[:, 3 * c:])
+        if mask is not None:
+            cell_out.mul_(mask)                   # so tanh(cell) and h are 0 there as well
+        torch.tanh(cell_out, out=tc_out)
+        torch.mul(act[:, 2 * c:3 * c], tc_out, out=h_out)
+    else:  # gru
+        r, zg, n, hn = act[:, :c], act[:, c:2 * c], act[:, 2 * c:3 * c], act[:, 3 * c:]
+        act[:, :2 * c].sigmoid_()                 # r, z
+        n.addcmul_(r, hn).tanh_()                 # n = tanh(xn + r * hn)
+        torch.sub(z[:, -c:], n, out=h_out)        # h = n + z * (h_prev - n)
+        h_out.mul_(zg).add_(n)
+        if mask is not None:
+            h_out.mul_(mask)
+
+
+def _cut(tbptt: int, T: int, t: int) -> bool:
+    """True where backpropagation stops between steps t - 1 and t."""
+    return bool(tbptt) and t > 0 and (T - t) % tbptt == 0
+
+
+def _rows(arch: str, c: int) -> int:
+    return c if arch == "rnn" else 4 * c
+
+
+def _fwd_buffers(arch, T, L, K, c, B, like):
+    """Slots `s = 0..T+L-1`, each `(K, 2 + L(c+1), B)`: rows [x; 1] then per layer [h^i; 1].
+    Layer i's step t reads slot t + i, rows [x or h^{i-1}; 1; h^i_{t-1}] (one contiguous
+    slice), and writes h^i_t into slot t + i + 1: the layers' inputs are never copied.
+    Zero-filled once; the ones rows and the initial states (never written) stay."""
+    rows = 2 + L * (c + 1)
+    slots = [like.new_zeros(K, rows, B) for _ in range(T + L)]
+    for s in slots:
+        s[:, 1] = 1
+        for i in range(L - 1):
+            s[:, 2 + i * (c + 1) + c] = 1
+    R = _rows(arch, c)
+    if arch == "rnn":
+        acts = [[like.new_empty(K, R, B)] * T for _ in range(L)]
+    else:
+        acts = [[like.new_empty(K, R, B) for _ in range(T)] for _ in range(L)]
+    cells = tcs = None
+    if arch == "lstm":
+        cells = [[like.new_zeros(K, c, B) for _ in range(T + 1)] for _ in range(L)]
+        tcs = [[like.new_empty(K, c, B) for _ in range(T)] for _ in range(L)]
+    return slots, acts, cells, tcs
+
+
+def _zrows(i: int, c: int) -> tuple[int, int]:
+    """Rows of the slots that layer i reads: [input; 1; own state]."""
+    return (0, 2 + c) if i == 0 else (2 + (i - 1) * (c + 1), 2 + i * (c + 1) + c)
+
+
+class _Stack(torch.autograd.Function):
+    """The whole stack over all steps, with backpropagation through time by hand.
+
+    Pack invariance: every op works on one step's slices, each member's numbers come from the
+    same kernels whatever K is, and weight gradients are summed over the steps from the last to
+    the first, so a longer pack's padded steps (whose gradients are exact zeros) come last and
+    change nothing: a point's gradients are bitwise those it gets alone, in any pack.
+    """
+
+    @staticmethod
+    def forward(ctx, arch, tbptt, x, mask, *params):
+        L = len(params) // 4
+        K, B, T = x.shape
+        c = params[1].shape[-1]
+        dtype = params[0].dtype
+        P = mask.shape[0]
+        Ws = [_fuse(arch, *params[4 * i:4 * i + 4]) for i in range(L)]
+        like = Ws[0]
+        key = (arch, T, L, K, c, B, dtype, like.device)
+        bufs = _FWD.take(key, lambda: _fwd_buffers(arch, T, L, K, c, B, like))
+        slots, acts, cells, tcs = bufs
+        for t in range(T):
+            slots[t][:, 0] = x[:, :, t]
+        for i in range(L):
+            lo, hi = _zrows(i, c)
+            W = Ws[i]
+            for t in range(T):
+                _step(arch, W, slots[t + i][:, lo:hi], slots[t + i + 1][:, hi - c:hi], acts[i][t], c,
+                      mask[t] if t < P else None,
+                      cells[i][t] if cells else None, cells[i][t + 1] if cells else None,
+                      tcs[i][t] if tcs else None)
+        lo, hi = _zrows(L - 1, c)
+        out = slots[T + L - 1][:, hi - c:hi].clone()
+        ctx.arch, ctx.tbptt, ctx.c, ctx.T, ctx.key = arch, tbptt, c, T, key
+        ctx.bufs, ctx.Ws, ctx.mask = bufs, Ws, mask
+        weakref.finalize(ctx, _FWD.give, key, bufs)   # the graph is gone: reuse the buffers
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        arch, tbptt, c, T = ctx.arch, ctx.tbptt, ctx.c, ctx.T
+        slots, acts, cells, tcs = ctx.bufs
+        Ws, mask = ctx.Ws, ctx.mask
+        L = len(Ws)
+        K, _, B = slots[0].shape
+        P = mask.shape[0]
+        need_x = bool(ctx.needs_input_grad[2])
+        like = Ws[0]
+        bkey = ctx.key + (need_x,)
+        gWs, gZs, sc = _BWD.take(bkey, lambda: _bwd_buffers(arch, T, Ws, K, c, B, need_x, like))
+        gp, gh_buf, t1, t2, gr, gc, gc_next, d = sc
+        g_out = g_out.contiguous()
+        grads = [None] * (4 * L)
+        g_above = None                             # gradient on h^i_t from layer i + 1 (its gZ)
+        gx = None
+        for i in reversed(range(L)):
+            W, act, gW, gZ = Ws[i], acts[i], gWs[i], gZs[i]
+            cell, tc = (cells[i], tcs[i]) if cells else (None, None)
+            m = W.shape[-1] - 1 - c
+            lo, hi = _zrows(i, c)
+            Wt = (W if (i > 0 or need_x) else W[:, :, m + 1:]).transpose(1, 2)   # (K, rows, R)
+            gW.zero_()
+            have_gc = False
+            grec = None                            # gradient on h_t from step t + 1
+            for t in reversed(range(T)):
+                zt = slots[t + i][:, lo:hi]
+                if g_above is not None:            # gradient on h_t
+                    gh = g_above[t][:, :c] if grec is None else torch.add(g_above[t][:, :c], grec, out=gh_buf)
+                else:
+                    gh = g_out if t == T - 1 else grec
+                mk = mask[t] if t < P else None
+                if gh is None and not have_gc:
+                    gZ[t].zero_()                  # nothing reaches this step (tbptt)
+                    continue
+                if arch == "rnn":
+                    torch.ops.aten.tanh_backward.grad_input(gh, slots[t + i + 1][:, hi - c:hi], grad_input=gp)
+                    if mk is not None:
+                        gp.mul_(mk)
+                elif arch == "lstm":
+                    a = act[t]
+                    ig, fg, og, gg = a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:]
+                    if gh is not None:             # gc = gc_next + gh * o * (1 - tanh(c)^2)
+                        torch.mul(gh, og, out=t1)
+                        torch.ops.aten.tanh_backward.grad_input(t1, tc[t], grad_input=gc)
+                        if have_gc:
+                            gc.add_(gc_next)
+                    else:
+                        gc.copy_(gc_next)
+                    if mk is not None:
+                        gc.mul_(mk)
+                    torch.mul(gc, gg, out=d[:, :c])                  # d/d i
+                    torch.mul(gc, cell[t], out=d[:, c:2 * c])        # d/d f
+                    if gh is not None:
+                        torch.mul(gh, tc[t], out=d[:, 2 * c:])       # d/d o
+                    else:
+                        d[:, 2 * c:].zero_()
+                    torch.ops.aten.sigmoid_backward.grad_input(d, a[:, :3 * c], grad_input=gp[:, :3 * c])
+                    torch.mul(gc, ig, out=t1)                        # d/d g
+                    torch.ops.aten.tanh_backward.grad_input(t1, gg, grad_input=gp[:, 3 * c:])
+                else:  # gru
+                    a = act[t]
+                    r, zg, n, hn = a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:]
+                    if mk is not None:
+                        gh = torch.mul(gh, mk, out=gh_buf)
+                    torch.mul(gh, zg, out=t1)                        # direct path to h_{t-1}
+                    torch.sub(gh, t1, out=t2)                        # d/d n = gh * (1 - z)
+                    gan = gp[:, 2 * c:3 * c]
+                    torch.ops.aten.tanh_backward.grad_input(t2, n, grad_input=gan)
+                    torch.mul(gan, r, out=gp[:, 3 * c:])             # d/d hn
+                    torch.sub(zt[:, -c:], n, out=t2)                 # d/d z = gh * (h_prev - n)
+                    t2.mul_(gh)
+                    torch.ops.aten.sigmoid_backward.grad_input(t2, zg, grad_input=gp[:, c:2 * c])
+                    torch.mul(gan, hn, out=t2)                       # d/d r
+                    torch.ops.aten.sigmoid_backward.grad_input(t2, r, grad_input=gp[:, :c])
+                gW.baddbmm_(gp, zt.transpose(1, 2))
+                torch.bmm(Wt, gp, out=gZ[t])
+                if _cut(tbptt, T, t):
+                    grec, have_gc = None, False
+                    continue
+                grec = gZ[t][:, -c:]
+                if arch == "gru":                  # plus the direct path h_{t-1} -> h_t
+                    grec = torch.add(grec, t1, out=gr[t % 2])
+                elif arch == "lstm":
+                    torch.mul(gc, fg, out=gc_next)
+                    have_gc = True
+            grads[4 * i:4 * i + 4] = _unfuse_grad(arch, gW, m, c)
+            if i > 0:
+                g_above = gZ
+            elif need_x:
+                gx = torch.stack([g[:, 0] for g in gZ], 2)           # (K, B, T)
+        _BWD.give(bkey, (gWs, gZs, sc))
+        return (None, None, gx, None, *grads)
+
+
+def _bwd_buffers(arch, T, Ws, K, c, B, need_x, like):
+    gWs = [torch.empty_like(W) for W in Ws]
+    gZs = []
+    for i, W in enumerate(Ws):
+        rows = W.shape[-1] if (i > 0 or need_x) else c
+        gZs.append([like.new_empty(K, rows, B) for _ in range(T)])
+    R = Ws[0].shape[1]
+    e = lambda *s: like.new_empty(*s)  # noqa: E731
+    sc = (e(K, R, B), e(K, c, B), e(K, c, B), e(K, c, B), [e(K, c, B), e(K, c, B)], e(K, c, B),
+          e(K, c, B), e(K, 3 * c, B))
+    return gWs, gZs, sc
+
+
 def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbptt: int = 0,
             return_states: bool = False) -> torch.Tensor:
     """Outputs `(K, B)` for right-aligned inputs `x` `(K, B, T)`.
@@ -72,6 +360,73 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     pads to a longer T then only adds exact zeros (padded steps come first and are summed last
     in backward), so a point's gradients are bitwise those it gets alone, in any pack.
     """
+    layers = sum(1 for n in params if n.startswith("w_hh."))
+    flat = [params[f"{n}.{i}"] for i in range(layers) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in flat))
+    if return_states and grad:
+        return _forward_reference(arch, params, x, mask, tbptt, return_states)
+    maskf = mask.permute(2, 0, 1).unsqueeze(2).to(flat[0].dtype)       # (P, K, 1, B)
+    if grad:
+        h, outs = _Stack.apply(arch, tbptt, x, maskf, *flat), None
+    else:
+        h, outs = _infer(arch, flat, x, maskf, return_states)
+    if "w_out" in params:
+        y = (params["w_out"][:, :, None] * h).sum(1) + params["b_out"][:, None]
+    else:
+        y = h.sum(1)                                                       # (K, c, B) -> (K, B)
+    return (y, outs) if return_states else y
+
+
+@torch.no_grad()
+def _infer(arch: str, flat: list[torch.Tensor], x: torch.Tensor, maskf: torch.Tensor,
+           keep: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Forward without a graph (evaluation): the layers advance together step by step, each in
+    two alternating buffers, so memory does not grow with T (evaluation sets are large)."""
+    L = len(flat) // 4
+    K, B, T = x.shape
+    c = flat[1].shape[-1]
+    P = maskf.shape[0]
+    Ws = [_fuse(arch, *flat[4 * i:4 * i + 4]) for i in range(L)]
+    like = Ws[0]
+    key = (arch, L, K, c, B, like.dtype, like.device)
+
+    def make():
+        zs = []
+        for W in Ws:                       # z = [input; 1; h], two slots
+            z = like.new_zeros(2, K, W.shape[-1], B)
+            z[:, :, W.shape[-1] - 1 - c] = 1
+            zs.append(z)
+        cells = [like.new_zeros(2, K, c, B) for _ in range(L)] if arch == "lstm" else None
+        return zs, like.new_empty(K, Ws[0].shape[1], B), cells, like.new_empty(K, c, B)
+
+    bufs = _INF.take(key, make)
+    zs, act, cells, tc = bufs
+    for z in zs:                           # initial states
+        z[0, :, -c:] = 0
+    if cells:
+        for cl in cells:
+            cl[0] = 0
+    outs = [] if keep else None
+    for t in range(T):
+        s, s1 = t % 2, 1 - t % 2
+        mk = maskf[t] if t < P else None
+        zs[0][s, :, 0] = x[:, :, t]
+        for i in range(L):
+            if i > 0:
+                zs[i][s, :, :c] = zs[i - 1][s1, :, -c:]
+            _step(arch, Ws[i], zs[i][s], zs[i][s1, :, -c:], act, c, mk,
+                  cells[i][s] if cells else None, cells[i][s1] if cells else None, tc)
+        if keep:
+            outs.append(zs[-1][s1, :, -c:].clone())
+    h = zs[-1][T % 2, :, -c:].clone()
+    _INF.give(key, bufs)
+    return h, outs
+
+
+def _forward_reference(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor,
+                       tbptt: int = 0, return_states: bool = False) -> torch.Tensor:
+    """The same function with torch autograd, op by op (the spec the fast path is checked
+    against; also used for `return_states` with gradients)."""
     K, B, T = x.shape
     layers = sum(1 for n in params if n.startswith("w_hh."))
     c = params["w_hh.0"].shape[-1]

@@ -59,6 +59,9 @@ _POINT_SETTINGS = [
     ("connectivity", pa.float64()),
     ("leak_rate", pa.float64()),
     ("ridge", pa.float64()),
+    ("mc_length", pa.int32()),      # Jaeger's MC on a stream: its length (0 = not measured)
+    ("mc_low", pa.float64()),       # and its input range
+    ("mc_high", pa.float64()),
 ]
 _POINT_RESULTS = [
     ("units", pa.int32()),          # N = c * l

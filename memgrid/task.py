@@ -16,7 +16,7 @@ CPU and GPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -111,6 +111,15 @@ class TaskSpec:
         return keys[stream]
 
 
+@lru_cache(maxsize=64)
+def _counters(n: int, device: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counters 0..n-1 (or n-1..0) and their hashes as `uniform` mixes them in; the same for
+    every batch, so computed once (read-only)."""
+    c = torch.arange(n, device=device, dtype=torch.int64)
+    c = c.flip(0) if reverse else c
+    return c, hash32(c + 0x85EBCA6B)
+
+
 def _hash32_i32(x: torch.Tensor) -> torch.Tensor:
     """`hash32` on int32 tensors, in place: the same 32 bits in two's complement. Products wrap
     mod 2^32 (as they do on CPU and GPU); right shifts are arithmetic, so each is masked to
@@ -142,24 +151,28 @@ def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size
     K, B = spec.seed.shape[0], batch_size
     step_t = torch.as_tensor(step, dtype=torch.int64, device=device).reshape(-1)
     step_t = step_t.expand(K).reshape(1, K, 1)
-    b = torch.arange(B, device=device, dtype=torch.int64).reshape(1, 1, B)
     # distance from the end: d = 0 is the last element; step t holds d = T - 1 - t
-    d = torch.arange(T - 1, -1, -1, device=device, dtype=torch.int64).reshape(T, 1, 1)
+    d, hd = _counters(T, str(device), reverse=True)                       # (T,), hash32(d + C)
+    b, hb = _counters(B, str(device))                                      # (B,), hash32(b + C)
 
-    k_data = spec._key(stream).reshape(1, K, 1)
+    # uniform(k, step, b) and uniform(k, step, b, d) (see `uniform`), written out so that the
+    # counters' hashes are computed once, and the one full-size hash works in int32
+    hs = hash32(step_t + 0x85EBCA6B)                                       # (1, K, 1)
     k_len = spec._key(stream ^ LENGTH).reshape(1, K, 1)
+    u_len = to_unit(hash32(hash32(k_len ^ hs) ^ hb.reshape(1, 1, B)))      # (1, K, B)
     span = (spec.q_hi - spec.q_lo + 1).reshape(1, K, 1)
-    u_len = uniform(k_len, step_t, b)                                      # (1, K, B)
     length = spec.q_lo.reshape(1, K, 1) + (u_len * span).to(torch.int64).clamp(max=span - 1)
-    started = d < length                                                   # (T, K, B)
-    # uniform(k_data, step, b, d), its one full-size hash in int32 (bitwise the same numbers)
-    h = hash32(hash32(k_data ^ hash32(step_t + 0x85EBCA6B)) ^ hash32(b + 0x85EBCA6B))  # (1, K, B)
-    h = _hash32_i32(_as_i32(h) ^ _as_i32(hash32(d + 0x85EBCA6B)))                    # (T, K, B)
-    x = (h >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / (1 << 24)).mul_(started)
+    # from step P on, every sequence of every member has started
+    P = T - spec._q_lo_min
+    started = d[:P].reshape(P, 1, 1) < length                              # (P, K, B)
+    k_data = spec._key(stream).reshape(1, K, 1)
+    h = hash32(hash32(k_data ^ hs) ^ hb.reshape(1, 1, B))                  # (1, K, B)
+    h = _hash32_i32(_as_i32(h) ^ _as_i32(hd).reshape(T, 1, 1))             # (T, K, B)
+    x = (h >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / (1 << 24))    # to_unit
+    x[:P].mul_(started)                                                    # zeros before the start
     pos = spec.position.reshape(1, K, 1)
     y = torch.gather(x, 0, (T - pos).expand(1, K, B)).squeeze(0)           # (K, B)
-    P = T - spec._q_lo_min
-    return Batch(x=x.permute(1, 2, 0), mask=started[:P].permute(1, 2, 0), y=y,
+    return Batch(x=x.permute(1, 2, 0), mask=started.permute(1, 2, 0), y=y,
                  length=length.squeeze(0))
 
 

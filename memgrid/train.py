@@ -22,12 +22,8 @@ from . import __version__
 from .config import Point
 from .models import Params, count_params, forward, init_params
 from .store import point_settings
+from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
-
-STOP_REASONS = ("solved", "plateau", "diverged", "max_epochs")
-MIN_DELTA = 1e-3
-"""an evaluation loss counts as an improvement when it beats the best by this much"""
-
 
 def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared Pearson correlation per member (Jaeger's MC_p for delay p). `(K, B)` -> `(K,)`;
@@ -37,28 +33,6 @@ def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     cov = (y * t).mean(1)
     var = (y * y).mean(1) * (t * t).mean(1)
     return torch.where(var > 0, cov * cov / var.clamp_min(1e-30), torch.zeros_like(cov))
-
-
-def stop_check(p: Point, epoch: int, loss: float, train_loss: float, best: float,
-               best_epoch: int) -> tuple[str | None, float, int]:
-    """The stopping rule, applied at each evaluation: (stop reason or None, best, best_epoch).
-
-    `diverged` on a non-finite loss; `solved` below `solved_loss`; `plateau` (if on) when the
-    loss sits within `plateau_tol` of the constant-guess level `plateau_loss` (or above it) and
-    has not improved on the best by MIN_DELTA for `patience` epochs; `max_epochs` at the end.
-    """
-    if not (math.isfinite(loss) and math.isfinite(train_loss)):
-        return "diverged", best, best_epoch
-    if loss < best - MIN_DELTA:
-        best_epoch = epoch
-    best = min(best, loss)
-    if loss < p.solved_loss:
-        return "solved", best, best_epoch
-    if p.plateau and loss >= p.plateau_loss - p.plateau_tol and epoch - best_epoch >= p.patience:
-        return "plateau", best, best_epoch
-    if epoch >= p.max_epochs:
-        return "max_epochs", best, best_epoch
-    return None, best, best_epoch
 
 
 @dataclass
@@ -176,11 +150,11 @@ class PackTrainer:
             if reason is None:
                 keep.append(row)
             else:
-                self._finish(m, reason, loss[row], r2[row])
+                self._finish(m, row, reason, loss[row], r2[row])
         if len(keep) < len(self.active):
             self._compact(keep)
 
-    def _finish(self, m: Member, reason: str, loss: float, r2: float) -> None:
+    def _finish(self, m: Member, row_idx: int, reason: str, loss: float, r2: float) -> None:
         row = point_settings(m.point, self.grid_name)
         row.update(units=m.point.units, params=self.n_params, epochs=self.epoch, stop_reason=reason,
                    loss=loss, best_loss=m.best if math.isfinite(m.best) else loss,
@@ -190,7 +164,9 @@ class PackTrainer:
                    finished_at=datetime.now(timezone.utc))
         pid = m.point.point_id
         curve = [dict(point_id=pid, epoch=e, train_loss=t, eval_loss=v) for e, t, v in m.curve]
-        self.finished.append((row, curve))
+        # the weights wait for pop_finished, which measures their stream MC in one batch
+        weights = {k: v[row_idx].detach().clone() for k, v in self.params.items()}
+        self.finished.append((row, curve, weights))
 
     def _compact(self, keep: list[int]) -> None:
         """Keep only stacked rows `keep`: frozen members stop costing compute."""
@@ -211,10 +187,28 @@ class PackTrainer:
             self._compact(keep)
 
     def pop_finished(self) -> tuple[list[dict], list[dict]]:
-        rows = [r for r, _ in self.finished]
-        curves = [c for _, cs in self.finished for c in cs]
-        self.finished = []
+        """Rows and curve rows of the points finished since the last call, with Jaeger's MC of
+        each network on a stationary stream (`mc_stream`), measured for all of them at once."""
+        done, self.finished = self.finished, []
+        rows = [r for r, _, _ in done]
+        curves = [c for _, cs, _ in done for c in cs]
+        self._stream_mc(rows, [w for _, _, w in done])
         return rows, curves
+
+    def _stream_mc(self, rows: list[dict], weights: list[dict]) -> None:
+        cfg = self.cfg
+        ok = [i for i, r in enumerate(rows) if r["stop_reason"] != "diverged"]
+        if cfg.mc_length == 0 or not ok:
+            return
+        from .capacity import trained_memory_capacity
+
+        params = {k: torch.stack([weights[i][k] for i in ok]) for k in weights[0]}
+        seed = torch.tensor([rows[i]["seed"] for i in ok], device=self.device)
+        with torch.no_grad():
+            mc, _ = trained_memory_capacity(self.arch, params, seed, length=cfg.mc_length,
+                                            low=cfg.mc_low, high=cfg.mc_high)
+        for i, v in zip(ok, mc.tolist()):
+            rows[i]["mc_stream"] = v if math.isfinite(v) else None
 
     def counts(self) -> dict[str, int]:
         return {"active": len(self.active), "epoch": self.epoch}

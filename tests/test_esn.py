@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from memgrid import store
-from memgrid.capacity import (input_stream, network_states, plot_mc_vs_units, ridge_fit,
+from memgrid.analysis import plot_mc_vs_units
+from memgrid.capacity import (input_stream, network_states, ridge_fit,
                               stream_memory_capacity, trained_memory_capacity)
 from memgrid.config import Point
 from memgrid.esn import (Reservoirs, fit_esn_pack, init_reservoirs, reservoir_memory_capacity,
@@ -54,12 +55,10 @@ def reference_mc(w, w_in, u, k_max, washout, test_frac=0.5, linear=False):
     n = T - washout
     n_fit = n - round(n * test_frac)
     x = np.c_[states[washout:], np.ones(n)]
-    out = []
-    for k in range(1, k_max + 1):
-        y = u[washout - k:T - k]
-        coef = np.linalg.lstsq(x[:n_fit], y[:n_fit], rcond=None)[0]
-        out.append(np.corrcoef(x[n_fit:] @ coef, y[n_fit:])[0, 1] ** 2)
-    return np.array(out)
+    y = np.stack([u[washout - k:T - k] for k in range(1, k_max + 1)], 1)   # column k-1: u(t-k)
+    coef = np.linalg.lstsq(x[:n_fit], y[:n_fit], rcond=None)[0]          # one fit per column
+    pred = x[n_fit:] @ coef
+    return np.array([np.corrcoef(pred[:, j], y[n_fit:, j])[0, 1] ** 2 for j in range(k_max)])
 
 
 @pytest.mark.parametrize("N,linear,radius,connectivity", [
@@ -93,10 +92,15 @@ def test_linear_orthogonal_reservoir_reaches_N(N):
     assert ((mc0 - N).abs() < 0.05 * N).all(), mc0
     mc1 = mc_k[:, 1:].sum(1)
     assert ((mc1 > 0.88 * N) & (mc1 < N)).all(), mc1
-    assert (mc_k[:, :N // 2] > 0.7).all()                # recent inputs nearly fully recalled
-    mc_default, _ = reservoir_memory_capacity(res, seeds, k_max=4 * N, length=20_000,
-                                              linear=True, low=-0.8, high=0.8)
-    torch.testing.assert_close(mc_default, mc1)          # k_min = 1 is the default
+
+
+def test_k_min_only_adds_the_current_input():
+    res = orthogonal_reservoirs(2, 6, 0.9)
+    _, mc_k0 = reservoir_memory_capacity(res, torch.arange(2), k_max=12, length=3000, k_min=0)
+    mc, mc_k = reservoir_memory_capacity(res, torch.arange(2), k_max=12, length=3000)
+    assert mc_k.shape == (2, 12)                         # default k_min = 1: delays 1..k_max
+    torch.testing.assert_close(mc_k, mc_k0[:, 1:])
+    torch.testing.assert_close(mc, mc_k.sum(1))
 
 
 def test_every_mc_at_most_N_and_mc_k_in_unit_interval():

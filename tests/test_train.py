@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from memgrid.config import Point
-from memgrid.train import PackTrainer, stop_check, train_points
+from memgrid.stopping import stop_check
+from memgrid.train import PackTrainer, train_points
 
 
 def curves_by_point(curves):
@@ -132,3 +133,24 @@ def test_state_dict_loads_without_pickle(tmp_path):
     torch.save(t.state_dict(), tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     assert state["epoch"] == 1
+
+
+def test_replaying_the_stop_rule_equals_training_with_it():
+    """A run with the plateau stop is the no-stop run cut short (determinism), so
+    analysis.replay_stopping predicts it exactly from the no-stop curves."""
+    import pandas as pd
+
+    from memgrid.analysis import replay_stopping
+
+    base = dict(max_epochs=400, eval_every=20, eval_size=128, batch_size=32, q_min=6, q_max=9)
+    free = [Point("rnn", 1, 2, p, s, plateau=False, **base) for p in (1, 5, 6) for s in (0, 1)]
+    rows, curves = train_points(free)
+    replayed = replay_stopping(pd.DataFrame(rows), pd.DataFrame(curves), plateau=True, patience=100)
+    stopped = [Point("rnn", 1, 2, p, s, plateau=True, patience=100, **base) for p in (1, 5, 6) for s in (0, 1)]
+    real = pd.DataFrame(train_points(stopped)[0])
+    key = ["position", "seed"]
+    m = replayed.merge(real, on=key, suffixes=("_replay", "_real"))
+    assert len(m) == 6 and (m.stop_reason_real == "plateau").any()
+    assert (m.stop_reason_replay == m.stop_reason_real).all()
+    assert (m.epochs_replay == m.epochs_real).all()
+    assert (m.loss_replay - m.loss_real).abs().max() < 1e-6

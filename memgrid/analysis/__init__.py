@@ -11,9 +11,11 @@ from .limits import bimodality as bimodality
 from .limits import limit_violations as limit_violations
 from .limits import memory_limits as memory_limits
 from .limits import plateau_effect as plateau_effect
+from .limits import replay_stopping as replay_stopping
 from .plots import plot_heatmaps as plot_heatmaps
 from .plots import plot_limits_vs_units as plot_limits_vs_units
 from .plots import plot_loss_curves as plot_loss_curves
+from .plots import plot_mc_vs_units as plot_mc_vs_units
 from .plots import save as save
 from .report import write_report as write_report
 from .tables import fixed_length as fixed_length

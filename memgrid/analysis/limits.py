@@ -157,3 +157,48 @@ def plateau_effect(with_stop: pd.DataFrame, without_stop: pd.DataFrame,
     }
     return changed, summary
 
+
+
+def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) -> pd.DataFrame:
+    """The points table as a run with other stop settings would have ended it.
+
+    Training is deterministic and pack-invariant, so a point stopped earlier has exactly the
+    curve of the longer run up to that epoch: replaying :func:`memgrid.stopping.stop_check`
+    with `stop` (e.g. ``plateau=True, patience=1000``) on the recorded evaluations gives the
+    stopped run's `loss`, `best_loss`, `epochs` and `stop_reason` without training again.
+    Replay a ``--no-plateau`` run to measure what any plateau stop would change
+    (:func:`plateau_effect` of the two tables). `r2` is kept only where the stop is unchanged.
+    """
+    import dataclasses
+    import math
+
+    from ..config import Point
+    from ..stopping import stop_check
+
+    bad = set(stop) - {"solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience", "max_epochs"}
+    if bad:
+        raise ValueError(f"replay_stopping: not a stop setting: {', '.join(sorted(bad))}")
+    fields = [f.name for f in dataclasses.fields(Point)]
+    by_point = {pid: g.sort_values("epoch") for pid, g in curves.groupby("point_id")}
+    out = points.copy()
+    for i, row in points.iterrows():
+        g = by_point.get(row["point_id"])
+        if g is None:
+            continue
+        settings = {k: row[k] for k in fields if k in row and not pd.isna(row[k])}
+        p = dataclasses.replace(Point(**{k: (v.item() if hasattr(v, "item") else v) for k, v in settings.items()}), **stop)
+        best, best_epoch, reason = math.inf, 0, None
+        for e, lv, tv in zip(g["epoch"], g["eval_loss"], g["train_loss"]):
+            reason, best, best_epoch = stop_check(p, int(e), float(lv), float(tv), best, best_epoch)
+            if reason:
+                break
+        if reason is None:      # the recorded run ended earlier than the replayed rule would
+            reason = row["stop_reason"]
+        changed = int(e) != int(row["epochs"])
+        out.loc[i, ["loss", "best_loss", "epochs", "stop_reason"]] = [float(lv), best, int(e), reason]
+        if changed:
+            out.loc[i, "r2"] = np.nan
+        for k, v in stop.items():
+            if k in out.columns:
+                out.loc[i, k] = v
+    return out

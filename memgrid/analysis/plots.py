@@ -218,3 +218,72 @@ def save(fig: Figure, out_dir: str | Path, stem: str) -> Path:
     fig.savefig(png, dpi=150)
     fig.savefig(out / f"{stem}.pdf")
     return png
+
+_MC_COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "esn": "tab:purple"}
+_MC_MARKERS = "osD^vP*X"
+_MC_RESERVOIR = ["arch", "layers", "cells", "seed", "spectral_radius", "input_scaling",
+              "connectivity", "leak_rate", "ridge"]
+"""what makes an ESN row's reservoir (its mc_stream is the same at every position)"""
+
+
+def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
+    """Memory capacity against N = c * l (one axes): Jaeger's stream MC (`mc_stream`, filled:
+    mean over networks, bar: min-max) and the task-based MC (sum over positions of r2 per
+    network configuration and seed, hollow: mean over seeds), colour = arch, marker = l. Lines:
+    Jaeger's bound N and the paper's N - (l - 1) for each l > 1.
+
+    Each trained point is its own network; an ESN's rows of one reservoir (every position of a
+    seed) count once. Rows without `mc_stream` only contribute to the task-based MC.
+    Build without pyplot; save with ``fig.savefig(path)`` (PNG by Agg).
+    """
+    if points.empty:
+        raise ValueError("no points to draw")
+    pts = points.assign(units=(points["cells"] * points["layers"]).astype(int))
+    archs = [a for a in _MC_COLORS if a in set(pts["arch"])] + sorted(set(pts["arch"]) - set(_MC_COLORS))
+    layers = sorted(int(v) for v in pts["layers"].unique())
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    n_max = int(pts["units"].max())
+    ax.plot([0, n_max], [0, n_max], color="0.2", lw=1, label="N (Jaeger)")
+    for k, l in enumerate(x for x in layers if x > 1):
+        ax.plot([l, max(l, n_max)], [1, max(l, n_max) - (l - 1)], color="0.5", lw=1,
+                ls=("--", "-.", ":")[k % 3], label=f"N - (l - 1), l = {l}")
+    shift = {a: 0.12 * (i - (len(archs) - 1) / 2) for i, a in enumerate(archs)}
+    stream = pts[pts["mc_stream"].notna()] if "mc_stream" in pts else pts.iloc[:0]
+    esn = stream[stream["arch"] == "esn"]
+    cols = [c for c in _MC_RESERVOIR if c in esn.columns]
+    stream = pd.concat([stream[stream["arch"] != "esn"], esn.drop_duplicates(cols)])
+    task_keys = [c for c in ("arch", "layers", "cells", "seed", "q_min", "q_max", "lr",
+                             "momentum", *_MC_RESERVOIR[4:]) if c in pts.columns]
+    task = (pts.assign(r2=pts["r2"].astype(float).fillna(0.0).clip(0.0, 1.0))
+            .groupby(task_keys, dropna=False)
+            .agg(mc=("r2", "sum"), units=("units", "first")).reset_index()
+            .groupby(["arch", "layers", "units"], as_index=False)["mc"].mean())
+    for arch in archs:
+        color = _MC_COLORS.get(arch, "k")
+        for mi, l in enumerate(layers):
+            marker = _MC_MARKERS[mi % len(_MC_MARKERS)]
+            s = stream[(stream["arch"] == arch) & (stream["layers"] == l)]
+            if not s.empty:
+                g = s.groupby("units")["mc_stream"].agg(["mean", "min", "max"]).reset_index()
+                ax.errorbar(g["units"] + shift[arch], g["mean"], fmt=marker, ms=5, color=color,
+                            yerr=[g["mean"] - g["min"], g["max"] - g["mean"]],
+                            elinewidth=0.8, capsize=2)
+            t = task[(task["arch"] == arch) & (task["layers"] == l)]
+            ax.scatter(t["units"] + shift[arch], t["mc"], marker=marker, s=36, facecolors="none",
+                       edgecolors=color, linewidths=1.1)
+    handles = [Line2D([], [], color=_MC_COLORS.get(a, "k"), marker="s", ls="", label=a.upper())
+               for a in archs]
+    handles += [Line2D([], [], color="0.3", marker=_MC_MARKERS[i % len(_MC_MARKERS)], ls="",
+                       label=f"l = {l}") for i, l in enumerate(layers)]
+    handles += [Line2D([], [], color="0.3", marker="o", ls="", label="stream MC (Jaeger, k >= 1)"),
+                Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
+                       label="task MC = sum_p r2_p")]
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left")
+    ax.set_xlabel("units N = c * l")
+    ax.set_ylabel("memory capacity MC")
+    ax.set_xlim(0, n_max + 1)
+    ax.set_ylim(bottom=0)
+    ax.set_title("Memory capacity against size: stream (Jaeger) and task", fontsize=10)
+    return fig
