@@ -218,7 +218,7 @@ class _Stack(torch.autograd.Function):
         P = mask.shape[0]
         Ws = [_fuse(arch, *params[4 * i:4 * i + 4]) for i in range(L)]
         like = Ws[0]
-        key = (arch, T, L, K, c, B, dtype, like.device)
+        key = ("stack", arch, T, L, K, c, B, dtype, like.device)
         bufs = _FWD.take(key, lambda: _fwd_buffers(arch, T, L, K, c, B, like))
         slots, acts, cells, tcs = bufs
         for t in range(T):

@@ -94,19 +94,25 @@ class PackTrainer:
     def _step(self, step: int) -> None:
         cfg = self.cfg
         batch = make_batch(self.spec, TRAIN, step, cfg.batch_size, self.T)
-        names = list(self.params)
-        for p in self.params.values():
-            p.requires_grad_(True)
+        params = list(self.params.values())
+        if not params[0].requires_grad:    # fresh tensors after a compaction or a restore
+            for p in params:
+                p.requires_grad_(True)
         y = forward(self.arch, self.params, batch.x, batch.mask, cfg.tbptt)
         loss = (y - batch.y).abs().mean(1)                                     # (K,)
-        grads = torch.autograd.grad(loss.sum(), [self.params[n] for n in names])
-        with torch.no_grad():
-            for n, g in zip(names, grads):
-                shape = (-1,) + (1,) * (g.dim() - 1)
-                buf = self.bufs[n].mul_(self.mom.view(shape)).add_(g)
-                self.params[n] = (self.params[n].detach() - self.lr.view(shape) * buf)
+        grads = torch.autograd.grad(loss.sum(), params)
+        with torch.no_grad():              # in place, all tensors at once: buf = mom*buf + g;
+            bufs = list(self.bufs.values())  # p -= lr*buf (per-member mom, lr, broadcast)
+            mom, lr = self._bcast(self.mom), self._bcast(self.lr)
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
             self.train_sum += loss.detach()
         self.train_steps += 1
+
+    def _bcast(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Per-member `(K,)` values viewed to broadcast against each parameter."""
+        return [v.view((-1,) + (1,) * (p.dim() - 1)) for p in self.params.values()]
 
     def run_epoch(self) -> None:
         spe = self.cfg.steps_per_epoch
