@@ -36,49 +36,133 @@ REPORT_S = 2.0
 """seconds between a trial's reports to Tune (Tune handles a few hundred per second in all)"""
 K_CAP = {"cpu": 256, "cuda": 4096}
 """largest pack: throughput stops growing past K ~ 128-1024 on CPU (PERF_NOTES)"""
+CACHE_BYTES = 12e6
+"""CPU: a pack's forward activations should stay about this size. Past it a step streams from
+memory and throughput per point falls (measured on 2 cores, 2 MB L2 each: the best K keeps
+6-25 MB of activations, e.g. rnn 1,5: K ~ 128; 3,10: ~32; 5,20: ~8-16)"""
+MEMBER_BYTES_PER_S = 1.6e9
+"""CPU cost model: one point-epoch takes about (forward activation bytes) / this many seconds
+at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
+OP_S = 5e-6
+"""CPU cost model: fixed cost of one op (dispatch), whatever K"""
 
 
 # ---------------------------------------------------------------------------------------------
 # Packs.
 
 
+def _layer_rows(p: Point) -> list[int]:
+    """Rows of each layer's fused input column [x; 1; h] (``memgrid.models``)."""
+    return [(1 if i == 0 else p.cells) + 1 + p.cells for i in range(p.layers)]
+
+
+def _activation_bytes(p: Point) -> int:
+    """Forward buffers kept for backward, per member and step (``models._Stack``)."""
+    g, c, T, B = GATES.get(p.arch, 1), p.cells, p.q_hi, p.batch_size
+    per_layer = [(T + 1) * r + (T if g > 1 else 1) * g * c + (3 * T + 2) * c * (p.arch == "lstm")
+                 for r in _layer_rows(p)]
+    return 4 * B * sum(per_layer)
+
+
 def member_bytes(p: Point) -> int:
-    """Rough peak memory of one pack member while training (activations kept for backward,
-    data generation temporaries, the evaluation set)."""
-    g = GATES.get(p.arch, 1)
-    T = p.q_hi
-    train = T * p.layers * p.cells * p.batch_size * 4 * (g + 3) * 2
-    data = p.batch_size * T * 24
-    evals = p.eval_size * T * 5 + p.eval_size * p.cells * (g + 3) * 4 * 2
-    return train + data + evals
+    """Peak memory of one pack member while training, an upper bound (measured RSS per member
+    is 65-90% of it): forward buffers kept for backward, backward buffers, data generation,
+    the evaluation set and its forward. A pack of K members needs K times this; plan_packs
+    never puts more members in a pack than its memory allows."""
+    if p.arch == "esn":   # reservoir states and ridge regression, float64 (memgrid.esn)
+        return 8 * (p.cells + 2) * (p.cells + p.batch_size + p.eval_size + p.q_hi * 4) * 4
+    g, c, T, B, E = GATES[p.arch], p.cells, p.q_hi, p.batch_size, p.eval_size
+    rows = _layer_rows(p)
+    backward = 4 * B * (T * (sum(rows) - 2) + g * c + 8 * c)
+    data = 4 * B * T * 6
+    eval_set = E * (4 * T + T + 12)
+    eval_fwd = 4 * E * (sum(2 * r for r in rows) + g * c + 3 * c * (p.arch == "lstm") + 4)
+    return int(1.3 * (_activation_bytes(p) + backward + data + eval_set + eval_fwd))
 
 
-def pack_id(points: list[Point]) -> str:
-    """Names the pack's part files: the same points give the same id on every run."""
-    blob = ",".join(sorted(p.point_id for p in points))
-    return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+def pack_seconds(p: Point, k: int) -> float:
+    """Rough CPU seconds to train a pack of k members like `p` to max_epochs (cost model, for
+    balancing packs across slots; relative values matter)."""
+    if p.arch == "esn":
+        return k * member_bytes(p) / MEMBER_BYTES_PER_S
+    n_ops = {"rnn": 10, "gru": 22, "lstm": 24}[p.arch] * p.q_hi * p.layers + 80
+    per_epoch = p.steps_per_epoch * (n_ops * OP_S + k * _activation_bytes(p) / MEMBER_BYTES_PER_S)
+    return p.max_epochs * per_epoch
+
+
+def best_k(p: Point, device: str = "cpu") -> int:
+    """Pack size at which throughput per point peaks: on CPU, activations of about
+    CACHE_BYTES; on a GPU, as large as K_CAP (memory caps it separately)."""
+    if device != "cpu":
+        return K_CAP.get(device, 4096)
+    return int(min(K_CAP["cpu"], max(8, CACHE_BYTES // max(_activation_bytes(p), 1))))
+
+
+def _deal(members: list[Point], n: int) -> list[list[Point]]:
+    """n packs of one group. Members of one length range are dealt round-robin, so that the
+    packs last alike; with several (positions past q_min shift it), members are cut in runs
+    of rising q_hi instead: a pack pads to its longest member, and runs keep that padding
+    small (p = 11..20 in one pack of p = 1..20 would cost up to 1.7x)."""
+    if len({p.q_hi for p in members}) == 1:
+        return [members[i::n] for i in range(n)]
+    ordered = sorted(members, key=lambda p: p.q_hi)
+    size, extra = divmod(len(ordered), n)
+    out, i = [], 0
+    for j in range(n):
+        k = size + (j < extra)
+        out.append(ordered[i:i + k])
+        i += k
+    return out
 
 
 def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str = "cpu",
                mem_per_slot: float = 4e9) -> list[list[Point]]:
-    """Cut points into packs of points that may share one (same `pack_key`).
+    """Cut points into packs of points that may share one (same `pack_key`), longest first.
 
-    `pack`: an int caps the pack size (1 = one trial per point); `auto` takes packs as large as
-    `mem_per_slot` and K_CAP allow, but small enough that every one of `slots` concurrent
-    trials gets work. Members are dealt round-robin so the packs of a group last alike.
+    `pack`: an int caps the pack size (1 = one trial per point); `auto` sizes packs from the
+    networks: as large as `mem_per_slot` (bytes a trial may use, see member_bytes) and K_CAP
+    allow and, on CPU, near the size where throughput per point peaks (best_k); then cuts
+    groups into more packs while that ends the grid sooner on `slots` concurrent trials (cost
+    model pack_seconds). Whatever `pack`, no pack needs more than `mem_per_slot`. Packs come
+    longest first: Tune starts trials in this order, which balances the slots.
     """
+    dev = device.split(":")[0]
     groups: dict[tuple, list[Point]] = {}
     for p in points:
         groups.setdefault(p.pack_key, []).append(p)
-    packs = []
-    for members in groups.values():
-        if pack == "auto":
-            k = min(K_CAP.get(device, 256), max(1, int(mem_per_slot // member_bytes(members[0]))),
-                    max(1, math.ceil(len(points) / max(slots, 1))))
-        else:
-            k = int(pack)
-        n = math.ceil(len(members) / k)
-        packs.extend(members[i::n] for i in range(n))
+    members = list(groups.values())
+    n_packs = []
+    for ms in members:
+        k_mem = max(1, int(mem_per_slot // max(member_bytes(p) for p in ms)))
+        k = min(K_CAP.get(dev, 256), k_mem, best_k(ms[0], dev)) if pack == "auto" else min(int(pack), k_mem)
+        n_packs.append(math.ceil(len(ms) / k))
+
+    def cost(pk: list[Point]) -> float:
+        return pack_seconds(max(pk, key=lambda q: q.q_hi), len(pk))
+
+    def group_costs(g: int, n: int) -> list[float]:
+        return [cost(pk) for pk in _deal(members[g], n)]
+
+    if pack == "auto" and slots > 1:       # more packs per group while the grid ends sooner
+        costs = [group_costs(g, n) for g, n in enumerate(n_packs)]
+        while True:
+            flat = [c for cs in costs for c in cs]
+            before = max(max(flat), sum(flat) / slots)
+            g = max((g for g in range(len(members)) if n_packs[g] < len(members[g])),
+                    key=lambda g: max(costs[g]), default=None)
+            if g is None:
+                break
+            size = math.ceil(len(members[g]) / n_packs[g])   # the next n with smaller packs
+            n = math.ceil(len(members[g]) / (size - 1))
+            trial = group_costs(g, n)
+            rest = [c for h, cs in enumerate(costs) if h != g for c in cs]
+            after = max(max(rest + trial), (sum(rest) + sum(trial)) / slots)
+            if after >= 0.99 * before:
+                break
+            n_packs[g] = n
+            costs[g] = trial
+    packs = [pk for ms, n in zip(members, n_packs) for pk in _deal(ms, n)]
+    packs.sort(key=cost, reverse=True)
     return packs
 
 
