@@ -1,26 +1,13 @@
 """Paper Figure 8: mean loss over seeds of LSTMs and GRUs (rows), one panel per l (random length).
 
-    python analysis/fig8_heatmap.py results/fig8_gated --out figures
+    python analysis/fig8_heatmap.py results/fig8_lstm --out figures
 """
 
-import argparse
-
-from memgrid.analysis import fixed_length, load_points, plot_heatmaps, random_length, save
+from memgrid.analysis.scripts import heatmap_figure
 
 
 def main(argv=None) -> None:
-    archs, stat, fixed, stem = ("lstm", "gru"), "mean", False, "fig8_heatmap"
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", metavar="RESULTS", help="results folder (path or pyarrow URI)")
-    ap.add_argument("--out", default="figures", help="folder for the PNG and PDF (default: figures)")
-    args = ap.parse_args(argv)
-    points = load_points(args.results)
-    points = fixed_length(points) if fixed else random_length(points)
-    points = points[points["arch"].isin(archs)]
-    if points.empty:
-        kind = "fixed" if fixed else "random"
-        raise SystemExit(f"{args.results}: no {kind}-length points of {', '.join(archs)}")
-    print(save(plot_heatmaps(points, stat), args.out, stem))
+    heatmap_figure(__doc__, ("lstm", "gru"), "mean", False, "fig8_heatmap", argv)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,10 @@ def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size
     device = spec.seed.device
     T = spec.T if T is None else T
     K, B = spec.seed.shape[0], batch_size
-    step_t = torch.as_tensor(step, dtype=torch.int64, device=device).reshape(-1)
+    if isinstance(step, torch.Tensor):
+        step_t = step.to(device=device, dtype=torch.int64).reshape(-1)
+    else:                                  # a fill, not a host-to-device copy (a sync on a GPU)
+        step_t = torch.full((1,), step, dtype=torch.int64, device=device)
     step_t = step_t.expand(K).reshape(1, K, 1)
     # distance from the end: d = 0 is the last element; step t holds d = T - 1 - t
     d, hd = _counters(T, str(device), reverse=True)                       # (T,), hash32(d + C)
