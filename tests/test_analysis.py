@@ -311,3 +311,25 @@ def test_figure_scripts(tmp_path):
     assert (tmp_path / "figs" / "fig4_curves.png").exists()
     with pytest.raises(SystemExit):  # no fixed-length points in this folder
         runpy.run_path(str(ROOT / "analysis" / "fig9_heatmap.py"))["main"]([str(res)])
+
+
+def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
+    """Two points: one flat at 0.25 for 3000 epochs (the default stop, patience 2000, would end
+    it at epoch 2000), one that learns (untouched)."""
+    res = tmp_path / "results"
+    write_grid_identity(str(res), {"name": "np", "axes": {"arch": ["rnn"], "layers": [1], "cells": [2],
+                                   "position": [1, 2], "seed": [0]}, "fixed": {"plateau": False}})
+    rows, curves = [], []
+    for p, final in ((1, 0.02), (2, 0.25)):       # 0.02: above solved_loss, as a real run
+        pt = Point(arch="rnn", layers=1, cells=2, position=p, seed=0, plateau=False, max_epochs=3000)
+        evals = [(e, 0.25 if p == 2 or e < 500 else final) for e in range(0, 3001, 100)]
+        rows.append(point_settings(pt, "np") | dict(
+            units=2, params=pt.params, epochs=3000, loss=final, best_loss=final, r2=0.5,
+            stop_reason="max_epochs", mc_stream=None, wall_s=1.0, pack_id="p", device="cpu",
+            memgrid_version="test", finished_at=None))
+        curves += [dict(point_id=pt.point_id, epoch=e, train_loss=v, eval_loss=v) for e, v in evals]
+    write_points(str(res), "p-0", rows, curves)
+    text = write_report(str(res), tmp_path / "out").read_text()
+    assert "## What the plateau stop would change" in text
+    assert "1 of 2 points would stop at the plateau, saving 17% of the epochs" in text  # 1000 of 6000
+    assert "(lost 0, gained 0)" in text

@@ -18,7 +18,7 @@ import pandas as pd
 from ..store import read_grid_identity
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
-from .limits import bimodality, memory_limits
+from .limits import replay_stopping, plateau_effect, bimodality, memory_limits
 from .plots import plot_mc_vs_units, plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save
 from .tables import (CONFIG, THRESHOLD, fixed_length, load_curves, load_points, random_length,
                      variant_columns)
@@ -163,6 +163,28 @@ def _stream_section(points: pd.DataFrame, task: pd.DataFrame) -> list[str]:
             f"above N - (l - 1): {len(over_b)}.", "", md_table(both), ""]
 
 
+def _plateau_section(uri: str, points: pd.DataFrame, threshold: float) -> list[str]:
+    """A run without the plateau stop: replay memgrid's default stop on its curves and say
+    what it would have changed (the stopped run is this run cut short: determinism)."""
+    trained = points[points["arch"] != "esn"]
+    if trained.empty or trained["plateau"].astype(bool).any() or len(trained) > MAX_CURVE_POINTS:
+        return []
+    from ..config import Point
+
+    curves = load_curves(uri, trained["point_id"].tolist())
+    stopped = replay_stopping(trained, curves, plateau=True, patience=Point.patience)
+    _, s = plateau_effect(stopped, trained, threshold)
+    saved = 1 - stopped["epochs"].sum() / max(trained["epochs"].sum(), 1)
+    return ["## What the plateau stop would change", "",
+            f"This run trained without the plateau stop. Replaying memgrid's default stop "
+            f"(patience {Point.patience} epochs) on its curves: {s['stopped_plateau']} of "
+            f"{s['matched']} points would stop at the plateau, saving {100 * saved:.0f}% of the "
+            f"epochs; memorized (loss < {threshold}) with the stop {s['solved_with']}, without it "
+            f"{s['solved_without']} (lost {s['lost']}, gained {s['gained']}); final loss without "
+            f"the stop minus with it: mean {s['mean_loss_diff']:+.4f}, largest difference "
+            f"{s['max_abs_loss_diff']:.4f}.", ""]
+
+
 def _stop_section(points: pd.DataFrame) -> list[str]:
     counts = pd.crosstab(points["arch"], points["stop_reason"]).reset_index()
     counts.columns.name = None
@@ -251,6 +273,8 @@ def _report(uri: str, out: Path, threshold: float) -> str:
                          f"{b['means']} (arch, l, c, p) means ({100 * b['share_means']:.1f}%) "
                          f"have loss in [{threshold}, 0.2].")
     lines.append("")
+
+    lines += _plateau_section(uri, points, threshold)
 
     rnn_lstm = points[points["arch"].isin(["rnn", "lstm"])]
     curves = None
