@@ -5,11 +5,17 @@
 2. bitwise pack invariance: train_points on a mixed pack vs each point alone, identical
    evaluation-loss curves.
 
-    .venv/bin/python benchmarks/verify.py
+    .venv/bin/python benchmarks/verify.py                # CPU: 1e-5 and bitwise
+    .venv/bin/python benchmarks/verify.py --device cuda  # on a GPU (float rounding, see below)
+
+On a GPU, cuBLAS may pick another kernel for another batch count, so a point alone and in a
+pack agree to float rounding there (DESIGN), not bit for bit; --device cuda reports the
+largest difference of the evaluation curves instead of failing on it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -22,16 +28,17 @@ from memgrid.train import train_points
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
 
-def check_equivalence(arch: str, layers: int = 2, cells: int = 4, k: int = 1) -> float:
+def check_equivalence(arch: str, layers: int = 2, cells: int = 4, k: int = 1,
+                      device: str = "cpu") -> float:
     pts = [Point(arch, layers, cells, position=p, seed=s, q_min=5, q_max=8)
            for p, s in [(2, 0), (3, 1), (1, 2)]]
-    spec = TaskSpec.of(pts)
+    spec = TaskSpec.of(pts, device)
     params = init_params(arch, layers, cells, "sum", spec.seed)
     params = {n: v.clone().requires_grad_(True) for n, v in params.items()}
     batch = make_batch(spec, TRAIN, 3, 16)
     y = forward(arch, params, batch.x, batch.mask)
     grads = torch.autograd.grad(y[k].sum(), list(params.values()))
-    mod = TORCH[arch](1, cells, num_layers=layers, batch_first=True).double()
+    mod = TORCH[arch](1, cells, num_layers=layers, batch_first=True).double().to(device)
     with torch.no_grad():
         for i in range(layers):
             for ours, theirs in [("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"),
@@ -55,33 +62,39 @@ def check_equivalence(arch: str, layers: int = 2, cells: int = 4, k: int = 1) ->
     return err
 
 
-def check_invariance(arch: str) -> bool:
+def check_invariance(arch: str, device: str = "cpu") -> float:
+    """Largest difference between a point's evaluation curve alone and in a mixed pack."""
     pts = [Point(arch, 2, 3, position=p, seed=s, lr=lr, q_min=5, q_max=8, max_epochs=200,
-                 eval_every=20, eval_size=128, plateau=False, solved_loss=0.0)
+                 eval_every=20, eval_size=128, plateau=False, solved_loss=0.0, mc_length=0)
            for p, s, lr in [(1, 0, 0.01), (3, 1, 0.05), (5, 2, 0.01), (8, 3, 0.05)]]
-    _, curves = train_points(pts)
+    _, curves = train_points(pts, device=device)
     packed = {}
     for c in curves:
         packed.setdefault(c["point_id"], []).append(c["eval_loss"])
-    ok = True
+    worst = 0.0
     for p in pts:
-        _, alone = train_points([p])
-        if [c["eval_loss"] for c in alone] != packed[p.point_id]:
-            print(f"  {arch} p={p.position} seed={p.seed}: curves differ", file=sys.stderr)
-            ok = False
-    return ok
+        _, alone = train_points([p], device=device)
+        a = [c["eval_loss"] for c in alone]
+        if a != packed[p.point_id]:
+            d = max(abs(x - y) for x, y in zip(a, packed[p.point_id]))
+            print(f"  {arch} p={p.position} seed={p.seed}: curves differ by {d:.1e}", file=sys.stderr)
+            worst = max(worst, d if d == d else float("inf"))
+    return worst
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    dev = ap.parse_args().device
     bad = 0
     for arch in ("rnn", "lstm", "gru"):
         for k in range(3):
-            err = check_equivalence(arch, k=k)
+            err = check_equivalence(arch, k=k, device=dev)
             print(f"equivalence {arch} member {k}: max abs err {err:.2e}")
             bad += err > 1e-5
-        ok = check_invariance(arch)
-        print(f"pack invariance {arch}: {'bitwise' if ok else 'DIFFERS'}")
-        bad += not ok
+        worst = check_invariance(arch, device=dev)
+        print(f"pack invariance {arch}: " + ("bitwise" if worst == 0 else f"differs by {worst:.1e}"))
+        bad += worst > (0 if dev == "cpu" else 1e-4)
     return 1 if bad else 0
 
 

@@ -9,11 +9,12 @@ computes. ``torch.nn.RNN`` cannot be vmapped, hence the hand-written cells.
 Layout: the state is ``(K, c, B)`` and the recurrence is ``W_hh @ h``, a batched matmul over K
 (5-7x faster in MKL than ``(K, B, c) @ W`` at these sizes, PERF_NOTES).
 
-Speed (see ``benchmarks/``): a layer's step is ONE batched matmul ``W @ z`` of the fused weights
-``W = [W_ih | W_hh | b]`` `(K, R, m+c+1)` and the column ``z = [x_t; h_{t-1}; 1]``, written in
-place into preallocated per-step buffers, and backpropagation through time is written by hand
-(:class:`_Stack`): per step one matmul for the weight gradient, one for the state gradient and
-a few in-place elementwise ops, instead of autograd's graph of ~10 nodes per step.
+Speed (``benchmarks/README.md``): a layer's step is ONE batched matmul ``W @ z`` of the fused
+weights ``W = [W_ih | b | W_hh]`` `(K, R, m+1+c)` and the column ``z = [x_t; 1; h_{t-1}]``,
+written in place into per-step buffers that are reused from step to step (:class:`_Pool`),
+and backpropagation through time is written by hand (:class:`_Stack`): per step one matmul for
+the weight gradient, one for the state gradient and a few in-place elementwise ops, instead of
+autograd's graph of ~10 nodes per step.
 """
 
 from __future__ import annotations
@@ -172,32 +173,73 @@ def _rows(arch: str, c: int) -> int:
     return c if arch == "rnn" else 4 * c
 
 
-def _fwd_buffers(arch, T, L, K, c, B, like):
-    """Slots `s = 0..T+L-1`, each `(K, 2 + L(c+1), B)`: rows [x; 1] then per layer [h^i; 1].
-    Layer i's step t reads slot t + i, rows [x or h^{i-1}; 1; h^i_{t-1}] (one contiguous
-    slice), and writes h^i_t into slot t + i + 1: the layers' inputs are never copied.
-    Zero-filled once; the ones rows and the initial states (never written) stay."""
-    rows = 2 + L * (c + 1)
-    slots = [like.new_zeros(K, rows, B) for _ in range(T + L)]
-    for s in slots:
-        s[:, 1] = 1
-        for i in range(L - 1):
-            s[:, 2 + i * (c + 1) + c] = 1
-    R = _rows(arch, c)
-    if arch == "rnn":
-        acts = [[like.new_empty(K, R, B)] * T for _ in range(L)]
-    else:
-        acts = [[like.new_empty(K, R, B) for _ in range(T)] for _ in range(L)]
-    cells = tcs = None
-    if arch == "lstm":
-        cells = [[like.new_zeros(K, c, B) for _ in range(T + 1)] for _ in range(L)]
-        tcs = [[like.new_empty(K, c, B) for _ in range(T)] for _ in range(L)]
-    return slots, acts, cells, tcs
-
-
 def _zrows(i: int, c: int) -> tuple[int, int]:
     """Rows of the slots that layer i reads: [input; 1; own state]."""
     return (0, 2 + c) if i == 0 else (2 + (i - 1) * (c + 1), 2 + i * (c + 1) + c)
+
+
+class _FwdBufs:
+    """Forward buffers of one shape, and views of them made once (a view costs ~2 us of
+    Python; a step of a small pack is ~10 ops of ~10 us).
+
+    Slots `s = 0..T+L-1`, each `(K, 2 + L(c+1), B)`: rows [x; 1] then per layer [h^i; 1].
+    Layer i's step t reads slot t + i, rows [x or h^{i-1}; 1; h^i_{t-1}] (one contiguous
+    slice), and writes h^i_t into slot t + i + 1: the layers' inputs are never copied.
+    Zero-filled once; the ones rows and the initial states (never written) stay.
+    lstm/gru keep each step's gates `(K, R, B)`, lstm its cells and their tanh `(K, c, B)`.
+    """
+
+    def __init__(self, arch, T, L, K, c, B, like):
+        rows = 2 + L * (c + 1)
+        self.slots = [like.new_zeros(K, rows, B) for _ in range(T + L)]
+        for s in self.slots:
+            s[:, 1] = 1
+            for i in range(L - 1):
+                s[:, 2 + i * (c + 1) + c] = 1
+        self.x = [s[:, 0] for s in self.slots[:T]]
+        R = _rows(arch, c)
+        one = like.new_empty(K, R, B)
+        self.z, self.zT, self.h, self.act, self.gates = [], [], [], [], []
+        self.cells = self.tcs = None
+        if arch == "lstm":
+            self.cells = [[like.new_zeros(K, c, B) for _ in range(T + 1)] for _ in range(L)]
+            self.tcs = [[like.new_empty(K, c, B) for _ in range(T)] for _ in range(L)]
+        for i in range(L):
+            lo, hi = _zrows(i, c)
+            z = [self.slots[t + i][:, lo:hi] for t in range(T)]
+            self.z.append(z)
+            self.zT.append([v.transpose(1, 2) for v in z])
+            self.h.append([self.slots[t + i + 1][:, hi - c:hi] for t in range(T)])
+            acts = [one] * T if arch == "rnn" else [like.new_empty(K, R, B) for _ in range(T)]
+            self.act.append(acts)
+            # gate views: lstm (i, f, o, g, i|f|o); gru (r, z, n, hn, r|z); rnn none
+            if arch == "lstm":
+                self.gates.append([(a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:], a[:, :3 * c])
+                                   for a in acts])
+            elif arch == "gru":
+                self.gates.append([(a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:], a[:, :2 * c])
+                                   for a in acts])
+
+
+class _BwdBufs:
+    """Backward buffers of one shape, with their views: per layer and step the gradient on
+    the layer's column z (rows [input; 1; own state], or only the state for layer 0 when x
+    needs none), and scratch for one step."""
+
+    def __init__(self, arch, T, L, K, c, B, rows0, like):
+        R = _rows(arch, c)
+        e = like.new_empty
+        self.gW = [e(K, R, (1 if i == 0 else c) + 1 + c) for i in range(L)]
+        self.gZ = [[e(K, rows0 if i == 0 else 2 * c + 1, B) for _ in range(T)] for i in range(L)]
+        self.g_in = [[g[:, :c] for g in gz] for gz in self.gZ]       # to the layer below
+        self.g_rec = [[g[:, -c:] for g in gz] for gz in self.gZ]     # to the step before
+        self.gp, self.gh, self.t1, self.t2 = e(K, R, B), e(K, c, B), e(K, c, B), e(K, c, B)
+        gp = self.gp
+        self.gp_views = (gp[:, :c], gp[:, c:2 * c], gp[:, 2 * c:3 * c], gp[:, 3 * c:], gp[:, :3 * c])
+        self.gr = [e(K, c, B), e(K, c, B)]
+        self.gc, self.gc_next, self.d = e(K, c, B), e(K, c, B), e(K, 3 * c, B)
+        d = self.d
+        self.d_views = (d[:, :c], d[:, c:2 * c], d[:, 2 * c:])
 
 
 class _Stack(torch.autograd.Function):
@@ -214,137 +256,150 @@ class _Stack(torch.autograd.Function):
         L = len(params) // 4
         K, B, T = x.shape
         c = params[1].shape[-1]
-        dtype = params[0].dtype
         P = mask.shape[0]
         Ws = [_fuse(arch, *params[4 * i:4 * i + 4]) for i in range(L)]
         like = Ws[0]
-        key = ("stack", arch, T, L, K, c, B, dtype, like.device)
-        bufs = _FWD.take(key, lambda: _fwd_buffers(arch, T, L, K, c, B, like))
-        slots, acts, cells, tcs = bufs
-        for t in range(T):
-            slots[t][:, 0] = x[:, :, t]
+        key = ("stack", arch, T, L, K, c, B, like.dtype, like.device)
+        bufs = _FWD.take(key, lambda: _FwdBufs(arch, T, L, K, c, B, like))
+        masks = mask.unbind(0)
+        for t, xt in enumerate(x.unbind(2)):
+            bufs.x[t].copy_(xt)
+        bmm, tanh = torch.bmm, torch.tanh
         for i in range(L):
-            lo, hi = _zrows(i, c)
-            W = Ws[i]
+            W, Z, H, A = Ws[i], bufs.z[i], bufs.h[i], bufs.act[i]
+            if arch == "rnn":
+                for t in range(T):
+                    h = H[t]
+                    bmm(W, Z[t], out=A[t])
+                    tanh(A[t], out=h)
+                    if t < P:
+                        h.mul_(masks[t])           # h stays 0 until the sequence starts
+                continue
+            G = bufs.gates[i]
+            cells, tcs = (bufs.cells[i], bufs.tcs[i]) if arch == "lstm" else (None, None)
             for t in range(T):
-                _step(arch, W, slots[t + i][:, lo:hi], slots[t + i + 1][:, hi - c:hi], acts[i][t], c,
-                      mask[t] if t < P else None,
-                      cells[i][t] if cells else None, cells[i][t + 1] if cells else None,
-                      tcs[i][t] if tcs else None)
-        lo, hi = _zrows(L - 1, c)
-        out = slots[T + L - 1][:, hi - c:hi].clone()
+                a, h = A[t], H[t]
+                bmm(W, Z[t], out=a)
+                if arch == "lstm":
+                    ig, fg, og, gg, ifo = G[t]
+                    ifo.sigmoid_()
+                    gg.tanh_()
+                    cell = cells[t + 1]
+                    torch.mul(fg, cells[t], out=cell)
+                    cell.addcmul_(ig, gg)
+                    if t < P:
+                        cell.mul_(masks[t])        # so tanh(cell) and h are 0 there as well
+                    tanh(cell, out=tcs[t])
+                    torch.mul(og, tcs[t], out=h)
+                else:  # gru
+                    r, zg, n, hn, rz = G[t]
+                    rz.sigmoid_()
+                    n.addcmul_(r, hn).tanh_()      # n = tanh(xn + r * hn)
+                    torch.sub(Z[t][:, -c:], n, out=h)   # h = n + z * (h_prev - n)
+                    h.mul_(zg).add_(n)
+                    if t < P:
+                        h.mul_(masks[t])
+        out = bufs.h[L - 1][T - 1].clone()
         ctx.arch, ctx.tbptt, ctx.c, ctx.T, ctx.key = arch, tbptt, c, T, key
-        ctx.bufs, ctx.Ws, ctx.mask = bufs, Ws, mask
+        ctx.bufs, ctx.Ws, ctx.masks = bufs, Ws, masks
         weakref.finalize(ctx, _FWD.give, key, bufs)   # the graph is gone: reuse the buffers
         return out
 
     @staticmethod
     def backward(ctx, g_out):
         arch, tbptt, c, T = ctx.arch, ctx.tbptt, ctx.c, ctx.T
-        slots, acts, cells, tcs = ctx.bufs
-        Ws, mask = ctx.Ws, ctx.mask
+        fb, Ws, masks = ctx.bufs, ctx.Ws, ctx.masks
         L = len(Ws)
-        K, _, B = slots[0].shape
-        P = mask.shape[0]
+        K, R, _ = Ws[0].shape
+        B = g_out.shape[-1]
+        P = len(masks)
         need_x = bool(ctx.needs_input_grad[2])
-        like = Ws[0]
+        rows0 = Ws[0].shape[-1] if need_x else c
         bkey = ctx.key + (need_x,)
-        gWs, gZs, sc = _BWD.take(bkey, lambda: _bwd_buffers(arch, T, Ws, K, c, B, need_x, like))
-        gp, gh_buf, t1, t2, gr, gc, gc_next, d = sc
+        bb = _BWD.take(bkey, lambda: _BwdBufs(arch, T, L, K, c, B, rows0, Ws[0]))
+        gp, gh_buf, t1, t2 = bb.gp, bb.gh, bb.t1, bb.t2
+        bmm, add, mul = torch.bmm, torch.add, torch.mul
+        tanh_bw = torch.ops.aten.tanh_backward.grad_input
+        sig_bw = torch.ops.aten.sigmoid_backward.grad_input
         g_out = g_out.contiguous()
         grads = [None] * (4 * L)
-        g_above = None                             # gradient on h^i_t from layer i + 1 (its gZ)
+        g_above = None                             # gradient on h^i_t from layer i + 1
         gx = None
         for i in reversed(range(L)):
-            W, act, gW, gZ = Ws[i], acts[i], gWs[i], gZs[i]
-            cell, tc = (cells[i], tcs[i]) if cells else (None, None)
+            W, gW, gZ, g_rec = Ws[i], bb.gW[i], bb.gZ[i], bb.g_rec[i]
+            Z, ZT, H = fb.z[i], fb.zT[i], fb.h[i]
             m = W.shape[-1] - 1 - c
-            lo, hi = _zrows(i, c)
             Wt = (W if (i > 0 or need_x) else W[:, :, m + 1:]).transpose(1, 2)   # (K, rows, R)
             gW.zero_()
             have_gc = False
             grec = None                            # gradient on h_t from step t + 1
-            for t in reversed(range(T)):
-                zt = slots[t + i][:, lo:hi]
+            for t in range(T - 1, -1, -1):
                 if g_above is not None:            # gradient on h_t
-                    gh = g_above[t][:, :c] if grec is None else torch.add(g_above[t][:, :c], grec, out=gh_buf)
+                    gh = g_above[t] if grec is None else add(g_above[t], grec, out=gh_buf)
                 else:
                     gh = g_out if t == T - 1 else grec
-                mk = mask[t] if t < P else None
+                mk = masks[t] if t < P else None
                 if gh is None and not have_gc:
                     gZ[t].zero_()                  # nothing reaches this step (tbptt)
                     continue
                 if arch == "rnn":
-                    torch.ops.aten.tanh_backward.grad_input(gh, slots[t + i + 1][:, hi - c:hi], grad_input=gp)
+                    tanh_bw(gh, H[t], grad_input=gp)
                     if mk is not None:
                         gp.mul_(mk)
                 elif arch == "lstm":
-                    a = act[t]
-                    ig, fg, og, gg = a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:]
+                    ig, fg, og, gg, ifo = fb.gates[i][t]
+                    tc, gc, gc_next = fb.tcs[i][t], bb.gc, bb.gc_next
+                    di, df, do = bb.d_views
                     if gh is not None:             # gc = gc_next + gh * o * (1 - tanh(c)^2)
-                        torch.mul(gh, og, out=t1)
-                        torch.ops.aten.tanh_backward.grad_input(t1, tc[t], grad_input=gc)
+                        mul(gh, og, out=t1)
+                        tanh_bw(t1, tc, grad_input=gc)
                         if have_gc:
                             gc.add_(gc_next)
                     else:
                         gc.copy_(gc_next)
                     if mk is not None:
                         gc.mul_(mk)
-                    torch.mul(gc, gg, out=d[:, :c])                  # d/d i
-                    torch.mul(gc, cell[t], out=d[:, c:2 * c])        # d/d f
+                    mul(gc, gg, out=di)
+                    mul(gc, fb.cells[i][t], out=df)
                     if gh is not None:
-                        torch.mul(gh, tc[t], out=d[:, 2 * c:])       # d/d o
+                        mul(gh, tc, out=do)
                     else:
-                        d[:, 2 * c:].zero_()
-                    torch.ops.aten.sigmoid_backward.grad_input(d, a[:, :3 * c], grad_input=gp[:, :3 * c])
-                    torch.mul(gc, ig, out=t1)                        # d/d g
-                    torch.ops.aten.tanh_backward.grad_input(t1, gg, grad_input=gp[:, 3 * c:])
+                        do.zero_()
+                    sig_bw(bb.d, ifo, grad_input=bb.gp_views[4])
+                    mul(gc, ig, out=t1)                          # d/d g
+                    tanh_bw(t1, gg, grad_input=bb.gp_views[3])
                 else:  # gru
-                    a = act[t]
-                    r, zg, n, hn = a[:, :c], a[:, c:2 * c], a[:, 2 * c:3 * c], a[:, 3 * c:]
+                    r, zg, n, hn, _ = fb.gates[i][t]
+                    gr_, gz_, gan, ghn, _ = bb.gp_views
                     if mk is not None:
-                        gh = torch.mul(gh, mk, out=gh_buf)
-                    torch.mul(gh, zg, out=t1)                        # direct path to h_{t-1}
-                    torch.sub(gh, t1, out=t2)                        # d/d n = gh * (1 - z)
-                    gan = gp[:, 2 * c:3 * c]
-                    torch.ops.aten.tanh_backward.grad_input(t2, n, grad_input=gan)
-                    torch.mul(gan, r, out=gp[:, 3 * c:])             # d/d hn
-                    torch.sub(zt[:, -c:], n, out=t2)                 # d/d z = gh * (h_prev - n)
+                        gh = mul(gh, mk, out=gh_buf)
+                    mul(gh, zg, out=t1)                          # direct path to h_{t-1}
+                    torch.sub(gh, t1, out=t2)                    # d/d n = gh * (1 - z)
+                    tanh_bw(t2, n, grad_input=gan)
+                    mul(gan, r, out=ghn)                         # d/d hn
+                    torch.sub(Z[t][:, -c:], n, out=t2)           # d/d z = gh * (h_prev - n)
                     t2.mul_(gh)
-                    torch.ops.aten.sigmoid_backward.grad_input(t2, zg, grad_input=gp[:, c:2 * c])
-                    torch.mul(gan, hn, out=t2)                       # d/d r
-                    torch.ops.aten.sigmoid_backward.grad_input(t2, r, grad_input=gp[:, :c])
-                gW.baddbmm_(gp, zt.transpose(1, 2))
-                torch.bmm(Wt, gp, out=gZ[t])
-                if _cut(tbptt, T, t):
+                    sig_bw(t2, zg, grad_input=gz_)
+                    mul(gan, hn, out=t2)                         # d/d r
+                    sig_bw(t2, r, grad_input=gr_)
+                gW.baddbmm_(gp, ZT[t])
+                bmm(Wt, gp, out=gZ[t])
+                if tbptt and _cut(tbptt, T, t):
                     grec, have_gc = None, False
                     continue
-                grec = gZ[t][:, -c:]
+                grec = g_rec[t]
                 if arch == "gru":                  # plus the direct path h_{t-1} -> h_t
-                    grec = torch.add(grec, t1, out=gr[t % 2])
+                    grec = add(grec, t1, out=bb.gr[t % 2])
                 elif arch == "lstm":
-                    torch.mul(gc, fg, out=gc_next)
+                    mul(bb.gc, fb.gates[i][t][1], out=bb.gc_next)
                     have_gc = True
             grads[4 * i:4 * i + 4] = _unfuse_grad(arch, gW, m, c)
             if i > 0:
-                g_above = gZ
+                g_above = bb.g_in[i]
             elif need_x:
                 gx = torch.stack([g[:, 0] for g in gZ], 2)           # (K, B, T)
-        _BWD.give(bkey, (gWs, gZs, sc))
+        _BWD.give(bkey, bb)
         return (None, None, gx, None, *grads)
-
-
-def _bwd_buffers(arch, T, Ws, K, c, B, need_x, like):
-    gWs = [torch.empty_like(W) for W in Ws]
-    gZs = []
-    for i, W in enumerate(Ws):
-        rows = W.shape[-1] if (i > 0 or need_x) else c
-        gZs.append([like.new_empty(K, rows, B) for _ in range(T)])
-    R = Ws[0].shape[1]
-    e = lambda *s: like.new_empty(*s)  # noqa: E731
-    sc = (e(K, R, B), e(K, c, B), e(K, c, B), e(K, c, B), [e(K, c, B), e(K, c, B)], e(K, c, B),
-          e(K, c, B), e(K, 3 * c, B))
-    return gWs, gZs, sc
 
 
 def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbptt: int = 0,
@@ -359,6 +414,10 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     Every op works on one step's `(K, *, B)` slices, never on a reduction over time: a pack that
     pads to a longer T then only adds exact zeros (padded steps come first and are summed last
     in backward), so a point's gradients are bitwise those it gets alone, in any pack.
+
+    With gradients this is :class:`_Stack` (backward by hand), without them :func:`_infer`;
+    both compute what :func:`_forward_reference` (autograd, op by op) computes, to float
+    rounding. Gradients of gradients are not supported (nothing in memgrid takes them).
     """
     layers = sum(1 for n in params if n.startswith("w_hh."))
     flat = [params[f"{n}.{i}"] for i in range(layers) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]

@@ -66,11 +66,11 @@ def _activation_bytes(p: Point) -> int:
 
 def member_bytes(p: Point) -> int:
     """Peak memory of one pack member while training, an upper bound (measured RSS per member
-    is 65-90% of it): forward buffers kept for backward, backward buffers, data generation,
-    the evaluation set and its forward. A pack of K members needs K times this; plan_packs
-    never puts more members in a pack than its memory allows."""
-    if p.arch == "esn":   # reservoir states and ridge regression, float64 (memgrid.esn)
-        return 8 * (p.cells + 2) * (p.cells + p.batch_size + p.eval_size + p.q_hi * 4) * 4
+    is 70-90 % of it, rnn/lstm/gru, l = 1..5, c = 1..20): forward buffers kept for backward,
+    backward buffers, data generation, the evaluation set and its forward. A pack of K members
+    needs K times this; plan_packs never puts more members in a pack than its memory allows."""
+    if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
+        return 32 * max(8192, p.eval_size) * (p.cells + p.q_hi)    # caps them per chunk)
     g, c, T, B, E = GATES[p.arch], p.cells, p.q_hi, p.batch_size, p.eval_size
     rows = _layer_rows(p)
     backward = 4 * B * (T * (sum(rows) - 2) + g * c + 8 * c)
@@ -113,6 +113,12 @@ def _deal(members: list[Point], n: int) -> list[list[Point]]:
         out.append(ordered[i:i + k])
         i += k
     return out
+
+
+def pack_id(points: list[Point]) -> str:
+    """Names the pack's part files: the same points give the same id on every run."""
+    blob = ",".join(sorted(p.point_id for p in points))
+    return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str = "cpu",
@@ -312,6 +318,20 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     ray.init(**kwargs)
 
 
+def _gpu_bytes(local: bool, default: float = 40e9) -> float:
+    """Usable memory of one GPU: the smallest this driver sees when Ray is embedded (the
+    trials' GPUs are this machine's), else `default`."""
+    if local:
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return 0.9 * min(torch.cuda.get_device_properties(i).total_memory
+                                 for i in range(torch.cuda.device_count()))
+        except (ImportError, RuntimeError):
+            pass
+    return default
+
+
 def run_grid(grid: Grid, out: str, *, address: str | None = None, num_cpus: int | None = None,
              max_failures: int = 3, quiet: bool = False) -> dict:
     """Run every point of `grid` missing from `out`. Returns a summary dict.
@@ -339,9 +359,10 @@ def run_grid(grid: Grid, out: str, *, address: str | None = None, num_cpus: int 
         gpus = res.gpus_per_trial if cluster.get("GPU", 0) > 0 else 0.0
         if res.gpus_per_trial > 0 and gpus == 0 and not quiet:
             print(f"[{grid.name}] no GPU in this Ray cluster: running on CPU", file=sys.stderr)
-        if gpus > 0:
-            slots = int(cluster["GPU"] / gpus)
-            device, mem = "cuda", 40e9 * gpus  # a share of a GPU's memory; see member_bytes
+        if gpus > 0:   # fractions put several packs on a GPU; Ray spreads trials over all GPUs
+            slots = max(1, min(int(cluster["GPU"] / gpus),
+                               int(cluster.get("CPU", 1) // res.cpus_per_trial)))
+            device, mem = "cuda", _gpu_bytes(local=address is None) * gpus   # see member_bytes
         else:
             slots = max(1, int(cluster.get("CPU", 1) // res.cpus_per_trial))
             device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots

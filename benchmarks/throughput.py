@@ -1,0 +1,67 @@
+"""Steady-state training throughput of one pack, without Ray: point-epochs per second (thread
+CPU time on CPU, so that other load on the machine counts less; wall time with a sync on a
+GPU) for packs of K points, per network.
+
+    .venv/bin/python benchmarks/throughput.py                        # a few networks, K = 4..256
+    .venv/bin/python benchmarks/throughput.py rnn,5,20 lstm,1,5 --k 8 16 32
+    .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
+
+This is what `memgrid.tune.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memgrid.config import Point  # noqa: E402
+from memgrid.train import PackTrainer  # noqa: E402
+from memgrid.tune import best_k  # noqa: E402
+
+
+def throughput(arch: str, layers: int, cells: int, k: int, device: str, rounds: int = 3) -> float:
+    pts = [Point(arch, layers, cells, position=1 + i % 10, seed=i, max_epochs=10**9,
+                 eval_every=10**9, plateau=False, solved_loss=0.0, mc_length=0) for i in range(k)]
+    tr = PackTrainer(pts, device=device)
+    cuda = tr.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.thread_time
+    n = max(3, min(50, 4000 // (k * layers * cells))) if not cuda else 20
+    tr.run_epoch()
+    best = float("inf")
+    for _ in range(rounds):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = clock()
+        for _ in range(n):
+            tr.run_epoch()
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, (clock() - t0) / n)
+    return k / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("nets", nargs="*", default=["rnn,1,5", "rnn,3,10", "rnn,5,20", "lstm,1,5", "gru,1,5"],
+                    help="arch,layers,cells")
+    ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for net in args.nets:
+        arch, l, c = net.split(",")
+        l, c = int(l), int(c)
+        cells = "  ".join(f"K={k}: {throughput(arch, l, c, k, args.device):7.0f}" for k in args.k)
+        dev = args.device.split(":")[0]
+        print(f"{arch} {l},{c} (best_k {best_k(Point(arch, l, c, 1, 0), dev)}): {cells}  pe/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
