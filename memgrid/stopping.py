@@ -8,7 +8,6 @@ import math
 
 from .config import Point
 
-STOP_REASONS = ("solved", "plateau", "diverged", "max_epochs")
 MIN_DELTA = 1e-3
 """an evaluation loss counts as an improvement when it beats the best by this much"""
 

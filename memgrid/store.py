@@ -218,10 +218,12 @@ def part_names(uri: str, prefix: str) -> list[str]:
     return out
 
 
-def read_point_ids_of_parts(uri: str, parts: list[str]) -> set[str]:
+def read_stops_of_parts(uri: str, parts: list[str]) -> dict[str, str]:
+    """point_id -> stop_reason of the points in the named points parts."""
     fs, base = resolve(uri)
-    ids: set[str] = set()
+    stops: dict[str, str] = {}
     for part in parts:
-        t = pq.read_table(f"{base}/points/{part}.parquet", filesystem=fs, columns=["point_id"])
-        ids.update(t.column("point_id").to_pylist())
-    return ids
+        t = pq.read_table(f"{base}/points/{part}.parquet", filesystem=fs,
+                          columns=["point_id", "stop_reason"])
+        stops.update(zip(t.column("point_id").to_pylist(), t.column("stop_reason").to_pylist()))
+    return stops

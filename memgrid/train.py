@@ -81,7 +81,7 @@ class PackTrainer:
         self.epoch = 0
         self.train_sum = torch.zeros(len(points), dtype=dtype, device=dev)
         self.train_steps = 0
-        self.finished: list[tuple[dict, list[dict]]] = []
+        self.finished: list[tuple[dict, list[dict], Params]] = []   # row, curve, weights
         self.started = time.perf_counter()
         self.wall_before = 0.0                           # wall seconds of earlier attempts
         self._evaluate_and_stop()                        # epoch 0: the untrained loss
@@ -215,9 +215,6 @@ class PackTrainer:
                                             low=cfg.mc_low, high=cfg.mc_high)
         for i, v in zip(ok, mc.tolist()):
             rows[i]["mc_stream"] = v if math.isfinite(v) else None
-
-    def counts(self) -> dict[str, int]:
-        return {"active": len(self.active), "epoch": self.epoch}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -208,11 +208,12 @@ def pack_trial(config: dict) -> None:
         with ckpt.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / "pack.pt", weights_only=True))
     stored = store.part_names(uri, pid + "-")   # written after that checkpoint, or before a crash
-    done = store.read_point_ids_of_parts(uri, stored) if stored else set()
+    stored_stops = store.read_stops_of_parts(uri, stored)
+    done = set(stored_stops)
     trainer.drop(done)
     trainer.finished = [f for f in trainer.finished if f[0]["point_id"] not in done]
     seq = _max_seq(stored) + 1
-    stops: Counter = Counter()
+    stops: Counter = Counter(stored_stops.values())   # progress counts what a retry found too
     n_written = len(done)
     last_write = last_ckpt = time.monotonic()
 
