@@ -5,6 +5,7 @@ GPU) for packs of K points, per network.
     .venv/bin/python benchmarks/throughput.py                        # a few networks, K = 4..256
     .venv/bin/python benchmarks/throughput.py rnn,5,20 lstm,1,5 --k 8 16 32
     .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
+    .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --both   # C kernel vs torch ops
 
 This is what `memgrid.tune.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
@@ -12,6 +13,7 @@ This is what `memgrid.tune.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,14 +55,22 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--both", action="store_true",
+                    help="rnn on the CPU: also the PyTorch path (MEMGRID_KERNELS=0), side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dev = args.device.split(":")[0]
     for net in args.nets:
         arch, l, c = net.split(",")
         l, c = int(l), int(c)
-        cells = "  ".join(f"K={k}: {throughput(arch, l, c, k, args.device):7.0f}" for k in args.k)
-        dev = args.device.split(":")[0]
-        print(f"{arch} {l},{c} (best_k {best_k(Point(arch, l, c, 1, 0), dev)}): {cells}  pe/s", flush=True)
+        paths = ["1", "0"] if args.both and arch == "rnn" and dev == "cpu" else [None]
+        for path in paths:
+            if path is not None:
+                os.environ["MEMGRID_KERNELS"] = path
+            cells = "  ".join(f"K={k}: {throughput(arch, l, c, k, args.device):7.0f}" for k in args.k)
+            what = {"1": " C kernel", "0": " torch ops", None: ""}[path]
+            print(f"{arch} {l},{c}{what} (best_k {best_k(Point(arch, l, c, 1, 0), dev)}): {cells}  pe/s",
+                  flush=True)
 
 
 if __name__ == "__main__":

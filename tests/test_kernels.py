@@ -1,0 +1,86 @@
+"""The C kernel of the tanh RNN (memgrid/kernels.py): its tanh, the same function and gradients
+as the PyTorch path, bitwise pack invariance, and the fallback when it cannot be built."""
+
+import math
+
+import pytest
+import torch
+
+from memgrid import kernels
+from memgrid.config import Point
+from memgrid.models import forward, init_params
+from memgrid.task import TRAIN, TaskSpec, make_batch
+
+pytestmark = pytest.mark.skipif(kernels.lib(torch.float32) is None, reason="no C compiler")
+
+
+def test_kernel_tanh_matches_torch():
+    for dtype, tol in [(torch.float32, 2.5e-7), (torch.float64, 1e-15)]:
+        a = torch.cat([torch.linspace(-30, 30, 100_001, dtype=dtype),
+                       torch.tensor([0.0, 1e-30, -1e-30, math.inf, -math.inf], dtype=dtype)])
+        out = kernels.tanh(a)
+        assert (out - torch.tanh(a)).abs().max() <= tol
+        assert out[-2] == 1 and out[-1] == -1 and out[-5] == 0
+        assert torch.isnan(kernels.tanh(torch.tensor([math.nan], dtype=dtype))).all()
+
+
+def _grads(params, x, mask, tbptt, kernel, monkeypatch):
+    monkeypatch.setenv("MEMGRID_KERNELS", "1" if kernel else "0")
+    ps = {n: v.detach().clone().requires_grad_() for n, v in params.items()}
+    xr = x.detach().clone().requires_grad_()
+    y = forward("rnn", ps, xr, mask, tbptt=tbptt)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+    with torch.no_grad():
+        y_eval = forward("rnn", ps, xr, mask)
+    return [y.detach(), y_eval, xr.grad] + [ps[n].grad for n in sorted(ps)]
+
+
+@pytest.mark.parametrize("layers,cells,batch,tbptt", [(1, 5, 32, 0), (3, 4, 37, 0), (2, 9, 64, 3)])
+def test_kernel_is_the_pytorch_path(layers, cells, batch, tbptt, monkeypatch):
+    """Outputs (with and without a graph), and gradients on every parameter and the input, agree
+    with the PyTorch path (float64), also for batches that are no multiple of the vector width
+    and with truncated backpropagation."""
+    pts = [Point("rnn", layers, cells, p, s, readout="linear") for p, s in [(2, 3), (5, 4), (12, 9)]]
+    spec = TaskSpec.of(pts)
+    params = {n: v.double() for n, v in init_params("rnn", layers, cells, "linear", spec.seed).items()}
+    b = make_batch(spec, TRAIN, 0, batch)
+    ours = _grads(params, b.x.double(), b.mask, tbptt, True, monkeypatch)
+    ref = _grads(params, b.x.double(), b.mask, tbptt, False, monkeypatch)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
+        assert r.abs().max() > 0
+
+
+def test_kernel_pack_invariance_is_bitwise():
+    """A point alone and inside a pack with longer sequences: the same bits, output and
+    gradients (float32, the training dtype)."""
+    alone = Point("rnn", 2, 10, 3, 1, q_min=4, q_max=6)             # shorter: T = 6, not 15
+    others = [Point("rnn", 2, 10, p, s, q_min=10, q_max=15) for p, s in [(7, 2), (1, 0)]]
+    out = []
+    for group in ([alone, *others], [alone]):
+        spec = TaskSpec.of(group)
+        params = {n: v.requires_grad_() for n, v in init_params("rnn", 2, 10, "sum", spec.seed).items()}
+        b = make_batch(spec, TRAIN, 7, 128)
+        y = forward("rnn", params, b.x, b.mask)
+        (y - b.y).abs().mean(1).sum().backward()
+        out.append(([y[0].detach()] + [params[n].grad[0] for n in sorted(params)], b))
+    (packed, bp), (single, bs) = out
+    assert bp.x.shape[2] > bs.x.shape[2]
+    assert torch.equal(bp.x[0, :, -bs.x.shape[2]:], bs.x[0])     # the same data, right-aligned
+    for a, s in zip(packed, single):
+        assert torch.equal(a, s)
+
+
+def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_libs", {})
+    monkeypatch.setenv("MEMGRID_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    pts = [Point("rnn", 1, 4, 2, 0)]
+    spec = TaskSpec.of(pts)
+    params = init_params("rnn", 1, 4, "sum", spec.seed)
+    b = make_batch(spec, TRAIN, 0, 16)
+    with pytest.warns(RuntimeWarning, match="not available"):
+        y = forward("rnn", params, b.x, b.mask)
+    assert y.shape == (1, 16) and torch.isfinite(y).all()
+    assert kernels._libs == {torch.float32: None}
+    assert list(tmp_path.iterdir()) == []
