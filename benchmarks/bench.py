@@ -17,8 +17,8 @@ stops early, so the work is equal), in one process tree with one embedded Ray st
 It prints point-epochs per second (one epoch of one point, data generation included, over
 the wall time of the grid through Tune: trial start-up, reporting and result writing
 included), the ratios (c)/(a) and (c)/(b), peak memory of the process tree and of the
-largest trial worker, and a roofline: the arithmetic rate achieved (3x the forward matmul
-FLOPs of training, evaluation not counted) against this machine's fp32 matmul rate.
+largest trial worker, and a roofline: the arithmetic rate achieved (matmul FLOPs of training,
+3x the forward's, and of evaluation) against this machine's fp32 matmul rate.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import store  # noqa: E402
+from memgrid import kernels, store  # noqa: E402
 from memgrid.cli import prepare_out  # noqa: E402
 from memgrid.config import GATES, Grid, Point, load_grid  # noqa: E402
 from memgrid.tune import member_bytes  # noqa: E402
@@ -89,21 +89,22 @@ def slice_points(name: str, epochs: int) -> tuple[Grid, list[Grid]]:
 # FLOPs and the machine's matmul rate.
 
 
-def train_flops(p: Point, T: int | None = None) -> float:
-    """FLOPs of one point-epoch of training: 3x the forward matmul FLOPs (forward, and the
-    two matmuls of backward), W_ih and W_hh of every layer, over the T steps of a batch."""
+def point_epoch_flops(p: Point, T: int | None = None) -> float:
+    """Matmul FLOPs of one point-epoch: training, 3x the forward's (forward, and the two
+    products of backward), plus its share of the evaluation (a forward of the evaluation set
+    every `eval_every` epochs); W_ih and W_hh of every layer, over the T steps of a batch."""
     T = T or p.q_hi
     g = GATES[p.arch]
     fwd = sum(2 * g * p.cells * ((1 if i == 0 else p.cells) + p.cells) for i in range(p.layers))
-    return 3.0 * fwd * p.batch_size * T * p.steps_per_epoch
+    return fwd * T * (3.0 * p.batch_size * p.steps_per_epoch + p.eval_size / p.eval_every)
 
 
-def _matmul_rate(threads: int, n: int = 1024, reps: int = 10) -> float:
+def _matmul_rate(threads: int, n: int = 1024, reps: int = 10, rounds: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = math.inf
-    for _ in range(3):
+    for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(reps):
             a @ b
@@ -116,7 +117,9 @@ def _matmul_worker(q) -> None:
 
 
 def machine_rates() -> dict:
-    """fp32 matmul rate, 1024^3: one thread; two threads; two one-thread processes at once."""
+    """fp32 matmul rate, 1024^3: one thread; all threads; one one-thread process per core at
+    once. One core's rate ("core") is the larger of the first and the last per core: a lone
+    measurement on a shared machine can come out low."""
     one = _matmul_rate(1)
     two = _matmul_rate(2)
     ctx = mp.get_context("spawn")
@@ -128,7 +131,9 @@ def machine_rates() -> dict:
     for pr in procs:
         pr.join()
     torch.set_num_threads(os.cpu_count() or 1)
-    return {"core": one, "threads": two, "processes": concurrent, "machine": max(two, concurrent)}
+    n = os.cpu_count() or 1
+    return {"core": max(one, concurrent / n), "one_thread": one, "threads": two, "processes": concurrent,
+            "machine": max(two, concurrent)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +286,10 @@ def bench_slice(name: str, epochs: int, rates: dict, work: str) -> dict:
 
     base, grids = slice_points(name, epochs)
     points = [p for g in grids for p in g.points()]
-    flops = sum(train_flops(p) * p.max_epochs for p in points)
+    flops = sum(point_epoch_flops(p) * p.max_epochs for p in points)
     pe = sum(p.max_epochs for p in points)
     print(f"\n== {name}: {len(points)} points x {epochs} epochs = {pe} point-epochs, "
-          f"{flops / 1e9:.0f} GFLOP of training", flush=True)
+          f"{flops / 1e9:.0f} GFLOP (training and evaluation)", flush=True)
     _start_ray(None, None)
     rows = {}
     for label, run in [("(a) torch, 1 trial/point", lambda d: run_torch(points, d)),
@@ -345,7 +350,7 @@ def _per_net(t, points: list[Point], rates: dict) -> dict:
         p = next(q for q in points if (q.arch, q.layers, q.cells) == (arch, l, c))
         pe = float((g["epochs"]).sum())
         T = {pid: int(gg["q_hi"].max()) for pid, gg in g.groupby("pack_id")}
-        fl = sum(train_flops(p, T[pid]) * float(gg["epochs"].sum()) for pid, gg in g.groupby("pack_id"))
+        fl = sum(point_epoch_flops(p, T[pid]) * float(gg["epochs"].sum()) for pid, gg in g.groupby("pack_id"))
         core_s = float(walls.sum())
         out[f"{arch} {l},{c}"] = {"packs": len(walls), "k": f"{sizes.min()}-{sizes.max()}",
                                   "pe_per_core_s": pe / core_s, "gflops": fl / core_s / 1e9,
@@ -361,13 +366,18 @@ def main() -> None:
     ap.add_argument("--json", help="write the numbers to this file")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    rnn_kernel = "C kernel" if kernels.lib(torch.float32) is not None else "torch ops (no C kernel)"
+    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; memgrid rnn: {rnn_kernel}",
+          flush=True)
     rates = machine_rates()
-    print(f"fp32 matmul 1024^3: {rates['core'] / 1e9:.0f} GFLOP/s on 1 thread, "
+    print(f"fp32 matmul 1024^3: one core {rates['core'] / 1e9:.0f} GFLOP/s; {rates['one_thread'] / 1e9:.0f} on 1 thread, "
           f"{rates['threads'] / 1e9:.0f} on {os.cpu_count()} threads, {rates['processes'] / 1e9:.0f} "
           f"in {os.cpu_count()} one-thread processes at once; machine rate {rates['machine'] / 1e9:.0f}",
           flush=True)
-    results = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__,
+    results = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+                           "rnn_kernel": rnn_kernel,
                            **{k: v / 1e9 for k, v in rates.items()}}, "slices": []}
     try:
         for name, ep in [("fig4", args.fig4_epochs), ("fig6", args.fig6_epochs)]:

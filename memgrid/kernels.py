@@ -1,4 +1,4 @@
-"""The C kernel of the packed tanh RNN (``kernels/rnn.c``): built on first use with the
+"""The C kernel of the packed tanh RNN (``csrc/rnn.c``): built on first use with the
 machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded with ctypes.
 
 It computes what :class:`memgrid.models._Stack` computes for ``arch: rnn`` on the CPU, 2-4x
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SRC = Path(__file__).with_name("kernels") / "rnn.c"
+SRC = Path(__file__).with_name("csrc") / "rnn.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 _lock = threading.Lock()
@@ -121,16 +121,20 @@ def tanh(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rnn_forward(lib, W: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, L: int, c: int,
-                keep: bool) -> torch.Tensor:
-    """States `(K, L, S, c, B)`: S = T + 1 with `keep` (h_t at t + 1), else 2 (the last at T % 2).
-    W `(K, sum of layers)`, x `(K, T, B)`, mask `(K, P, B)`, all contiguous, one dtype."""
+def states(x: torch.Tensor, L: int, c: int, keep: bool) -> torch.Tensor:
+    """A buffer for the states of :func:`rnn_forward`, `(K, L, S, c, B)`: S = T + 1 with `keep`
+    (h_t at t + 1, for backward), else 2 (evaluation: the last state at T % 2)."""
     K, T, B = x.shape
-    S = T + 1 if keep else 2
-    H = x.new_empty(K, L, S, c, B)
+    return x.new_empty(K, L, T + 1 if keep else 2, c, B)
+
+
+def rnn_forward(lib, W: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, H: torch.Tensor) -> None:
+    """Fill the states H (from :func:`states`). W `(K, sum of layers)`, x `(K, T, B)`, mask
+    `(K, P, B)`: contiguous, one dtype."""
+    K, T, B = x.shape
+    _, L, S, c, _ = H.shape
     if lib.fwd(K, L, T, mask.shape[1], B, c, S, _p(W), _p(x), _p(mask), _p(H)):
         raise MemoryError("memgrid rnn kernel: out of memory for its scratch")
-    return H
 
 
 def rnn_backward(lib, W, x, mask, H, g_out, tbptt: int, need_x: bool):

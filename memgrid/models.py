@@ -17,7 +17,7 @@ the weight gradient, one for the state gradient and a few in-place elementwise o
 autograd's graph of ~10 nodes per step.
 
 The tanh RNN on the CPU goes further: :class:`_RnnKernel` runs the whole stack, forward and
-backward through time, in one call of a C kernel (``kernels/rnn.c``, built on first use by
+backward through time, in one call of a C kernel (``csrc/rnn.c``, built on first use by
 :mod:`memgrid.kernels`), 2-3x faster at c = 10-20 and bitwise pack-invariant on every CPU.
 LSTM and GRU, CUDA, and machines without a C compiler take the PyTorch path above.
 """
@@ -165,6 +165,7 @@ class _Pool:
 
 
 _FWD, _BWD, _INF = _Pool(), _Pool(), _Pool()
+_KFWD, _KINF = _Pool(), _Pool()            # the rnn kernel's states, training and evaluation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,8 +310,8 @@ class _Stack(torch.autograd.Function):
                     h, a = H[t], A[t]
                     bmm(W, Z[t], out=a)
                     if t < P:                      # h = (2 sigmoid(2a) - 1) * mask: it stays 0
-                        addcmul(negm[t], a.sigmoid_(), masks[t], value=2, out=h)  # until the
-                    else:                          # sequence starts
+                        addcmul(negm[t], a.sigmoid_(), masks[t], value=2, out=h)   # until the
+                    else:                                                         # sequence starts
                         _tanh_from_sigmoid_(sig(a, out=h), h)
                 continue
             G = bufs.gates[i]
@@ -489,7 +490,7 @@ def _kernel_weights(flat: list[torch.Tensor]) -> torch.Tensor:
 
 
 class _RnnKernel(torch.autograd.Function):
-    """The tanh RNN stack by the C kernel (kernels/rnn.c): forward and backward through time in
+    """The tanh RNN stack by the C kernel (csrc/rnn.c): forward and backward through time in
     one call each. Same function and gradients as :class:`_Stack` for arch rnn."""
 
     @staticmethod
@@ -497,8 +498,11 @@ class _RnnKernel(torch.autograd.Function):
         L, c = len(params) // 4, params[1].shape[-1]
         W = _kernel_weights(params).contiguous()
         xt = x.detach().transpose(1, 2).contiguous()                      # (K, T, B)
-        H = kernels.rnn_forward(lib, W, xt, mask, L, c, keep=True)
+        key = (xt.shape, L, c, xt.dtype)
+        H = _KFWD.take(key, lambda: kernels.states(xt, L, c, keep=True))
+        kernels.rnn_forward(lib, W, xt, mask, H)
         ctx.stash = lib, tbptt, W, xt, mask, H
+        weakref.finalize(ctx, _KFWD.give, key, H)     # the graph is gone: reuse the buffer
         return H[:, L - 1, -1].clone()
 
     @staticmethod
@@ -519,9 +523,13 @@ class _RnnKernel(torch.autograd.Function):
 @torch.no_grad()
 def _rnn_kernel_infer(lib, flat, x, mask) -> torch.Tensor:
     L, c, T = len(flat) // 4, flat[1].shape[-1], x.shape[2]
-    H = kernels.rnn_forward(lib, _kernel_weights(flat).contiguous(), x.transpose(1, 2).contiguous(),
-                            mask, L, c, keep=False)
-    return H[:, L - 1, T % 2].clone()
+    xt = x.transpose(1, 2).contiguous()
+    key = (xt.shape, L, c, xt.dtype)
+    H = _KINF.take(key, lambda: kernels.states(xt, L, c, keep=False))
+    kernels.rnn_forward(lib, _kernel_weights(flat).contiguous(), xt, mask, H)
+    h = H[:, L - 1, T % 2].clone()
+    _KINF.give(key, H)
+    return h
 
 
 @torch.no_grad()
