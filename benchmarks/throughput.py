@@ -56,14 +56,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--both", action="store_true",
-                    help="rnn on the CPU: also the PyTorch path (MEMGRID_KERNELS=0), side by side")
+                    help="on the CPU: the C kernel and the PyTorch path (MEMGRID_KERNELS=0), side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device.split(":")[0]
     for net in args.nets:
         arch, l, c = net.split(",")
         l, c = int(l), int(c)
-        paths = ["1", "0"] if args.both and arch == "rnn" and dev == "cpu" else [None]
+        paths = ["1", "0"] if args.both and dev == "cpu" else [None]
         for path in paths:
             if path is not None:
                 os.environ["MEMGRID_KERNELS"] = path

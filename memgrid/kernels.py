@@ -1,8 +1,8 @@
-"""The C kernel of the packed tanh RNN (``csrc/rnn.c``): built on first use with the
+"""The C kernel of the packed RNN, LSTM and GRU (``csrc/rnn.c``): built on first use with the
 machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded with ctypes.
 
-It computes what :class:`memgrid.models._Stack` computes for ``arch: rnn`` on the CPU, 2-4x
-faster (``benchmarks/README.md``), and bitwise the same for a member alone and in any pack.
+It computes what :class:`memgrid.models._Stack` computes, on the CPU, 2-4x faster
+(``benchmarks/README.md``), and bitwise the same for a member alone and in any pack.
 Without a compiler, or with ``MEMGRID_KERNELS=0``, memgrid uses the PyTorch path; the
 results agree to float rounding.
 
@@ -30,6 +30,7 @@ import torch
 SRC = Path(__file__).with_name("csrc") / "rnn.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
+ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
 _lock = threading.Lock()
 _libs: dict[torch.dtype, ctypes.CDLL | None] = {}
 
@@ -47,22 +48,22 @@ def _cpu_tag() -> str:
     return platform.machine() + flags
 
 
-def _build(dtype: torch.dtype) -> ctypes.CDLL:
+def compile_so(src: Path, defines: list[str], stem: str) -> Path:
+    """The shared object of C file `src` built with `defines`, from the cache or built now
+    (``-O3 -march=native``). Raises RuntimeError (no compiler, a failed build) or OSError."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    real, suffix = _VARIANTS[dtype]
-    src = SRC.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    tag = hashlib.sha256(src + (version + _cpu_tag() + " ".join(FLAGS)).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(FLAGS + defines)).encode())
     cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
-    so = cache / f"rnn_{suffix}_{tag}.so"
+    so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
-            cmd = [cc, *FLAGS, f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", "-o", tmp, str(SRC)]
+            cmd = [cc, *FLAGS, *defines, "-o", tmp, str(src)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
@@ -70,15 +71,21 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    return so
+
+
+def _build(dtype: torch.dtype) -> ctypes.CDLL:
+    real, suffix = _VARIANTS[dtype]
+    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"rnn_{suffix}")
     lib = ctypes.CDLL(str(so))
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    fwd = getattr(lib, f"memgrid_rnn_forward_{suffix}")
-    fwd.argtypes, fwd.restype = [i32] * 7 + [P] * 4, ctypes.c_int
-    bwd = getattr(lib, f"memgrid_rnn_backward_{suffix}")
-    bwd.argtypes, bwd.restype = [i32] * 7 + [P] * 7, ctypes.c_int
-    th = getattr(lib, f"memgrid_tanh_{suffix}")
-    th.argtypes, th.restype = [P, P, i64], None
-    lib.fwd, lib.bwd, lib.tanh = fwd, bwd, th
+    fwd = getattr(lib, f"memgrid_cell_forward_{suffix}")
+    fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 6, i32
+    bwd = getattr(lib, f"memgrid_cell_backward_{suffix}")
+    bwd.argtypes, bwd.restype = [i32] * 8 + [P] * 9, i32
+    act = getattr(lib, f"memgrid_act_{suffix}")
+    act.argtypes, act.restype = [i32, P, P, i64], None
+    lib.fwd, lib.bwd, lib.act = fwd, bwd, act
     return lib
 
 
@@ -93,15 +100,15 @@ def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
                 try:
                     _libs[dtype] = _build(dtype)
                 except (OSError, RuntimeError) as e:
-                    warnings.warn(f"memgrid: the C kernel of the rnn is not available, using "
+                    warnings.warn(f"memgrid: the C kernel of the cells is not available, using "
                                   f"PyTorch ops instead ({e})", RuntimeWarning, stacklevel=2)
                     _libs[dtype] = None
     return _libs[dtype]
 
 
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The kernels, if this call can use them: rnn, CPU tensors of one float dtype."""
-    if arch != "rnn" or any(t.device.type != "cpu" for t in tensors):
+    """The kernels, if this call can use them: rnn, lstm or gru, CPU tensors of one float dtype."""
+    if arch not in ARCH or any(t.device.type != "cpu" for t in tensors):
         return None
     dtype = tensors[0].dtype
     if any(t.dtype != dtype for t in tensors):
@@ -113,36 +120,48 @@ def _p(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def tanh(a: torch.Tensor) -> torch.Tensor:
-    """The kernel's tanh (for the tests)."""
+def activation(a: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """The kernel's tanh, or sigmoid (for the tests)."""
     a = a.contiguous()
     out = torch.empty_like(a)
-    lib(a.dtype).tanh(_p(a), _p(out), a.numel())
+    lib(a.dtype).act(int(sigmoid), _p(a), _p(out), a.numel())
     return out
 
 
-def states(x: torch.Tensor, L: int, c: int, keep: bool) -> torch.Tensor:
-    """A buffer for the states of :func:`rnn_forward`, `(K, L, S, c, B)`: S = T + 1 with `keep`
-    (h_t at t + 1, for backward), else 2 (evaluation: the last state at T % 2)."""
+def _rows(arch: str, c: int) -> int:
+    return c if arch == "rnn" else 4 * c
+
+
+def buffers(arch: str, x: torch.Tensor, L: int, c: int, keep: bool) -> tuple:
+    """Buffers for :func:`forward`: states `(K, L, S, c, B)` (S = T + 1 with `keep`, for
+    backward: h_t at t + 1; else 2, evaluation: the last state at T % 2), lstm cells like them,
+    and with `keep` the gates backward needs `(K, L, T, rows, B)` (None where not used)."""
     K, T, B = x.shape
-    return x.new_empty(K, L, T + 1 if keep else 2, c, B)
+    S = T + 1 if keep else 2
+    H = x.new_empty(K, L, S, c, B)
+    C = x.new_empty(K, L, S, c, B) if arch == "lstm" else None
+    aux = _rows(arch, c) + (c if arch == "lstm" else 0)
+    A = x.new_empty(K, L, T, aux, B) if keep and arch != "rnn" else None
+    return H, C, A
 
 
-def rnn_forward(lib, W: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, H: torch.Tensor) -> None:
-    """Fill the states H (from :func:`states`). W `(K, sum of layers)`, x `(K, T, B)`, mask
+def forward(lib, arch: str, W: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, bufs: tuple) -> None:
+    """Fill `bufs` (from :func:`buffers`). W `(K, sum of layers)`, x `(K, T, B)`, mask
     `(K, P, B)`: contiguous, one dtype."""
     K, T, B = x.shape
+    H, C, A = bufs
     _, L, S, c, _ = H.shape
-    if lib.fwd(K, L, T, mask.shape[1], B, c, S, _p(W), _p(x), _p(mask), _p(H)):
-        raise MemoryError("memgrid rnn kernel: out of memory for its scratch")
+    if lib.fwd(ARCH[arch], K, L, T, mask.shape[1], B, c, S, _p(W), _p(x), _p(mask), _p(H), _p(C), _p(A)):
+        raise MemoryError("memgrid cell kernel: out of memory for its scratch")
 
 
-def rnn_backward(lib, W, x, mask, H, g_out, tbptt: int, need_x: bool):
-    """(gW like W, gx `(K, T, B)` or None)."""
+def backward(lib, arch: str, W, x, mask, bufs: tuple, g_out, tbptt: int, need_x: bool):
+    """(gW like W, gx `(K, T, B)` or None), from forward's `bufs` (kept)."""
+    H, C, A = bufs
     K, L, S, c, B = H.shape
     gW = torch.empty_like(W)
     gx = torch.empty_like(x) if need_x else None
-    if lib.bwd(K, L, S - 1, mask.shape[1], B, c, tbptt, _p(W), _p(x), _p(mask), _p(H),
-               _p(g_out), _p(gW), _p(gx)):
-        raise MemoryError("memgrid rnn kernel: out of memory for its scratch")
+    if lib.bwd(ARCH[arch], K, L, S - 1, mask.shape[1], B, c, tbptt, _p(W), _p(x), _p(mask), _p(H),
+               _p(C), _p(A), _p(g_out), _p(gW), _p(gx)):
+        raise MemoryError("memgrid cell kernel: out of memory for its scratch")
     return gW, gx

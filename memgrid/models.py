@@ -16,10 +16,10 @@ and backpropagation through time is written by hand (:class:`_Stack`): per step 
 the weight gradient, one for the state gradient and a few in-place elementwise ops, instead of
 autograd's graph of ~10 nodes per step.
 
-The tanh RNN on the CPU goes further: :class:`_RnnKernel` runs the whole stack, forward and
+On the CPU memgrid goes further: :class:`_CellKernel` runs the whole stack, forward and
 backward through time, in one call of a C kernel (``csrc/rnn.c``, built on first use by
 :mod:`memgrid.kernels`), 2-3x faster at c = 10-20 and bitwise pack-invariant on every CPU.
-LSTM and GRU, CUDA, and machines without a C compiler take the PyTorch path above.
+CUDA, and machines without a C compiler, take the PyTorch path above.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class _Pool:
 
 
 _FWD, _BWD, _INF = _Pool(), _Pool(), _Pool()
-_KFWD, _KINF = _Pool(), _Pool()            # the rnn kernel's states, training and evaluation
+_KFWD, _KINF = _Pool(), _Pool()            # the C kernel's buffers, training and evaluation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,12 +464,12 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     if return_states and grad:
         return _forward_reference(arch, params, x, mask, tbptt, return_states)
     lib = None if return_states else kernels.usable(arch, x, *flat)
-    if lib is not None:                    # rnn on the CPU: the C kernel (memgrid/kernels.py)
+    if lib is not None:                    # on the CPU: the C kernel (memgrid/kernels.py)
         mk = mask.transpose(1, 2).to(x.dtype).contiguous()              # (K, P, B)
         if grad:
-            h, outs = _RnnKernel.apply(lib, tbptt, x, mk, *flat), None
+            h, outs = _CellKernel.apply(lib, arch, tbptt, x, mk, *flat), None
         else:
-            h, outs = _rnn_kernel_infer(lib, flat, x, mk), None
+            h, outs = _kernel_infer(lib, arch, flat, x, mk), None
     else:
         maskf = mask.permute(2, 0, 1).unsqueeze(2).to(flat[0].dtype)    # (P, K, 1, B)
         if grad:
@@ -483,52 +483,53 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     return (y, outs) if return_states else y
 
 
-def _kernel_weights(flat: list[torch.Tensor]) -> torch.Tensor:
-    """The fused weights of all layers, member by member: `(K, sum_i c * (m_i + 1 + c))`."""
+def _kernel_weights(arch: str, flat: list[torch.Tensor]) -> torch.Tensor:
+    """The fused weights of all layers, member by member: `(K, sum_i R * (m_i + 1 + c))`."""
     L, K = len(flat) // 4, flat[0].shape[0]
-    return torch.cat([_fuse("rnn", *flat[4 * i:4 * i + 4]).reshape(K, -1) for i in range(L)], 1)
+    return torch.cat([_fuse(arch, *flat[4 * i:4 * i + 4]).reshape(K, -1) for i in range(L)], 1)
 
 
-class _RnnKernel(torch.autograd.Function):
-    """The tanh RNN stack by the C kernel (csrc/rnn.c): forward and backward through time in
-    one call each. Same function and gradients as :class:`_Stack` for arch rnn."""
+class _CellKernel(torch.autograd.Function):
+    """The stack by the C kernel (csrc/rnn.c): forward and backward through time in one call
+    each. The same function and gradients as :class:`_Stack`."""
 
     @staticmethod
-    def forward(ctx, lib, tbptt, x, mask, *params):
+    def forward(ctx, lib, arch, tbptt, x, mask, *params):
         L, c = len(params) // 4, params[1].shape[-1]
-        W = _kernel_weights(params).contiguous()
+        W = _kernel_weights(arch, params).contiguous()
         xt = x.detach().transpose(1, 2).contiguous()                      # (K, T, B)
-        key = (xt.shape, L, c, xt.dtype)
-        H = _KFWD.take(key, lambda: kernels.states(xt, L, c, keep=True))
-        kernels.rnn_forward(lib, W, xt, mask, H)
-        ctx.stash = lib, tbptt, W, xt, mask, H
-        weakref.finalize(ctx, _KFWD.give, key, H)     # the graph is gone: reuse the buffer
-        return H[:, L - 1, -1].clone()
+        key = (arch, xt.shape, L, c, xt.dtype)
+        bufs = _KFWD.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=True))
+        kernels.forward(lib, arch, W, xt, mask, bufs)
+        ctx.stash = lib, arch, tbptt, W, xt, mask, bufs
+        weakref.finalize(ctx, _KFWD.give, key, bufs)  # the graph is gone: reuse the buffers
+        return bufs[0][:, L - 1, -1].clone()
 
     @staticmethod
     def backward(ctx, g_out):
-        lib, tbptt, W, xt, mask, H = ctx.stash
-        need_x = bool(ctx.needs_input_grad[2])
-        gW, gx = kernels.rnn_backward(lib, W, xt, mask, H, g_out.contiguous(), tbptt, need_x)
-        K, L, _, c, _ = H.shape
+        lib, arch, tbptt, W, xt, mask, bufs = ctx.stash
+        need_x = bool(ctx.needs_input_grad[3])
+        gW, gx = kernels.backward(lib, arch, W, xt, mask, bufs, g_out.contiguous(), tbptt, need_x)
+        K, L, _, c, _ = bufs[0].shape
+        R = _rows(arch, c)
         grads, at = [], 0
         for i in range(L):
             m = 1 if i == 0 else c
-            n = c * (m + 1 + c)
-            grads += _unfuse_grad("rnn", gW[:, at:at + n].reshape(K, c, m + 1 + c), m, c)
+            n = R * (m + 1 + c)
+            grads += _unfuse_grad(arch, gW[:, at:at + n].reshape(K, R, m + 1 + c), m, c)
             at += n
-        return (None, None, None if gx is None else gx.transpose(1, 2), None, *grads)
+        return (None, None, None, None if gx is None else gx.transpose(1, 2), None, *grads)
 
 
 @torch.no_grad()
-def _rnn_kernel_infer(lib, flat, x, mask) -> torch.Tensor:
+def _kernel_infer(lib, arch, flat, x, mask) -> torch.Tensor:
     L, c, T = len(flat) // 4, flat[1].shape[-1], x.shape[2]
     xt = x.transpose(1, 2).contiguous()
-    key = (xt.shape, L, c, xt.dtype)
-    H = _KINF.take(key, lambda: kernels.states(xt, L, c, keep=False))
-    kernels.rnn_forward(lib, _kernel_weights(flat).contiguous(), xt, mask, H)
-    h = H[:, L - 1, T % 2].clone()
-    _KINF.give(key, H)
+    key = (arch, xt.shape, L, c, xt.dtype)
+    bufs = _KINF.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=False))
+    kernels.forward(lib, arch, _kernel_weights(arch, flat).contiguous(), xt, mask, bufs)
+    h = bufs[0][:, L - 1, T % 2].clone()
+    _KINF.give(key, bufs)
     return h
 
 

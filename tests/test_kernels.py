@@ -1,5 +1,6 @@
-"""The C kernel of the tanh RNN (memgrid/kernels.py): its tanh, the same function and gradients
-as the PyTorch path, bitwise pack invariance, and the fallback when it cannot be built."""
+"""The C kernel of the cells (memgrid/kernels.py): its tanh and sigmoid, the same function and
+gradients as the PyTorch path, bitwise pack invariance, and the fallback when it cannot be
+built."""
 
 import math
 
@@ -14,54 +15,59 @@ from memgrid.task import TRAIN, TaskSpec, make_batch
 pytestmark = pytest.mark.skipif(kernels.lib(torch.float32) is None, reason="no C compiler")
 
 
-def test_kernel_tanh_matches_torch():
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_kernel_activations_match_torch(sigmoid):
+    ref = torch.sigmoid if sigmoid else torch.tanh
     for dtype, tol in [(torch.float32, 2.5e-7), (torch.float64, 1e-15)]:
-        a = torch.cat([torch.linspace(-30, 30, 100_001, dtype=dtype),
+        a = torch.cat([torch.linspace(-60, 60, 200_001, dtype=dtype),
                        torch.tensor([0.0, 1e-30, -1e-30, math.inf, -math.inf], dtype=dtype)])
-        out = kernels.tanh(a)
-        assert (out - torch.tanh(a)).abs().max() <= tol
-        assert out[-2] == 1 and out[-1] == -1 and out[-5] == 0
-        assert torch.isnan(kernels.tanh(torch.tensor([math.nan], dtype=dtype))).all()
+        out = kernels.activation(a, sigmoid)
+        assert (out - ref(a)).abs().max() <= tol
+        assert out[-2] == 1 and out[-5] == ref(a[-5])
+        assert out[-1] == -1 if not sigmoid else 0 <= out[-1] < 1e-34
+        assert torch.isnan(kernels.activation(torch.tensor([math.nan], dtype=dtype), sigmoid)).all()
 
 
-def _grads(params, x, mask, tbptt, kernel, monkeypatch):
+def _grads(arch, params, x, mask, tbptt, kernel, monkeypatch):
     monkeypatch.setenv("MEMGRID_KERNELS", "1" if kernel else "0")
     ps = {n: v.detach().clone().requires_grad_() for n, v in params.items()}
     xr = x.detach().clone().requires_grad_()
-    y = forward("rnn", ps, xr, mask, tbptt=tbptt)
+    y = forward(arch, ps, xr, mask, tbptt=tbptt)
     (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
     with torch.no_grad():
-        y_eval = forward("rnn", ps, xr, mask)
+        y_eval = forward(arch, ps, xr, mask)
     return [y.detach(), y_eval, xr.grad] + [ps[n].grad for n in sorted(ps)]
 
 
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("layers,cells,batch,tbptt", [(1, 5, 32, 0), (3, 4, 37, 0), (2, 9, 64, 3)])
-def test_kernel_is_the_pytorch_path(layers, cells, batch, tbptt, monkeypatch):
+def test_kernel_is_the_pytorch_path(arch, layers, cells, batch, tbptt, monkeypatch):
     """Outputs (with and without a graph), and gradients on every parameter and the input, agree
     with the PyTorch path (float64), also for batches that are no multiple of the vector width
     and with truncated backpropagation."""
-    pts = [Point("rnn", layers, cells, p, s, readout="linear") for p, s in [(2, 3), (5, 4), (12, 9)]]
+    pts = [Point(arch, layers, cells, p, s, readout="linear") for p, s in [(2, 3), (5, 4), (12, 9)]]
     spec = TaskSpec.of(pts)
-    params = {n: v.double() for n, v in init_params("rnn", layers, cells, "linear", spec.seed).items()}
+    params = {n: v.double() for n, v in init_params(arch, layers, cells, "linear", spec.seed).items()}
     b = make_batch(spec, TRAIN, 0, batch)
-    ours = _grads(params, b.x.double(), b.mask, tbptt, True, monkeypatch)
-    ref = _grads(params, b.x.double(), b.mask, tbptt, False, monkeypatch)
+    ours = _grads(arch, params, b.x.double(), b.mask, tbptt, True, monkeypatch)
+    ref = _grads(arch, params, b.x.double(), b.mask, tbptt, False, monkeypatch)
     for a, r in zip(ours, ref):
         torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
         assert r.abs().max() > 0
 
 
-def test_kernel_pack_invariance_is_bitwise():
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_kernel_pack_invariance_is_bitwise(arch):
     """A point alone and inside a pack with longer sequences: the same bits, output and
     gradients (float32, the training dtype)."""
-    alone = Point("rnn", 2, 10, 3, 1, q_min=4, q_max=6)             # shorter: T = 6, not 15
-    others = [Point("rnn", 2, 10, p, s, q_min=10, q_max=15) for p, s in [(7, 2), (1, 0)]]
+    alone = Point(arch, 2, 10, 3, 1, q_min=4, q_max=6)              # shorter: T = 6, not 15
+    others = [Point(arch, 2, 10, p, s, q_min=10, q_max=15) for p, s in [(7, 2), (1, 0)]]
     out = []
     for group in ([alone, *others], [alone]):
         spec = TaskSpec.of(group)
-        params = {n: v.requires_grad_() for n, v in init_params("rnn", 2, 10, "sum", spec.seed).items()}
+        params = {n: v.requires_grad_() for n, v in init_params(arch, 2, 10, "sum", spec.seed).items()}
         b = make_batch(spec, TRAIN, 7, 128)
-        y = forward("rnn", params, b.x, b.mask)
+        y = forward(arch, params, b.x, b.mask)
         (y - b.y).abs().mean(1).sum().backward()
         out.append(([y[0].detach()] + [params[n].grad[0] for n in sorted(params)], b))
     (packed, bp), (single, bs) = out

@@ -1,19 +1,23 @@
-/* The packed tanh RNN stack on the CPU, forward and backward through time, one call for all
- * members, layers and steps (memgrid/kernels.py builds and loads this file; models.py calls it).
+/* The packed RNN, LSTM and GRU stacks on the CPU, forward and backward through time, one call
+ * for all members, layers and steps (memgrid/kernels.py builds and loads this file;
+ * memgrid/models.py calls it).
  *
- * Why: at c = 5..20 a step of a layer is a (c x m+1+c) @ (m+1+c x B) product per member, too
+ * Why: at c = 5..20 a step of a layer is a (R x m+1+c) @ (m+1+c x B) product per member, too
  * small for MKL to run near the machine's rate, and eager PyTorch pays ~5 us of dispatch per op
- * on each of ~8 ops per layer and step. Here a member's whole stack stays in L1/L2, the
+ * on each of ~8-25 ops per layer and step. Here a member's whole stack stays in L1/L2, the
  * products keep their sums in vector registers (GCC/Clang vector extensions, no intrinsics),
- * and tanh and the mask are applied in the same pass.
+ * and the gates' nonlinearities and the mask are applied in one pass.
  *
- * Layouts (all contiguous; REAL is float or double, one build each):
- *   W    (K, sum_i c * cols_i)   fused [W_ih | b_ih + b_hh | W_hh] of layer i, rows of cols_i =
- *                                m_i + 1 + c, m_0 = 1, m_i = c; the layers one after another
+ * Layouts (all contiguous; REAL is float or double, one build each; R = c rows for rnn, 4c for
+ * lstm and gru, see "The cells" below):
+ *   W    (K, sum_i R * cols_i)   fused [W_ih | b | W_hh] of layer i (memgrid.models._fuse),
+ *                                cols_i = m_i + 1 + c, m_0 = 1, m_i = c; layers one after another
  *   x    (K, T, B)               inputs, right-aligned
  *   mask (K, P, B)               1 where a sequence has started, for the first P steps
  *   H    (K, L, S, c, B)         states: S = T + 1 keeps all steps (H[.., t + 1] = h_t,
  *                                H[.., 0] = 0); S = 2 keeps two (evaluation, no backward)
+ *   Cs   like H                  lstm: the cells (else NULL)
+ *   Aux  (K, L, T, aux_rows, B)  lstm, gru with S = T + 1: gates kept for backward (else NULL)
  *   gW   like W                  gradients, written (not accumulated)
  *   gx   (K, T, B) or NULL
  *
@@ -39,13 +43,11 @@
 #define SIMD
 #endif
 
-/* tanh(a) = (e - 1) / (e + 1), e = exp(2a), with exp by range reduction and a polynomial, in
- * plain arithmetic so that the compiler vectorizes it. Absolute error: ~1e-7 (float), ~1e-16
- * (double), as float rounding of tanh itself near +-1. */
-#define CLAMP ((REAL)20)
-static inline REAL tanh_(REAL a) {
-    REAL y = a > CLAMP ? CLAMP : (a < -CLAMP ? -CLAMP : a);
-    y = 2 * y;
+/* exp(y) for |y| <= 80, by range reduction and a polynomial, in plain arithmetic so that the
+ * compiler vectorizes it; tanh(a) = (e - 1) / (e + 1) with e = exp(2a), sigmoid(a) =
+ * 1 / (1 + exp(-a)). Absolute error: ~1e-7 (float), ~1e-16 (double), as float rounding of the
+ * functions themselves near +-1. */
+static inline REAL exp_(REAL y) {
     REAL n = __builtin_floor(y * (REAL)1.4426950408889634 + (REAL)0.5);
     REAL r = y - n * (REAL)0.693145751953125 - n * (REAL)1.428606820309417232e-06;
     /* exp(r), |r| <= 0.35: Horner over Taylor terms up to r^13 (double) / r^7 (float) */
@@ -75,13 +77,24 @@ static inline REAL tanh_(REAL a) {
         int32_t bits = ((int32_t)n + 127) << 23;
         memcpy(&s, &bits, sizeof s);
     }
-    REAL e = p * s;
+    return p * s;
+}
+
+static inline REAL tanh_(REAL a) {
+    REAL y = a > 20 ? 20 : (a < -20 ? -20 : a);
+    REAL e = exp_(2 * y);
     return (e - 1) / (e + 1);
 }
 
-/* tanh of n values, for the tests */
-void NAME(memgrid_tanh)(const REAL *a, REAL *out, int64_t n) {
-    SIMD for (int64_t i = 0; i < n; i++) out[i] = tanh_(a[i]);
+static inline REAL sigm_(REAL a) {
+    REAL y = a > 80 ? 80 : (a < -80 ? -80 : a);        /* sigmoid(-80) = 2e-35 */
+    return 1 / (1 + exp_(-y));
+}
+
+/* tanh or sigmoid of n values, for the tests */
+void NAME(memgrid_act)(int sigmoid, const REAL *a, REAL *out, int64_t n) {
+    if (sigmoid) { SIMD for (int64_t i = 0; i < n; i++) out[i] = sigm_(a[i]); }
+    else         { SIMD for (int64_t i = 0; i < n; i++) out[i] = tanh_(a[i]); }
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -193,63 +206,106 @@ static void wgrad(int nr, int nj, const REAL *const *G, const REAL *const *Z, RE
     }
 }
 
-/* ------------------------------------------------------------------------------------------ */
+/* ------------------------------------------------------------------------------------------
+ * The cells. arch 0: rnn, R = c rows (h); 1: lstm, R = 4c (i, f, o, g); 2: gru, R = 4c (r, z,
+ * xn, hn: xn = W_in x + b_in and hn = W_hn h + b_hn kept apart, n = tanh(xn + r * hn); the
+ * fused weights hold zero blocks for W_in's h columns and W_hn's input columns). */
+enum { RNN = 0, LSTM = 1, GRU = 2 };
 
-static int64_t layer_offset(int i, int c) {  /* start of layer i's fused weights in a member */
-    return i == 0 ? 0 : (int64_t)c * (2 + c) + (int64_t)(i - 1) * c * (2 * c + 1);
+static int rows_of(int arch, int c) { return arch == RNN ? c : 4 * c; }
+
+/* per layer and step, what forward keeps for backward: the R activations (lstm: i, f, o, g
+ * after their nonlinearities; gru: r, z, n, and hn before it), and for lstm tanh(cell) */
+static int aux_rows(int arch, int c) { return arch == RNN ? 0 : rows_of(arch, c) + (arch == LSTM ? c : 0); }
+
+static int64_t layer_offset(int i, int R, int c) {  /* start of layer i's weights in a member */
+    return i == 0 ? 0 : (int64_t)R * (2 + c) + (int64_t)(i - 1) * R * (2 * c + 1);
 }
 
-/* Layer i's weights split for the products: A (c, m + c) = [W_ih | W_hh], bias (c),
- * At (m + c, c) = A transposed. */
-static void split_weights(const REAL *W, int m, int c, REAL *A, REAL *bias, REAL *At) {
+/* A layer's weights split for the products: A (R, m + c) = [W_ih | W_hh], bias (R), and
+ * At (m + c, R) = A transposed (for backward; NULL: not needed). */
+static void split_weights(const REAL *W, int R, int m, int c, REAL *A, REAL *bias, REAL *At) {
     int cols = m + 1 + c, n = m + c;
-    for (int r = 0; r < c; r++) {
+    for (int r = 0; r < R; r++) {
         bias[r] = W[(int64_t)r * cols + m];
         for (int j = 0; j < n; j++) {
             REAL w = W[(int64_t)r * cols + (j < m ? j : j + 1)];
             A[(int64_t)r * n + j] = w;
-            if (At) At[(int64_t)j * c + r] = w;
+            if (At) At[(int64_t)j * R + r] = w;
         }
     }
 }
 
-static REAL *state(REAL *H, int i, int s, int S, int64_t cb) {   /* h^i at slot s */
+static int64_t split_size(int R, int c) { return (int64_t)R * 2 * c + R + (int64_t)2 * c * R; }
+
+static REAL *slot(REAL *H, int i, int s, int S, int64_t cb) {   /* h^i (or cell^i) at slot s */
     return H + ((int64_t)i * S + s) * cb;
 }
 
-static int64_t split_size(int c) { return (int64_t)c * 2 * c + c + (int64_t)2 * c * c; }
-
-int NAME(memgrid_rnn_forward)(int K, int L, int T, int P, int B, int c, int S,
-                              const REAL *W, const REAL *x, const REAL *mask, REAL *H) {
-    const int64_t wk = layer_offset(L, c), cb = (int64_t)c * B, ws = split_size(c);
-    REAL *A = malloc(sizeof(REAL) * ws * L);
+/* Forward of all members, layers and steps. H (K, L, S, c, B): states, S = T + 1 (h_t at
+ * t + 1, slot 0 = 0) or 2 (evaluation: the last state at T % 2). Cs like H: lstm cells (else
+ * NULL). Aux (K, L, T, aux_rows, B) with S = T + 1 for lstm/gru (else NULL). */
+int NAME(memgrid_cell_forward)(int arch, int K, int L, int T, int P, int B, int c, int S,
+                               const REAL *W, const REAL *x, const REAL *mask, REAL *H, REAL *Cs,
+                               REAL *Aux) {
+    const int R = rows_of(arch, c), Ra = aux_rows(arch, c);
+    const int64_t wk = layer_offset(L, R, c), cb = (int64_t)c * B, ws = split_size(R, c);
+    REAL *A = malloc(sizeof(REAL) * (ws * L + (int64_t)(Ra ? Ra : 1) * B));
     const REAL **X = malloc(sizeof(REAL *) * 2 * c);
-    REAL **O = malloc(sizeof(REAL *) * c);
+    REAL **O = malloc(sizeof(REAL *) * R);
     if (!A || !X || !O) { free(A); free(X); free(O); return 1; }
+    REAL *scratch = A + ws * L;                      /* activations when Aux is not kept */
     for (int k = 0; k < K; k++) {
         const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * T * B, *mkk = mask + (int64_t)k * P * B;
-        REAL *Hk = H + (int64_t)k * L * S * cb;
+        REAL *Hk = H + (int64_t)k * L * S * cb, *Ck = Cs ? Cs + (int64_t)k * L * S * cb : NULL;
+        REAL *Ak = Aux ? Aux + (int64_t)k * L * T * Ra * B : NULL;
         for (int i = 0; i < L; i++) {
             int m = i == 0 ? 1 : c;
-            split_weights(Wk + layer_offset(i, c), m, c, A + i * ws, A + i * ws + (int64_t)c * (m + c), NULL);
-            memset(state(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb);                 /* h_{-1} = 0 */
+            split_weights(Wk + layer_offset(i, R, c), R, m, c, A + i * ws, A + i * ws + (int64_t)R * (m + c), NULL);
+            memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb);                   /* h_{-1} = 0 */
+            if (Ck) memset(slot(Ck, i, 0, S, cb), 0, sizeof(REAL) * cb);
         }
         for (int t = 0; t < T; t++) {            /* the layers advance together, so that two */
             int sp = S == 2 ? t % 2 : t, so = S == 2 ? (t + 1) % 2 : t + 1;   /* slots do */
             const REAL *mk = t < P ? mkk + (int64_t)t * B : NULL;
             for (int i = 0; i < L; i++) {
                 const int m = i == 0 ? 1 : c;
-                const REAL *hp = state(Hk, i, sp, S, cb);
-                const REAL *in = i == 0 ? xk + (int64_t)t * B : state(Hk, i - 1, so, S, cb);
-                REAL *h = state(Hk, i, so, S, cb);
+                const REAL *hp = slot(Hk, i, sp, S, cb);
+                const REAL *in = i == 0 ? xk + (int64_t)t * B : slot(Hk, i - 1, so, S, cb);
+                REAL *h = slot(Hk, i, so, S, cb);
+                REAL *a = arch == RNN ? h : (Ak ? Ak + ((int64_t)i * T + t) * Ra * B : scratch);
                 for (int j = 0; j < m; j++) X[j] = in + (int64_t)j * B;
                 for (int j = 0; j < c; j++) X[m + j] = hp + (int64_t)j * B;
-                for (int r = 0; r < c; r++) O[r] = h + (int64_t)r * B;
-                gemm(c, m + c, A + i * ws, A + i * ws + (int64_t)c * (m + c), X, O, B);
+                for (int r = 0; r < R; r++) O[r] = a + (int64_t)r * B;
+                gemm(R, m + c, A + i * ws, A + i * ws + (int64_t)R * (m + c), X, O, B);
                 for (int64_t e = 0; e < cb; e += B) {
-                    REAL *o = h + e;
-                    if (mk) { SIMD for (int b = 0; b < B; b++) o[b] = tanh_(o[b]) * mk[b]; }
-                    else    { SIMD for (int b = 0; b < B; b++) o[b] = tanh_(o[b]); }
+                    REAL *hr = h + e;
+                    if (arch == RNN) {
+                        if (mk) { SIMD for (int b = 0; b < B; b++) hr[b] = tanh_(hr[b]) * mk[b]; }
+                        else    { SIMD for (int b = 0; b < B; b++) hr[b] = tanh_(hr[b]); }
+                    } else if (arch == LSTM) {
+                        REAL *ig = a + e, *fg = ig + cb, *og = fg + cb, *gg = og + cb, *tc = gg + cb;
+                        const REAL *cp = slot(Ck, i, sp, S, cb) + e;
+                        REAL *cn = slot(Ck, i, so, S, cb) + e;
+                        SIMD for (int b = 0; b < B; b++) {
+                            REAL iv = sigm_(ig[b]), fv = sigm_(fg[b]), ov = sigm_(og[b]), gv = tanh_(gg[b]);
+                            REAL cell = fv * cp[b] + iv * gv;
+                            if (mk) cell *= mk[b];         /* so tanh(cell) and h are 0 there too */
+                            REAL tv = tanh_(cell);
+                            ig[b] = iv; fg[b] = fv; og[b] = ov; gg[b] = gv;
+                            cn[b] = cell; tc[b] = tv; hr[b] = ov * tv;
+                        }
+                    } else {
+                        REAL *rg = a + e, *zg = rg + cb, *ng = zg + cb, *hn = ng + cb;
+                        const REAL *hpr = hp + e;
+                        SIMD for (int b = 0; b < B; b++) {
+                            REAL rv = sigm_(rg[b]), zv = sigm_(zg[b]);
+                            REAL nv = tanh_(ng[b] + rv * hn[b]);
+                            REAL hv = nv + zv * (hpr[b] - nv);
+                            rg[b] = rv; zg[b] = zv; ng[b] = nv;
+                            hr[b] = mk ? hv * mk[b] : hv;
+                        }
+                    }
                 }
             }
         }
@@ -258,33 +314,37 @@ int NAME(memgrid_rnn_forward)(int K, int L, int T, int P, int B, int c, int S,
     return 0;
 }
 
-/* Backward through time. g_out (K, c, B): gradient on the last layer's last state.
- * tbptt > 0 stops the gradient between steps t - 1 and t where (T - t) % tbptt == 0. */
-int NAME(memgrid_rnn_backward)(int K, int L, int T, int P, int B, int c, int tbptt,
-                               const REAL *W, const REAL *x, const REAL *mask, const REAL *H,
-                               const REAL *g_out, REAL *gW, REAL *gx) {
-    const int64_t wk = layer_offset(L, c), cb = (int64_t)c * B, S = T + 1, ws = split_size(c);
-    const int cmax = 2 * c + 1;
-    REAL *G = malloc(sizeof(REAL) * (T * cb + 2 * cb + B + (int64_t)c * cmax * VL + ws));
-    const REAL **Z = malloc(sizeof(REAL *) * (cmax + c));
+/* Backward through time, from forward's H, Cs, Aux (S = T + 1). g_out (K, c, B): gradient on
+ * the last layer's last state. tbptt > 0 stops the gradient between steps t - 1 and t where
+ * (T - t) % tbptt == 0. */
+int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
+                                const REAL *W, const REAL *x, const REAL *mask, const REAL *H,
+                                const REAL *Cs, const REAL *Aux, const REAL *g_out, REAL *gW,
+                                REAL *gx) {
+    const int R = rows_of(arch, c), Ra = aux_rows(arch, c), cmax = 2 * c + 1;
+    const int64_t wk = layer_offset(L, R, c), cb = (int64_t)c * B, S = T + 1, ws = split_size(R, c);
+    REAL *G = malloc(sizeof(REAL) * (T * cb + (int64_t)R * B + 3 * cb + B + (int64_t)R * cmax * VL + ws));
+    const REAL **Z = malloc(sizeof(REAL *) * (cmax + R));
     REAL **O = malloc(sizeof(REAL *) * 2 * c);
     if (!G || !Z || !O) { free(G); free(Z); free(O); return 1; }
     const REAL **Gp = Z + cmax;
-    REAL *gp = G + T * cb, *grec = gp + cb, *ones = grec + cb, *acc = ones + B, *A = acc + (int64_t)c * cmax * VL;
+    REAL *gp = G + T * cb, *gh = gp + (int64_t)R * B, *grec = gh + cb, *aux = grec + cb;
+    REAL *ones = aux + cb, *acc = ones + B, *A = acc + (int64_t)R * cmax * VL;
     for (int b = 0; b < B; b++) ones[b] = 1;
-    for (int r = 0; r < c; r++) Gp[r] = gp + (int64_t)r * B;
+    for (int r = 0; r < R; r++) Gp[r] = gp + (int64_t)r * B;
     for (int k = 0; k < K; k++) {
         const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * T * B, *mkk = mask + (int64_t)k * P * B;
-        const REAL *Hk = H + (int64_t)k * L * S * cb;
+        const REAL *Hk = H + (int64_t)k * L * S * cb, *Ck = Cs ? Cs + (int64_t)k * L * S * cb : NULL;
+        const REAL *Ak = Aux ? Aux + (int64_t)k * L * T * Ra * B : NULL;
         REAL *gWk = gW + k * wk;
         for (int i = L - 1; i >= 0; i--) {
             const int m = i == 0 ? 1 : c, cols = m + 1 + c;
-            REAL *At = A + (int64_t)c * (m + c) + c;
-            split_weights(Wk + layer_offset(i, c), m, c, A, A + (int64_t)c * (m + c), At);
+            REAL *At = A + (int64_t)R * (m + c) + R;
+            split_weights(Wk + layer_offset(i, R, c), R, m, c, A, A + (int64_t)R * (m + c), At);
             const REAL *Hi = Hk + (int64_t)i * S * cb;
             const REAL *Hin = i > 0 ? Hk + (int64_t)(i - 1) * S * cb : NULL;
-            memset(acc, 0, sizeof(REAL) * c * cols * VL);
-            int have_rec = 0;
+            memset(acc, 0, sizeof(REAL) * R * cols * VL);
+            int have_rec = 0;                     /* a gradient from step t + 1 (and its cell) */
             for (int t = T - 1; t >= 0; t--) {
                 /* gradient on h_t: from the layer above (G[t]), the next step, the output */
                 const REAL *ga = i < L - 1 ? G + (int64_t)t * cb : NULL;
@@ -295,37 +355,68 @@ int NAME(memgrid_rnn_backward)(int K, int L, int T, int P, int B, int c, int tbp
                     else if (gxt) memset(gxt, 0, sizeof(REAL) * B);
                     continue;
                 }
-                const REAL *h = Hi + (int64_t)(t + 1) * cb;
+                const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > 0;
+                const REAL *h = Hi + (int64_t)(t + 1) * cb, *hp = Hi + (int64_t)t * cb;
                 const REAL *mk = t < P ? mkk + (int64_t)t * B : NULL;
-                for (int64_t e = 0; e < cb; e += B) {     /* gp = gh (1 - h^2) mask */
+                const REAL *a = Ak ? Ak + ((int64_t)i * T + t) * Ra * B : NULL;
+                for (int64_t e = 0; e < cb; e += B) {
                     const REAL *ga_ = ga ? ga + e : NULL, *go_ = go ? go + e : NULL, *gr = grec + e;
-                    const REAL *he = h + e;
-                    REAL *g = gp + e;
-                    SIMD for (int b = 0; b < B; b++) {
-                        REAL s = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0) + (have_rec ? gr[b] : 0);
-                        REAL d = s * (1 - he[b] * he[b]);
-                        g[b] = mk ? d * mk[b] : d;
+                    REAL *g = gh + e;
+                    SIMD for (int b = 0; b < B; b++)
+                        g[b] = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0) + (have_rec ? gr[b] : 0);
+                    if (arch == RNN) {                 /* gp = gh (1 - h^2) mask */
+                        const REAL *he = h + e;
+                        REAL *p = gp + e;
+                        SIMD for (int b = 0; b < B; b++) {
+                            REAL d = g[b] * (1 - he[b] * he[b]);
+                            p[b] = mk ? d * mk[b] : d;
+                        }
+                    } else if (arch == LSTM) {         /* aux: the cell gradient, to step t - 1 */
+                        const REAL *ig = a + e, *fg = ig + cb, *og = fg + cb, *gg = og + cb, *tc = gg + cb;
+                        const REAL *cp = Ck + ((int64_t)i * S + t) * cb + e;
+                        REAL *pi = gp + e, *pf = pi + cb, *po = pf + cb, *pg = po + cb, *gc = aux + e;
+                        SIMD for (int b = 0; b < B; b++) {
+                            REAL gcv = g[b] * og[b] * (1 - tc[b] * tc[b]) + (have_rec ? gc[b] : 0);
+                            if (mk) gcv *= mk[b];
+                            pi[b] = gcv * gg[b] * ig[b] * (1 - ig[b]);
+                            pf[b] = gcv * cp[b] * fg[b] * (1 - fg[b]);
+                            po[b] = g[b] * tc[b] * og[b] * (1 - og[b]);
+                            pg[b] = gcv * ig[b] * (1 - gg[b] * gg[b]);
+                            gc[b] = gcv * fg[b];
+                        }
+                    } else {                           /* aux: the direct path h_{t-1} -> h_t */
+                        const REAL *rg = a + e, *zg = rg + cb, *ng = zg + cb, *hn = ng + cb, *hpr = hp + e;
+                        REAL *pr = gp + e, *pz = pr + cb, *pn = pz + cb, *ph = pn + cb, *d = aux + e;
+                        SIMD for (int b = 0; b < B; b++) {
+                            REAL gv = mk ? g[b] * mk[b] : g[b];
+                            REAL gan = gv * (1 - zg[b]) * (1 - ng[b] * ng[b]);
+                            d[b] = gv * zg[b];
+                            pn[b] = gan;
+                            ph[b] = gan * rg[b];
+                            pz[b] = gv * (hpr[b] - ng[b]) * zg[b] * (1 - zg[b]);
+                            pr[b] = gan * hn[b] * rg[b] * (1 - rg[b]);
+                        }
                     }
                 }
                 /* weight gradient, columns [input; 1; h_{t-1}] */
                 const REAL *in = i == 0 ? xk + (int64_t)t * B : Hin + (int64_t)(t + 1) * cb;
-                const REAL *hp = Hi + (int64_t)t * cb;
                 for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
                 Z[m] = ones;
                 for (int j = 0; j < c; j++) Z[m + 1 + j] = hp + (int64_t)j * B;
-                wgrad(c, cols, Gp, Z, acc, B);
+                wgrad(R, cols, Gp, Z, acc, B);
                 /* gradients on the input (G[t] for the layer below, or gx) and on h_{t-1} */
-                int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > 0;
                 int need_in = i > 0 || gxt;
                 for (int j = 0; j < m; j++) O[j] = i > 0 ? G + (int64_t)t * cb + (int64_t)j * B : gxt;
                 for (int j = 0; j < c; j++) O[m + j] = grec + (int64_t)j * B;
-                if (need_in && rec) gemm(m + c, c, At, NULL, Gp, O, B);
-                else if (need_in) gemm(m, c, At, NULL, Gp, O, B);
-                else if (rec) gemm(c, c, At + (int64_t)m * c, NULL, Gp, O + m, B);
+                if (need_in && rec) gemm(m + c, R, At, NULL, Gp, O, B);
+                else if (need_in) gemm(m, R, At, NULL, Gp, O, B);
+                else if (rec) gemm(c, R, At + (int64_t)m * R, NULL, Gp, O + m, B);
+                if (arch == GRU && rec)
+                    SIMD for (int64_t e = 0; e < cb; e++) grec[e] += aux[e];
                 have_rec = rec;
             }
-            REAL *gWi = gWk + layer_offset(i, c);
-            for (int64_t e = 0; e < (int64_t)c * cols; e++) {
+            REAL *gWi = gWk + layer_offset(i, R, c);
+            for (int64_t e = 0; e < (int64_t)R * cols; e++) {
                 REAL s = 0;
                 for (int l = 0; l < VL; l++) s += acc[e * VL + l];
                 gWi[e] = s;
