@@ -1,4 +1,4 @@
-"""The C kernel of the packed RNN, LSTM and GRU (``csrc/rnn.c``): built on first use with the
+"""The C kernel of the packed RNN, LSTM and GRU (``csrc/cells.c``): built on first use with the
 machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded with ctypes.
 
 It computes what :class:`memgrid.models._Stack` computes, on the CPU, 2-4x faster
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SRC = Path(__file__).with_name("csrc") / "rnn.c"
+SRC = Path(__file__).with_name("csrc") / "cells.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
@@ -76,7 +76,7 @@ def compile_so(src: Path, defines: list[str], stem: str) -> Path:
 
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
     real, suffix = _VARIANTS[dtype]
-    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"rnn_{suffix}")
+    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"cells_{suffix}")
     lib = ctypes.CDLL(str(so))
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     fwd = getattr(lib, f"memgrid_cell_forward_{suffix}")

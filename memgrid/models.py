@@ -17,7 +17,7 @@ the weight gradient, one for the state gradient and a few in-place elementwise o
 autograd's graph of ~10 nodes per step.
 
 On the CPU memgrid goes further: :class:`_CellKernel` runs the whole stack, forward and
-backward through time, in one call of a C kernel (``csrc/rnn.c``, built on first use by
+backward through time, in one call of a C kernel (``csrc/cells.c``, built on first use by
 :mod:`memgrid.kernels`), 2-3x faster at c = 10-20 and bitwise pack-invariant on every CPU.
 CUDA, and machines without a C compiler, take the PyTorch path above.
 """
@@ -490,7 +490,7 @@ def _kernel_weights(arch: str, flat: list[torch.Tensor]) -> torch.Tensor:
 
 
 class _CellKernel(torch.autograd.Function):
-    """The stack by the C kernel (csrc/rnn.c): forward and backward through time in one call
+    """The stack by the C kernel (csrc/cells.c): forward and backward through time in one call
     each. The same function and gradients as :class:`_Stack`."""
 
     @staticmethod
