@@ -15,10 +15,16 @@ CPU and GPU).
 
 from __future__ import annotations
 
+import ctypes
+import threading
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import torch
+
+from .kernels import compile_so, enabled
 
 _M32 = 0xFFFFFFFF
 # stream ids: independent sub-streams of one seed
@@ -103,6 +109,16 @@ class TaskSpec:
     def _q_lo_min(self) -> int:
         return int(self.q_lo.min())
 
+    @cached_property
+    def _position_range(self) -> tuple[int, int]:
+        return int(self.position.min()), int(self.position.max())
+
+    @cached_property
+    def _c_spec(self) -> torch.Tensor:
+        """The C kernel's `spec`: contiguous int64 `(4, K)`, rows seed, position, q_lo, q_hi."""
+        rows = [self.seed, self.position, self.q_lo, self.q_hi]
+        return torch.stack([r.to(torch.int64) for r in rows]).contiguous()
+
     def _key(self, stream: int) -> torch.Tensor:
         """`key(seed, stream)`, computed once per stream."""
         keys = self.__dict__.setdefault("_keys", {})
@@ -137,6 +153,32 @@ def _as_i32(h: torch.Tensor) -> torch.Tensor:
     return (h - ((h >> 31) << 32)).to(torch.int32)
 
 
+_SRC = Path(__file__).with_name("csrc") / "task.c"
+_lock = threading.Lock()
+_clib: list[ctypes.CDLL | None] = []      # empty until the first try to build
+
+
+def _lib() -> ctypes.CDLL | None:
+    """The C batch generator (``csrc/task.c``), built once per process; None where it cannot be
+    used (disabled with MEMGRID_KERNELS=0, no compiler: then a warning, once)."""
+    if not enabled():
+        return None
+    if not _clib:
+        with _lock:
+            if not _clib:
+                try:
+                    lib = ctypes.CDLL(str(compile_so(_SRC, [], "task")))
+                    i64, u32, P = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
+                    lib.memgrid_make_batch.argtypes = [i64] * 4 + [P, u32, u32, i64] + [P] * 4
+                    lib.memgrid_make_batch.restype = None
+                    _clib.append(lib)
+                except (OSError, RuntimeError) as e:
+                    warnings.warn(f"memgrid: the C batch generator is not available, using "
+                                  f"PyTorch ops instead ({e})", RuntimeWarning, stacklevel=3)
+                    _clib.append(None)
+    return _clib[0]
+
+
 def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size: int,
                T: int | None = None) -> Batch:
     """Sequences `step` of `stream` (TRAIN: one batch per SGD step; EVAL: step 0 is the fixed
@@ -145,7 +187,30 @@ def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size
 
     The tensors are computed time-major, `(T, K, B)` in memory, and `x`/`mask` are that memory
     seen as `(K, B, T)`/`(K, B, P)` (same values; not contiguous): the packed cells read one
-    step `(K, B)` at a time, and there a step is one contiguous block."""
+    step `(K, B)` at a time, and there a step is one contiguous block.
+
+    On the CPU with an int `step`, the C generator (``csrc/task.c``) computes the same bits;
+    else, or outside its domain (int64 step, 0 <= P <= T, positions in 1..T),
+    :func:`_make_batch_torch`."""
+    if spec.seed.device.type == "cpu" and isinstance(step, int) and (lib := _lib()) is not None:
+        T = spec.T if T is None else T
+        K, B, P = spec.seed.shape[0], batch_size, T - spec._q_lo_min
+        p_min, p_max = spec._position_range
+        if -2**63 <= step < 2**63 and 0 <= P <= T and 1 <= p_min and p_max <= T and B >= 0:
+            x = torch.empty(T, K, B, dtype=torch.float32)
+            started = torch.empty(P, K, B, dtype=torch.bool)
+            y = torch.empty(K, B, dtype=torch.float32)
+            length = torch.empty(K, B, dtype=torch.int64)
+            lib.memgrid_make_batch(K, B, T, P, spec._c_spec.data_ptr(), stream & _M32,
+                                   (stream ^ LENGTH) & _M32, step, x.data_ptr(),
+                                   started.data_ptr(), y.data_ptr(), length.data_ptr())
+            return Batch(x=x.permute(1, 2, 0), mask=started.permute(1, 2, 0), y=y, length=length)
+    return _make_batch_torch(spec, stream, step, batch_size, T)
+
+
+def _make_batch_torch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size: int,
+                      T: int | None = None) -> Batch:
+    """:func:`make_batch` in PyTorch ops: the reference of the C generator, and the GPU path."""
     device = spec.seed.device
     T = spec.T if T is None else T
     K, B = spec.seed.shape[0], batch_size

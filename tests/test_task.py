@@ -1,7 +1,9 @@
 """The random memorization task: exact instances, lengths, masks, purity of the stream."""
 
+import pytest
 import torch
 
+from memgrid import task
 from memgrid.config import Point
 from memgrid.task import EVAL, TRAIN, TaskSpec, hash32, make_batch, make_eval_set
 
@@ -83,3 +85,68 @@ def test_stream_is_a_pure_function_of_the_point():
     assert not torch.equal(make_batch(TaskSpec.of([Point("rnn", 1, 5, 3, 12)]), TRAIN, 42, 32).x, alone.x)
     ev1, ev2 = make_eval_set(spec, 100), make_eval_set(spec, 100)
     assert torch.equal(ev1.x, ev2.x)
+
+
+# -- the C generator (memgrid/csrc/task.c) ------------------------------------------------------
+
+needs_c = pytest.mark.skipif(task._lib() is None, reason="no C compiler")
+
+
+def _spec_mixed(K: int, seed: int) -> TaskSpec:
+    """Members with their own positions, q ranges (q_lo 1..10, q_hi up to 40) and seeds."""
+    g = torch.Generator().manual_seed(seed)
+    q_lo = torch.randint(1, 11, (K,), generator=g)
+    q_hi = q_lo + torch.randint(0, 31, (K,), generator=g)
+    position = (torch.rand(K, generator=g) * q_lo).to(torch.int64) + 1
+    seeds = torch.randint(0, 2**31 + 1, (K,), generator=g)
+    seeds[0] = 2**31
+    return TaskSpec(seeds, position, q_lo, q_hi)
+
+
+def _assert_same(a, b):
+    for f in ("x", "mask", "y", "length"):
+        u, v = getattr(a, f), getattr(b, f)
+        assert (u.dtype, u.shape, u.stride()) == (v.dtype, v.shape, v.stride()), f
+        assert torch.equal(u, v), f
+
+
+@needs_c
+@pytest.mark.parametrize("K,B,T,seed", [(7, 37, None, 0), (12, 128, 45, 1), (1, 300, None, 2),
+                                        (20, 16, 41, 3)])
+def test_c_generator_is_the_torch_path_bitwise(K, B, T, seed):
+    """x, mask, y and length: the same bits, dtypes, shapes and (time-major) strides."""
+    spec = _spec_mixed(K, seed)
+    for stream in (TRAIN, EVAL):
+        for step in (0, 1, 123456789):
+            c = make_batch(spec, stream, step, B, T)
+            _assert_same(c, task._make_batch_torch(spec, stream, step, B, T))
+            assert c.x.permute(2, 0, 1).is_contiguous() and c.mask.permute(2, 0, 1).is_contiguous()
+
+
+@needs_c
+def test_c_generator_lengths_and_masks_cover_the_range():
+    """Many sequences: every q of each member's range drawn, and the same as the torch path."""
+    spec = _spec_mixed(5, 4)
+    c = make_batch(spec, TRAIN, 7, 4000)
+    _assert_same(c, task._make_batch_torch(spec, TRAIN, 7, 4000))
+    for k in range(5):
+        assert set(c.length[k].tolist()) == set(range(int(spec.q_lo[k]), int(spec.q_hi[k]) + 1))
+
+
+def test_kernels_off_uses_the_torch_path(monkeypatch):
+    spec = _spec_mixed(6, 5)
+    default = make_batch(spec, TRAIN, 123456789, 37, 42)
+    monkeypatch.setenv("MEMGRID_KERNELS", "0")
+    assert task._lib() is None
+    _assert_same(make_batch(spec, TRAIN, 123456789, 37, 42), default)
+
+
+def test_without_a_compiler_the_generator_falls_back_to_torch(monkeypatch, tmp_path):
+    spec = _spec_mixed(3, 6)
+    default = make_batch(spec, EVAL, 0, 37)
+    monkeypatch.setattr(task, "_clib", [])
+    monkeypatch.setenv("MEMGRID_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.warns(RuntimeWarning, match="not available"):
+        _assert_same(make_batch(spec, EVAL, 0, 37), default)
+    assert task._clib == [None]
