@@ -136,7 +136,7 @@ def buffers(arch: str, x: torch.Tensor, L: int, c: int, keep: bool) -> tuple:
     """Buffers for :func:`forward`: states `(K, L, S, c, B)` (S = T + 1 with `keep`, for
     backward: h_t at t + 1; else 2, evaluation: the last state at T % 2), lstm cells like them,
     and with `keep` the gates backward needs `(K, L, T, rows, B)` (None where not used)."""
-    K, T, B = x.shape
+    T, K, B = x.shape
     S = T + 1 if keep else 2
     H = x.new_empty(K, L, S, c, B)
     C = x.new_empty(K, L, S, c, B) if arch == "lstm" else None
@@ -146,22 +146,22 @@ def buffers(arch: str, x: torch.Tensor, L: int, c: int, keep: bool) -> tuple:
 
 
 def forward(lib, arch: str, W: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, bufs: tuple) -> None:
-    """Fill `bufs` (from :func:`buffers`). W `(K, sum of layers)`, x `(K, T, B)`, mask
-    `(K, P, B)`: contiguous, one dtype."""
-    K, T, B = x.shape
+    """Fill `bufs` (from :func:`buffers`). W `(K, sum of layers)` and x `(T, K, B)` contiguous in
+    one dtype, mask `(P, K, B)` contiguous bool."""
+    T, K, B = x.shape
     H, C, A = bufs
     _, L, S, c, _ = H.shape
-    if lib.fwd(ARCH[arch], K, L, T, mask.shape[1], B, c, S, _p(W), _p(x), _p(mask), _p(H), _p(C), _p(A)):
+    if lib.fwd(ARCH[arch], K, L, T, mask.shape[0], B, c, S, _p(W), _p(x), _p(mask), _p(H), _p(C), _p(A)):
         raise MemoryError("memgrid cell kernel: out of memory for its scratch")
 
 
 def backward(lib, arch: str, W, x, mask, bufs: tuple, g_out, tbptt: int, need_x: bool):
-    """(gW like W, gx `(K, T, B)` or None), from forward's `bufs` (kept)."""
+    """(gW like W, gx like x or None), from forward's `bufs` (kept)."""
     H, C, A = bufs
     K, L, S, c, B = H.shape
     gW = torch.empty_like(W)
     gx = torch.empty_like(x) if need_x else None
-    if lib.bwd(ARCH[arch], K, L, S - 1, mask.shape[1], B, c, tbptt, _p(W), _p(x), _p(mask), _p(H),
+    if lib.bwd(ARCH[arch], K, L, S - 1, mask.shape[0], B, c, tbptt, _p(W), _p(x), _p(mask), _p(H),
                _p(C), _p(A), _p(g_out), _p(gW), _p(gx)):
         raise MemoryError("memgrid cell kernel: out of memory for its scratch")
     return gW, gx

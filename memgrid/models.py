@@ -465,7 +465,7 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
         return _forward_reference(arch, params, x, mask, tbptt, return_states)
     lib = None if return_states else kernels.usable(arch, x, *flat)
     if lib is not None:                    # on the CPU: the C kernel (memgrid/kernels.py)
-        mk = mask.transpose(1, 2).to(x.dtype).contiguous()              # (K, P, B)
+        mk = mask.permute(2, 0, 1).contiguous()     # (P, K, B) bool: memgrid.task's memory
         if grad:
             h, outs = _CellKernel.apply(lib, arch, tbptt, x, mk, *flat), None
         else:
@@ -497,7 +497,7 @@ class _CellKernel(torch.autograd.Function):
     def forward(ctx, lib, arch, tbptt, x, mask, *params):
         L, c = len(params) // 4, params[1].shape[-1]
         W = _kernel_weights(arch, params).contiguous()
-        xt = x.detach().transpose(1, 2).contiguous()                      # (K, T, B)
+        xt = x.detach().permute(2, 0, 1).contiguous()     # (T, K, B): memgrid.task's memory
         key = (arch, xt.shape, L, c, xt.dtype)
         bufs = _KFWD.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=True))
         kernels.forward(lib, arch, W, xt, mask, bufs)
@@ -518,13 +518,13 @@ class _CellKernel(torch.autograd.Function):
             n = R * (m + 1 + c)
             grads += _unfuse_grad(arch, gW[:, at:at + n].reshape(K, R, m + 1 + c), m, c)
             at += n
-        return (None, None, None, None if gx is None else gx.transpose(1, 2), None, *grads)
+        return (None, None, None, None if gx is None else gx.permute(1, 2, 0), None, *grads)
 
 
 @torch.no_grad()
 def _kernel_infer(lib, arch, flat, x, mask) -> torch.Tensor:
     L, c, T = len(flat) // 4, flat[1].shape[-1], x.shape[2]
-    xt = x.transpose(1, 2).contiguous()
+    xt = x.permute(2, 0, 1).contiguous()
     key = (arch, xt.shape, L, c, xt.dtype)
     bufs = _KINF.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=False))
     kernels.forward(lib, arch, _kernel_weights(arch, flat).contiguous(), xt, mask, bufs)

@@ -12,14 +12,14 @@
  * lstm and gru, see "The cells" below):
  *   W    (K, sum_i R * cols_i)   fused [W_ih | b | W_hh] of layer i (memgrid.models._fuse),
  *                                cols_i = m_i + 1 + c, m_0 = 1, m_i = c; layers one after another
- *   x    (K, T, B)               inputs, right-aligned
- *   mask (K, P, B)               1 where a sequence has started, for the first P steps
+ *   x    (T, K, B)               inputs, right-aligned, time-major (as memgrid.task makes them)
+ *   mask (P, K, B) uint8         1 where a sequence has started, for the first P steps
  *   H    (K, L, S, c, B)         states: S = T + 1 keeps all steps (H[.., t + 1] = h_t,
  *                                H[.., 0] = 0); S = 2 keeps two (evaluation, no backward)
  *   Cs   like H                  lstm: the cells (else NULL)
  *   Aux  (K, L, T, aux_rows, B)  lstm, gru with S = T + 1: gates kept for backward (else NULL)
  *   gW   like W                  gradients, written (not accumulated)
- *   gx   (K, T, B) or NULL
+ *   gx   (T, K, B) or NULL
  *
  * Every member is computed by the same loops whatever K, T or the other members are, and every
  * sum runs in a fixed order, so a member's numbers are bitwise those it gets alone (pack
@@ -246,7 +246,7 @@ static REAL *slot(REAL *H, int i, int s, int S, int64_t cb) {   /* h^i (or cell^
  * t + 1, slot 0 = 0) or 2 (evaluation: the last state at T % 2). Cs like H: lstm cells (else
  * NULL). Aux (K, L, T, aux_rows, B) with S = T + 1 for lstm/gru (else NULL). */
 int NAME(memgrid_cell_forward)(int arch, int K, int L, int T, int P, int B, int c, int S,
-                               const REAL *W, const REAL *x, const REAL *mask, REAL *H, REAL *Cs,
+                               const REAL *W, const REAL *x, const uint8_t *mask, REAL *H, REAL *Cs,
                                REAL *Aux) {
     const int R = rows_of(arch, c), Ra = aux_rows(arch, c);
     const int64_t wk = layer_offset(L, R, c), cb = (int64_t)c * B, ws = split_size(R, c);
@@ -256,7 +256,8 @@ int NAME(memgrid_cell_forward)(int arch, int K, int L, int T, int P, int B, int 
     if (!A || !X || !O) { free(A); free(X); free(O); return 1; }
     REAL *scratch = A + ws * L;                      /* activations when Aux is not kept */
     for (int k = 0; k < K; k++) {
-        const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * T * B, *mkk = mask + (int64_t)k * P * B;
+        const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * B;       /* step t: xk + t K B */
+        const uint8_t *mkk = mask + (int64_t)k * B;
         REAL *Hk = H + (int64_t)k * L * S * cb, *Ck = Cs ? Cs + (int64_t)k * L * S * cb : NULL;
         REAL *Ak = Aux ? Aux + (int64_t)k * L * T * Ra * B : NULL;
         for (int i = 0; i < L; i++) {
@@ -267,11 +268,11 @@ int NAME(memgrid_cell_forward)(int arch, int K, int L, int T, int P, int B, int 
         }
         for (int t = 0; t < T; t++) {            /* the layers advance together, so that two */
             int sp = S == 2 ? t % 2 : t, so = S == 2 ? (t + 1) % 2 : t + 1;   /* slots do */
-            const REAL *mk = t < P ? mkk + (int64_t)t * B : NULL;
+            const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             for (int i = 0; i < L; i++) {
                 const int m = i == 0 ? 1 : c;
                 const REAL *hp = slot(Hk, i, sp, S, cb);
-                const REAL *in = i == 0 ? xk + (int64_t)t * B : slot(Hk, i - 1, so, S, cb);
+                const REAL *in = i == 0 ? xk + (int64_t)t * K * B : slot(Hk, i - 1, so, S, cb);
                 REAL *h = slot(Hk, i, so, S, cb);
                 REAL *a = arch == RNN ? h : (Ak ? Ak + ((int64_t)i * T + t) * Ra * B : scratch);
                 for (int j = 0; j < m; j++) X[j] = in + (int64_t)j * B;
@@ -318,7 +319,7 @@ int NAME(memgrid_cell_forward)(int arch, int K, int L, int T, int P, int B, int 
  * the last layer's last state. tbptt > 0 stops the gradient between steps t - 1 and t where
  * (T - t) % tbptt == 0. */
 int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
-                                const REAL *W, const REAL *x, const REAL *mask, const REAL *H,
+                                const REAL *W, const REAL *x, const uint8_t *mask, const REAL *H,
                                 const REAL *Cs, const REAL *Aux, const REAL *g_out, REAL *gW,
                                 REAL *gx) {
     const int R = rows_of(arch, c), Ra = aux_rows(arch, c), cmax = 2 * c + 1;
@@ -333,7 +334,8 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
     for (int b = 0; b < B; b++) ones[b] = 1;
     for (int r = 0; r < R; r++) Gp[r] = gp + (int64_t)r * B;
     for (int k = 0; k < K; k++) {
-        const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * T * B, *mkk = mask + (int64_t)k * P * B;
+        const REAL *Wk = W + k * wk, *xk = x + (int64_t)k * B;       /* step t: xk + t K B */
+        const uint8_t *mkk = mask + (int64_t)k * B;
         const REAL *Hk = H + (int64_t)k * L * S * cb, *Ck = Cs ? Cs + (int64_t)k * L * S * cb : NULL;
         const REAL *Ak = Aux ? Aux + (int64_t)k * L * T * Ra * B : NULL;
         REAL *gWk = gW + k * wk;
@@ -349,7 +351,7 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
                 /* gradient on h_t: from the layer above (G[t]), the next step, the output */
                 const REAL *ga = i < L - 1 ? G + (int64_t)t * cb : NULL;
                 const REAL *go = (i == L - 1 && t == T - 1) ? g_out + (int64_t)k * cb : NULL;
-                REAL *gxt = (i == 0 && gx) ? gx + (int64_t)k * T * B + (int64_t)t * B : NULL;
+                REAL *gxt = (i == 0 && gx) ? gx + ((int64_t)t * K + k) * B : NULL;
                 if (!ga && !go && !have_rec) {            /* nothing reaches this step */
                     if (i > 0) memset(G + (int64_t)t * cb, 0, sizeof(REAL) * cb);
                     else if (gxt) memset(gxt, 0, sizeof(REAL) * B);
@@ -357,7 +359,7 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
                 }
                 const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > 0;
                 const REAL *h = Hi + (int64_t)(t + 1) * cb, *hp = Hi + (int64_t)t * cb;
-                const REAL *mk = t < P ? mkk + (int64_t)t * B : NULL;
+                const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
                 const REAL *a = Ak ? Ak + ((int64_t)i * T + t) * Ra * B : NULL;
                 for (int64_t e = 0; e < cb; e += B) {
                     const REAL *ga_ = ga ? ga + e : NULL, *go_ = go ? go + e : NULL, *gr = grec + e;
@@ -399,7 +401,7 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
                     }
                 }
                 /* weight gradient, columns [input; 1; h_{t-1}] */
-                const REAL *in = i == 0 ? xk + (int64_t)t * B : Hin + (int64_t)(t + 1) * cb;
+                const REAL *in = i == 0 ? xk + (int64_t)t * K * B : Hin + (int64_t)(t + 1) * cb;
                 for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
                 Z[m] = ones;
                 for (int j = 0; j < c; j++) Z[m + 1 + j] = hp + (int64_t)j * B;
