@@ -1,7 +1,7 @@
 """The C kernel of the packed RNN, LSTM and GRU (``csrc/cells.c``): built on first use with the
 machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded with ctypes.
 
-It computes what :class:`memgrid.models._Stack` computes, on the CPU, 2-4x faster
+It computes what :class:`memgrid.models._Stack` computes, on the CPU, 1.6-2.9x faster
 (``benchmarks/README.md``), and bitwise the same for a member alone and in any pack.
 Without a compiler, or with ``MEMGRID_KERNELS=0``, memgrid uses the PyTorch path; the
 results agree to float rounding.
@@ -32,7 +32,7 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shar
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
 _lock = threading.Lock()
-_libs: dict[torch.dtype, ctypes.CDLL | None] = {}
+_libs: dict[object, ctypes.CDLL | None] = {}     # by dtype (the cells) or name (the task)
 
 
 def enabled() -> bool:
@@ -89,21 +89,28 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     return lib
 
 
-def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
-    """The kernels for `dtype` (float32 or float64), built once per process; None where they
-    cannot be used (disabled, another dtype, no compiler: then a warning, once)."""
-    if not enabled() or dtype not in _VARIANTS:
+def load_once(key, build, what: str) -> ctypes.CDLL | None:
+    """`build()` once per process for `key`; None where kernels are off (MEMGRID_KERNELS=0) or
+    the build fails (then a warning, once, naming `what`)."""
+    if not enabled():
         return None
-    if dtype not in _libs:
+    if key not in _libs:
         with _lock:
-            if dtype not in _libs:
+            if key not in _libs:
                 try:
-                    _libs[dtype] = _build(dtype)
+                    _libs[key] = build()
                 except (OSError, RuntimeError) as e:
-                    warnings.warn(f"memgrid: the C kernel of the cells is not available, using "
-                                  f"PyTorch ops instead ({e})", RuntimeWarning, stacklevel=2)
-                    _libs[dtype] = None
-    return _libs[dtype]
+                    warnings.warn(f"memgrid: {what} is not available, using PyTorch ops instead ({e})",
+                                  RuntimeWarning, stacklevel=3)
+                    _libs[key] = None
+    return _libs[key]
+
+
+def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The kernels of the cells for `dtype` (float32 or float64), see :func:`load_once`."""
+    if dtype not in _VARIANTS:
+        return None
+    return load_once(dtype, lambda: _build(dtype), "the C kernel of the cells")
 
 
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:

@@ -18,7 +18,7 @@ autograd's graph of ~10 nodes per step.
 
 On the CPU memgrid goes further: :class:`_CellKernel` runs the whole stack, forward and
 backward through time, in one call of a C kernel (``csrc/cells.c``, built on first use by
-:mod:`memgrid.kernels`), 2-3x faster at c = 10-20 and bitwise pack-invariant on every CPU.
+:mod:`memgrid.kernels`), 1.6-2.9x faster, and bitwise pack-invariant on every CPU.
 CUDA, and machines without a C compiler, take the PyTorch path above.
 """
 

@@ -16,15 +16,13 @@ CPU and GPU).
 from __future__ import annotations
 
 import ctypes
-import threading
-import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
 
-from .kernels import compile_so, enabled
+from .kernels import compile_so, load_once
 
 _M32 = 0xFFFFFFFF
 # stream ids: independent sub-streams of one seed
@@ -154,29 +152,20 @@ def _as_i32(h: torch.Tensor) -> torch.Tensor:
 
 
 _SRC = Path(__file__).with_name("csrc") / "task.c"
-_lock = threading.Lock()
-_clib: list[ctypes.CDLL | None] = []      # empty until the first try to build
+
+
+def _build() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(compile_so(_SRC, [], "task")))
+    i64, u32, P = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
+    lib.memgrid_make_batch.argtypes = [i64] * 4 + [P, u32, u32, i64] + [P] * 4
+    lib.memgrid_make_batch.restype = None
+    return lib
 
 
 def _lib() -> ctypes.CDLL | None:
     """The C batch generator (``csrc/task.c``), built once per process; None where it cannot be
-    used (disabled with MEMGRID_KERNELS=0, no compiler: then a warning, once)."""
-    if not enabled():
-        return None
-    if not _clib:
-        with _lock:
-            if not _clib:
-                try:
-                    lib = ctypes.CDLL(str(compile_so(_SRC, [], "task")))
-                    i64, u32, P = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
-                    lib.memgrid_make_batch.argtypes = [i64] * 4 + [P, u32, u32, i64] + [P] * 4
-                    lib.memgrid_make_batch.restype = None
-                    _clib.append(lib)
-                except (OSError, RuntimeError) as e:
-                    warnings.warn(f"memgrid: the C batch generator is not available, using "
-                                  f"PyTorch ops instead ({e})", RuntimeWarning, stacklevel=3)
-                    _clib.append(None)
-    return _clib[0]
+    used (MEMGRID_KERNELS=0; no compiler: then a warning, once)."""
+    return load_once("task", _build, "the C batch generator")
 
 
 def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size: int,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from memgrid import kernels, task
+from memgrid import kernels
 from memgrid.config import Point
 from memgrid.models import forward, init_params
 from memgrid.task import TRAIN, TaskSpec, make_batch
@@ -78,8 +78,7 @@ def test_kernel_pack_invariance_is_bitwise(arch):
 
 
 def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "_libs", {})
-    monkeypatch.setattr(task, "_clib", [])                 # restored after: later tests build
+    monkeypatch.setattr(kernels, "_libs", {})              # restored after: later tests build
     monkeypatch.setenv("MEMGRID_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     pts = [Point("rnn", 1, 4, 2, 0)]
@@ -90,5 +89,5 @@ def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path)
     with pytest.warns(RuntimeWarning, match="C kernel of the cells is not available"):
         y = forward("rnn", params, b.x, b.mask)
     assert y.shape == (1, 16) and torch.isfinite(y).all()
-    assert kernels._libs == {torch.float32: None} and task._clib == [None]
+    assert kernels._libs == {"task": None, torch.float32: None}
     assert list(tmp_path.iterdir()) == []
