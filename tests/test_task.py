@@ -145,6 +145,7 @@ def test_without_a_compiler_the_generator_falls_back_to_torch(monkeypatch, tmp_p
     spec = _spec_mixed(3, 6)
     default = make_batch(spec, EVAL, 0, 37)
     monkeypatch.setattr(kernels, "_libs", {})
+    monkeypatch.setenv("MEMGRID_KERNELS", "1")
     monkeypatch.setenv("MEMGRID_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.warns(RuntimeWarning, match="not available"):
