@@ -368,8 +368,8 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
-    rnn_kernel = "C kernel" if kernels.lib(torch.float32) is not None else "torch ops (no C kernel)"
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; memgrid rnn: {rnn_kernel}",
+    c_kernels = "C kernels" if kernels.prepare() else "torch ops (no C kernels)"
+    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; memgrid: {c_kernels}",
           flush=True)
     rates = machine_rates()
     print(f"fp32 matmul 1024^3: one core {rates['core'] / 1e9:.0f} GFLOP/s; {rates['one_thread'] / 1e9:.0f} on 1 thread, "
@@ -377,7 +377,7 @@ def main() -> None:
           f"in {os.cpu_count()} one-thread processes at once; machine rate {rates['machine'] / 1e9:.0f}",
           flush=True)
     results = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-                           "rnn_kernel": rnn_kernel,
+                           "kernels": c_kernels,
                            **{k: v / 1e9 for k, v in rates.items()}}, "slices": []}
     try:
         for name, ep in [("fig4", args.fig4_epochs), ("fig6", args.fig6_epochs)]:

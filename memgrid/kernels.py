@@ -113,6 +113,14 @@ def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     return load_once(dtype, lambda: _build(dtype), "the C kernel of the cells")
 
 
+def prepare() -> bool:
+    """Build the C kernels (or load them from the cache) in this process, so that the workers
+    started after it load them instead of each building them at once. True where they are
+    available."""
+    from . import task
+    return lib(torch.float32) is not None and task._lib() is not None
+
+
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
     """The kernels, if this call can use them: rnn, lstm or gru, CPU tensors of one float dtype."""
     if arch not in ARCH or any(t.device.type != "cpu" for t in tensors):

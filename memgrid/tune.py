@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import store
+from . import kernels, store
 from .config import GATES, Grid, Point, Resources
 
 # Tune's legacy output with verbose=0 prints nothing: memgrid shows its own progress line
@@ -353,6 +353,8 @@ def run_grid(grid: Grid, out: str, *, address: str | None = None, num_cpus: int 
     if not todo:
         return summary
 
+    if address is None:     # this machine's workers: build the C kernels once, here
+        kernels.prepare()
     _start_ray(address, num_cpus)
     try:
         res: Resources = grid.resources
