@@ -143,7 +143,8 @@ def activation(a: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
     return out
 
 
-def _rows(arch: str, c: int) -> int:
+def fused_rows(arch: str, c: int) -> int:
+    """Rows of a layer's fused weights (memgrid.models._fuse): rnn c; lstm, gru 4c."""
     return c if arch == "rnn" else 4 * c
 
 
@@ -155,7 +156,7 @@ def buffers(arch: str, x: torch.Tensor, L: int, c: int, keep: bool) -> tuple:
     S = T + 1 if keep else 2
     H = x.new_empty(K, L, S, c, B)
     C = x.new_empty(K, L, S, c, B) if arch == "lstm" else None
-    aux = _rows(arch, c) + (c if arch == "lstm" else 0)
+    aux = fused_rows(arch, c) + (c if arch == "lstm" else 0)
     A = x.new_empty(K, L, T, aux, B) if keep and arch != "rnn" else None
     return H, C, A
 

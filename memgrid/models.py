@@ -205,10 +205,6 @@ def _cut(tbptt: int, T: int, t: int) -> bool:
     return bool(tbptt) and t > 0 and (T - t) % tbptt == 0
 
 
-def _rows(arch: str, c: int) -> int:
-    return c if arch == "rnn" else 4 * c
-
-
 def _zrows(i: int, c: int) -> tuple[int, int]:
     """Rows of the slots that layer i reads: [input; 1; own state]."""
     return (0, 2 + c) if i == 0 else (2 + (i - 1) * (c + 1), 2 + i * (c + 1) + c)
@@ -233,7 +229,7 @@ class _FwdBufs:
             for i in range(L - 1):
                 s[:, 2 + i * (c + 1) + c] = 1
         self.x = [s[:, 0] for s in self.slots[:T]]
-        R = _rows(arch, c)
+        R = kernels.fused_rows(arch, c)
         one = like.new_empty(K, R, B)
         self.z, self.zT, self.h, self.act, self.gates = [], [], [], [], []
         self.cells = self.tcs = None
@@ -263,7 +259,7 @@ class _BwdBufs:
     needs none), and scratch for one step."""
 
     def __init__(self, arch, T, L, K, c, B, rows0, like):
-        R = _rows(arch, c)
+        R = kernels.fused_rows(arch, c)
         e = like.new_empty
         self.gW = [e(K, R, (1 if i == 0 else c) + 1 + c) for i in range(L)]
         self.gZ = [[e(K, rows0 if i == 0 else 2 * c + 1, B) for _ in range(T)] for i in range(L)]
@@ -511,7 +507,7 @@ class _CellKernel(torch.autograd.Function):
         need_x = bool(ctx.needs_input_grad[3])
         gW, gx = kernels.backward(lib, arch, W, xt, mask, bufs, g_out.contiguous(), tbptt, need_x)
         K, L, _, c, _ = bufs[0].shape
-        R = _rows(arch, c)
+        R = kernels.fused_rows(arch, c)
         grads, at = [], 0
         for i in range(L):
             m = 1 if i == 0 else c

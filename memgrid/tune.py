@@ -65,8 +65,9 @@ def _activation_bytes(p: Point) -> int:
 
 
 def member_bytes(p: Point) -> int:
-    """Peak memory of one pack member while training, an upper bound (measured RSS per member
-    is 70-90 % of it, rnn/lstm/gru, l = 1..5, c = 1..20): forward buffers kept for backward,
+    """Peak memory of one pack member while training, an upper bound (measured RSS per member:
+    70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 31-53 % with the C
+    kernel, which keeps less; benchmarks/README.md): forward buffers kept for backward,
     backward buffers, data generation, the evaluation set and its forward. A pack of K members
     needs K times this; plan_packs never puts more members in a pack than its memory allows."""
     if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
