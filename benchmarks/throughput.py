@@ -5,7 +5,7 @@ GPU) for packs of K points, per network.
     .venv/bin/python benchmarks/throughput.py                        # a few networks, K = 4..256
     .venv/bin/python benchmarks/throughput.py rnn,5,20 lstm,1,5 --k 8 16 32
     .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
-    .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --both   # C kernel vs torch ops
+    .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --compare   # the three CPU paths
 
 This is what `memgrid.tune.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memgrid import train  # noqa: E402
 from memgrid.config import Point  # noqa: E402
 from memgrid.train import PackTrainer  # noqa: E402
 from memgrid.tune import best_k  # noqa: E402
@@ -55,20 +56,22 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--both", action="store_true",
-                    help="on the CPU: the C kernel and the PyTorch path (MEMGRID_KERNELS=0), side by side")
+    ap.add_argument("--compare", action="store_true",
+                    help="on the CPU, side by side: the C kernel's whole step (default), the C kernel's "
+                         "forward and backward inside torch autograd, and torch ops (MEMGRID_KERNELS=0)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device.split(":")[0]
     for net in args.nets:
         arch, l, c = net.split(",")
         l, c = int(l), int(c)
-        paths = ["1", "0"] if args.both and dev == "cpu" else [None]
+        paths = ["step", "autograd", "torch"] if args.compare and dev == "cpu" else [None]
         for path in paths:
             if path is not None:
-                os.environ["MEMGRID_KERNELS"] = path
+                os.environ["MEMGRID_KERNELS"] = "0" if path == "torch" else "1"
+                train.FUSED_STEP = path == "step"
             cells = "  ".join(f"K={k}: {throughput(arch, l, c, k, args.device):7.0f}" for k in args.k)
-            what = {"1": " C kernel", "0": " torch ops", None: ""}[path]
+            what = {"step": " C step    ", "autograd": " C autograd", "torch": " torch ops ", None: ""}[path]
             print(f"{arch} {l},{c}{what} (best_k {best_k(Point(arch, l, c, 1, 0), dev)}): {cells}  pe/s",
                   flush=True)
 

@@ -18,8 +18,11 @@ autograd's graph of ~10 nodes per step.
 
 On the CPU memgrid goes further: :class:`_CellKernel` runs the whole stack, forward and
 backward through time, in one call of a C kernel (``csrc/cells.c``, built on first use by
-:mod:`memgrid.kernels`), 1.6-2.9x faster, and bitwise pack-invariant on every CPU.
-CUDA, and machines without a C compiler, take the PyTorch path above.
+:mod:`memgrid.kernels`), 1.6-2.9x faster, and bitwise pack-invariant on every CPU; and
+training takes the kernel's whole step instead (``memgrid.train.PackTrainer._kernel_step``:
+forward, loss gradient, backward and SGD in one call, bitwise what autograd around
+:class:`_CellKernel` gives). CUDA, and machines without a C compiler, take the PyTorch path
+above.
 """
 
 from __future__ import annotations

@@ -18,12 +18,17 @@ from datetime import datetime, timezone
 
 import torch
 
-from . import __version__
+from . import __version__, kernels
 from .config import Point
 from .models import Params, count_params, forward, init_params
 from .store import point_settings
 from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
+
+FUSED_STEP = True
+"""On the CPU, train with the C kernel's whole step (:meth:`PackTrainer._kernel_step`); False:
+the C kernel's forward and backward inside torch autograd (the tests compare the two)."""
+
 
 def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared Pearson correlation per member (Jaeger's MC_p for delay p). `(K, B)` -> `(K,)`;
@@ -82,6 +87,7 @@ class PackTrainer:
         self.train_sum = torch.zeros(len(points), dtype=dtype, device=dev)
         self.train_steps = 0
         self.finished: list[tuple[dict, list[dict], Params]] = []   # row, curve, weights
+        self._ws: torch.Tensor | None = None                 # the C kernel step's workspace
         self.started = time.perf_counter()
         self.wall_before = 0.0                           # wall seconds of earlier attempts
         self._evaluate_and_stop()                        # epoch 0: the untrained loss
@@ -94,6 +100,8 @@ class PackTrainer:
     def _step(self, step: int) -> None:
         cfg = self.cfg
         batch = make_batch(self.spec, TRAIN, step, cfg.batch_size, self.T)
+        if self._kernel_step(batch):
+            return
         params = list(self.params.values())
         if not params[0].requires_grad:    # fresh tensors after a compaction or a restore
             for p in params:
@@ -109,6 +117,28 @@ class PackTrainer:
             torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
             self.train_sum += loss.detach()
         self.train_steps += 1
+
+    def _kernel_step(self, batch) -> bool:
+        """The whole step in one call of the C kernel (memgrid/kernels.py), where it can run:
+        bitwise the step below for the `sum` readout. False where it cannot."""
+        params, bufs = list(self.params.values()), list(self.bufs.values())
+        lib = kernels.usable(self.arch, *params, *bufs) if FUSED_STEP else None
+        if lib is None or not all(t.is_contiguous() for t in params + bufs):
+            return False
+        dt = params[0].dtype
+        x = batch.x.permute(2, 0, 1).to(dt).contiguous()          # (T, K, B): the task's memory
+        mask = batch.mask.permute(2, 0, 1).contiguous()
+        y = batch.y.to(dt).contiguous()
+        T, _, B = x.shape
+        n = kernels.train_scratch(lib, self.arch, self.layers, T, B, self.cells)
+        if self._ws is None or self._ws.numel() < n or self._ws.dtype != dt:
+            self._ws = torch.empty(n, dtype=dt)
+        with torch.no_grad():
+            yhat = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self.lr, self.mom,
+                                      x, mask, y, self._ws)
+            self.train_sum += (yhat - batch.y).abs().mean(1)
+        self.train_steps += 1
+        return True
 
     def _bcast(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Per-member `(K,)` values viewed to broadcast against each parameter."""

@@ -393,7 +393,9 @@ def test_grid_survives_a_worker_node_killed_mid_run(cluster, worker, tmp_path):
 
 @cluster_test
 def test_stopped_job_is_finished_by_launching_again(cluster, tmp_path):
-    grid, out = small_grid(tmp_path, "again", positions="1..2", seeds="0..3", max_epochs=1000), tmp_path / "res"
+    # p = 1 solves in ~700 epochs (the first parts land soon); p = 6 runs all 30,000 (~3 s
+    # each, on any machine memgrid trains this fast), so that the stop lands mid-grid
+    grid, out = small_grid(tmp_path, "again", positions=[1, 6], seeds="0..3", max_epochs=30000), tmp_path / "res"
     r = memgrid_launch(cluster, "--address", cluster.dashboard, grid, "--out", out, "--no-follow")
     assert r.returncode == 0, r.stderr
     job = _job_id(r.stdout)

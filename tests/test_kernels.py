@@ -1,13 +1,13 @@
 """The C kernel of the cells (memgrid/kernels.py): its tanh and sigmoid, the same function and
-gradients as the PyTorch path, bitwise pack invariance, and the fallback when it cannot be
-built."""
+gradients as the PyTorch path, its whole training step bitwise the step through autograd,
+bitwise pack invariance, and the fallback when it cannot be built."""
 
 import math
 
 import pytest
 import torch
 
-from memgrid import kernels
+from memgrid import kernels, train
 from memgrid.config import Point
 from memgrid.models import forward, init_params
 from memgrid.task import TRAIN, TaskSpec, make_batch
@@ -75,6 +75,62 @@ def test_kernel_pack_invariance_is_bitwise(arch):
     assert torch.equal(bp.x[0, :, -bs.x.shape[2]:], bs.x[0])     # the same data, right-aligned
     for a, s in zip(packed, single):
         assert torch.equal(a, s)
+
+
+def _trained(points, fused, monkeypatch, epochs=60, dtype=torch.float32):
+    monkeypatch.setattr(train, "FUSED_STEP", fused)
+    tr = train.PackTrainer(points, dtype=dtype)
+    for _ in range(epochs):
+        if tr.done:
+            break
+        tr.run_epoch()
+    assert (tr._ws is not None) == fused                   # the step it was meant to take
+    return tr
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("tbptt", [0, 3])
+def test_kernel_step_is_the_autograd_step(arch, tbptt, monkeypatch):
+    """The C kernel's whole step (forward, loss gradient, backward, SGD with momentum) gives the
+    same bits as the kernel's forward and backward inside torch autograd with torch's SGD, for
+    the paper's `sum` readout: weights, momentum and every curve point, also after a member
+    diverged and left the pack."""
+    pts = [Point(arch, 2, 5, p, s, lr=lr, momentum=0.9, tbptt=tbptt, max_epochs=100, eval_every=10,
+                 eval_size=64, q_min=3, q_max=9)
+           for p, s, lr in [(1, 0, 0.05), (4, 1, 0.02), (2, 2, math.inf), (6, 3, 0.1)]]
+    fused, ref = (_trained(pts, f, monkeypatch) for f in (True, False))
+    assert fused.active == ref.active == [0, 1, 3]                        # lr inf diverged
+    for name in ref.params:
+        assert torch.equal(fused.params[name], ref.params[name]), name
+        assert torch.equal(fused.bufs[name], ref.bufs[name]), name
+    assert repr([m.curve for m in fused.members]) == repr([m.curve for m in ref.members])  # nan too
+    assert ref.params["w_hh.1"].abs().max() > 0
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_kernel_step_with_a_linear_readout(arch, monkeypatch):
+    """With a learned readout the step sums the readout's gradient over the batch in its own
+    order: the same training to float rounding (float64)."""
+    pts = [Point(arch, 2, 4, p, s, readout="linear", lr=0.05, max_epochs=30, eval_every=10,
+                 eval_size=64, q_min=3, q_max=6) for p, s in [(1, 0), (3, 1)]]
+    fused, ref = (_trained(pts, f, monkeypatch, dtype=torch.float64) for f in (True, False))
+    for name in ref.params:
+        torch.testing.assert_close(fused.params[name], ref.params[name], atol=1e-12, rtol=1e-10)
+    assert not torch.equal(fused.params["w_out"], train.PackTrainer(pts, dtype=torch.float64).params["w_out"])
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_kernel_step_pack_invariance_is_bitwise(arch, monkeypatch):
+    """Training a point alone or in a pack with longer sequences and other learning rates:
+    the same weights and curve, bit for bit."""
+    alone = Point(arch, 2, 6, 1, 5, lr=0.03, max_epochs=100, eval_every=10, eval_size=64, q_min=3, q_max=5)
+    others = [Point(arch, 2, 6, p, s, lr=lr, max_epochs=100, eval_every=10, eval_size=64, q_min=3, q_max=5)
+              for p, s, lr in [(9, 1, 0.1), (4, 2, 0.01)]]
+    packed, single = (_trained(g, True, monkeypatch, epochs=40) for g in ([*others, alone], [alone]))
+    assert packed.T > single.T
+    for name in single.params:
+        assert torch.equal(packed.params[name][2], single.params[name][0]), name
+    assert packed.members[2].curve == single.members[0].curve
 
 
 def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path):
