@@ -3,7 +3,7 @@ machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded wit
 
 It computes what :class:`memgrid.models._Stack` computes, on the CPU, 1.6-2.9x faster
 (``benchmarks/README.md``), and bitwise the same for a member alone and in any pack; and
-:func:`train_step` runs a whole training step of a pack in one call (1.2-1.5x faster again
+:func:`train_step` runs a whole training step of a pack in one call (1.3-1.6x faster again
 than the kernel inside torch autograd, and bitwise the same for the `sum` readout).
 Without a compiler, or with ``MEMGRID_KERNELS=0``, memgrid uses the PyTorch path; the
 results agree to float rounding.

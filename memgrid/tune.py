@@ -39,7 +39,8 @@ K_CAP = {"cpu": 256, "cuda": 4096}
 CACHE_BYTES = 12e6
 """CPU: a pack's forward activations should stay about this size. Past it a step streams from
 memory and throughput per point falls (measured on 2 cores, 2 MB L2 each: the best K keeps
-6-25 MB of activations, e.g. rnn 1,5: K ~ 128; 3,10: ~32; 5,20: ~8-16)"""
+6-25 MB of activations, e.g. rnn 1,5: K ~ 128; 3,10: ~32; 5,20: ~8-16). The C kernel's step
+keeps one member's states at a time: its throughput per point is flat past this K."""
 MEMBER_BYTES_PER_S = 1.6e9
 """CPU cost model: one point-epoch takes about (forward activation bytes) / this many seconds
 at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
@@ -66,8 +67,8 @@ def _activation_bytes(p: Point) -> int:
 
 def member_bytes(p: Point) -> int:
     """Peak memory of one pack member while training, an upper bound (measured RSS per member:
-    70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 31-53 % with the C
-    kernel, which keeps less; benchmarks/README.md): forward buffers kept for backward,
+    70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 14-35 % with the C
+    kernel's step, which keeps one member's states at a time; benchmarks/README.md): forward buffers kept for backward,
     backward buffers, data generation, the evaluation set and its forward. A pack of K members
     needs K times this; plan_packs never puts more members in a pack than its memory allows."""
     if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
