@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import Params, forward
+from .models import Params, forward, kernel_states
 from .task import key, uniform
 
 MC_STREAM = 0x27D4EB2F
@@ -132,6 +132,10 @@ def network_states(arch: str, params: Params, u: torch.Tensor, read: str = "all"
     K, T = u.shape
     p0 = next(iter(params.values()))
     x = u.to(p0.dtype).reshape(K, 1, T)
+    H = kernel_states(arch, params, x)                      # (K, L, T, c, 1): the C kernel
+    if H is not None:
+        H = H[..., 0] if read == "all" else H[:, layers - 1:, :, :, 0]
+        return H.permute(0, 2, 1, 3).reshape(K, T, -1)      # units of layer 0, then 1, ...
     no_mask = torch.ones(K, 1, 0, dtype=torch.bool, device=u.device)   # every step is real
     out = []
     with torch.no_grad():

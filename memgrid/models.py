@@ -521,6 +521,25 @@ class _CellKernel(torch.autograd.Function):
 
 
 @torch.no_grad()
+def kernel_states(arch: str, params: Params, x: torch.Tensor) -> torch.Tensor | None:
+    """Every layer's states h_t of every member, `(K, L, T, c, B)`, for inputs `x` `(K, B, T)`
+    that all start at step 0 (no mask), by the C kernel in one forward; None where it cannot
+    run (then :func:`forward` with ``return_states``, layer by layer). Bitwise the same for a
+    member alone and in any pack."""
+    L = sum(1 for n in params if n.startswith("w_hh."))
+    flat = [params[f"{n}.{i}"] for i in range(L) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    lib = kernels.usable(arch, x, *flat)
+    if lib is None:
+        return None
+    c = flat[1].shape[-1]
+    xt = x.permute(2, 0, 1).contiguous()                                       # (T, K, B)
+    bufs = kernels.buffers(arch, xt, L, c, keep=True)
+    no_mask = torch.zeros(0, *xt.shape[1:], dtype=torch.bool)
+    kernels.forward(lib, arch, _kernel_weights(arch, flat).contiguous(), xt, no_mask, bufs)
+    return bufs[0][:, :, 1:]                                                  # h_0 .. h_{T-1}
+
+
+@torch.no_grad()
 def _kernel_infer(lib, arch, flat, x, mask) -> torch.Tensor:
     L, c, T = len(flat) // 4, flat[1].shape[-1], x.shape[2]
     xt = x.permute(2, 0, 1).contiguous()

@@ -133,6 +133,28 @@ def test_kernel_step_pack_invariance_is_bitwise(arch, monkeypatch):
     assert packed.members[2].curve == single.members[0].curve
 
 
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_stream_states_by_the_kernel(arch, monkeypatch):
+    """Jaeger's MC reads every layer's states on a stream from the kernel: the PyTorch path's
+    states (float64, both reads), and a network's MC bitwise the same alone or beside others."""
+    from memgrid.capacity import input_stream, network_states, trained_memory_capacity
+    seed = torch.arange(12)              # the PyTorch path's MKL differs at K = 12 and K = 1
+    params = init_params(arch, 3, 4, "sum", seed)
+    u = input_stream(seed, 300, 0.0, 1.0)
+    p64 = {n: v.double() for n, v in params.items()}
+    for read in ("all", "last"):
+        ours = network_states(arch, p64, u, read)
+        monkeypatch.setenv("MEMGRID_KERNELS", "0")
+        ref = network_states(arch, p64, u, read)
+        monkeypatch.delenv("MEMGRID_KERNELS")
+        assert ours.shape == ref.shape == (12, 300, 12 if read == "all" else 4)
+        torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
+    mc, _ = trained_memory_capacity(arch, params, seed, length=1000)
+    alone = torch.cat([trained_memory_capacity(arch, {n: v[i:i + 1] for n, v in params.items()}, seed[i:i + 1],
+                                               length=1000)[0] for i in range(12)])
+    assert torch.equal(mc, alone) and (mc > 0.5).all()
+
+
 def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path):
     """No compiler: one warning per library, nothing written, and the same batch and (to float
     rounding) the same outputs as with the kernels."""
