@@ -457,8 +457,7 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     both compute what :func:`_forward_reference` (autograd, op by op) computes, to float
     rounding. Gradients of gradients are not supported (nothing in memgrid takes them).
     """
-    layers = sum(1 for n in params if n.startswith("w_hh."))
-    flat = [params[f"{n}.{i}"] for i in range(layers) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    flat = _cell_params(params)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in flat))
     if return_states and grad:
         return _forward_reference(arch, params, x, mask, tbptt, return_states)
@@ -482,8 +481,15 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     return (y, outs) if return_states else y
 
 
+def _cell_params(params: Params) -> list[torch.Tensor]:
+    """The cells' parameters, layer by layer: w_ih, w_hh, b_ih, b_hh of layer 0, 1, ..."""
+    layers = sum(1 for n in params if n.startswith("w_hh."))
+    return [params[f"{n}.{i}"] for i in range(layers) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+
+
 def _kernel_weights(arch: str, flat: list[torch.Tensor]) -> torch.Tensor:
-    """The fused weights of all layers, member by member: `(K, sum_i R * (m_i + 1 + c))`."""
+    """The fused weights of all layers, member by member: `(K, sum_i R * (m_i + 1 + c))`,
+    contiguous (a new tensor)."""
     L, K = len(flat) // 4, flat[0].shape[0]
     return torch.cat([_fuse(arch, *flat[4 * i:4 * i + 4]).reshape(K, -1) for i in range(L)], 1)
 
@@ -495,7 +501,7 @@ class _CellKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, arch, tbptt, x, mask, *params):
         L, c = len(params) // 4, params[1].shape[-1]
-        W = _kernel_weights(arch, params).contiguous()
+        W = _kernel_weights(arch, params)
         xt = x.detach().permute(2, 0, 1).contiguous()     # (T, K, B): memgrid.task's memory
         key = (arch, xt.shape, L, c, xt.dtype)
         bufs = _KFWD.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=True))
@@ -526,8 +532,8 @@ def kernel_states(arch: str, params: Params, x: torch.Tensor) -> torch.Tensor | 
     that all start at step 0 (no mask), by the C kernel in one forward; None where it cannot
     run (then :func:`forward` with ``return_states``, layer by layer). Bitwise the same for a
     member alone and in any pack."""
-    L = sum(1 for n in params if n.startswith("w_hh."))
-    flat = [params[f"{n}.{i}"] for i in range(L) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    flat = _cell_params(params)
+    L = len(flat) // 4
     lib = kernels.usable(arch, x, *flat)
     if lib is None:
         return None
@@ -535,7 +541,7 @@ def kernel_states(arch: str, params: Params, x: torch.Tensor) -> torch.Tensor | 
     xt = x.permute(2, 0, 1).contiguous()                                       # (T, K, B)
     bufs = kernels.buffers(arch, xt, L, c, keep=True)
     no_mask = torch.zeros(0, *xt.shape[1:], dtype=torch.bool)
-    kernels.forward(lib, arch, _kernel_weights(arch, flat).contiguous(), xt, no_mask, bufs)
+    kernels.forward(lib, arch, _kernel_weights(arch, flat), xt, no_mask, bufs)
     return bufs[0][:, :, 1:]                                                  # h_0 .. h_{T-1}
 
 
@@ -545,7 +551,7 @@ def _kernel_infer(lib, arch, flat, x, mask) -> torch.Tensor:
     xt = x.permute(2, 0, 1).contiguous()
     key = (arch, xt.shape, L, c, xt.dtype)
     bufs = _KINF.take(key, lambda: kernels.buffers(arch, xt, L, c, keep=False))
-    kernels.forward(lib, arch, _kernel_weights(arch, flat).contiguous(), xt, mask, bufs)
+    kernels.forward(lib, arch, _kernel_weights(arch, flat), xt, mask, bufs)
     h = bufs[0][:, L - 1, T % 2].clone()
     _KINF.give(key, bufs)
     return h

@@ -30,6 +30,11 @@ FUSED_STEP = True
 the C kernel's forward and backward inside torch autograd (the tests compare the two)."""
 
 
+def _mae(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean absolute error per member, `(K, B)` -> `(K,)`."""
+    return (y - target).abs().mean(1)
+
+
 def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared Pearson correlation per member (Jaeger's MC_p for delay p). `(K, B)` -> `(K,)`;
     0 where the output is constant."""
@@ -98,16 +103,21 @@ class PackTrainer:
         return not self.active
 
     def _step(self, step: int) -> None:
-        cfg = self.cfg
-        batch = make_batch(self.spec, TRAIN, step, cfg.batch_size, self.T)
-        if self._kernel_step(batch):
-            return
+        batch = make_batch(self.spec, TRAIN, step, self.cfg.batch_size, self.T)
+        loss = self._kernel_step(batch)
+        if loss is None:
+            loss = self._autograd_step(batch)
+        self.train_sum += loss
+        self.train_steps += 1
+
+    def _autograd_step(self, batch) -> torch.Tensor:
+        """forward (C kernel or PyTorch path), autograd, SGD in place; the loss `(K,)`."""
         params = list(self.params.values())
         if not params[0].requires_grad:    # fresh tensors after a compaction or a restore
             for p in params:
                 p.requires_grad_(True)
-        y = forward(self.arch, self.params, batch.x, batch.mask, cfg.tbptt)
-        loss = (y - batch.y).abs().mean(1)                                     # (K,)
+        y = forward(self.arch, self.params, batch.x, batch.mask, self.cfg.tbptt)
+        loss = _mae(y, batch.y)
         grads = torch.autograd.grad(loss.sum(), params)
         with torch.no_grad():              # in place, all tensors at once: buf = mom*buf + g;
             bufs = list(self.bufs.values())  # p -= lr*buf (per-member mom, lr, broadcast)
@@ -115,30 +125,27 @@ class PackTrainer:
             torch._foreach_mul_(bufs, mom)
             torch._foreach_add_(bufs, grads)
             torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
-            self.train_sum += loss.detach()
-        self.train_steps += 1
+        return loss.detach()
 
-    def _kernel_step(self, batch) -> bool:
+    def _kernel_step(self, batch) -> torch.Tensor | None:
         """The whole step in one call of the C kernel (memgrid/kernels.py), where it can run:
-        bitwise the step below for the `sum` readout. False where it cannot."""
+        bitwise :meth:`_autograd_step` for the `sum` readout. The loss `(K,)`, or None where it
+        cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())
         lib = kernels.usable(self.arch, *params, *bufs) if FUSED_STEP else None
         if lib is None or not all(t.is_contiguous() for t in params + bufs):
-            return False
+            return None
         dt = params[0].dtype
         x = batch.x.permute(2, 0, 1).to(dt).contiguous()          # (T, K, B): the task's memory
         mask = batch.mask.permute(2, 0, 1).contiguous()
-        y = batch.y.to(dt).contiguous()
         T, _, B = x.shape
         n = kernels.train_scratch(lib, self.arch, self.layers, T, B, self.cells)
-        if self._ws is None or self._ws.numel() < n or self._ws.dtype != dt:
+        if self._ws is None or self._ws.numel() < n:
             self._ws = torch.empty(n, dtype=dt)
         with torch.no_grad():
-            yhat = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self.lr, self.mom,
-                                      x, mask, y, self._ws)
-            self.train_sum += (yhat - batch.y).abs().mean(1)
-        self.train_steps += 1
-        return True
+            y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self.lr, self.mom,
+                                   x, mask, batch.y.to(dt).contiguous(), self._ws)
+            return _mae(y, batch.y)
 
     def _bcast(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Per-member `(K,)` values viewed to broadcast against each parameter."""

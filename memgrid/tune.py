@@ -68,8 +68,9 @@ def _activation_bytes(p: Point) -> int:
 def member_bytes(p: Point) -> int:
     """Peak memory of one pack member while training, an upper bound (measured RSS per member:
     70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 14-35 % with the C
-    kernel's step, which keeps one member's states at a time; benchmarks/README.md): forward buffers kept for backward,
-    backward buffers, data generation, the evaluation set and its forward. A pack of K members
+    kernel's step, which keeps one member's states at a time; benchmarks/README.md): forward
+    buffers kept for backward, backward buffers, data generation, the evaluation set and its
+    forward. A pack of K members
     needs K times this; plan_packs never puts more members in a pack than its memory allows."""
     if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
         return 32 * max(8192, p.eval_size) * (p.cells + p.q_hi)    # caps them per chunk)
