@@ -167,7 +167,7 @@ def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) 
     with `stop` (e.g. ``plateau=True, patience=1000``) on the recorded evaluations gives the
     stopped run's `loss`, `best_loss`, `epochs` and `stop_reason` without training again.
     Replay a ``--no-plateau`` run to measure what any plateau stop would change
-    (:func:`plateau_effect` of the two tables). `r2` is kept only where the stop is unchanged.
+    (:func:`plateau_effect` of the two tables). `r2` and `mc_stream` are kept only where the stop is unchanged.
     """
     import dataclasses
     import math
@@ -180,8 +180,8 @@ def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) 
         raise ValueError(f"replay_stopping: not a stop setting: {', '.join(sorted(bad))}")
     fields = [f.name for f in dataclasses.fields(Point)]
     by_point = {pid: g.sort_values("epoch") for pid, g in curves.groupby("point_id")}
-    out = points.copy()
-    for i, row in points.iterrows():
+    out = points.reset_index(drop=True)    # row labels below are positions, even for a
+    for i, row in out.copy().iterrows():     # table concatenated with repeated labels
         g = by_point.get(row["point_id"])
         if g is None:
             continue
@@ -196,9 +196,9 @@ def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) 
             reason = row["stop_reason"]
         changed = int(e) != int(row["epochs"])
         out.loc[i, ["loss", "best_loss", "epochs", "stop_reason"]] = [float(lv), best, int(e), reason]
-        if changed:
-            out.loc[i, "r2"] = np.nan
+        if changed:     # measured on the network at the recorded end, not at the replayed one
+            out.loc[i, [c for c in ("r2", "mc_stream") if c in out.columns]] = np.nan
         for k, v in stop.items():
             if k in out.columns:
                 out.loc[i, k] = v
-    return out
+    return out.set_axis(points.index)

@@ -154,11 +154,14 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
     return fig
 
 
-def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> Figure:
+def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
+                         converged: dict[tuple, str] | None = None) -> Figure:
     """Memory limit (left) and memory capacity MC = sum_p r2_p, mean over seeds (right), against
     N = c * l; colour = architecture, marker = l. Lines: N (Jaeger's bound for an ESN) and the
     paper's observed N - (l - 1) for each l. A hollow marker is a censored limit (the grid ended
-    or had a hole before the loss failed). Two axes."""
+    or had a hole before the loss failed). `converged`: (arch, l, c) -> the limit's mark
+    (:func:`memgrid.analysis.limit_marks`); a limit marked `not converged` gets a cross (more
+    training moves it), and the title says how many are converged. Two axes."""
     if points.empty:
         raise ValueError("no points to draw")
     limits = memory_limits(points, threshold, CONFIG)
@@ -183,6 +186,10 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> 
                 ax_lim.scatter(part["units"] + shift[arch], part["limit"], marker=marker, s=30,
                                edgecolors=ARCH_COLORS.get(arch, "k"), linewidths=1.2,
                                facecolors="none" if censored else ARCH_COLORS.get(arch, "k"))
+            moving = lim.loc[np.array([(converged or {}).get((arch, l, c)) == "not converged"
+                                       for c in lim["cells"]], dtype=bool)]
+            ax_lim.scatter(moving["units"] + shift[arch], moving["limit"], marker="x", s=70,
+                           color="0.15", linewidths=1.0, zorder=4)
             m = mc[(mc["arch"] == arch) & (mc["layers"] == l)]
             if m.empty:
                 continue
@@ -195,10 +202,18 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> 
                       label=f"l = {l}") for i, l in enumerate(layers)]
     legend += [Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
                       label="censored limit (may be higher)")]
+    if converged:
+        legend += [Line2D([], [], color="0.15", marker="x", ls="",
+                          label="not converged (more training moves it)")]
     ax_lim.legend(handles=legend + ax_lim.get_legend_handles_labels()[0], fontsize=7,
                   loc="upper left")
-    ax_lim.set_title(f"memory limit (largest p with mean loss < {threshold} for all p' <= p)",
-                     fontsize=9)
+    title = f"memory limit (largest p with mean loss < {threshold} for all p' <= p)"
+    if converged:
+        marks = [converged.get(k, "unknown") for k in
+                 limits[CONFIG].itertuples(index=False, name=None)]
+        title += (f"\nconverged: {marks.count('converged')} of {len(marks)}, not converged: "
+                  f"{marks.count('not converged')}")
+    ax_lim.set_title(title, fontsize=9)
     ax_mc.set_title("memory capacity MC = sum over p of r2 (mean, min-max over seeds)", fontsize=9)
     ax_lim.set_ylabel("position p")
     ax_mc.set_ylabel("MC")
@@ -207,6 +222,50 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD) -> 
         ax.set_xlim(0, n_max + 1)
         ax.set_ylim(bottom=0)
     fig.suptitle(f"Memory against network size ({length_text(points)})", fontsize=11)
+    return fig
+
+
+def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
+    """Memory limit against training budget (SGD steps, log scale), one line per (l, c), one
+    axes per arch, from :func:`memgrid.analysis.budget_convergence` (or with its `mark` column
+    from :func:`memgrid.analysis.limit_marks`). Filled: a converged limit (doubling the budget
+    moves neither it nor the loss at it); hollow: not converged or not known (the largest
+    budget has nothing larger to compare with)."""
+    if conv.empty:
+        raise ValueError("no limits to draw")
+    conv = conv.assign(mark=conv["mark"] if "mark" in conv else conv["status"])
+    archs = _archs(conv)
+    layers = sorted(int(v) for v in conv["layers"].unique())
+    cells = sorted(int(v) for v in conv["cells"].unique())
+    cmap = matplotlib.colormaps["viridis"]
+    color = {c: cmap(i / max(len(cells) - 1, 1)) for i, c in enumerate(cells)}
+    fig = _figure(3.6 * len(archs) + 1.2, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True, squeeze=False)[0])
+    for ax, arch in zip(axes, archs):
+        sel = conv[conv["arch"] == arch]
+        for (l, c), g in sel.groupby(["layers", "cells"]):
+            g = g.sort_values("budget")
+            marker = LAYER_MARKERS[layers.index(int(l)) % len(LAYER_MARKERS)]
+            ax.plot(g["budget"], g["limit"], color=color[int(c)], lw=1, alpha=0.8)
+            done = g["mark"] == "converged"
+            ax.scatter(g["budget"][done], g["limit"][done], marker=marker, s=28,
+                       color=color[int(c)], zorder=3)
+            ax.scatter(g["budget"][~done], g["limit"][~done], marker=marker, s=28,
+                       facecolors="white", edgecolors=color[int(c)], zorder=3)
+        ax.set_xscale("log", base=2)
+        ax.set_title(arch.upper(), fontsize=10)
+        ax.set_xlabel("training budget (SGD steps)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("memory limit p")
+    handles = [Line2D([], [], color=color[c], lw=2, label=f"c = {c}") for c in cells]
+    handles += [Line2D([], [], color="0.3", marker=LAYER_MARKERS[i % len(LAYER_MARKERS)], ls="",
+                       label=f"l = {l}") for i, l in enumerate(layers)]
+    handles += [Line2D([], [], color="0.3", marker="o", ls="", label="converged"),
+                Line2D([], [], color="0.3", marker="o", mfc="white", ls="",
+                       label="not converged / unknown")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=7)
+    fig.suptitle("Memory limit against training budget: a converged limit no longer moves",
+                 fontsize=11)
     return fig
 
 

@@ -1,0 +1,217 @@
+"""Is a memory-distance limit a fact about the network or about the training budget?
+
+A limit measures the network only when more training would not move it (Collins,
+Sohl-Dickstein and Sussillo, "Capacity and trainability in recurrent neural networks", ICLR
+2017: tune and train every architecture and size to convergence before comparing capacities).
+memgrid calls the limit of a configuration at a training budget *converged* when doubling the
+budget (or more) changes neither the limit nor, beyond :data:`LOSS_TOL`, the mean loss at the
+limit.
+
+The budget of a point is its SGD steps, ``steps_per_epoch * max_epochs``. A table varies it in
+one of two ways:
+
+- a grid with a budget axis (`max_epochs` or `steps_per_epoch`): each budget is its own point;
+- one run without the plateau stop: training is deterministic and pack-invariant, so the run
+  cut at any earlier evaluation *is* the shorter run. :func:`budget_rungs` replays the stop rule
+  at shorter budgets on the recorded curves, without training again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .limits import memory_limits, replay_stopping
+from .tables import CONFIG, THRESHOLD, variant_columns
+
+BUDGET_COLUMNS = ("steps_per_epoch", "max_epochs")
+"""The settings whose product is a point's training budget in SGD steps."""
+LOSS_TOL = 0.01
+"""Largest change of the mean loss at the limit that still counts as converged."""
+MIN_FACTOR = 2
+"""A budget is checked against the smallest budget at least this many times larger."""
+
+
+def budget_steps(points: pd.DataFrame) -> pd.Series:
+    """SGD steps a point was allowed: steps_per_epoch * max_epochs (int)."""
+    if points.empty:
+        return pd.Series(dtype=int, index=points.index)
+    spe = points["steps_per_epoch"] if "steps_per_epoch" in points else 1
+    return (spe * points["max_epochs"]).astype(int)
+
+
+def _keys(points: pd.DataFrame) -> list[str]:
+    """A configuration apart from its budget: arch, l, c and the other variant settings."""
+    return CONFIG + [c for c in variant_columns(points) if c not in BUDGET_COLUMNS]
+
+
+def limits_by_budget(points: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """:func:`memory_limits` per configuration and budget (column `budget`, SGD steps)."""
+    pts = points.assign(budget=budget_steps(points))
+    return memory_limits(pts, threshold, _keys(points) + ["budget"])
+
+
+def budget_convergence(points: pd.DataFrame, threshold: float = THRESHOLD,
+                       loss_tol: float = LOSS_TOL, min_factor: float = MIN_FACTOR
+                       ) -> pd.DataFrame:
+    """Each configuration's limit at each budget, checked against a budget >= `min_factor` times
+    larger.
+
+    One row per (configuration, budget), budgets ascending, with the columns of
+    :func:`memory_limits` and:
+      next_budget          smallest budget of the configuration >= min_factor * budget (NaN:
+                           none in the table)
+      next_limit           the limit at next_budget
+      next_loss_at_limit   mean loss at p = limit under next_budget
+      loss_change          next_loss_at_limit - loss_at_limit (NaN when limit is 0)
+      converged            True: next_limit == limit and |loss_change| <= loss_tol;
+                           False: either moved; NA: no larger budget to tell
+      status               `converged`, `not converged` or `unknown` (no budget >= 2x)
+    """
+    keys = _keys(points)
+    lim = limits_by_budget(points, threshold)
+    cols = list(lim.columns) + ["next_budget", "next_limit", "next_loss_at_limit", "loss_change",
+                                "converged", "status"]
+    if lim.empty:
+        return pd.DataFrame(columns=cols)
+    pts = points.assign(budget=budget_steps(points))
+    loss = pts["loss"].astype(float).replace([np.inf, -np.inf], np.nan)
+    mean = (pts.assign(loss=loss).groupby(keys + ["budget", "position"], dropna=False)["loss"]
+            .agg(lambda s: s.mean() if s.notna().all() else np.nan))   # a diverged seed fails
+    rows = []
+    for key, g in lim.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        g = g.sort_values("budget")
+        by_budget = {int(b): r for b, r in zip(g["budget"], g.to_dict("records"))}
+        for b, r in by_budget.items():
+            later = [b2 for b2 in by_budget if b2 >= min_factor * b]
+            r = dict(r, next_budget=np.nan, next_limit=np.nan, next_loss_at_limit=np.nan,
+                     loss_change=np.nan, converged=pd.NA, status="unknown")
+            if later:
+                nb = min(later)
+                r["next_budget"], r["next_limit"] = nb, by_budget[nb]["limit"]
+                if r["limit"] > 0:
+                    r["next_loss_at_limit"] = mean.get(key + (nb, r["limit"]), np.nan)
+                    r["loss_change"] = r["next_loss_at_limit"] - r["loss_at_limit"]
+                same = r["next_limit"] == r["limit"]
+                close = r["limit"] == 0 or abs(r["loss_change"]) <= loss_tol
+                r["converged"] = bool(same and close)
+                r["status"] = "converged" if r["converged"] else "not converged"
+            rows.append(r)
+    out = pd.DataFrame(rows, columns=cols)
+    out["converged"] = out["converged"].astype("boolean")
+    return out
+
+
+def limit_marks(conv: pd.DataFrame) -> pd.Series:
+    """Whether each row's limit (of :func:`budget_convergence`) is a converged value: the
+    budget is at or past its configuration's :func:`converged_budget`, so no larger budget in
+    the table moves it (one passed doubling is not enough: a limit can rest at 2, pass one
+    doubling, then move to 3). `converged`; `not converged`: a larger budget moves it, or (at
+    the largest budget) it moved on the way there; `unknown`: a single budget, nothing to
+    compare."""
+    keys = configuration_columns(conv)
+    first = converged_budget(conv)
+    start = {tuple(r[k] for k in keys): r["from_budget"] for r in first.to_dict("records")}
+    checked = {tuple(r[k] for k in keys) for r in conv.to_dict("records")
+               if r["status"] != "unknown"}
+    marks = []
+    for r in conv.to_dict("records"):
+        key = tuple(r[k] for k in keys)
+        b0 = start.get(key, np.nan)
+        marks.append("converged" if np.isfinite(b0) and r["budget"] >= b0
+                     else "not converged" if key in checked else "unknown")
+    return pd.Series(marks, index=conv.index, name="mark")
+
+
+_CONV_COLUMNS = {"limit", "units", "bound", "p_max", "stop", "limit_censored", "complete",
+                 "loss_at_limit", "loss_next", "min_seeds", "budget", "next_budget", "next_limit",
+                 "next_loss_at_limit", "loss_change", "converged", "status", "mark"}
+
+
+def configuration_columns(conv: pd.DataFrame) -> list[str]:
+    """The columns of a :func:`budget_convergence` table that name a configuration (arch, l, c
+    and the settings that vary besides the budget)."""
+    return [c for c in conv.columns if c not in _CONV_COLUMNS]
+
+
+def converged_budget(conv: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: the smallest budget from which every check against a larger budget
+    says converged (`from_budget`, NaN if none), the limit there, and the largest budget checked.
+    """
+    keys = configuration_columns(conv)
+    rows = []
+    for key, g in conv.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        g = g[g["status"] != "unknown"].sort_values("budget")
+        ok = g["converged"].astype(bool).tolist()
+        start = next((i for i in range(len(ok)) if all(ok[i:])), None)
+        row = dict(zip(keys, key))
+        row.update(from_budget=np.nan if start is None else int(g["budget"].iloc[start]),
+                   limit=np.nan if start is None else int(g["limit"].iloc[start]),
+                   checked_up_to=int(g["next_budget"].max()) if len(g) else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=keys + ["from_budget", "limit", "checked_up_to"])
+
+
+def budget_rungs(points: pd.DataFrame, curves: pd.DataFrame, factors=(16, 8, 4, 2, 1)
+                 ) -> pd.DataFrame:
+    """The points table of a run without the plateau stop, as runs of budget/f would have ended
+    for each f in `factors` (f = 1: the run itself), by :func:`replay_stopping` on the curves.
+
+    A shorter budget must land on an evaluation (a multiple of eval_every epochs): factors that
+    do not are left out. Rows of a replayed budget carry its `max_epochs`; `r2` and `mc_stream`
+    are NaN where the replay ended earlier than the run (they were measured at the run's end).
+    Raises ValueError for a table with the plateau stop on (a stopped run is no prefix of a
+    longer one)."""
+    if "plateau" in points and points["plateau"].astype(bool).any():
+        raise ValueError("budget_rungs: needs a run without the plateau stop (--no-plateau)")
+    parts = []
+    for f in sorted(set(factors), reverse=True):
+        epochs = points["max_epochs"] // f
+        ok = (points["max_epochs"] % f == 0) & (epochs % points["eval_every"] == 0) & (epochs > 0)
+        if not ok.all():
+            continue
+        if f == 1:
+            parts.append(points)
+            continue
+        sub = []
+        for e, g in points.groupby(epochs):
+            sub.append(replay_stopping(g, curves, max_epochs=int(e)))
+        parts.append(pd.concat(sub))
+    return pd.concat(parts, ignore_index=True)
+
+
+def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | None = None,
+                  threshold: float = THRESHOLD) -> pd.DataFrame:
+    """A joint search over training settings and budget, scored against every paper claim at
+    once: `points` and `curves` of runs without the plateau stop, one per setting of `by`
+    (default: the variant columns besides q_min/q_max, e.g. lr), each replayed at shorter
+    budgets (:func:`budget_rungs`).
+
+    One row per (setting, budget): `budget`, one column per claim of
+    :func:`memgrid.analysis.check_claims` (its figure label) with the verdict, and
+    `converged`: the share of configurations whose limit there is converged
+    (:func:`limit_marks`; the largest budget only counts as converged where a smaller one
+    already was)."""
+    from .claims import check_claims
+
+    rungs = budget_rungs(points, curves)
+    rungs = rungs.assign(budget=budget_steps(rungs))
+    if by is None:
+        by = [c for c in variant_columns(points) if c not in BUDGET_COLUMNS + ("q_min", "q_max")]
+    conv = budget_convergence(rungs.drop(columns="budget"), threshold)
+    conv = conv.assign(mark=limit_marks(conv))
+    rows = []
+    for key, g in rungs.groupby(by + ["budget"], sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by + ["budget"], key))
+        claims = check_claims(g.drop(columns="budget"), None, threshold)
+        row.update(zip(claims["figure"], claims["verdict"]))
+        sel = conv
+        for k, v in row.items():
+            if k in sel.columns:
+                sel = sel[sel[k] == v]
+        row["converged"] = float((sel["mark"] == "converged").mean()) if len(sel) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
