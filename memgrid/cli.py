@@ -7,7 +7,9 @@ stderr naming the file and key, exit status 2, before Ray starts and before anyt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import click
 
 from . import store
-from .config import ConfigError, Grid, Point, check_resources, load_grid, parse_grid
+from .config import (MAX_POINTS, ConfigError, Grid, Point, check_resources, check_size,
+                     grid_from_identity, load_grid, parse_grid)
+from .lock import FolderBusy, FolderLock
 
 EXIT_BAD_INPUT = 2
 
@@ -23,11 +27,6 @@ EXIT_BAD_INPUT = 2
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
     sys.exit(EXIT_BAD_INPUT)
-
-
-def grid_from_identity(identity: dict, source: str) -> Grid:
-    """Rebuild the grid that a results folder's grid.json describes."""
-    return Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"], source=source)
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -42,8 +41,13 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
-def prepare_out(grid: Grid, out: str) -> None:
-    """Check that `out` holds no other grid, then record this one (grid.json)."""
+def check_out(grid: Grid, out: str) -> dict | None:
+    """Check that `out` can be this grid's results folder (a folder, or one that can be made,
+    holding no other grid); its grid.json, if any. Writes nothing."""
+    try:
+        store.check_folder(out, write=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     ident = json.loads(json.dumps(grid.identity))  # as it reads back from JSON
     try:
         old = store.read_grid_identity(out)
@@ -52,13 +56,28 @@ def prepare_out(grid: Grid, out: str) -> None:
     if old is not None and old != ident:
         raise ConfigError(f"{out}/grid.json: this results folder holds another grid: "
                           f"{_first_difference(old, ident)}; use another --out")
-    if old is None:
-        store.write_grid_identity(out, ident)
+    return old
+
+
+def prepare_out(grid: Grid, out: str) -> None:
+    """check_out, then record this grid (grid.json) where the folder has none. Call it holding
+    the folder's lock (memgrid.lock)."""
+    if check_out(grid, out) is None:
+        store.write_grid_identity(out, json.loads(json.dumps(grid.identity)))
+
+
+def _warn_damaged(results: str) -> None:
+    for path, why in store.damaged_parts(results):
+        click.echo(f"memgrid: warning: {path}: unreadable part ({why}), skipped; `memgrid run` "
+                   "moves it aside and trains its points again", err=True)
 
 
 def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, max_epochs,
-               no_plateau: bool) -> Grid:
+               no_plateau: bool, protocol: str | None = None) -> Grid:
     grid = load_grid(path)
+    if protocol is not None and protocol != grid.protocol:   # another protocol: another folder
+        grid = load_grid(path, protocol)
+        grid = dataclasses.replace(grid, name=f"{grid.name}-{protocol}")
     res = check_resources(
         "command line", pack=pack if pack is not None else grid.resources.pack,
         cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else grid.resources.cpus_per_trial,
@@ -87,6 +106,49 @@ def main() -> None:
     stores one Parquet row per point."""
 
 
+_RUNNING: dict = {}
+"""the grid and results folder of the `memgrid run` in this process, once known: what the line
+after an interruption counts"""
+
+
+def _ends_cleanly(command):
+    """`memgrid run` on SIGINT (Ctrl-C) or SIGTERM, at any moment: every process it started
+    ended, then one line saying how many points are stored, exit status 130 or 143."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .tune import exit_status, interruptible, signals_held, stop_counts
+
+        _RUNNING.clear()
+        with interruptible(subreaper=True):   # an orphaned Ray process comes back to be ended
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                status = exit_status()
+                with signals_held():
+                    grid, out = _RUNNING.get("grid"), _RUNNING.get("out")
+                    stored = ""
+                    if grid is not None:
+                        try:
+                            ids = {p.point_id for p in grid.points()}
+                            n = sum(stop_counts(out, ids).values())
+                            stored = f"{out}: {n}/{len(ids)} points stored; "
+                        except (OSError, ValueError):
+                            pass
+                    click.echo(f"memgrid: interrupted: {stored}run the same command again to "
+                               "finish", err=True)
+                if "ray" in sys.modules:
+                    # everything is ended and stored; a Ray interrupted inside ray.init can
+                    # leave its C++ core worker half made, which crashes the interpreter's
+                    # exit (SIGSEGV, status 139): leave without it
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(status)
+                sys.exit(status)
+
+    return wrapper
+
+
 @main.command()
 @click.argument("grid_file", metavar="GRID.yaml")
 @click.option("--out", help="results folder or URI [default: results/<grid name>]")
@@ -94,25 +156,90 @@ def main() -> None:
 @click.option("--cpus-per-trial", type=float, help="CPU cores per trial [grid, else 1]")
 @click.option("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 [grid, else 0]")
 @click.option("--max-epochs", type=int, help="override the grid's max_epochs")
+@click.option("--protocol", help="named training settings: converged (default) or paper "
+              "(name gets -paper)")
 @click.option("--no-plateau", is_flag=True, help="never stop at the 0.25 plateau (name gets -noplateau)")
 @click.option("--smoke", is_flag=True, help="shrink the grid to a run of a minute or two")
-@click.option("--address", help="join a running Ray cluster instead of an embedded Ray")
+@click.option("--address", help="join a running Ray cluster (its GCS host:port, or auto) instead "
+              "of an embedded Ray")
 @click.option("--num-cpus", type=int, help="CPUs of the embedded Ray [all]")
+@click.option("--max-points", type=int, default=MAX_POINTS, show_default=True,
+              help="refuse a larger grid (the driver holds every point before Tune starts)")
 @click.option("--quiet", is_flag=True, help="no progress line")
-def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, no_plateau, smoke,
-        address, num_cpus, quiet):
+@click.option("--dry-run", is_flag=True, help="print the points, what is stored, the packs and an "
+              "estimated time; start nothing, write nothing")
+@_ends_cleanly
+def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protocol, no_plateau,
+        smoke, address, num_cpus, max_points, quiet, dry_run):
     """Train every point of GRID.yaml that the results folder does not hold yet."""
+    if num_cpus is not None and num_cpus < 1:
+        _fail(f"command line: --num-cpus: must be >= 1, got {num_cpus}")
+    if num_cpus is not None and address is not None:
+        _fail("command line: --num-cpus: only for the embedded Ray; the cluster at --address "
+              "has the CPUs it has")
+    if max_points < 1:
+        _fail(f"command line: --max-points: must be >= 1, got {max_points}")
     try:
         grid = build_grid(grid_file, smoke=smoke, pack=pack, cpus_per_trial=cpus_per_trial,
                           gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
-                          no_plateau=no_plateau)
+                          no_plateau=no_plateau, protocol=protocol)
+        check_size(grid, max_points)
         out = out or f"results/{grid.name}"
-        prepare_out(grid, out)
+        check_out(grid, out)
     except ConfigError as e:
         _fail(str(e))
-    from .tune import run_grid  # Ray is imported only once the input is known to be good
+    # how the user set the trial's resources, for a message when no node can take a trial
+    names = {k: f"command line: --{k.replace('_', '-')}" if v is not None else
+             f"{grid_file}: resources.{k} (or --{k.replace('_', '-')})"
+             for k, v in (("cpus_per_trial", cpus_per_trial), ("gpus_per_trial", gpus_per_trial))}
+    if address is None:     # the embedded Ray's CPUs, known before it starts
+        from .tune import local_cpus
 
-    summary = run_grid(grid, out, address=address, num_cpus=num_cpus, quiet=quiet)
+        cpus, whose = (num_cpus, f"--num-cpus gives the embedded Ray {num_cpus}") if num_cpus \
+            else (local_cpus(), f"this machine has {local_cpus()}")
+        if grid.resources.cpus_per_trial > cpus:
+            _fail(f"{names['cpus_per_trial']}: a trial asks for "
+                  f"{grid.resources.cpus_per_trial:g} CPUs; {whose}")
+    if dry_run:
+        from .tune import describe_plan, local_slots
+
+        note = "" if address is None else f"; counted on this machine, not the cluster at {address}"
+        if grid.resources.gpus_per_trial > 0:
+            note += "; GPUs are not looked for: packs as on CPUs"
+        for line in describe_plan(grid, out, note=note,
+                                  slots=local_slots(grid.resources.cpus_per_trial, num_cpus)):
+            click.echo(line)
+        return
+    _RUNNING.update(grid=grid, out=out)
+    # one writer per folder, from before the first write until exit (released by the kernel
+    # if this process is killed)
+    folder_lock = FolderLock(out)
+    try:
+        folder_lock.acquire()
+    except FolderBusy as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{out}: cannot lock ({e.strerror or e})")
+    try:
+        def prepare() -> None:
+            # the first writes: once Ray is up and can take a trial (an address that does
+            # not answer, or a cluster without a node for one trial, leaves nothing written)
+            try:
+                prepare_out(grid, out)           # again, now that no other run can write
+            except ConfigError as e:
+                _fail(str(e))
+            for line in store.repair(out):      # damaged or half-written parts go aside
+                click.echo(f"memgrid: {line}", err=True)
+
+        from .tune import launch_time, run_grid  # Ray is imported inside, once the input is good
+
+        try:
+            summary = run_grid(grid, out, address=address, num_cpus=num_cpus, quiet=quiet,
+                               started=launch_time(), names=names, prepare=prepare)
+        except ConfigError as e:     # the address or the cluster's resources: nothing trained
+            _fail(str(e))
+    finally:
+        folder_lock.release()
     missing = summary["points"] - summary["done"]
     click.echo(f"{out}: {summary['done']}/{summary['points']} points stored "
                f"({summary['trained']} trained now, {summary['done_before']} before)"
@@ -126,6 +253,10 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, no_pla
 def status(results):
     """What a results folder holds: points done and missing, stop reasons."""
     try:
+        store.check_folder(results)
+    except ValueError as e:
+        _fail(str(e))
+    try:
         ident = store.read_grid_identity(results)
     except (OSError, ValueError) as e:
         _fail(f"{results}/grid.json: unreadable ({e})")
@@ -136,6 +267,17 @@ def status(results):
         points = grid.points()
     except (ConfigError, KeyError, TypeError) as e:
         _fail(f"{results}/grid.json: does not describe a grid ({e})")
+    _warn_damaged(results)
+    if grid.tune_lr is not None:     # its points' ids follow from the tuning run's choice
+        from .tune import TUNING, grid_points
+        from .tuning import tuning_points
+
+        tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}
+        have = store.done_ids(f"{results.rstrip('/')}/{TUNING}") & tuned
+        click.echo(f"{results}/{TUNING}: learning rate tuned on seeds "
+                   f"{', '.join(map(str, grid.tune_lr.seeds))}: {len(have)}/{len(tuned)} tuning "
+                   "points done")
+        points = grid_points(grid, results) or points
     t = store.read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
     reason = dict(zip(t["point_id"], t["stop_reason"]))
     by_net: dict[tuple, Counter] = {}
@@ -170,6 +312,11 @@ def analyze(results, out, threshold):
         _fail(f"command line: --threshold: must be > 0, got {threshold}")
     if "://" not in results and not Path(results).is_dir():
         _fail(f"{results}: no such results folder")
+    try:
+        store.check_folder(results)
+    except ValueError as e:
+        _fail(str(e))
+    _warn_damaged(results)
     from .analysis import write_report
 
     path = write_report(results, out, threshold=threshold)

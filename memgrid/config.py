@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,25 @@ ARCHS = ("rnn", "lstm", "gru", "esn")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 READOUTS = ("sum", "linear")
 LONG_POSITION_RULES = ("shift", "error")
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # the joint search (docs/REPRODUCTION.md): the best lr of each arch did not depend on its
+    # size, and 40,000 steps is where doubling stopped moving the limits of one-layer RNNs
+    "converged": dict(lr={"rnn": 0.01, "lstm": 0.03, "gru": 0.03}, momentum=0.9, batch_size=128,
+                      steps_per_epoch=8, max_epochs=5000, patience=2000),
+    # the one-lr sweep on Figure 4's grid: the budget at which the paper's figures come out
+    "paper": dict(lr=0.003, momentum=0.9, batch_size=128, steps_per_epoch=1, max_epochs=5000,
+                  patience=2000),
+}
+"""Named sets of the training settings the paper leaves open (docs/REPRODUCTION.md, "Two
+protocols"). `paper`: the budget at which memgrid reproduces the paper's figures; `converged`:
+a budget at which doubling it moves no memory-distance limit, so that a limit measures the
+network and not the optimizer. A grid picks one with `protocol:`; settings it names itself win."""
+DEFAULT_PROTOCOL = "converged"
+PROTOCOL_KEYS = tuple(PROTOCOLS[DEFAULT_PROTOCOL])
+_D = PROTOCOLS["paper"]
+"""Point's own defaults (a Point made in code: tests, benchmarks, the library) are the paper
+protocol's; a grid file gets DEFAULT_PROTOCOL's unless it names another (`protocol:`)."""
 
 
 class ConfigError(ValueError):
@@ -68,15 +88,15 @@ class Point:
     """rule for p > q_min: `shift` moves the length range up by p - q_min, `error` refuses"""
     readout: str = "sum"
     """`sum` of the last layer's units (paper) or a learned `linear` readout"""
-    lr: float = 0.003
+    lr: float = _D["lr"]
     """SGD learning rate"""
-    momentum: float = 0.9
+    momentum: float = _D["momentum"]
     """SGD momentum"""
-    batch_size: int = 128
+    batch_size: int = _D["batch_size"]
     """fresh sequences per SGD step"""
-    steps_per_epoch: int = 1
+    steps_per_epoch: int = _D["steps_per_epoch"]
     """SGD steps per epoch"""
-    max_epochs: int = 5000
+    max_epochs: int = _D["max_epochs"]
     """stop reason `max_epochs` after this many epochs (paper: 5000)"""
     tbptt: int = 0
     """truncate backpropagation every `tbptt` time steps; 0 = full BPTT"""
@@ -92,7 +112,7 @@ class Point:
     """the constant-guess level: always answering 0.5 scores 0.25"""
     plateau_tol: float = 0.01
     """a loss above plateau_loss - plateau_tol counts as on the plateau"""
-    patience: int = 2000
+    patience: int = _D["patience"]
     """epochs on the plateau without improving by 1e-3 before stop reason `plateau`"""
     spectral_radius: float = 0.9
     """esn: spectral radius of the reservoir matrix"""
@@ -149,7 +169,8 @@ class Point:
 
     @property
     def pack_key(self) -> tuple:
-        """Points with equal keys may share a pack: all but position, seed, lr, momentum."""
+        """Points with equal keys may share a pack: all but PACK_FREE (position, seed, lr,
+        momentum and the stop settings)."""
         d = dataclasses.asdict(self)
         for k in PACK_FREE:
             d.pop(k)
@@ -160,15 +181,34 @@ class Point:
 
 
 POINT_FIELDS = {f.name: f for f in dataclasses.fields(Point)}
-PACK_FREE = ("position", "seed", "lr", "momentum")
-"""Settings that may differ inside one pack (per-member tensors)."""
+BY_ARCH = ("lr", "momentum")
+"""Settings that a grid (or a protocol) may give per architecture, as a mapping
+``{rnn: 0.01, lstm: 0.03, gru: 0.03}``: Collins et al. tune each architecture."""
+
+
+def for_arch(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with every per-architecture mapping (BY_ARCH) replaced by its value for
+    `settings["arch"]` (an arch without one, such as esn, keeps the Point default)."""
+    out = dict(settings)
+    for k in BY_ARCH:
+        if isinstance(out.get(k), dict):
+            v = out[k].get(out["arch"])
+            if v is None:
+                del out[k]
+            else:
+                out[k] = v
+    return out
+STOP_KEYS = ("solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience")
+PACK_FREE = ("position", "seed", "lr", "momentum") + STOP_KEYS
+"""Settings that may differ inside one pack: per-member tensors (lr, momentum) or per-member
+checks on the host (the stop rule reads each member's own point)."""
 TASK_KEYS = ("q_min", "q_max", "long_positions")
 TRAIN_KEYS = ("readout", "lr", "momentum", "batch_size", "steps_per_epoch", "max_epochs", "tbptt",
               "eval_size", "eval_every")
-STOP_KEYS = ("solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience")
 ESN_KEYS = ("spectral_radius", "input_scaling", "connectivity", "leak_rate", "ridge")
 CAPACITY_KEYS = ("mc_length", "mc_low", "mc_high")
-AXIS_KEYS = ("arch", "layers", "cells", "position", "seed") + TRAIN_KEYS + TASK_KEYS + ESN_KEYS
+AXIS_KEYS = (("arch", "layers", "cells", "position", "seed") + TRAIN_KEYS + TASK_KEYS + STOP_KEYS
+             + ESN_KEYS)
 REQUIRED_AXES = ("arch", "layers", "cells", "position", "seed")
 SECTIONS = {"task": TASK_KEYS, "train": TRAIN_KEYS, "stop": STOP_KEYS, "esn": ESN_KEYS,
             "capacity": CAPACITY_KEYS}
@@ -200,19 +240,44 @@ class Grid:
     """trial resources and packing"""
     source: str = "<grid>"
     """where it was loaded from, for error messages"""
+    protocol: str = DEFAULT_PROTOCOL
+    """the named training settings (PROTOCOLS) that filled what the file leaves open"""
+    tune_lr: Any = None
+    """a :class:`memgrid.tuning.LRTuning`: the learning rate is chosen per configuration on
+    tuning seeds (the `tune_lr:` section); None: the grid's lr"""
+
+    @property
+    def lr_source(self) -> str:
+        """How the points' learning rate was chosen (the `lr_source` column): `axis`, `grid`
+        (the file's train.lr), `protocol <name>`, or the tuning's description."""
+        if self.tune_lr is not None:
+            return self.tune_lr.describe()
+        if "lr" in self.axes:
+            return "axis"
+        if self.fixed.get("lr") == PROTOCOLS[self.protocol].get("lr"):
+            return f"protocol {self.protocol}"
+        return "grid"
+
+    @property
+    def n_points(self) -> int:
+        """How many points the grid expands to, without expanding it."""
+        return math.prod(len(v) for v in self.axes.values())
 
     def points(self) -> list[Point]:
         """All points, in axis order (arch, layers, cells, ..., position, seed)."""
         names = list(self.axes)
         out = []
         for values in itertools.product(*(self.axes[n] for n in names)):
-            out.append(Point(**self.fixed, **dict(zip(names, values))))
+            out.append(Point(**for_arch({**self.fixed, **dict(zip(names, values))})))
         return out
 
     @property
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same experiment (resources excluded: they change no result)."""
-        return {"name": self.name, "axes": self.axes, "fixed": self.fixed}
+        ident = {"name": self.name, "axes": self.axes, "fixed": self.fixed}
+        if self.tune_lr is not None:
+            ident["tune_lr"] = self.tune_lr.to_dict()
+        return ident
 
     def with_overrides(self, **settings: Any) -> Grid:
         """A copy with fixed settings replaced (CLI flags such as --max-epochs), re-validated."""
@@ -267,6 +332,18 @@ def _field_type(name: str) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[POINT_FIELDS[name].type]
 
 
+MAX_AXIS_VALUES = 10**7
+"""values one `a..b` range may expand to (the grid's size has its own limit, MAX_POINTS)"""
+MAX_POINTS = 100_000
+"""points `memgrid run` expands without being asked (`--max-points`): the driver holds every
+point and pack and hands them to Tune, about DRIVER_BYTES_PER_POINT and DRIVER_S_PER_POINT each
+before the first trial starts (fig6_rnn.yaml, the largest paper grid, has 10,000)"""
+DRIVER_BYTES_PER_POINT = 3e3
+"""driver memory per point of a grid (measured: 2.9 GB for 10^6 points)"""
+DRIVER_S_PER_POINT = 3e-4
+"""driver seconds per point before Tune starts its trials (measured: 255-300 s for 10^6)"""
+
+
 def _parse_axis(source: str, key: str, raw: Any) -> list:
     """A list, a scalar, or "a..b" (inclusive integer range)."""
     where = f"axes.{key}"
@@ -278,6 +355,9 @@ def _parse_axis(source: str, key: str, raw: Any) -> list:
             raise ConfigError(f"{_where(source, where)}: bad range {raw!r} (want 'a..b')") from None
         if hi_i < lo_i:
             raise ConfigError(f"{_where(source, where)}: empty range {raw!r}")
+        if hi_i - lo_i >= MAX_AXIS_VALUES:
+            raise ConfigError(f"{_where(source, where)}: {raw!r} has {hi_i - lo_i + 1:,} values "
+                              f"(at most {MAX_AXIS_VALUES:,} per axis)")
         return list(range(lo_i, hi_i + 1))
     values = raw if isinstance(raw, list) else [raw]
     if not values:
@@ -288,6 +368,17 @@ def _parse_axis(source: str, key: str, raw: Any) -> list:
     return out
 
 
+NAME_RE = re.compile(r"\w[\w.+=,@-]{0,127}")
+"""A grid's name is the default results folder's name (`results/<name>`): one plain folder name
+of letters, digits and `_ . - + = , @`, not starting with `.` or `-`, at most 128 characters."""
+
+
+def _check_name(source: str, name: str) -> None:
+    if not NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{_where(source, 'name')}: {name!r} is not a plain folder name (letters, "
+                          "digits, _ . - + = , @; not starting with . or -; no ..)")
+
+
 def _location(grid: Grid, key: str) -> str:
     """Where a setting stands in the grid file: `axes.cells`, `train.lr`, ..."""
     if key in grid.axes:
@@ -295,9 +386,26 @@ def _location(grid: Grid, key: str) -> str:
     return next((f"{sec}.{key}" for sec, keys in SECTIONS.items() if key in keys), key)
 
 
+def _parse_by_arch(source: str, where: str, raw: dict, archs: list) -> dict[str, float]:
+    """A per-architecture setting (BY_ARCH): a float for every trained arch of the grid."""
+    out = {}
+    for a, v in raw.items():
+        if a not in ARCHS or a == "esn":
+            raise ConfigError(f"{_where(source, where)}.{a}: not a trained arch (one of rnn, lstm, gru)")
+        out[a] = _check_type(source, f"{where}.{a}", v, float)
+    missing = [a for a in archs if a != "esn" and a not in out]
+    if missing:
+        raise ConfigError(f"{_where(source, where)}: no value for arch {', '.join(missing)}")
+    return out
+
+
 def _check_value(source: str, where: str, v: Any) -> None:
     """Impossible values, one setting at a time. `where`: the dotted key in the file."""
     key = where.rsplit(".", 1)[-1]
+    if isinstance(v, dict) and key in BY_ARCH:     # per architecture: each value on its own
+        for a, x in v.items():
+            _check_value(source, where, x)
+        return
     bad = None
     if key == "arch" and v not in ARCHS:
         bad = f"unknown arch {v!r} (one of {', '.join(ARCHS)})"
@@ -314,8 +422,12 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"0 (off) or a stream of >= 200 steps, got {v}"
     elif key in ("mc_low", "mc_high") and not math.isfinite(v):
         bad = f"must be a finite number, got {v}"
-    elif key in ("lr", "spectral_radius", "input_scaling", "leak_rate") and not (v > 0 and math.isfinite(v)):
+    elif key == "lr" and not (v > 0 and math.isfinite(v)):
         bad = f"must be > 0, got {v}"
+    elif key in ("spectral_radius", "input_scaling") and not 0 < v <= ESN_SCALE_MAX:
+        bad = f"must be in (0, {ESN_SCALE_MAX:g}], got {v}"
+    elif key == "leak_rate" and not 0 < v <= 1:
+        bad = f"must be in (0, 1] (1 = no leak; above 1 the states grow without bound), got {v}"
     elif key == "momentum" and not 0 <= v < 1:
         bad = f"must be in [0, 1), got {v}"
     elif key in ("connectivity",) and not 0 < v <= 1:
@@ -324,6 +436,20 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"must be >= 0, got {v}"
     if bad:
         raise ConfigError(f"{_where(source, where)}: {bad}")
+
+
+ESN_SCALE_MAX = 1e6
+"""largest spectral_radius and input_scaling: reservoirs run in float32, and weights this large
+already saturate every unit; far larger ones overflow"""
+ESN_LOOP_CHANCE_MIN = 0.05
+"""smallest chance that a drawn reservoir has a recurrent loop (see esn_loop_chance)"""
+
+
+def esn_loop_chance(cells: int, connectivity: float) -> float:
+    """A lower bound of the chance that a drawn reservoir of `cells` units is not nilpotent (has
+    spectral radius > 0): the chance that one of its N diagonal weights is kept. A nilpotent draw
+    is drawn again (``memgrid.esn``); below ESN_LOOP_CHANCE_MIN that could take hundreds."""
+    return 1.0 - (1.0 - connectivity) ** cells
 
 
 def _validate_points(grid: Grid) -> None:
@@ -351,18 +477,32 @@ def _validate_points(grid: Grid) -> None:
     archs = grid.axes.get("arch", [])
     if "esn" in archs and max(grid.axes.get("layers", [1])) > 1:
         raise ConfigError(f"{_where(src, 'axes.layers')}: esn has one reservoir layer (layers: [1])")
+    if "esn" in archs:
+        cells = min(grid.axes["cells"])
+        conn = min(grid.axes.get("connectivity", [merged.get("connectivity", Point.connectivity)]))
+        if esn_loop_chance(cells, conn) < ESN_LOOP_CHANCE_MIN:
+            need = 1 - (1 - ESN_LOOP_CHANCE_MIN) ** (1 / cells)
+            raise ConfigError(
+                f"{_where(src, _location(grid, 'connectivity'))}: {conn:g} is too sparse for "
+                f"{cells} cells: most draws would have no recurrent loop (spectral radius 0); "
+                f"use >= {need:.2g}")
 
 
-def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
-    """Build a :class:`Grid` from a parsed YAML mapping, checking every key."""
+def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) -> Grid:
+    """Build a :class:`Grid` from a parsed YAML mapping, checking every key.
+
+    The training settings the grid leaves open come from its `protocol` (:data:`PROTOCOLS`;
+    `protocol` here overrides the file's) and are written into `fixed`, so that grid.json says
+    every setting whatever later versions' defaults are."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid file is a mapping with axes/task/train/stop/resources")
-    allowed = {"name", "axes", "resources", *SECTIONS}
+    allowed = {"name", "protocol", "tune_lr", "axes", "resources", *SECTIONS}
     for k in raw:
         if k not in allowed:
             raise ConfigError(f"{_where(source, k)}: unknown key (allowed: {', '.join(sorted(allowed))})")
     name = raw.get("name", Path(source).stem)
     _check_type(source, "name", name, str)
+    _check_name(source, name)
 
     axes_raw = raw.get("axes")
     if not isinstance(axes_raw, dict):
@@ -391,7 +531,23 @@ def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
                 raise ConfigError(f"{_where(source, where)}: also given as an axis")
             if k == "tbptt" and v is None:
                 v = 0
+            if k in BY_ARCH and isinstance(v, dict):
+                fixed[k] = _parse_by_arch(source, where, v, axes.get("arch", []))
+                continue
             fixed[k] = _check_type(source, where, v, _field_type(k))
+
+    if protocol is None:
+        protocol = raw.get("protocol", DEFAULT_PROTOCOL)
+        where = _where(source, "protocol")
+    else:
+        where = "command line: --protocol"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}: unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
+    tune_lr = _parse_tune_lr(source, raw.get("tune_lr", PROTOCOLS[protocol].get("tune_lr")),
+                             axes, fixed)
+    for k, v in PROTOCOLS[protocol].items():
+        if k not in axes and k != "tune_lr" and not (k == "lr" and tune_lr is not None):
+            fixed.setdefault(k, v)
 
     res_raw = raw.get("resources", {}) or {}
     if not isinstance(res_raw, dict):
@@ -402,9 +558,64 @@ def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
         if k not in ("cpus_per_trial", "gpus_per_trial", "pack"):
             raise ConfigError(f"{_where(source, where)}: unknown key (one of cpus_per_trial, gpus_per_trial, pack)")
         res[k] = v
-    grid = Grid(name=name, axes=axes, fixed=fixed, resources=check_resources(source, **res), source=source)
+    grid = Grid(name=name, axes=axes, fixed=fixed, resources=check_resources(source, **res),
+                source=source, protocol=protocol, tune_lr=tune_lr)
     _validate_points(grid)
     return grid
+
+
+def check_size(grid: Grid, max_points: int = MAX_POINTS, flag: str = "--max-points") -> None:
+    """Refuse a grid of more than `max_points` points before it is expanded, with what it would
+    cost the driver."""
+    n = grid.n_points
+    if n > max_points:
+        gb, minutes = n * DRIVER_BYTES_PER_POINT / 1e9, n * DRIVER_S_PER_POINT / 60
+        raise ConfigError(
+            f"{_where(grid.source, 'axes')}: {n:,} points, more than {max_points:,}: the driver "
+            f"would need about {gb:.1f} GB and {minutes:.0f} min before the first trial; split "
+            f"the grid, or pass {flag} {n}")
+
+
+TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs")
+
+
+def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
+    """The `tune_lr:` section (memgrid.tuning.LRTuning), or None where there is none. `true` or
+    an empty mapping: the defaults."""
+    from .tuning import LRTuning
+
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    where = _where(source, "tune_lr")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping with {', '.join(TUNE_LR_KEYS)} (or true)")
+    for k in raw:
+        if k not in TUNE_LR_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key (one of {', '.join(TUNE_LR_KEYS)})")
+    out = LRTuning()
+    cand = [_check_type(source, "tune_lr.candidates", v, float)
+            for v in raw.get("candidates", out.candidates)]
+    seeds = [_check_type(source, "tune_lr.seeds", v, int) for v in raw.get("seeds", out.seeds)]
+    eta = _check_type(source, "tune_lr.eta", raw.get("eta", out.eta), int)
+    rungs = _check_type(source, "tune_lr.rungs", raw.get("rungs", out.rungs), int)
+    if not cand or len(set(cand)) != len(cand) or not all(c > 0 and math.isfinite(c) for c in cand):
+        raise ConfigError(f"{where}.candidates: distinct learning rates > 0, got {cand}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"{where}.seeds: distinct seeds >= 0, got {seeds}")
+    reported = set(axes.get("seed", []))
+    if reported & set(seeds):
+        raise ConfigError(f"{where}.seeds: {sorted(reported & set(seeds))} are also axes.seed: "
+                          "the choice must not be made on the seeds it reports")
+    if eta < 2 or rungs < 0:
+        raise ConfigError(f"{where}: eta must be >= 2 and rungs >= 0, got eta {eta}, rungs {rungs}")
+    if "lr" in axes or "lr" in fixed:
+        raise ConfigError(f"{_where(source, 'axes.lr' if 'lr' in axes else 'train.lr')}: the "
+                          "learning rate is tuned (tune_lr): leave it out")
+    if "esn" in axes.get("arch", []):
+        raise ConfigError(f"{_where(source, 'axes.arch')}: esn has no learning rate to tune")
+    return LRTuning(tuple(cand), tuple(seeds), eta, rungs)
 
 
 def check_resources(source: str, **res: Any) -> Resources:
@@ -430,17 +641,87 @@ def check_resources(source: str, **res: Any) -> Resources:
     return out
 
 
-def load_grid(path: str | Path) -> Grid:
+def grid_from_identity(identity: dict[str, Any], source: str = "grid.json") -> Grid:
+    """The grid that a results folder's grid.json (:attr:`Grid.identity`) describes."""
+    from .tuning import LRTuning
+
+    tune_lr = identity.get("tune_lr")
+    return Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
+                source=source, tune_lr=LRTuning.from_dict(tune_lr) if tune_lr else None)
+
+
+def protocol_name(settings: dict[str, Any]) -> str:
+    """The protocol whose settings `settings` (a point's, or a points-table row) has, or
+    `custom`."""
+    for name, values in PROTOCOLS.items():
+        want = for_arch({**values, "arch": settings.get("arch")})
+        if all(k in settings and settings[k] == want[k] for k in values if k in want):
+            return name
+    return "custom"
+
+
+def load_grid(path: str | Path, protocol: str | None = None) -> Grid:
     """Read and check a grid file. Raises :class:`ConfigError` with `file: key: why`."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (UTF-8)") from None
+    return parse_grid(load_yaml(text, str(path)), str(path), protocol)
+
+
+class _GridLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats (see load_yaml)."""
+
+
+_GridLoader.yaml_implicit_resolvers = {   # PyYAML's own float rule out, YAML 1.2's in
+    first: [(tag, rx) for tag, rx in rules if tag != "tag:yaml.org,2002:float"]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_GridLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def load_yaml(text: str, source: str = "<grid>") -> Any:
+    """Parse a grid file's YAML strictly. Floats are read as YAML 1.2 writes them: PyYAML reads
+    YAML 1.1, where `1e-3`, `1E5` and `-.5` are strings (ints stay ints: they resolve first). A
+    key given twice in one mapping, at any depth, is refused: YAML would keep the last one."""
+    loader = _GridLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(source, node, "", set())
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from None
-    return parse_grid(raw, str(path))
+        raise ConfigError(f"{source}: not valid YAML{at}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(source: str, node: yaml.Node, path: str, seen: set[int]) -> None:
+    if id(node) in seen:       # an alias: its node was checked where it was defined
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple, int] = {}
+        for k, v in node.value:
+            name = path
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                name = f"{path}.{k.value}" if path else k.value
+                line = k.start_mark.line + 1
+                if (k.tag, k.value) in first:
+                    raise ConfigError(f"{source}: {name}: duplicate key at line {line} (first at "
+                                      f"line {first[k.tag, k.value]})")
+                first[k.tag, k.value] = line
+            _check_duplicate_keys(source, v, name, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_duplicate_keys(source, v, f"{path}[{i}]", seen)

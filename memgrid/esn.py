@@ -15,8 +15,12 @@ Weights are a pure function of the point's seed (``memgrid.task``'s counter-base
 :data:`RESERVOIR`), drawn and scaled in float64 on the CPU whatever the device:
 
 - W: entries uniform on [-1, 1], each kept with probability `connectivity`, then scaled to the
-  spectral radius `spectral_radius` (largest |eigenvalue|, per reservoir). A W whose radius is 0
-  (nilpotent: likely for a few units at low connectivity) is left as drawn.
+  spectral radius `spectral_radius` (largest |eigenvalue|, per reservoir). A draw whose radius is
+  below :data:`RHO_MIN` is degenerate: a nilpotent W (no loop among its nonzero weights, likely
+  for a few units at low connectivity: at N = 10 and 10 %, one seed in five) has radius 0 and
+  cannot be scaled to any radius. It is drawn again from the same seed's stream with the next
+  draw counter, until one is not: the reservoir stays a pure function of seed and settings, and
+  a seed whose first draw was fine gets the same W as before redraws existed.
 - w_in: dense, uniform on [-input_scaling, input_scaling].
 
 The readout of a point (position p) is y = w . h(T) + b on the final state, fitted by ridge
@@ -48,6 +52,12 @@ RESERVOIR = 0x5BD1E995
 """stream id of the reservoir weights (task.py holds the data streams, models.py INIT)"""
 TRAIN_SIZE = 8192
 """training sequences per readout fit: batch `step 0` of size TRAIN_SIZE of the TRAIN stream"""
+RHO_MIN = 1e-6
+"""a drawn W with a smaller spectral radius is degenerate and drawn again (scaling it would
+multiply its weights by more than spectral_radius / RHO_MIN)"""
+MAX_DRAWS = 1000
+"""draws of W per reservoir before giving up; config refuses settings that would need more than
+a few (``memgrid.config.esn_loop_chance``)"""
 
 
 @dataclass
@@ -91,14 +101,32 @@ def init_reservoirs(seed: torch.Tensor, units: int, *, spectral_radius=0.9, inpu
     f64 = lambda v: torch.as_tensor(v, dtype=torch.float64).expand(K)  # noqa: E731
     rho_target, scale_in, conn, leak = map(f64, (spectral_radius, input_scaling, connectivity, leak_rate))
     k = key(seed, RESERVOIR).reshape(K, 1)
-    idx = torch.arange(N * N, dtype=torch.int64).reshape(1, -1)
-    draw = lambda tensor_id, i: uniform(k, torch.full((1, 1), tensor_id), i).double()  # noqa: E731
-    raw = (2 * draw(0, idx) - 1) * (draw(1, idx) < conn[:, None])   # (K, N*N): value, kept?
-    raw = raw.reshape(K, N, N)
+    raw = _draw_w(k, N, conn, 0)
     rho = torch.linalg.eigvals(raw).abs().amax(-1)                   # (K,)
-    scale = torch.where(rho > 1e-12, rho_target / rho.clamp_min(1e-12), torch.ones_like(rho))
-    w_in = (2 * draw(2, torch.arange(N).reshape(1, -1)) - 1) * scale_in[:, None]
-    return Reservoirs(raw * scale[:, None, None], w_in, leak.clone())
+    for n in range(1, MAX_DRAWS + 1):            # degenerate draws: the next draw counter
+        bad = (rho < RHO_MIN).nonzero().squeeze(1)
+        if len(bad) == 0:
+            break
+        if n == MAX_DRAWS:
+            raise ValueError(f"{MAX_DRAWS} draws of a {N}-unit reservoir at connectivity "
+                             f"{conn[bad[0]].item():g} (seed {seed[bad[0]].item()}) all had "
+                             "spectral radius 0: raise connectivity")
+        raw[bad] = _draw_w(k[bad], N, conn[bad], n)
+        rho[bad] = torch.linalg.eigvals(raw[bad]).abs().amax(-1)
+    idx_in = torch.arange(N).reshape(1, -1)
+    w_in = (2 * uniform(k, torch.full((1, 1), 2), idx_in).double() - 1) * scale_in[:, None]
+    return Reservoirs(raw * (rho_target / rho)[:, None, None], w_in, leak.clone())
+
+
+def _draw_w(k: torch.Tensor, N: int, conn: torch.Tensor, n: int) -> torch.Tensor:
+    """Draw number `n` of W, `(K, N, N)` float64, for keys `k` `(K, 1)`: entries uniform on
+    [-1, 1], each kept with probability `conn` `(K,)`. Draw 0 uses the counters (tensor id,
+    entry), draw n > 0 also n: the first draw is the one memgrid has always made."""
+    idx = torch.arange(N * N, dtype=torch.int64).reshape(1, -1)
+    extra = () if n == 0 else (torch.full((1, 1), n),)
+    draw = lambda tensor_id: uniform(k, torch.full((1, 1), tensor_id), idx, *extra).double()  # noqa: E731
+    raw = (2 * draw(0) - 1) * (draw(1) < conn[:, None])             # (K, N*N): value, kept?
+    return raw.reshape(-1, N, N)
 
 
 def _stepper(res: Reservoirs, linear: bool):
@@ -176,7 +204,7 @@ def fit_task(points: list[Point], *, device: str | torch.device = "cpu",
     if not points:
         raise ValueError("a pack needs at least one point")
     if len({p.pack_key for p in points}) > 1:
-        raise ValueError("points of one pack must share everything but position, seed, lr, momentum")
+        raise ValueError("points of one pack must share everything but config.PACK_FREE")
     p0 = points[0]
     if p0.arch != "esn" or p0.layers != 1:
         raise ValueError(f"fit_task fits esn points with one layer, got {p0.arch} l={p0.layers}")

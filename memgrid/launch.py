@@ -54,7 +54,8 @@ POLL_S = 2.0
 TUNNEL_WAIT_S = 120.0
 """how long the SSH tunnel to a launched head may take to answer"""
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-RUN_FLAGS = ("pack", "cpus_per_trial", "gpus_per_trial", "max_epochs", "no_plateau", "smoke")
+RUN_FLAGS = ("pack", "cpus_per_trial", "gpus_per_trial", "max_epochs", "protocol", "no_plateau",
+             "smoke")
 """`memgrid run` options that `launch` passes through to the job unchanged"""
 
 
@@ -324,6 +325,7 @@ def _fail(msg: str, code: int) -> None:
 @click.option("--cpus-per-trial", type=float, help="CPU cores per trial (passed to memgrid run)")
 @click.option("--gpus-per-trial", type=float, help="GPU share per trial (passed to memgrid run)")
 @click.option("--max-epochs", type=int, help="override the grid's max_epochs (passed to memgrid run)")
+@click.option("--protocol", help="named training settings: converged or paper (passed to memgrid run)")
 @click.option("--no-plateau", is_flag=True, help="never stop at the 0.25 plateau (passed to memgrid run)")
 @click.option("--smoke", is_flag=True, help="shrink the grid to a run of a minute or two")
 @click.option("--python", "python", help="the cluster's Python with Ray and torch "
@@ -333,7 +335,7 @@ def _fail(msg: str, code: int) -> None:
 @click.option("--status", "status_id", metavar="JOB", help="one line on a submitted job")
 @click.option("--stop", "stop_id", metavar="JOB", help="stop a submitted job (stored points stay)")
 def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per_trial, max_epochs,
-           no_plateau, smoke, python, no_follow, follow_id, status_id, stop_id):
+           protocol, no_plateau, smoke, python, no_follow, follow_id, status_id, stop_id):
     """Run GRID.yaml as a Ray job on a Ray cluster and follow it.
 
     \b
@@ -342,11 +344,21 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
       memgrid launch --address ... --status JOB | --follow JOB | --stop JOB
 
     Launching the same grid into the same --out again trains only the points missing there."""
+    from .tune import interruptible
+
+    with interruptible():   # SIGTERM too ends in `except KeyboardInterrupt`: the tunnel closes
+        _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
+                stop_id, dict(pack=pack, cpus_per_trial=cpus_per_trial,
+                              gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
+                              protocol=protocol, no_plateau=no_plateau, smoke=smoke))
+
+
+def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
+            stop_id, flags: dict) -> None:
     from .cli import EXIT_BAD_INPUT
+    from .tune import exit_status
 
     job_ops = [x for x in (follow_id, status_id, stop_id) if x]
-    flags = dict(pack=pack, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                 max_epochs=max_epochs, no_plateau=no_plateau, smoke=smoke)
     # a job server on this machine's loopback runs the cluster here: its Python is this one
     here = address is not None and is_loopback(address)
     try:
@@ -398,7 +410,7 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
         except KeyboardInterrupt:
             click.echo(f"\nmemgrid: job {job_id} keeps running on the cluster: "
                        f"`memgrid launch {where} --follow {job_id}` (or --stop {job_id})", err=True)
-            sys.exit(130)
+            sys.exit(exit_status())
         if final == "SUCCEEDED":
             click.echo(f"memgrid: job {job_id} succeeded; results in {out} (memgrid status {out})")
         else:
@@ -410,7 +422,7 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
     except LaunchError as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", exit_status())
     except Exception as e:  # noqa: BLE001 - a job server's answer, shown as one line
         _fail(f"job server at {address}: {_auth_hint(e)}", 1)
     finally:

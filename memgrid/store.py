@@ -5,21 +5,32 @@ An experiment folder (a local path or a URI that ``pyarrow.fs`` understands) hol
     grid.json            the grid that was run (its identity: name, axes, fixed settings)
     points/<part>.parquet  one row per finished point (POINT_SCHEMA)
     curves/<part>.parquet  one row per point per evaluation (CURVE_SCHEMA)
+    damaged/             parts that `memgrid run` moved aside (:func:`repair`), kept as found
+    .memgrid-lock        while a `memgrid run` writes the folder (``memgrid.lock``)
 
 Part files are written to a hidden name (``.tmp-...``, which pyarrow and pandas skip) and then
 renamed, so a reader never sees half a file. A part is named after the pack and a sequence
-number: a retried trial that writes the same part again replaces it instead of adding rows.
-Readers still drop repeated ``point_id`` rows (first wins) so that no failure mode can show a
-point twice.
+number, and a points part and the curves part of the same points share that name: a retried
+trial that writes the same part again replaces it instead of adding rows.
+
+A point is stored once, so that ``pandas.read_parquet(folder/points)`` shows it once: one
+`memgrid run` writes a folder at a time (``memgrid.lock``), a run trains only points that have
+no row, and before training it repairs what a crash or an older version may have left
+(:func:`repair`: unreadable parts, curves whose points part never landed, points stored
+twice). Readers skip unreadable parts (:func:`damaged_parts` names them) and still drop repeated
+``point_id`` rows (first wins).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -74,6 +85,7 @@ _POINT_RESULTS = [
     ("mc_stream", pa.float64()),    # Jaeger's MC on a stationary stream (null if not measured)
     ("wall_s", pa.float64()),       # seconds of the pack's wall time this point was in it
     ("pack_id", pa.string()),
+    ("lr_source", pa.string()),     # how lr was chosen: `grid`, or `tuned: ...` (memgrid.tuning)
     ("device", pa.string()),
     ("memgrid_version", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
@@ -105,12 +117,54 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a pyarrow URI (s3://, gs://, file://)."""
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
-    from pathlib import Path
     return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+TABLES = {"points": POINT_SCHEMA, "curves": CURVE_SCHEMA}
+DAMAGED = "damaged"
+"""the subfolder that holds parts moved aside by :func:`repair`, under their table's name"""
+READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+"""what reading an unreadable part raises (truncated, garbage, another schema)"""
+
+
+def check_folder(uri: str, *, write: bool = False) -> None:
+    """Raise ValueError (one line, naming the path) if `uri` cannot be a results folder: it is a
+    file, it sits under a file, its points/ or curves/ is a file, or (`write`) a local folder
+    that does not exist yet could not be made. Writes nothing."""
+    try:
+        fs, base = resolve(uri)
+        kind = fs.get_file_info(base).type
+    except READ_ERRORS as e:
+        raise ValueError(f"{uri}: cannot open ({_first_line(e)})") from None
+    if kind == pafs.FileType.File:
+        raise ValueError(f"{uri}: a file, not a results folder")
+    if kind == pafs.FileType.NotFound and "://" not in uri:
+        above = Path(base).parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise ValueError(f"{uri}: cannot be a folder: {above} is a file")
+        if write and not os.access(above, os.W_OK | os.X_OK):
+            raise ValueError(f"{uri}: cannot create it: {above} is not writable")
+    if kind == pafs.FileType.Directory:
+        for name in TABLES:
+            if fs.get_file_info(f"{base}/{name}").type == pafs.FileType.File:
+                raise ValueError(f"{uri}/{name}: a file, not the folder of {name} parts")
+        if write and "://" not in uri and not os.access(base, os.W_OK | os.X_OK):
+            raise ValueError(f"{uri}: not writable")
+
+
+def _first_line(e: BaseException) -> str:
+    """pyarrow's message, short: 'Parquet magic bytes not found in footer', not the path and
+    the advice around it."""
+    text = str(e).split("\n")[0]
+    if "': " in text:
+        text = text.split("': ", 1)[1]
+    return text.split(". ")[0].rstrip(".")[:160]
 
 
 def write_part(uri: str, table_name: str, part: str, table: pa.Table) -> str:
@@ -138,19 +192,69 @@ def write_points(uri: str, part: str, rows: list[dict], curves: list[dict]) -> N
 def _dataset(uri: str, table_name: str, schema: pa.Schema) -> pads.Dataset | None:
     fs, base = resolve(uri)
     folder = f"{base}/{table_name}"
-    if not _exists(fs, folder):
+    kind = fs.get_file_info(folder).type
+    if kind == pafs.FileType.NotFound:
         return None
+    if kind != pafs.FileType.Directory:
+        raise ValueError(f"{uri}/{table_name}: a file, not the folder of {table_name} parts")
     return pads.dataset(folder, filesystem=fs, format="parquet", schema=schema,
                         exclude_invalid_files=False)
 
 
+def _unreadable(ds: pads.Dataset, schema: pa.Schema) -> dict[str, str]:
+    """path -> why, for the files of `ds` that cannot be read whole with `schema`."""
+    bad = {}
+    for path in ds.files:
+        try:
+            for _ in pads.dataset(path, filesystem=ds.filesystem, format="parquet",
+                                  schema=schema).to_batches():
+                pass
+        except READ_ERRORS as e:
+            bad[path] = _first_line(e)
+    return bad
+
+
+def _read(uri: str, table_name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """One table of the folder, skipping unreadable parts (found only when a read fails)."""
+    schema = TABLES[table_name]
+    ds = _dataset(uri, table_name, schema)
+    if ds is None:
+        return schema.empty_table() if columns is None else pa.schema(
+            [schema.field(c) for c in columns]).empty_table()
+    try:
+        return ds.to_table(columns=columns, filter=filter)
+    except READ_ERRORS:
+        bad = _unreadable(ds, schema)
+        if not bad:
+            raise
+    good = [f for f in ds.files if f not in bad]
+    return pads.dataset(good, filesystem=ds.filesystem, format="parquet",
+                        schema=schema).to_table(columns=columns, filter=filter)
+
+
+def damaged_parts(uri: str) -> list[tuple[str, str]]:
+    """(path as `uri/table/part.parquet`, why) of every part of points/ and curves/ that cannot
+    be read whole: readers skip them, `memgrid status` and `analyze` name them, and
+    :func:`repair` moves them aside."""
+    out = []
+    for table_name, schema in TABLES.items():
+        ds = _dataset(uri, table_name, schema)
+        if ds is None:
+            continue
+        try:
+            for _ in ds.to_batches():    # one pass, nothing held: the common case, all readable
+                pass
+            continue
+        except READ_ERRORS:
+            pass
+        for path, why in _unreadable(ds, schema).items():
+            out.append((f"{uri.rstrip('/')}/{table_name}/{path.rsplit('/', 1)[-1]}", why))
+    return out
+
+
 def read_points(uri: str, columns: list[str] | None = None) -> pa.Table:
     """All finished points (one row per point_id) as a pyarrow Table, POINT_SCHEMA."""
-    ds = _dataset(uri, "points", POINT_SCHEMA)
-    if ds is None:
-        return POINT_SCHEMA.empty_table()
-    table = ds.to_table(columns=columns)
-    return _first_per_point(table)
+    return _first_per_point(_read(uri, "points", columns))
 
 
 def _first_per_point(table: pa.Table) -> pa.Table:
@@ -167,31 +271,30 @@ def _first_per_point(table: pa.Table) -> pa.Table:
 
 
 def done_ids(uri: str) -> set[str]:
-    """point_ids that already have a row."""
-    ds = _dataset(uri, "points", POINT_SCHEMA)
-    if ds is None:
-        return set()
-    return set(ds.to_table(columns=["point_id"]).column("point_id").to_pylist())
+    """point_ids that already have a row (in a readable part)."""
+    return set(_read(uri, "points", ["point_id"]).column("point_id").to_pylist())
 
 
 def read_curves(uri: str, point_ids: Iterable[str] | None = None) -> pa.Table:
     """Curve rows, optionally only of some points (filtered in pyarrow, not in memory)."""
-    ds = _dataset(uri, "curves", CURVE_SCHEMA)
-    if ds is None:
-        return CURVE_SCHEMA.empty_table()
     flt = None
     if point_ids is not None:
         flt = pads.field("point_id").isin(list(point_ids))
-    return ds.to_table(filter=flt)
+    return _read(uri, "curves", filter=flt)
 
 
 def read_grid_identity(uri: str) -> dict | None:
+    """The folder's grid.json, or None where there is none. ValueError if it is not JSON, or
+    JSON but not an object."""
     fs, base = resolve(uri)
     path = f"{base}/grid.json"
     if not _exists(fs, path):
         return None
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+        ident = json.loads(f.read().decode())
+    if not isinstance(ident, dict):
+        raise ValueError(f"a JSON {type(ident).__name__}, not an object")
+    return ident
 
 
 def write_grid_identity(uri: str, identity: dict) -> None:
@@ -227,3 +330,99 @@ def read_stops_of_parts(uri: str, parts: list[str]) -> dict[str, str]:
                           columns=["point_id", "stop_reason"])
         stops.update(zip(t.column("point_id").to_pylist(), t.column("stop_reason").to_pylist()))
     return stops
+
+
+# ---------------------------------------------------------------------------------------------
+# Repair: run by `memgrid run` while it holds the folder's lock, before it trains anything.
+
+
+def repair(uri: str) -> list[str]:
+    """Make the folder one that plain pandas reads with every point once; returns one line per
+    change. Nothing is deleted: parts go to `damaged/<table>/` as they were.
+
+    - an unreadable part, points or curves, goes aside with its partner of the same name (a
+      points part without its curves, or curves without its points, would store a point
+      without its curve, or a curve twice once the point is trained again): its points are
+      trained again;
+    - a curves part whose points part never landed (a writer killed between the two) goes
+      aside: its points have no row and are trained again;
+    - a point stored in two parts (two writers before the lock existed) keeps its first row;
+      the later part goes aside and is written again without that point and its curve.
+
+    Call it only while holding the folder's lock: a writer at work would look like the second
+    case."""
+    fs, base = resolve(uri)
+    msgs = []
+    parts = {t: _part_files(fs, f"{base}/{t}") for t in TABLES}
+    for shown, why in damaged_parts(uri):
+        table, name = shown.rsplit("/", 2)[-2:]
+        part = name[: -len(".parquet")]
+        if part not in parts[table]:
+            continue                      # already moved with its partner
+        for t in TABLES:
+            if parts[t].pop(part, None):
+                _move_aside(fs, base, t, part)
+        other = "curves" if table == "points" else "points"
+        msgs.append(f"{shown}: unreadable ({why}): moved to {uri.rstrip('/')}/{DAMAGED}/ with its "
+                    f"{other} part; its points will be trained again")
+    for part in sorted(set(parts["curves"]) - set(parts["points"])):
+        parts["curves"].pop(part)
+        _move_aside(fs, base, "curves", part)
+        msgs.append(f"{uri.rstrip('/')}/curves/{part}.parquet: curves without their points part "
+                    f"(a write cut short): moved to {uri.rstrip('/')}/{DAMAGED}/; its points will "
+                    "be trained again")
+    msgs += _drop_repeated_points(uri, fs, base, sorted(parts["points"]))
+    return msgs
+
+
+def _part_files(fs: pafs.FileSystem, folder: str) -> dict[str, bool]:
+    """Part names (without .parquet) of the visible parts of `folder`, as a dict (ordered)."""
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return {}
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not i.base_name.startswith((".", "_")))
+    return {n[: -len(".parquet")]: True for n in names}
+
+
+def _move_aside(fs: pafs.FileSystem, base: str, table: str, part: str) -> None:
+    src = f"{base}/{table}/{part}.parquet"
+    if not _exists(fs, src):
+        return
+    folder = f"{base}/{DAMAGED}/{table}"
+    fs.create_dir(folder, recursive=True)
+    dst = f"{folder}/{part}.parquet"
+    if _exists(fs, dst):                  # damaged once before under the same name: keep both
+        dst = f"{folder}/{part}.{uuid.uuid4().hex[:8]}.parquet"
+    fs.move(src, dst)
+
+
+def _drop_repeated_points(uri: str, fs: pafs.FileSystem, base: str, parts: list[str]) -> list[str]:
+    ids = _read(uri, "points", ["point_id"]).column("point_id")
+    if len(ids) == len(pc.unique(ids)):   # the common case: one read, no part opened alone
+        return []
+    seen: set[str] = set()
+    msgs = []
+    for part in parts:                    # in name order, the first row of a point stays
+        path = f"{base}/points/{part}.parquet"
+        ids = pq.read_table(path, filesystem=fs, columns=["point_id"]).column("point_id").to_pylist()
+        repeated = {i for i in ids if i in seen}
+        seen.update(ids)
+        if not repeated:
+            continue
+        gone = pa.array(sorted(repeated), pa.string())
+        keep = lambda t: t.filter(pc.invert(pc.is_in(t.column("point_id"), gone)))  # noqa: E731
+        tables = {t: keep(pq.read_table(f"{base}/{t}/{part}.parquet", filesystem=fs,
+                                        schema=TABLES[t]))
+                  for t in TABLES if _exists(fs, f"{base}/{t}/{part}.parquet")}
+        for t in TABLES:
+            _move_aside(fs, base, t, part)
+        rest = tables["points"].num_rows
+        if rest:                          # curves first, as write_points
+            if "curves" in tables:
+                write_part(uri, "curves", part, tables["curves"])
+            write_part(uri, "points", part, tables["points"])
+        msgs.append(f"{uri.rstrip('/')}/points/{part}.parquet: {len(repeated)} point(s) stored "
+                    f"before in another part: moved to {uri.rstrip('/')}/{DAMAGED}/ with its "
+                    "curves" + (f", and written again with the other {rest} only" if rest else ""))
+    return msgs

@@ -24,6 +24,7 @@ from .models import Params, count_params, forward, init_params
 from .store import point_settings
 from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
+from .tuning import LRTuning, rank
 
 FUSED_STEP = True
 """On the CPU, train with the C kernel's whole step (:meth:`PackTrainer._kernel_step`); False:
@@ -64,17 +65,23 @@ class PackTrainer:
     """
 
     def __init__(self, points: list[Point], *, device: str | torch.device = "cpu",
-                 grid_name: str = "", pack_id: str = "", dtype: torch.dtype = torch.float32):
+                 grid_name: str = "", pack_id: str = "", dtype: torch.dtype = torch.float32,
+                 halving: LRTuning | None = None, lr_source: str = "grid"):
         if not points:
             raise ValueError("a pack needs at least one point")
         keys = {p.pack_key for p in points}
         if len(keys) > 1:
-            raise ValueError("points of one pack must share everything but position, seed, lr, momentum")
+            raise ValueError("points of one pack must share everything but config.PACK_FREE")
         self.device = torch.device(device)
         self.grid_name, self.pack_id = grid_name, pack_id
         p0 = points[0]
         self.arch, self.layers, self.cells, self.readout = p0.arch, p0.layers, p0.cells, p0.readout
         self.cfg = p0
+        self.lr_source = lr_source                      # recorded in every row (`lr_source`)
+        self.halving = halving                          # successive halving over lr (tuning)
+        self.rungs = set(halving.rung_epochs(p0.max_epochs, p0.eval_every)) if halving else set()
+        self.eliminated: set[float] = set()             # learning rates halving stopped
+        self.final_loss: dict[int, float] = {}          # member -> its last loss, once stopped
         self.members = [Member(p) for p in points]
         self.active = list(range(len(points)))          # member index of each stacked row
         dev = self.device
@@ -188,22 +195,46 @@ class PackTrainer:
         for row, m_idx in enumerate(self.active):
             m = self.members[m_idx]
             m.curve.append((self.epoch, train[row], loss[row]))
-            reason, m.best, m.best_epoch = stop_check(self.cfg, self.epoch, loss[row], train[row],
+            # the member's own point: stop settings may differ inside a pack (config.PACK_FREE)
+            reason, m.best, m.best_epoch = stop_check(m.point, self.epoch, loss[row], train[row],
                                                       m.best, m.best_epoch)
             if reason is None:
                 keep.append(row)
             else:
                 self._finish(m, row, reason, loss[row], r2[row])
+        if self.epoch in self.rungs:
+            keep = self._halve(keep, loss, r2)
         if len(keep) < len(self.active):
             self._compact(keep)
 
+    def _halve(self, keep: list[int], loss: list[float], r2: list[float]) -> list[int]:
+        """Successive halving over the pack's learning rates: rank them on every member's
+        latest evaluation (stopped members count with their final one), keep the best
+        1/eta, and stop the active members of the others with reason `eliminated`."""
+        latest = dict(self.final_loss)
+        latest.update({m_idx: loss[row] for row, m_idx in enumerate(self.active)})
+        ranked = rank([(m.point.lr, m.point.position, latest[i]) for i, m in
+                       enumerate(self.members) if m.point.lr not in self.eliminated])
+        go_on = set(ranked[:math.ceil(len(ranked) / self.halving.eta)])
+        self.eliminated |= set(ranked) - go_on
+        out = []
+        for row in keep:
+            m = self.members[self.active[row]]
+            if m.point.lr in go_on:
+                out.append(row)
+            else:
+                self._finish(m, row, "eliminated", loss[row], r2[row])
+        return out
+
     def _finish(self, m: Member, row_idx: int, reason: str, loss: float, r2: float) -> None:
+        self.final_loss[self.active[row_idx]] = loss
         row = point_settings(m.point, self.grid_name)
         row.update(units=m.point.units, params=self.n_params, epochs=self.epoch, stop_reason=reason,
                    loss=loss, best_loss=m.best if math.isfinite(m.best) else loss,
                    r2=r2 if math.isfinite(r2) else None, mc_stream=None,
                    wall_s=self.wall_before + time.perf_counter() - self.started,
                    pack_id=self.pack_id, device=str(self.device), memgrid_version=__version__,
+                   lr_source=self.lr_source,
                    finished_at=datetime.now(timezone.utc))
         pid = m.point.point_id
         curve = [dict(point_id=pid, epoch=e, train_loss=t, eval_loss=v) for e, t, v in m.curve]
@@ -259,12 +290,15 @@ class PackTrainer:
         return {
             "epoch": self.epoch,
             "active": list(self.active),
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "bufs": {k: v.cpu() for k, v in self.bufs.items()},
+            # copies: training updates the live tensors in place
+            "params": {k: v.detach().to("cpu", copy=True) for k, v in self.params.items()},
+            "bufs": {k: v.to("cpu", copy=True) for k, v in self.bufs.items()},
             "best": [self.members[m].best for m in self.active],
             "best_epoch": [self.members[m].best_epoch for m in self.active],
             "curves": [[list(c) for c in self.members[m].curve] for m in self.active],
             "wall_s": self.wall_before + time.perf_counter() - self.started,
+            "eliminated": sorted(self.eliminated),
+            "final_loss": [[i, v] for i, v in sorted(self.final_loss.items())],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -274,14 +308,16 @@ class PackTrainer:
         self.train_sum = torch.zeros(len(self.members), dtype=self.lr.dtype, device=self.device)
         self.train_steps = 0
         self._compact(list(state["active"]))
-        self.params = {k: v.to(self.device) for k, v in state["params"].items()}
-        self.bufs = {k: v.to(self.device) for k, v in state["bufs"].items()}
+        self.params = {k: v.to(self.device, copy=True) for k, v in state["params"].items()}
+        self.bufs = {k: v.to(self.device, copy=True) for k, v in state["bufs"].items()}
         for i, m_idx in enumerate(self.active):
             m = self.members[m_idx]
             m.best, m.best_epoch = state["best"][i], state["best_epoch"][i]
             m.curve = [tuple(c) for c in state["curves"][i]]
         self.epoch = state["epoch"]
         self.wall_before = state["wall_s"]
+        self.eliminated = set(state.get("eliminated", []))
+        self.final_loss = {int(i): float(v) for i, v in state.get("final_loss", [])}
         self.started = time.perf_counter()
         self.finished = []
 

@@ -6,24 +6,47 @@ into packs and hands them to a Tune grid search over packs. Each trial trains it
 (every `FLUSH_S` at most), and checkpoints the pack's state with each write so that a retried
 trial continues where it was. A trial starts by reading which of its points are already stored
 (a write may have landed after its last checkpoint): every point is stored exactly once.
+
+Each report to Tune carries the pack's losses as Tune users read them: a summary (`loss_min`,
+`loss_median`, `loss_max`, `points_solved`, ...) and one evaluation MAE per point under
+`loss/<point>` (`p3_s1`: position 3, seed 1), which Tune's loggers write to the trial's
+`result.json`, `progress.csv` and TensorBoard files.
+
+The driver checks what it asks of Ray before a trial starts (an address that answers, a node
+with the CPUs and GPUs a trial needs), ends on SIGINT or SIGTERM with the points stored so far
+kept (:class:`Interrupted`), and, for an embedded Ray, binds it to loopback and ends every
+process it started before it returns, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
 import os
+import signal
+import socket
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from . import kernels, store
-from .config import GATES, Grid, Point, Resources
+from . import store
+from .config import GATES, ConfigError, Grid, Point, Resources
+from .tuning import LRTuning, choose_lr, measured_points, tuning_points
+
+# torch and Ray are imported where they are used: `memgrid run` prints its first line, and
+# `--dry-run` plans a grid, without paying for either
 
 # Tune's legacy output with verbose=0 prints nothing: memgrid shows its own progress line
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# memgrid ends a run on Ctrl-C itself (Interrupted): Tune's own handler would print its
+# `Tuner.restore(...)` advice, which does not apply (the same command again resumes)
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # packs checkpoint with every write of finished points; Tune's notice about frequent
 # experiment snapshots is expected here and says nothing to act on
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -46,6 +69,11 @@ MEMBER_BYTES_PER_S = 1.6e9
 at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
 OP_S = 5e-6
 """CPU cost model: fixed cost of one op (dispatch), whatever K"""
+STOP_REASONS = ("solved", "plateau", "max_epochs", "diverged", "fitted")
+"""every stop reason a trial reports a count of (`stop_<reason>`, 0 included: Tune's CSV
+logger keeps the columns of a trial's first result)"""
+PROBE_S = 3.0
+"""seconds an --address may take to answer before the run ends"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +211,36 @@ def _max_seq(parts: list[str]) -> int:
     return max((int(p.rsplit("-", 1)[1]) for p in parts), default=-1)
 
 
+def point_labels(points: list[Point]) -> list[str]:
+    """Names of a pack's points in its Tune results (`loss/<name>`), unique inside the pack:
+    `p3_s1` for position 3, seed 1, then any other setting that differs inside the pack
+    (`p3_s1_lr0.01`); the point_ids where even those repeat."""
+    others = [f.name for f in dataclasses.fields(Point) if f.name not in ("position", "seed")]
+    varying = [k for k in others if len({getattr(p, k) for p in points}) > 1]
+    labels = [f"p{p.position}_s{p.seed}" + "".join(f"_{k}{getattr(p, k)}" for k in varying)
+              for p in points]
+    return labels if len(set(labels)) == len(labels) else [p.point_id for p in points]
+
+
+def pack_metrics(labels: list[str], losses: list[float], *, points_done: int, active: int,
+                 epoch: int, stops: Counter) -> dict:
+    """One report of a pack to Tune. `losses`: each point's latest evaluation MAE, in the order
+    of `labels` (NaN where this attempt has none: a point stored before a retry). Every report
+    has the same keys (Tune's CSV logger keeps the first report's columns); `timesteps_total`
+    is the epoch, the x axis of Tune's TensorBoard curves."""
+    finite = [v for v in losses if math.isfinite(v)]
+    nan = float("nan")
+    return {"points_done": points_done, "points": len(labels), "active": active, "epoch": epoch,
+            "timesteps_total": epoch,
+            **{f"stop_{k}": stops.get(k, 0) for k in STOP_REASONS},
+            **{f"stop_{k}": v for k, v in stops.items()},
+            "points_solved": stops.get("solved", 0),
+            "loss_min": min(finite, default=nan),
+            "loss_median": statistics.median(finite) if finite else nan,
+            "loss_max": max(finite, default=nan),
+            "loss": dict(zip(labels, losses))}
+
+
 def pack_trial(config: dict) -> None:
     """Tune function trainable: train one pack, write its points, checkpoint as it goes."""
     import torch
@@ -191,6 +249,7 @@ def pack_trial(config: dict) -> None:
     from .train import PackTrainer
 
     points = [Point(**d) for d in config["pack"]["points"]]
+    labels = point_labels(points)
     uri, pid = config["out"], config["pack"]["pack_id"]
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config["gpus"] > 0 and torch.cuda.is_available() else "cpu"
@@ -200,12 +259,15 @@ def pack_trial(config: dict) -> None:
 
         rows, curves = fit_esn_pack(points, device=device, grid_name=config["grid"], pack_id=pid)
         store.write_points(uri, f"{pid}-0000", rows, curves)
-        stops = Counter(r["stop_reason"] for r in rows)
-        tune.report({"points_done": len(rows), "points": len(points), "active": 0, "epoch": 0,
-                     **{f"stop_{k}": v for k, v in stops.items()}})
+        loss = {r["point_id"]: r["loss"] for r in rows}
+        tune.report(pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
+                                 points_done=len(rows), active=0, epoch=0,
+                                 stops=Counter(r["stop_reason"] for r in rows)))
         return
 
-    trainer = PackTrainer(points, device=device, grid_name=config["grid"], pack_id=pid)
+    halving = LRTuning.from_dict(config["halving"]) if config.get("halving") else None
+    trainer = PackTrainer(points, device=device, grid_name=config["grid"], pack_id=pid,
+                          halving=halving, lr_source=config.get("lr_source", "grid"))
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a retried trial: continue from the last checkpoint
         with ckpt.as_directory() as d:
@@ -218,6 +280,7 @@ def pack_trial(config: dict) -> None:
     seq = _max_seq(stored) + 1
     stops: Counter = Counter(stored_stops.values())   # progress counts what a retry found too
     n_written = len(done)
+    final_loss: dict[str, float] = {}                 # points written by this attempt
     last_write = last_ckpt = time.monotonic()
 
     def write() -> None:
@@ -227,7 +290,18 @@ def pack_trial(config: dict) -> None:
         seq += 1
         n_written += len(rows)
         stops.update(r["stop_reason"] for r in rows)
+        final_loss.update((r["point_id"], r["loss"]) for r in rows)
         last_write = time.monotonic()
+
+    def metrics() -> dict:
+        loss = dict(final_loss)
+        loss.update((r["point_id"], r["loss"]) for r, _, _ in trainer.finished)
+        for i in trainer.active:
+            m = trainer.members[i]
+            loss[m.point.point_id] = m.curve[-1][2]
+        return pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
+                            points_done=n_written, active=len(trainer.active),
+                            epoch=trainer.epoch, stops=stops)
 
     while True:
         if not trainer.done:
@@ -236,65 +310,407 @@ def pack_trial(config: dict) -> None:
         wrote = bool(trainer.finished) and (trainer.done or now - last_write >= FLUSH_S)
         if wrote:
             write()
-        metrics = {"points_done": n_written, "points": len(points), "active": len(trainer.active),
-                   "epoch": trainer.epoch, **{f"stop_{k}": v for k, v in stops.items()}}
         if trainer.done and not trainer.finished:
-            tune.report(metrics)
+            tune.report(metrics())
             return
         if wrote or now - last_ckpt >= CHECKPOINT_S:
             if trainer.finished:   # a checkpoint must not hold finished-but-unwritten points
                 write()
-                metrics.update(points_done=n_written, **{f"stop_{k}": v for k, v in stops.items()})
                 if trainer.done:
-                    tune.report(metrics)
+                    tune.report(metrics())
                     return
             with tempfile.TemporaryDirectory() as d:
                 torch.save(trainer.state_dict(), Path(d) / "pack.pt")
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+                tune.report(metrics(), checkpoint=tune.Checkpoint.from_directory(d))
             last_ckpt = now
         else:
-            tune.report(metrics)
+            tune.report(metrics())
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals and processes: however a run ends, it ends cleanly.
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM ended the run. What is stored stays: the same command again
+    trains what is missing. A KeyboardInterrupt, so that code between here and the driver
+    (Tune, Ray) lets it through as it would Ctrl-C; Ray may hand it on as a plain
+    KeyboardInterrupt, hence :func:`exit_status`."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_SIGNALS: list[int] = []
+"""the signals that interrupted this process, first first"""
+
+
+def exit_status() -> int:
+    """128 + the first signal that interrupted the run, as a shell reports it: 130 for SIGINT
+    (also for a KeyboardInterrupt without one), 143 for SIGTERM."""
+    return 128 + (_SIGNALS[0] if _SIGNALS else signal.SIGINT)
+
+
+def _interrupt(signum, frame):
+    _SIGNALS.append(signum)
+    raise Interrupted(signum)
+
+
+def catch_signals() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread. `memgrid run` calls it
+    first thing; run_grid calls it again after ray.init, which puts its own SIGTERM handler
+    (sys.exit) in place."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _catching() -> bool:
+    return signal.getsignal(signal.SIGINT) is _interrupt
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Clean-up that a second Ctrl-C must not cut short (it would leave processes behind):
+    SIGINT and SIGTERM are noted while it runs, and raised as :class:`Interrupted` after it,
+    unless an exception is on its way already."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def note(signum, frame):
+        got.append(signum)
+        _SIGNALS.append(signum)
+
+    old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
+        raise
+    for s, h in old.items():
+        signal.signal(s, h)
+    if got:
+        raise Interrupted(got[0])
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process (Linux /proc; empty elsewhere)."""
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
+        table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int | None = None, *, zombies: bool = False) -> set[int]:
+    """Processes under `root` (default: this one), children of children included; zombies
+    (ended, not yet collected) only if asked."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [os.getpid() if root is None else root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found if zombies else {p for p in found if table[p][1] != "Z"}
+
+
+def launch_time() -> float:
+    """When this process started, on the time.monotonic() clock (Linux: from /proc, so that a
+    clock shown from it counts the imports too; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime_s = float(f.read().split()[0])
+        return time.monotonic() - max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+def _subreaper(on: bool) -> None:
+    """While on, processes orphaned under this one (a Ray agent whose raylet ended first)
+    become children of this process instead of init's, so that end_processes finds them.
+    Linux; elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def interruptible(*, subreaper: bool = False):
+    """A command's whole run: SIGINT and SIGTERM raise :class:`Interrupted` (catch_signals),
+    and with `subreaper` orphaned processes come back to this one to be ended; both undone
+    at the end (a command run inside another process, such as a test's, leaves it as it was)."""
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    _SIGNALS.clear()
+    catch_signals()
+    if subreaper:
+        _subreaper(True)
+    try:
+        yield
+    finally:
+        if subreaper:
+            _subreaper(False)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def end_processes(keep: set[int], grace_s: float = 3.0) -> None:
+    """End every process under this one except `keep` (those there before Ray started):
+    SIGTERM, then SIGKILL for what is left after `grace_s`; looked for again until none is
+    left, since a process may start another as it ends. Collects the ended children."""
+    deadline = time.monotonic() + grace_s
+    sent: dict[int, int] = {}
+    while True:
+        for pid in descendants(zombies=True) - keep:    # collect what ended (our children only)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        left = descendants() - keep
+        if not left or time.monotonic() > deadline + 10.0:   # SIGKILL sent 10 s ago: give up
+            return
+        sig = signal.SIGKILL if time.monotonic() > deadline else signal.SIGTERM
+        for pid in left:
+            if sent.get(pid) != sig:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                sent[pid] = sig
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the driver asks of Ray, checked before a trial starts.
+
+
+def _one_line(e: BaseException | str, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _grpc_answers(host: str, port: int, timeout_s: float) -> str | None:
+    """None if a gRPC server (Ray's GCS is one) answers at host:port within `timeout_s`, else
+    why not. It is asked the way every HTTP/2 client starts (the client preface and an empty
+    SETTINGS frame), and must answer with a SETTINGS frame."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            head = b""
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except socket.timeout:
+        return f"no answer within {timeout_s:.0f} s"
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    if len(head) < 9 or head[3] != 4:
+        return "something answers there, but not a Ray cluster (no gRPC server)"
+    return None
+
+
+def check_address(address: str, timeout_s: float = PROBE_S) -> None:
+    """Raise ConfigError naming --address within about `timeout_s` unless a Ray cluster answers
+    at `address` (host:port of its GCS, `auto`, or `ray://host:port`): ray.init itself would
+    retry for minutes and not hear Ctrl-C meanwhile."""
+    flag = f"command line: --address {address}"
+    if "://" in address and not address.startswith("ray://"):
+        raise ConfigError(f"{flag}: memgrid run joins a Ray cluster by its GCS address "
+                          "(host:port, e.g. 10.0.0.5:6379, or auto); a job server's "
+                          "http:// address is for memgrid launch")
+    from ray._common.network_utils import parse_address
+    from ray._private import services
+
+    if address.startswith("ray://"):
+        target = address[len("ray://"):]
+    else:
+        try:    # what ray.init will dial: `auto` read from RAY_ADDRESS or the last `ray start`
+            target = services.canonicalize_bootstrap_address(address)
+        except (ConnectionError, ValueError) as e:
+            raise ConfigError(f"{flag}: {_one_line(e)}") from None
+        if target is None:      # `local`: an embedded Ray after all
+            return
+    hp = parse_address(target)
+    if hp is None or not hp[1].isdigit():
+        raise ConfigError(f"{flag}: not host:port")
+    host, port = hp[0], int(hp[1])
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+    if tls:     # a TLS server does not answer a plain preface: the connection is the check
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            why = None
+        except OSError as e:
+            why = (e.strerror or str(e)).lower()
+    else:
+        why = _grpc_answers(host, port, timeout_s)
+    if why:
+        dialed = "" if target == address else f" (Ray dials {target})"
+        raise ConfigError(f"{flag}: no Ray cluster at this address{dialed}: {why}")
+
+
+def check_fits(cpus: float, gpus: float, nodes: list[dict], *, where: str,
+               names: dict[str, str] | None = None) -> None:
+    """Raise ConfigError naming the setting unless some node among `nodes` (their resources,
+    as in ray.nodes()) has the CPUs and GPUs of one trial: Ray would leave every trial
+    waiting, with a warning, for ever."""
+    names = {"cpus_per_trial": "command line: --cpus-per-trial",
+             "gpus_per_trial": "command line: --gpus-per-trial", **(names or {})}
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    cpu_max = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpu_max = max((n.get("GPU", 0) for n in nodes), default=0)
+    if cpu_max < cpus:
+        raise ConfigError(f"{names['cpus_per_trial']}: a trial asks for {cpus:g} CPUs; {where} "
+                          f"has no node with more than {cpu_max:g}")
+    if gpu_max < gpus:
+        raise ConfigError(f"{names['gpus_per_trial']}: a trial asks for {gpus:g} GPUs; {where} "
+                          f"has no node with more than {gpu_max:g}")
+    raise ConfigError(f"{names['cpus_per_trial']}: a trial asks for {cpus:g} CPUs and {gpus:g} "
+                      f"GPUs; no node of {where} has both")
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver.
 
 
-class Progress:
-    """Points done / total and stop reasons, on one line (a tty) or a line every 15 s (a log).
+def _pack_cost(pk: list[Point]) -> float:
+    return pack_seconds(max(pk, key=lambda q: q.q_hi), len(pk))
 
-    Fed from Tune's results (the latest of each trial), so the driver holds counts, not curves.
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+REASON_WORDS = {"solved": "solved", "plateau": "on the plateau", "max_epochs": "at max_epochs",
+                "diverged": "diverged", "fitted": "fitted"}
+"""how the progress line counts each stop reason: `8 at max_epochs`"""
+
+
+class Progress:
+    """The run on one line: points stored / total and how they stopped, the trials running,
+    the time since launch and, once packs have been measured, the time left. Redrawn in place
+    on a tty, one line every 15 s in a log.
+
+    Time left: the cost model (pack_seconds) says how much work each pack is, relative to the
+    others; the packs measured so far (those finished, and those running by the share of
+    their max_epochs done) say how many seconds a unit of it takes on this machine, with its
+    early stops. Left: that rate times the work not done (a running pack's epochs left at the
+    cost of the members it still trains), spread over the slots, and at least the longest
+    pack left.
+
+    Fed from Tune's results, of which it keeps a few numbers per trial: the driver holds counts,
+    not curves.
     """
 
-    def __init__(self, name: str, total: int, done_before: Counter, stream=sys.stderr):
+    def __init__(self, name: str, total: int, done_before: Counter,
+                 packs: list[list[Point]] | None = None, slots: int = 1,
+                 started: float | None = None, stream=sys.stderr):
         self.name, self.total, self.before = name, total, done_before
-        self.latest: dict[str, dict] = {}
+        self.cost = {pack_id(pk): _pack_cost(pk) for pk in packs or []}
+        self.epochs = {pack_id(pk): max(p.max_epochs for p in pk) for pk in packs or []}
+        self.longest = {pack_id(pk): max(pk, key=lambda q: q.q_hi) for pk in packs or []}
+        self.slots = max(1, slots)
+        self.trials: dict[str, dict] = {}
+        self.running = 0
         self.stream, self.tty = stream, stream.isatty()
-        self.t0 = self.last = time.monotonic()
+        self.t0 = time.monotonic() if started is None else started
+        self.last = -math.inf
 
-    def update(self, trial_id: str, result: dict) -> None:
-        self.latest[trial_id] = result
-        now = time.monotonic()
-        if now - self.last >= (0.5 if self.tty else 15.0):
+    def update(self, trial_id: str, result: dict, pack: str | None = None) -> None:
+        """A trial's latest result."""
+        t = self.trials.setdefault(trial_id, {"pack": pack, "done": False})
+        t.update(stops={k[5:]: v for k, v in result.items()
+                        if k.startswith("stop_") and isinstance(v, int) and v},
+                 epoch=result.get("epoch", 0), seconds=result.get("time_total_s", 0.0),
+                 active=result.get("active"))
+        self.tick()
+
+    def finish(self, trial_id: str) -> None:
+        if trial_id in self.trials:
+            self.trials[trial_id]["done"] = True
+
+    def step(self, running: int) -> None:
+        """Tune's loop went round: `running` trials are running."""
+        self.running = running
+        self.tick()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= (0.5 if self.tty else 15.0):
             self.show()
 
     def counts(self) -> tuple[int, Counter]:
         stops = Counter(self.before)
-        for r in self.latest.values():
-            stops.update({k[5:]: v for k, v in r.items() if k.startswith("stop_") and isinstance(v, int)})
+        for t in self.trials.values():
+            stops.update(t.get("stops", {}))
         return sum(stops.values()), stops
+
+    def left_s(self) -> float | None:
+        """Seconds left, or None before any pack has been measured."""
+        measured = modelled = 0.0
+        left, seen = [], set()
+        for t in self.trials.values():
+            c = self.cost.get(t["pack"])
+            if c is None:
+                continue
+            seen.add(t["pack"])
+            share = 1.0 if t["done"] else min(1.0, t.get("epoch", 0) / max(1, self.epochs[t["pack"]]))
+            if share > 0 and t.get("seconds"):
+                measured += t["seconds"]
+                modelled += c * share
+            if not t["done"]:   # its epochs left cost what its members still training cost
+                active = t.get("active")
+                if active:
+                    c = pack_seconds(self.longest[t["pack"]], active)
+                left.append(c * (1 - share))
+        left += [c for pid, c in self.cost.items() if pid not in seen]
+        if modelled <= 0 or not left:
+            return None
+        return measured / modelled * max(sum(left) / self.slots, max(left))
+
+    def line(self, final: bool = False) -> str:
+        done, stops = self.counts()
+        order = list(REASON_WORDS)
+        reasons = ", ".join(f"{stops[k]} {REASON_WORDS.get(k, k)}" for k in
+                            sorted(stops, key=lambda k: (order.index(k) if k in order else 99, k))
+                            if stops[k])
+        parts = [f"[{self.name}] {done}/{self.total} points" + (f" ({reasons})" if reasons else "")]
+        if not final:
+            parts.append(f"{_plural(self.running, 'trial')} running")
+        parts.append(_fmt_s(time.monotonic() - self.t0))
+        left = None if final or done >= self.total else self.left_s()
+        if left is not None:
+            parts.append(f"~{_fmt_s(left)} left")
+        return "  ".join(parts)
 
     def show(self, final: bool = False) -> None:
         self.last = time.monotonic()
-        done, stops = self.counts()
-        el = self.last - self.t0
-        new = done - sum(self.before.values())
-        left = self.total - done
-        eta = f", ~{_fmt_s(el / new * left)} left" if new and left and not final else ""
-        reasons = " ".join(f"{k} {v}" for k, v in sorted(stops.items()))
-        running = sum(1 for r in self.latest.values() if r.get("active", 0) > 0)
-        line = (f"[{self.name}] {done}/{self.total} points  ({reasons or 'none yet'})  "
-                f"{running} trials running  {_fmt_s(el)}{eta}")
+        line = self.line(final)
         if self.tty:
             print("\r\033[K" + line, end="\n" if final else "", file=self.stream, flush=True)
         else:
@@ -307,6 +723,7 @@ def _fmt_s(s: float) -> str:
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    """ray.init: an embedded Ray (address None) on loopback only, or join `address`."""
     import logging
 
     import ray
@@ -317,9 +734,35 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     # "local": a fresh embedded Ray, never a stale /tmp/ray cluster left by an earlier session
     kwargs = dict(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
                   configure_logging=True)
-    if address is None:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
-    ray.init(**kwargs)
+    if address is not None:
+        _init(ray, kwargs)
+        return
+    # Loopback: with node address 127.0.0.1 every Ray server binds to 127.0.0.1 (GCS, raylet,
+    # workers, dashboard agent, runtime env agent, metrics). ray.init replaces a loopback
+    # _node_ip_address by the machine's outward address unless Ray is told that this node is
+    # no cluster (its ENABLE_RAY_CLUSTER switch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+    # laptops get by default); a cluster of one node needs no other address.
+    from ray._private import ray_constants
+
+    kwargs.update(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+    cluster = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        _init(ray, kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
+
+
+def _init(ray, kwargs: dict) -> None:
+    """ray.init, with a SIGTERM during it ending the run like one at any other moment: ray.init
+    puts its own handler in place first thing, which exits at once."""
+    try:
+        ray.init(**kwargs)
+    except SystemExit as e:
+        if e.code == signal.SIGTERM:
+            _SIGNALS.append(signal.SIGTERM)
+            raise Interrupted(signal.SIGTERM) from None
+        raise
 
 
 def _gpu_bytes(local: bool, default: float = 40e9) -> float:
@@ -336,76 +779,190 @@ def _gpu_bytes(local: bool, default: float = 40e9) -> float:
     return default
 
 
-def run_grid(grid: Grid, out: str, *, address: str | None = None, num_cpus: int | None = None,
-             max_failures: int = 3, quiet: bool = False) -> dict:
-    """Run every point of `grid` missing from `out`. Returns a summary dict.
+TUNING = "tuning"
+"""the subfolder of a tuned grid's results folder that holds its tuning run (memgrid.tuning)"""
 
-    `address`: join a running Ray cluster (None: an embedded, in-process Ray). The results
-    folder must already hold this grid's `grid.json` (see `cli.prepare_out`).
-    """
-    import ray
-    from ray import tune
 
+def grid_points(grid: Grid, out: str) -> list[Point] | None:
+    """The points `grid` stores in `out`: its own, or for a grid with `tune_lr` the same at the
+    learning rate its tuning run chose per configuration (None while that run is incomplete)."""
     points = grid.points()
+    if grid.tune_lr is None:
+        return points
+    tuned = tuning_points(points, grid.tune_lr)
+    rows = store.read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
+    if not {p.point_id for p in tuned} <= {r["point_id"] for r in rows}:
+        return None
+    return measured_points(points, choose_lr(rows, tuned))
+
+
+def run_grid(grid: Grid, out: str, **kwargs) -> dict:
+    """Run every point of `grid` missing from `out` (keywords: :func:`run_points`). Returns a
+    summary dict.
+
+    A grid with `tune_lr` runs in two phases (memgrid.tuning): its tuning run into
+    `<out>/tuning` (every candidate learning rate on the tuning seeds, successive halving
+    inside each configuration's pack), then its own points at the chosen rates into `out`.
+    Both resume: a second run skips what either phase stored.
+    """
+    if grid.tune_lr is None:
+        return run_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
+    tuned = tuning_points(grid.points(), grid.tune_lr)
+    first = run_points(grid, tuned, f"{out.rstrip('/')}/{TUNING}", halving=grid.tune_lr,
+                       label="tuning lr", **kwargs)
+    points = grid_points(grid, out)
+    if points is None:     # the tuning run did not finish: nothing can be measured yet
+        return {**first, "points": grid.n_points, "done_before": 0, "done": 0, "trained": 0}
+    kwargs.pop("prepare", None)     # done by the first phase
+    return run_points(grid, points, out, lr_source=grid.lr_source, **kwargs)
+
+
+def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None = None,
+               num_cpus: int | None = None, max_failures: int = 3, quiet: bool = False,
+               started: float | None = None, names: dict[str, str] | None = None,
+               prepare=None, halving: LRTuning | None = None, lr_source: str = "grid",
+               label: str = "") -> dict:
+    """Train every one of `points` (of `grid`) missing from `out`. Returns a summary dict.
+
+    `address`: join a running Ray cluster (None: an embedded Ray on loopback, ended with every
+    process it started when this returns or raises; "local": the Ray this process already
+    runs, left running). The results folder must hold this grid's `grid.json` (see
+    `cli.prepare_out`) once `prepare` has run. `prepare()`: the caller's first writes into the
+    folder, called once Ray is up and able to take a trial, so that an address or a cluster
+    that cannot run the grid leaves nothing written. `started`: time.monotonic() at launch,
+    where the progress clock starts. `names`: how the user set `cpus_per_trial` /
+    `gpus_per_trial`, for the message when no node can take a trial (default: the flags).
+
+    Raises ConfigError (nothing trained) when the address does not answer or no node can take
+    a trial; :class:`Interrupted` (or KeyboardInterrupt) when a signal ends the run: the points
+    stored until then stay.
+
+    `halving` (a tuning run): all the candidates of a configuration share one pack, where
+    successive halving compares them. `lr_source`: recorded in every row. `label`: shown
+    after the grid's name in the progress line.
+    """
     ids = {p.point_id for p in points}
-    done = store.done_ids(out) & ids
-    todo = [p for p in points if p.point_id not in done]
-    before = stop_counts(out, ids)
-    summary = {"points": len(points), "done_before": len(done), "done": len(done),
-               "trained": 0, "packs": 0, "failed_trials": 0, "stops": dict(before)}
+
+    def missing() -> tuple[list[Point], Counter]:
+        done = store.done_ids(out) & ids
+        return [p for p in points if p.point_id not in done], stop_counts(out, ids)
+
+    todo, before = missing()
+    if not todo and prepare is not None:    # nothing to train, unless a repair finds some
+        prepare()
+        prepare = None
+        todo, before = missing()
+    summary = {"points": len(points), "done_before": len(points) - len(todo),
+               "done": len(points) - len(todo), "trained": 0, "packs": 0, "failed_trials": 0,
+               "stops": dict(before)}
     if not todo:
         return summary
 
-    if address is None:     # this machine's workers: build the C kernels once, here
-        kernels.prepare()
-    _start_ray(address, num_cpus)
+    def say_starting() -> None:
+        if not quiet:
+            where = "starting Ray ..." if address is None else f"on the Ray cluster at {address}"
+            print(f"[{grid.name}] {len(todo)} of {_plural(len(points), 'point')} to train; {where}",
+                  file=sys.stderr, flush=True)
+
+    embedded = address is None
+    if embedded:
+        say_starting()    # at once: importing Ray and torch and starting Ray take 5-25 s
+    keep = descendants() if embedded else set()
+    progress = None
     try:
+        import ray
+        from ray import tune
+
+        if embedded:    # this machine's workers: build the C kernels once, here
+            from . import kernels
+            kernels.prepare()
+        elif address != "local" and not ray.is_initialized():
+            check_address(address)
+        catching = _catching()
+        _start_ray(address, num_cpus)
+        if catching:
+            catch_signals()     # ray.init put sys.exit in place for SIGTERM
+
         res: Resources = grid.resources
         cluster = ray.cluster_resources()
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         gpus = res.gpus_per_trial if cluster.get("GPU", 0) > 0 else 0.0
+        where = ("the embedded Ray" + (f" (--num-cpus {num_cpus})" if num_cpus else "")
+                 if embedded else f"the Ray cluster at {address}")
+        check_fits(res.cpus_per_trial, gpus, nodes, where=where, names=names)
+        if not embedded:    # after the checks: an address or a cluster that cannot run the
+            say_starting()  # grid ends in one line
+        if prepare is not None:
+            prepare()
+            todo, before = missing()
+            summary.update(done_before=len(points) - len(todo), done=len(points) - len(todo),
+                           stops=dict(before))
+            if not todo:
+                return summary
         if res.gpus_per_trial > 0 and gpus == 0 and not quiet:
             print(f"[{grid.name}] no GPU in this Ray cluster: running on CPU", file=sys.stderr)
         if gpus > 0:   # fractions put several packs on a GPU; Ray spreads trials over all GPUs
             slots = max(1, min(int(cluster["GPU"] / gpus),
                                int(cluster.get("CPU", 1) // res.cpus_per_trial)))
-            device, mem = "cuda", _gpu_bytes(local=address is None) * gpus   # see member_bytes
+            device, mem = "cuda", _gpu_bytes(local=embedded) * gpus   # see member_bytes
         else:
             slots = max(1, int(cluster.get("CPU", 1) // res.cpus_per_trial))
             device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots
-        packs = plan_packs(todo, res.pack, slots, device=device, mem_per_slot=mem)
+        if halving is None:
+            packs = plan_packs(todo, res.pack, slots, device=device, mem_per_slot=mem)
+        else:   # one pack per configuration, the longest first
+            groups: dict[tuple, list[Point]] = {}
+            for p in todo:
+                groups.setdefault(p.pack_key, []).append(p)
+            packs = sorted(groups.values(), key=_pack_cost, reverse=True)
         summary["packs"] = len(packs)
         trial_space = [{"points": [p.to_dict() for p in pk], "pack_id": pack_id(pk)} for pk in packs]
-        progress = Progress(grid.name, len(points), before)
+        progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
+                            before, packs, slots, started)
 
         class _Callback(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if not quiet:
-                    progress.update(trial.trial_id, result)
+                progress.update(trial.trial_id, result, trial.config["pack"]["pack_id"])
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                progress.finish(trial.trial_id)
+
+            def on_step_end(self, iteration, trials, **info):
+                progress.step(sum(1 for t in trials if t.status == "RUNNING"))
 
         storage = out if "://" in out else str(Path(out).absolute())
         trainable = tune.with_resources(pack_trial, {"cpu": res.cpus_per_trial, "gpu": gpus})
         tuner = tune.Tuner(
             trainable,
             param_space={"pack": tune.grid_search(trial_space), "out": storage, "grid": grid.name,
-                         "cpus": res.cpus_per_trial, "gpus": gpus},
+                         "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
+                         "halving": halving.to_dict() if halving else None},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=f"{storage.rstrip('/')}/_tune",
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_Callback()], verbose=0),
+                callbacks=[] if quiet else [_Callback()], verbose=0),
         )
         results = tuner.fit()
         summary["failed_trials"] = sum(1 for r in results if r.error is not None)
+    except BaseException:
+        if progress is not None and not quiet and progress.tty:
+            print(file=sys.stderr, flush=True)     # end the progress line drawn in place
+        raise
     finally:
-        if address is None:
-            ray.shutdown()
+        with signals_held():
+            if embedded:
+                ray = sys.modules.get("ray")    # absent if Ctrl-C came while it was imported
+                if ray is not None and hasattr(ray, "shutdown"):
+                    ray.shutdown()
+                end_processes(keep)
     stops = stop_counts(out, ids)
     summary.update(done=sum(stops.values()), stops=dict(stops))
     summary["trained"] = summary["done"] - summary["done_before"]
     if not quiet:
-        progress.latest.clear()
+        progress.trials.clear()
         progress.before = stops
         progress.show(final=True)
     return summary
@@ -416,3 +973,87 @@ def stop_counts(out: str, ids: set[str]) -> Counter:
     t = store.read_points(out, columns=["point_id", "stop_reason"])
     return Counter(s for i, s in zip(t.column("point_id").to_pylist(),
                                      t.column("stop_reason").to_pylist()) if i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan without the run (`memgrid run --dry-run`).
+
+
+def local_cpus() -> int:
+    """CPUs this process may run on (its affinity), what an embedded Ray counts unless a
+    cgroup quota gives it fewer."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def local_slots(cpus_per_trial: float, num_cpus: int | None = None) -> int:
+    """Trials at once on this machine: its CPUs (or `num_cpus`) / cpus_per_trial."""
+    return max(1, int((num_cpus or local_cpus()) // cpus_per_trial))
+
+
+def _available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8e9
+
+
+def _sizes(packs: list[list[Point]]) -> str:
+    return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(len(pk) for pk in packs).items(),
+                                                    reverse=True))
+
+
+def makespan_s(packs: list[list[Point]], slots: int) -> float:
+    """Cost-model seconds until the last pack ends, packs started longest first (as Tune starts
+    them) each on the slot that frees first."""
+    ends = [0.0] * max(1, slots)
+    for c in sorted((_pack_cost(pk) for pk in packs), reverse=True):
+        i = ends.index(min(ends))
+        ends[i] += c
+    return max(ends)
+
+
+def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "") -> list[str]:
+    """What `memgrid run` would do, as lines: points, points already stored in `out`, the packs
+    (count, sizes, per arch, l, c) for `slots` trials at once, and the cost model's time.
+    Starts nothing and writes nothing. A grid with `tune_lr` is planned as its points at the
+    protocol's rate until its tuning run has chosen one; the tuning run has a line of its own."""
+    lines = [f"[{grid.name}] dry run: nothing started, nothing written"]
+    points = grid.points()
+    if grid.tune_lr is not None:
+        tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}
+        have = store.done_ids(f"{out.rstrip('/')}/{TUNING}") & tuned
+        lines.append(f"  tuning the learning rate first: {len(tuned)} points "
+                     f"({grid.tune_lr.describe()}); stored: {len(have)}")
+        points = grid_points(grid, out) or points
+    ids = {p.point_id for p in points}
+    stored = store.done_ids(out) & ids
+    todo = [p for p in points if p.point_id not in stored]
+    mem = 0.5 * 0.7 * _available_bytes() / slots    # as run_grid: half of Ray's memory per slot
+    packs = plan_packs(todo, grid.resources.pack, slots, mem_per_slot=mem) if todo else []
+    res = grid.resources
+    lines.append(f"  points: {len(points)}; stored in {out}: {len(stored)}; to train: {len(todo)}")
+    if not packs:
+        return lines + ["  nothing to train"]
+    lines.append(f"  packs: {len(packs)} ({_sizes(packs)} points), for {_plural(slots, 'trial')} "
+                 f"at once ({res.cpus_per_trial:g} CPU each{note})")
+    by_net: dict[tuple, list[list[Point]]] = {}
+    for pk in packs:
+        by_net.setdefault((pk[0].arch, pk[0].layers, pk[0].cells), []).append(pk)
+    header = ["arch", "l", "c", "points", "packs", "sizes"]
+    rows = [[a, l, c, sum(len(pk) for pk in pks), len(pks), _sizes(pks)]
+            for (a, l, c), pks in sorted(by_net.items())]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header] + rows:
+        lines.append("    " + "  ".join(str(x).rjust(w) for x, w in zip(r, widths)))
+    # the model is of the PyTorch path and of points that run to max_epochs: Figure 4, 5 and
+    # the Figure 6 slice took 47 %, 19 % and 17 % of its figure (README, Speed)
+    lines.append(f"  time: up to ~{_fmt_s(makespan_s(packs, slots))} by the cost model (every "
+                 "point to max_epochs; the shipped grids took 15-50 % of that), plus ~5 s for Ray")
+    return lines

@@ -228,7 +228,8 @@ class LocalCluster:
         self.workers: list[RayNode] = []
         self.head = RayNode(["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                              "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-                             *self._node_ports(head_ports), "--temp-dir", str(root / "h"), "--num-cpus", "1"],
+                             *self._node_ports(head_ports), "--temp-dir", str(root / "h"), "--num-cpus", "1",
+                             "--num-gpus", "0"],     # GPUs only where a test gives them
                             self.env, root / "head.log")
         self.wait_nodes(1)
 
@@ -239,10 +240,12 @@ class LocalCluster:
                 "--runtime-env-agent-port", str(p[4]), "--metrics-export-port", str(p[5]),
                 "--min-worker-port", "0", "--max-worker-port", "0", "--object-store-memory", str(100 * 2**20)]
 
-    def add_worker(self) -> RayNode:
+    def add_worker(self, *extra: str) -> RayNode:
+        """A worker node of 1 CPU and no GPU; `extra`: more `ray start` options (`--num-gpus 1`)."""
         n = len(self.workers) + 1
         node = RayNode(["--address", self.gcs, "--node-ip-address", "127.0.0.1", *self._node_ports(_free_ports(6)),
-                        "--temp-dir", str(self.root / f"w{n}"), "--num-cpus", "1"], self.env,
+                        "--temp-dir", str(self.root / f"w{n}"), "--num-cpus", "1", "--num-gpus", "0",
+                        *extra], self.env,       # a later --num-gpus wins
                        self.root / f"worker{n}.log")
         self.workers.append(node)
         self.wait_nodes(len([w for w in self.workers if w.proc.poll() is None]) + 1)
@@ -360,28 +363,39 @@ def test_launch_on_two_nodes_stores_every_point_once(cluster, worker, tmp_path):
 
 
 @cluster_test
-def test_grid_survives_a_worker_node_killed_mid_run(cluster, worker, tmp_path):
-    grid, out = small_grid(tmp_path, "kill", max_epochs=600), tmp_path / "res"
+def test_grid_survives_a_worker_node_killed_mid_run(cluster, tmp_path):
+    """The kill lands mid-grid by construction: the trials ask for a GPU (a resource Ray only
+    counts: with no CUDA the points train on the CPU), which only the worker node has, so the
+    worker runs the grid alone, one point at a time. When the first point is stored, the
+    other eleven are still to run there (each a trial and 3000 epochs, against the moment it
+    takes to send the kill), so the kill always cuts the grid; a second GPU node then takes
+    the retried and the remaining trials."""
+    grid, out = small_grid(tmp_path, "kill", max_epochs=3000), tmp_path / "res"
+    first = cluster.add_worker("--num-gpus", "1")
+    second = None
     proc = subprocess.Popen([sys.executable, "-m", "memgrid.cli", "launch", "--address", cluster.dashboard,
-                             str(grid), "--out", str(out)], cwd=ROOT, env=launch_env(cluster),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(grid), "--out", str(out), "--gpus-per-trial", "1"], cwd=ROOT,
+                            env=launch_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # half-way by observation: points are landing and a trial runs on the worker node
         deadline = time.monotonic() + 150
-        while not (_parts(out) >= 1 and worker.pid_of("ray::ImplicitF")):
+        while _parts(out) < 1:          # the first point is stored: the worker is at work
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "no progress to interrupt"
             time.sleep(0.2)
-        assert _parts(out) < 12
         killed = {n["node_id"] for n in cluster.nodes() if n["state"] == "ALIVE" and not n["is_head_node"]}
         assert len(killed) == 1
-        os.kill(worker.pid_of("raylet"), signal.SIGKILL)      # the worker node's raylet, by id
+        os.kill(first.pid_of("raylet"), signal.SIGKILL)      # the worker node's raylet, by id
+        assert _parts(out) < 12
         twice = memgrid_launch(cluster, "--address", cluster.dashboard, grid, "--out", out)
         assert twice.returncode == 1 and "is already running into" in twice.stderr, twice.stderr
+        second = cluster.add_worker("--num-gpus", "1")
         stdout, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
+        for node in (first, second):
+            if node is not None:
+                node.stop()
     assert proc.returncode == 0, stdout[-4000:]
     assert "12/12 points stored" in stdout
     assert_every_point_once(grid, out)
@@ -389,6 +403,29 @@ def test_grid_survives_a_worker_node_killed_mid_run(cluster, worker, tmp_path):
     while {n["node_id"]: n["state"] for n in cluster.nodes()}[node_id] != "DEAD":
         assert time.monotonic() < deadline, "the killed node is still alive"
         time.sleep(1)
+
+
+@cluster_test
+def test_run_asking_more_than_any_node_has_ends_in_one_line(cluster, tmp_path):
+    """Ray would leave every trial waiting behind its "insufficient resources" warning."""
+    grid, out = small_grid(tmp_path, "big"), tmp_path / "res"
+    env = launch_env(cluster)
+    for flag, want in (("--cpus-per-trial", "a trial asks for 2 CPUs; the Ray cluster at "
+                                            f"{cluster.gcs} has no node with more than 1"),
+                       ("--gpus-per-trial", "a trial asks for 2 GPUs")):
+        if flag == "--gpus-per-trial":
+            worker = cluster.add_worker("--num-gpus", "1")    # a GPU, but not two
+        try:
+            r = subprocess.run([sys.executable, "-m", "memgrid.cli", "run", str(grid), "--out", str(out),
+                                "--address", cluster.gcs, flag, "2"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+        finally:
+            if flag == "--gpus-per-trial":
+                worker.stop()
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.startswith(f"memgrid: error: command line: {flag}: {want}"), r.stderr
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert not out.exists()                   # nothing written
 
 
 @cluster_test

@@ -119,3 +119,18 @@ def test_cli_refuses_a_folder_of_another_grid(tmp_path):
     r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out)
     assert r.returncode == 2 and "grid.json" in r.stderr and "another grid" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["grid.json"]
+
+
+def test_stop_settings_may_be_axes_and_share_a_pack():
+    g = parse_grid(with_(axes__patience=[100, 300], axes__plateau=[True, False]), "g.yaml")
+    pts = g.points()
+    assert len(pts) == 3 * 2 * 2 * 2 and {p.patience for p in pts} == {100, 300}
+    assert len({p.point_id for p in pts}) == len(pts)
+    assert len({p.pack_key for p in pts}) == 1                 # checked per member (train.py)
+    from memgrid.tune import plan_packs
+    assert len(plan_packs(pts, "auto", 1)) == 1
+    assert {p.patience for p in g.smoke().points()} == {100}   # --smoke still shortens it
+    with pytest.raises(ConfigError, match=r"^g.yaml: axes.patience: must be >= 0"):
+        parse_grid(with_(axes__patience=[100, -1]), "g.yaml")
+    with pytest.raises(ConfigError, match=r"^g.yaml: stop.patience: also given as an axis"):
+        parse_grid(with_(axes__patience=[100], stop__patience=5), "g.yaml")

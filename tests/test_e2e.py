@@ -66,7 +66,8 @@ def _parts(out):
     return [p for p in folder.glob("*.parquet")] if folder.exists() else []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=["kill", "ctrl-c", "term"])
 def test_interrupted_run_resumes_without_retraining_or_duplicates(tmp_path, sig):
     grid = write_grid(
         tmp_path / "g.yaml", name="killme",
@@ -76,7 +77,7 @@ def test_interrupted_run_resumes_without_retraining_or_duplicates(tmp_path, sig)
         stop={"plateau": False}, resources={"pack": 1})
     out = tmp_path / "res"
     proc = subprocess.Popen([sys.executable, "-m", "memgrid.cli", "run", str(grid), "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
     while len(_parts(out)) < 3 and time.time() < deadline and proc.poll() is None:
@@ -85,8 +86,14 @@ def test_interrupted_run_resumes_without_retraining_or_duplicates(tmp_path, sig)
     if sig == signal.SIGKILL:
         os.killpg(proc.pid, signal.SIGKILL)          # the driver and its embedded Ray, at once
     else:
-        proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig != signal.SIGKILL:      # memgrid's own line, not Tune's advice; 128 + the signal
+        assert proc.returncode == 128 + sig, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"memgrid: interrupted: {out}: ") and \
+            last.endswith(" points stored; run the same command again to finish"), err
+        assert "Tuner.restore" not in err and "FileNotFoundError" not in err, err
     # a worker may complete a write already under way when the driver dies: let it land
     seen, quiet_since = len(_parts(out)), time.time()
     while time.time() - quiet_since < 3:

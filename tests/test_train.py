@@ -108,6 +108,26 @@ def test_stopped_members_leave_the_pack_and_others_continue():
     # for a batch); bitwise with the C kernel (tests/test_kernels.py)
 
 
+def test_a_pack_mixing_stop_settings_stops_each_member_as_alone():
+    """Stop settings may differ inside a pack (an axis `patience: [...]`): each member stops by
+    its own point's rule, as it does trained alone."""
+    kw = dict(q_min=6, q_max=6, max_epochs=800, eval_every=20, eval_size=128, batch_size=32,
+              mc_length=0, plateau_tol=0.05)
+    pack = [Point("rnn", 1, 2, 5, 0, patience=100, **kw), Point("rnn", 1, 2, 5, 0, patience=300, **kw),
+            Point("rnn", 1, 2, 1, 1, solved_loss=0.1, **kw), Point("rnn", 1, 2, 1, 1, solved_loss=0.03, **kw)]
+    assert len({p.pack_key for p in pack}) == 1
+    rows, _ = train_points(pack)
+    by = {r["point_id"]: r for r in rows}
+    for p in pack:
+        (alone,), _ = train_points([p])
+        got = by[p.point_id]
+        assert (got["stop_reason"], got["epochs"]) == (alone["stop_reason"], alone["epochs"]), p
+        assert got["loss"] == pytest.approx(alone["loss"], abs=1e-6)
+    stops = [(by[p.point_id]["stop_reason"], by[p.point_id]["epochs"]) for p in pack]
+    assert stops[0][0] == stops[1][0] == "plateau" and stops[0][1] < stops[1][1]   # patience
+    assert stops[2][0] == stops[3][0] == "solved" and stops[2][1] < stops[3][1]     # solved_loss
+
+
 def test_resume_from_state_is_exact():
     pts = [Point("gru", 1, 3, p, 0, max_epochs=200, eval_every=20, eval_size=128, q_min=4, q_max=6)
            for p in (1, 2, 3)]

@@ -1,0 +1,126 @@
+"""A learning rate tuned per configuration (Collins, Sohl-Dickstein and Sussillo, ICLR 2017):
+candidates trained side by side, the hopeless ones eliminated early, the choice made on tuning
+seeds and the limit then measured on other seeds.
+
+How a grid with a `tune_lr:` section runs (``memgrid.tune.run_grid``):
+
+1. *Tuning.* Every configuration of the grid (its points up to position and seed) is trained
+   at every candidate learning rate on the tuning seeds, all candidates of a configuration in
+   one pack (learning rate is a per-member setting). At each rung, budget/eta^k for k = rungs ..
+   1, :func:`rank` orders the candidates and only the best 1/eta go on; the others' members stop
+   with stop reason `eliminated`. These rows go to ``<results>/tuning/``, never to the points
+   table that the analysis reads.
+2. *Choice.* :func:`choose_lr` takes the best surviving candidate per configuration.
+3. *Measurement.* The grid's own points (its seeds, which must differ from the tuning seeds)
+   train at the chosen rate; each row records it in `lr` and how it was chosen in `lr_source`.
+
+Nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .config import Point
+
+THRESHOLD = 0.05
+"""mean loss below which a position counts as memorized (the analysis' default)"""
+
+
+@dataclass(frozen=True)
+class LRTuning:
+    """The `tune_lr:` section of a grid file."""
+
+    candidates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
+    """learning rates tried for every configuration"""
+    seeds: tuple[int, ...] = (1000, 1001)
+    """tuning seeds: the choice is made on these, and no reported point uses them"""
+    eta: int = 2
+    """successive halving: at each rung the best 1/eta of the candidates go on"""
+    rungs: int = 2
+    """halvings, at max_epochs / eta^rungs, ..., max_epochs / eta"""
+
+    def rung_epochs(self, max_epochs: int, eval_every: int) -> list[int]:
+        """Epochs of the halvings, each rounded down to an evaluation (rungs that fall on the
+        same evaluation, or on epoch 0, merge)."""
+        out = []
+        for k in range(self.rungs, 0, -1):
+            e = (max_epochs // self.eta ** k) // eval_every * eval_every
+            if e > 0 and e not in out:
+                out.append(e)
+        return out
+
+    def describe(self) -> str:
+        """The `lr_source` of a measured point."""
+        return (f"tuned: best of lr {', '.join(f'{c:g}' for c in self.candidates)} on seeds "
+                f"{', '.join(map(str, self.seeds))} (successive halving, eta {self.eta}, "
+                f"{self.rungs} rungs)")
+
+    def to_dict(self) -> dict:
+        return {"candidates": list(self.candidates), "seeds": list(self.seeds), "eta": self.eta,
+                "rungs": self.rungs}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LRTuning:
+        return cls(tuple(d["candidates"]), tuple(d["seeds"]), d["eta"], d["rungs"])
+
+
+def tuning_points(points: list[Point], tuning: LRTuning) -> list[Point]:
+    """The tuning run of a grid: each (configuration, position) at each candidate and tuning
+    seed, once."""
+    seen, out = set(), []
+    for p in points:
+        key = (p.pack_key, p.position)
+        if key in seen:
+            continue
+        seen.add(key)
+        out += [replace(p, seed=s, lr=lr) for lr in tuning.candidates for s in tuning.seeds]
+    return out
+
+
+def rank(losses: list[tuple[float, int, float]], threshold: float = THRESHOLD) -> list[float]:
+    """Candidate learning rates, best first, from (lr, position, loss) of one configuration's
+    members (one per seed and position; the latest evaluation loss, or the final one).
+
+    Best: the highest memory-distance limit over the tuning seeds (largest p with mean loss <
+    threshold for every p' <= p), then the lowest mean loss over all its members. A candidate
+    with a non-finite loss (diverged) ranks last."""
+    by_lr: dict[float, dict[int, list[float]]] = {}
+    for lr, p, loss in losses:
+        by_lr.setdefault(lr, {}).setdefault(p, []).append(loss)
+
+    def score(lr: float) -> tuple:
+        means = {p: sum(v) / len(v) for p, v in by_lr[lr].items()}
+        if not all(math.isfinite(m) for m in means.values()):
+            return (1, 0, math.inf)
+        limit = 0
+        while limit + 1 in means and means[limit + 1] < threshold:
+            limit += 1
+        return (0, -limit, sum(means.values()) / len(means))
+
+    return sorted(by_lr, key=score)
+
+
+def choose_lr(rows: list[dict], tuned: list[Point], threshold: float = THRESHOLD
+              ) -> dict[tuple, float]:
+    """pack_key -> chosen learning rate, from the rows (points-table rows) of the tuning run of
+    the points `tuned`: the best (:func:`rank`) of the candidates never eliminated. Rows of
+    other points are ignored; a configuration without rows gets no entry."""
+    key_of = {p.point_id: p.pack_key for p in tuned}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["point_id"] in key_of:
+            groups.setdefault(key_of[r["point_id"]], []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        out_lrs = {r["lr"] for r in rs if r["stop_reason"] == "eliminated"}
+        alive = [(r["lr"], r["position"], r["loss"] if r["loss"] is not None else math.nan)
+                 for r in rs if r["lr"] not in out_lrs]
+        out[key] = rank(alive or [(r["lr"], r["position"], r["loss"]) for r in rs], threshold)[0]
+    return out
+
+
+def measured_points(points: list[Point], chosen: dict[tuple, float]) -> list[Point]:
+    """The grid's points at their configuration's chosen learning rate."""
+    return [replace(p, lr=chosen[p.pack_key]) for p in points]
