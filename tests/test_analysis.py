@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def points(losses: dict[int, float | list[float]], arch="rnn", layers=1, cells=5,
-           r2: dict[int, float] | None = None, epochs: int = 100, **settings) -> pd.DataFrame:
+           r2: dict[int, float] | None = None, epochs: int = 100, max_epochs: int = 5000,
+           **settings) -> pd.DataFrame:
     """A points table of one configuration: `losses` maps p to one loss per seed (a list) or
     to one loss for seeds 0..2."""
     rows = []
@@ -30,7 +31,7 @@ def points(losses: dict[int, float | list[float]], arch="rnn", layers=1, cells=5
         for seed, loss in enumerate(ls):
             rows.append(dict(arch=arch, layers=layers, cells=cells, position=p, seed=seed,
                              q_min=10, q_max=15, loss=loss,
-                             r2=(r2 or {}).get(p, 0.0), epochs=epochs, max_epochs=500,
+                             r2=(r2 or {}).get(p, 0.0), epochs=epochs, max_epochs=max_epochs,
                              point_id=f"{arch}-{layers}-{cells}-{p}-{seed}-{settings}",
                              **settings))
     return pd.DataFrame(rows)
@@ -188,6 +189,41 @@ def test_claims_gated_p10_and_c_equals_p():
     bad = pd.concat([diag[diag["cells"] < 3], points({3: 0.2}, cells=3)])
     assert verdicts(bad)["Fig. 6"] == "does not hold"
     assert verdicts(points({1: 0.01}, cells=3))["Fig. 6"] == "not covered by this grid"
+    # one seed of three fails at p = c: the mean (0.037) is below 0.05, the claim is not
+    one_fails = pd.concat([diag[diag["cells"] < 3], points({3: [0.01, 0.09, 0.01]}, cells=3)])
+    claims = check_claims(one_fails).set_index("figure")
+    assert claims.loc["Fig. 6", "verdict"] == "does not hold"
+    assert "c=3: 2 of 3 seeds" in claims.loc["Fig. 6", "evidence"]
+    # another lr where every seed makes it: the cell count holds (best setting)
+    rescued = pd.concat([one_fails.assign(lr=0.003), points({3: 0.01}, cells=3, lr=0.03)])
+    assert verdicts(rescued)["Fig. 6"] == "holds"
+
+
+def test_claims_lstm_p5():
+    lstm = lambda ls: points({p: ls[p - 1] for p in range(1, 6)}, arch="lstm")  # noqa: E731
+    assert verdicts(lstm([0.01] * 5))["Fig. 5, p <= 5"] == "holds"
+    claims = check_claims(lstm([0.01, 0.01, 0.146, 0.2, 0.22])).set_index("figure")
+    assert claims.loc["Fig. 5, p <= 5", "verdict"] == "does not hold"
+    assert "p=3: 0.146" in claims.loc["Fig. 5, p <= 5", "evidence"]
+    assert verdicts(points({1: 0.01}, arch="lstm"))["Fig. 5, p <= 5"] == "not covered by this grid"
+
+
+def test_claims_take_the_budget_into_account():
+    """1000 epochs is no evidence against a claim of what 5000 epochs learn, nor for one of
+    what they do not; comparisons are decided at any budget."""
+    short = dict(max_epochs=1000)
+    diag_fails = points({3: 0.2}, cells=3, **short)
+    claims = check_claims(diag_fails).set_index("figure")
+    assert claims.loc["Fig. 6", "verdict"] == "not covered by this grid"
+    assert "would be 'does not hold'" in claims.loc["Fig. 6", "evidence"]
+    assert "1,000 SGD steps" in claims.loc["Fig. 6", "evidence"]
+    assert verdicts(points({3: 0.01}, cells=3, **short))["Fig. 6"] == "holds"
+    assert verdicts(points({10: 0.2}, arch="gru", **short))["Fig. 8"] == "not covered by this grid"
+    assert verdicts(points({10: 0.02}, arch="gru", **short))["Fig. 8"] == "does not hold"
+    assert verdicts(points(FIG4, **short))["Fig. 4"] == "not covered by this grid"
+    # 8 steps per epoch x 1000 epochs = 8000 steps: more than the paper's 5000
+    assert verdicts(points({3: 0.2}, cells=3, steps_per_epoch=8, **short))["Fig. 6"] == \
+        "does not hold"
 
 
 def test_claims_capacity_bound():
@@ -210,6 +246,18 @@ def test_claims_fixed_vs_random():
     assert verdicts(fixed)["Fig. 4"] == "not covered by this grid"  # random-length claims
 
 
+def test_claims_counting_cases():
+    def fixed(l, c, losses):
+        return points(losses, layers=l, cells=c).assign(q_max=10)
+    learned = pd.concat([fixed(1, 2, {10: 0.01}), fixed(2, 2, {8: 0.01, 9: 0.02, 10: 0.03})])
+    assert verdicts(learned)["Fig. 9, counting"] == "holds"
+    one_seed = pd.concat([fixed(1, 2, {10: [0.01, 0.2, 0.2]}), fixed(2, 2, {8: 0.01, 9: 0.02, 10: 0.03})])
+    claims = check_claims(one_seed).set_index("figure")
+    assert claims.loc["Fig. 9, counting", "verdict"] == "does not hold"
+    assert "l=1 c=2 p=10: 0.137 (1 of 3 seeds < 0.05)" in claims.loc["Fig. 9, counting", "evidence"]
+    assert verdicts(fixed(1, 2, {10: 0.01}))["Fig. 9, counting"] == "not covered by this grid"
+
+
 def test_claims_bimodality_and_empty():
     crisp = pd.concat([points({1: 0.01, 2: 0.25}, cells=c) for c in (1, 2)])
     assert verdicts(crisp)["Figs. 6, 7"] == "holds"
@@ -217,7 +265,7 @@ def test_claims_bimodality_and_empty():
     assert verdicts(mushy)["Figs. 6, 7"] == "does not hold"
     assert verdicts(points({1: 0.01, 2: 0.1}))["Figs. 6, 7"] == "not covered by this grid"
     empty = check_claims(points({1: 0.01}).iloc[:0])
-    assert len(empty) == 7 and set(empty["verdict"]) == {"not covered by this grid"}
+    assert len(empty) == 9 and set(empty["verdict"]) == {"not covered by this grid"}
 
 
 # ---------------------------------------------------------------------------------------------

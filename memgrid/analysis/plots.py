@@ -150,7 +150,9 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
     fig.legend(handles=[Line2D([], [], color="red", lw=1.5,
                                label=f"memory limit (mean loss < {threshold} up to here)")],
                loc="outside lower center", fontsize=8)
-    fig.suptitle(f"{what} of the loss over seeds ({length_text(points)})", fontsize=11)
+    # one panel is narrower than the title: break it rather than let the edges clip it
+    sep = "\n" if len(layers) < 2 else " "
+    fig.suptitle(f"{what} of the loss over seeds{sep}({length_text(points)})", fontsize=11)
     return fig
 
 
@@ -196,8 +198,7 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
             spread = [(m["mc"] - m["lo"]).clip(lower=0), (m["hi"] - m["mc"]).clip(lower=0)]
             ax_mc.errorbar(m["units"] + shift[arch], m["mc"], yerr=spread, fmt=marker, ms=5,
                            color=ARCH_COLORS.get(arch, "k"), elinewidth=0.8, capsize=2)
-    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), marker="o", ls="", label=a.upper())
-              for a in archs]
+    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
     legend += [Line2D([], [], color="0.3", marker=LAYER_MARKERS[i % len(LAYER_MARKERS)], ls="",
                       label=f"l = {l}") for i, l in enumerate(layers)]
     legend += [Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
@@ -332,13 +333,14 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
             t = task[(task["arch"] == arch) & (task["layers"] == l)]
             ax.scatter(t["units"] + shift[arch], t["mc"], marker=marker, s=36, facecolors="none",
                        edgecolors=color, linewidths=1.1)
-    handles = [Line2D([], [], color=_MC_COLORS.get(a, "k"), marker="s", ls="", label=a.upper())
-               for a in archs]
+    # colour = arch as a bare line, so that no arch entry looks like a layer's marker
+    handles = [Line2D([], [], color=_MC_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
     handles += [Line2D([], [], color="0.3", marker=_MC_MARKERS[i % len(_MC_MARKERS)], ls="",
                        label=f"l = {l}") for i, l in enumerate(layers)]
-    handles += [Line2D([], [], color="0.3", marker="o", ls="", label="stream MC (Jaeger, k >= 1)"),
-                Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
-                       label="task MC = sum_p r2_p")]
+    handles += [Line2D([], [], color="0.3", marker="h", ls="",
+                       label="filled: stream MC (Jaeger, k >= 1)"),
+                Line2D([], [], color="0.3", marker="h", mfc="none", ls="",
+                       label="hollow: task MC = sum_p r2_p")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left")
     ax.set_xlabel("units N = c * l")
     ax.set_ylabel("memory capacity MC")

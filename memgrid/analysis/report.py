@@ -18,8 +18,11 @@ import pandas as pd
 from ..store import read_grid_identity
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
+from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, budget_steps,
+                          configuration_columns, converged_budget, limit_marks)
 from .limits import replay_stopping, plateau_effect, bimodality, memory_limits
-from .plots import plot_mc_vs_units, plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save
+from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
+                    plot_mc_vs_units, save)
 from .tables import (CONFIG, THRESHOLD, fixed_length, load_curves, load_points, random_length,
                      variant_columns)
 
@@ -65,7 +68,7 @@ def _values(vals: list) -> str:
     return ", ".join(map(str, vals))
 
 
-def _grid_section(identity: dict | None, points: pd.DataFrame) -> list[str]:
+def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list[str]:
     if identity is None:
         return ["## Grid", "", "No `grid.json` in the results folder: the grid is unknown, so "
                 "progress cannot be measured against it.", ""]
@@ -77,7 +80,7 @@ def _grid_section(identity: dict | None, points: pd.DataFrame) -> list[str]:
                                  or "none (defaults)") + ".", ""]
     expected = math.prod(len(v) for v in axes.values()) if axes else 0
     done = len(points)
-    ids = _grid_ids(identity, expected)
+    ids = _grid_ids(identity, expected, uri)
     if ids is not None:
         in_grid = int(points["point_id"].isin(ids).sum()) if done else 0
         text = f"Points done: **{in_grid} of {expected}** ({100 * in_grid / max(expected, 1):.1f}%)."
@@ -88,20 +91,22 @@ def _grid_section(identity: dict | None, points: pd.DataFrame) -> list[str]:
     return out + [text, ""]
 
 
-def _grid_ids(identity: dict, expected: int) -> set[str] | None:
+def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
     """point_ids of the grid's points, or None if the grid is too big or will not expand."""
     if not 0 < expected <= MAX_ID_CHECK:
         return None
-    from ..config import Grid
+    from ..config import grid_from_identity
+    from ..tune import grid_points
     try:
-        grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"])
-        return {p.point_id for p in grid.points()}
+        points = grid_points(grid_from_identity(identity), uri)
     except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
         return None
+    return None if points is None else {p.point_id for p in points}
 
 
-def _limits_section(kind: str, sub: pd.DataFrame, threshold: float) -> list[str]:
-    lim = memory_limits(sub, threshold)
+def _limits_section(kind: str, sub: pd.DataFrame, threshold: float,
+                    conv: pd.DataFrame | None) -> list[str]:
+    lim = _with_marks(memory_limits(sub, threshold), sub, conv)
     shown = [c for c in lim.columns if c not in ("complete",)]
     lim = lim[shown].rename(columns={"limit_censored": "censored", "loss_at_limit": "loss@limit",
                                      "loss_next": "loss@limit+1"})
@@ -109,7 +114,9 @@ def _limits_section(kind: str, sub: pd.DataFrame, threshold: float) -> list[str]
     out = [f"### {kind}", "",
            f"Limit: largest p with mean loss over seeds < {threshold} for every p' <= p. "
            "`stop`: `loss` = p = limit + 1 failed; `missing` = p = limit + 1 not in the data; "
-           "`end` = limit is the largest p run (censored: the true limit may be higher).", "",
+           "`end` = limit is the largest p run (censored: the true limit may be higher). "
+           "`converged`: doubling the training budget moves neither the limit nor the loss at "
+           "it (see Training budget); `unknown`: this run cannot tell.", "",
            md_table(lim),
            f"Limits above the bound N - (l - 1): {len(over)}"
            + (" (" + ", ".join(f"{r.arch} l={r.layers} c={r.cells}: {r.limit} > {r.bound}"
@@ -118,18 +125,120 @@ def _limits_section(kind: str, sub: pd.DataFrame, threshold: float) -> list[str]
     return out
 
 
+def _with_marks(lim: pd.DataFrame, sub: pd.DataFrame, conv: pd.DataFrame | None) -> pd.DataFrame:
+    """`lim` (memory_limits of `sub`) with a `converged` column from `conv` (budget_convergence
+    with its marks), matched on the configuration and the budget in SGD steps."""
+    if lim.empty:
+        return lim.assign(converged=[])
+    spe = lim["steps_per_epoch"] if "steps_per_epoch" in lim else sub["steps_per_epoch"].iloc[0]
+    epochs = lim["max_epochs"] if "max_epochs" in lim else sub["max_epochs"].iloc[0]
+    single = budget_steps(sub).nunique() == 1
+    lim = lim.assign(budget=(spe * epochs) if not single else budget_steps(sub).iloc[0])
+    if conv is None or conv.empty:
+        return lim.assign(converged="unknown").drop(columns="budget")
+    keys = [k for k in configuration_columns(conv) if k in lim.columns] + ["budget"]
+    marks = conv[keys + ["mark"]].drop_duplicates(keys)
+    out = lim.merge(marks, on=keys, how="left").rename(columns={"mark": "converged"})
+    out["converged"] = out["converged"].fillna("unknown")
+    return out.drop(columns="budget")
+
+
+def _convergence(uri: str, points: pd.DataFrame, threshold: float
+                 ) -> tuple[pd.DataFrame | None, str]:
+    """budget_convergence (with marks) of the trained points of one task (random or fixed
+    length), and how the budgets came about; (None, why not) where the folder cannot tell."""
+    trained = points[points["arch"] != "esn"]
+    if trained.empty:
+        return None, ""
+    steps = budget_steps(trained)
+    if steps.nunique() > 1:
+        table, how = trained, "the grid's own budgets (each budget trained as its own points)"
+    elif not trained["plateau"].astype(bool).any() and len(trained) <= MAX_CURVE_POINTS:
+        curves = load_curves(uri, trained["point_id"].tolist())
+        table = budget_rungs(trained, curves)
+        how = (f"this run without the plateau stop, replayed at shorter budgets on its curves "
+               f"(a run cut at an evaluation is the shorter run: training is deterministic)")
+        if budget_steps(table).nunique() < 2:
+            return None, "no shorter budget lands on an evaluation of this run"
+    else:
+        return None, (f"this run trained every point to one budget ({int(steps.iloc[0]):,} SGD "
+                      "steps) with the plateau stop on, so nothing here says whether more "
+                      "training would move its limits. Run the grid with a budget axis "
+                      "(`tune_configs/budget_ladder.yaml`), or with `--no-plateau` (its curves "
+                      "replay every shorter budget), to know")
+    conv = budget_convergence(table, threshold)
+    return conv.assign(mark=limit_marks(conv)), how
+
+
+def _protocols(points: pd.DataFrame) -> list[str]:
+    """The protocols (config.PROTOCOLS, or `custom`) of the trained points' settings."""
+    from ..config import PROTOCOL_KEYS, protocol_name
+
+    trained = points[points["arch"] != "esn"]
+    keys = ["arch"] + [k for k in PROTOCOL_KEYS if k in trained]
+    return sorted({protocol_name(r) for r in trained.drop_duplicates(keys).to_dict("records")})
+
+
+def _budget_section(convs: dict[str, tuple[pd.DataFrame | None, str]], points: pd.DataFrame,
+                    out: Path) -> list[str]:
+    from ..config import PROTOCOLS
+
+    names = _protocols(points)
+    if not names:
+        return []
+    lines = ["## Training budget and convergence", "",
+             "Protocol: " + ", ".join(f"`{n}`" for n in names) + " (named training settings: "
+             + "; ".join(f"`{n}` = " + ", ".join(f"{k} {v}" for k, v in vals.items())
+                         for n, vals in PROTOCOLS.items())
+             + "; `custom` = neither).", ""]
+    for kind, (conv, how) in convs.items():
+        if len(convs) > 1:
+            lines += [f"### {kind.capitalize()} length", ""]
+        lines += _budget_table(conv, how, out, f"limits_by_budget_{kind}")
+    return lines
+
+
+def _budget_table(conv: pd.DataFrame | None, how: str, out: Path, stem: str) -> list[str]:
+    if conv is None:
+        return ["Convergence: unknown: " + how + ".", ""] if how else []
+    shown = conv.assign(cell=[f"{int(l)}" + ("" if m == "converged" else " (moves)" if
+                                              m == "not converged" else " (?)")
+                              for l, m in zip(conv["limit"], conv["mark"])])
+    keys = configuration_columns(conv)
+    pivot = shown.pivot_table(index=keys, columns="budget", values="cell", aggfunc="first")
+    pivot.columns = [f"{int(b):,} steps" for b in pivot.columns]
+    first = converged_budget(conv).set_index(keys)["from_budget"]
+    pivot["converged from"] = [f"{int(v):,} steps" if np.isfinite(v) else "not yet"
+                               for v in first.reindex(pivot.index)]
+    n_conf = len(pivot)
+    n_conv = int(np.isfinite(first).sum())
+    png = save(plot_limits_by_budget(conv), out, stem)
+    return [f"Memory limit at each training budget (SGD steps = steps_per_epoch x max_epochs), "
+            f"from {how}. A limit is *converged* when the next budget at least twice as large "
+            f"gives the same limit and a mean loss at the limit within {LOSS_TOL}: "
+            "`(moves)` = not converged: a larger budget moves it, or it was still moving at "
+            "the largest budget run; `(?)` = nothing to compare with. "
+            f"Configurations converged at some budget: **{n_conv} of {n_conf}**.", "",
+            md_table(pivot.reset_index(), max_rows=200), "",
+            f"![memory limit against training budget]({png.name})", ""]
+
+
 def _capacity_section(points: pd.DataFrame) -> list[str]:
     mc = memory_capacity(points)
     if "r2" not in points or points["r2"].isna().all():
         return ["## Memory capacity", "", "No r2 measured: MC cannot be computed.", ""]
     over = mc[mc["margin"] > 0].sort_values("margin", ascending=False)
     out = ["## Memory capacity", "",
-           "MC = sum over the positions run of r2 (Jaeger 2001; paper eq. 3), clipped to [0, 1], "
-           "NaN as 0. Paper's bound: MC <= N - (l - 1). `noise`: the sum of r2 expected by chance "
-           "on the evaluation sets; a margin below it is within measurement noise.", "",
-           f"Networks (arch, l, c, seed): {len(mc)}; able to exceed the bound (more positions "
-           f"than N - (l - 1)): {int(capacity_testable(mc).sum())}; **violations: {len(over)}**.",
-           ""]
+           "*Task MC*, as the paper computes it: for one (arch, l, c, seed), the sum over the "
+           "positions run of r2_p (Jaeger 2001; paper eq. 3), clipped to [0, 1], NaN as 0, where "
+           "r2_p comes from the network trained for position p. It sums over *different* "
+           "networks, one per p, so it is not one network's capacity and Jaeger's bound MC <= N "
+           "does not bind it (one network's MC is the stream MC below). The paper's observed "
+           "bound is MC <= N - (l - 1). `noise`: the sum of r2 expected by chance on the "
+           "evaluation sets; a margin below it is within measurement noise.", "",
+           f"(arch, l, c, seed): {len(mc)}; able to exceed N - (l - 1) (more positions than "
+           f"that): {int(capacity_testable(mc).sum())}; **task MC above N - (l - 1): "
+           f"{len(over)}**.", ""]
     if len(over):
         out += [md_table(over), ""]
     summary = mc.groupby(CONFIG + variant_columns(points), dropna=False).agg(
@@ -191,17 +300,29 @@ def _stop_section(points: pd.DataFrame) -> list[str]:
     return ["## Stop reasons", "", md_table(counts)]
 
 
-def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float) -> list[tuple[str, str]]:
-    """Draw what the data supports; (caption, png name) per figure."""
+def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
+             convs: dict[str, tuple[pd.DataFrame | None, str]]) -> list[tuple[str, str]]:
+    """Draw what the data supports; (caption, png name) per figure. A table with several
+    training budgets is drawn at its largest (the budget figure shows the others)."""
     made = []
     for kind, sub in (("random", random_length(points)), ("fixed", fixed_length(points))):
         if sub.empty:
             continue
+        steps = budget_steps(sub)
+        at = ""
+        if steps.nunique() > 1:
+            sub, at = sub[steps == steps.max()], f", at the largest budget ({steps.max():,} steps)"
         for stat in ("mean", "std"):
             png = save(plot_heatmaps(sub, stat, threshold), out, f"heatmap_{stat}_{kind}")
-            made.append((f"{stat} loss over seeds, {kind} length (Figs. 6-9)", png.name))
-        png = save(plot_limits_vs_units(sub, threshold), out, f"limits_vs_units_{kind}")
-        made.append((f"memory limit and MC against N, {kind} length", png.name))
+            made.append((f"{stat} loss over seeds, {kind} length{at} (Figs. 6-9)", png.name))
+        conv = convs.get(kind, (None, ""))[0]
+        marks = None
+        if conv is not None:
+            last = conv[conv["budget"] == steps.max()]
+            marks = {(r["arch"], r["layers"], r["cells"]): r["mark"]
+                     for r in last.to_dict("records")}
+        png = save(plot_limits_vs_units(sub, threshold, marks), out, f"limits_vs_units_{kind}")
+        made.append((f"memory limit and MC against N, {kind} length{at}", png.name))
         if "mc_stream" in sub and sub["mc_stream"].notna().any():
             png = save(plot_mc_vs_units(sub), out, f"mc_vs_units_{kind}")
             made.append((f"memory capacity against N: stream (Jaeger) and task, {kind} length",
@@ -247,7 +368,7 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     lines = [f"# memgrid report: {name}", "",
              f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
              "then.", ""]
-    lines += _grid_section(identity, points)
+    lines += _grid_section(identity, points, uri)
     if points.empty:
         return "\n".join(lines + ["No points yet: nothing to analyse.", ""])
 
@@ -256,11 +377,14 @@ def _report(uri: str, out: Path, threshold: float) -> str:
         lines += [f"This table varies {', '.join(pooled)} besides arch, l, c, p and seed: tables "
                   "keep them apart; figures pool them.", ""]
     lines += _stop_section(points)
+    kinds = [(name, title, sub) for name, title, sub in (
+        ("random", "Random length (Definition 1)", random_length(points)),
+        ("fixed", "Fixed length (Definition 2)", fixed_length(points))) if len(sub)]
+    convs = {name: _convergence(uri, sub, threshold) for name, _, sub in kinds}
     lines += ["## Memory-distance limits", ""]
-    for kind, sub in (("Random length (Definition 1)", random_length(points)),
-                      ("Fixed length (Definition 2)", fixed_length(points))):
-        if len(sub):
-            lines += _limits_section(kind, sub, threshold)
+    for name, title, sub in kinds:
+        lines += _limits_section(title, sub, threshold, convs[name][0])
+    lines += _budget_section(convs, points, out)
     lines += _capacity_section(points)
 
     lines += ["## Bimodality", ""]
@@ -280,10 +404,12 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     curves = None
     if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
         curves = load_curves(uri, rnn_lstm["point_id"].tolist())
-    lines += ["## Paper claims", "", md_table(check_claims(points, curves, threshold))]
+    names = _protocols(points)
+    lines += ["## Paper claims" + (f" (protocol {', '.join(names)})" if names else ""), "",
+              md_table(check_claims(points, curves, threshold))]
 
     lines += ["## Figures", ""]
-    for caption, png in _figures(points, uri, out, threshold):
+    for caption, png in _figures(points, uri, out, threshold, convs):
         pdf = png[:-4] + ".pdf"
         lines += [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
     return "\n".join(lines)
