@@ -1,7 +1,12 @@
 """memgrid: how far back can a recurrent network remember? Grids of RNN/LSTM/GRU trainings on
 the random memorization task (Illium et al., ICAART 2022), on Ray Tune, results in Parquet."""
 
+import time as _time
+
 __version__ = "0.1.0"
+IMPORTED = _time.monotonic()
+"""when memgrid was first imported (time.monotonic()): the earliest start the progress clock
+believes (memgrid.tune.launch_time)"""
 
 from .config import ConfigError as ConfigError
 from .config import Grid as Grid

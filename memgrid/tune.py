@@ -433,17 +433,27 @@ def descendants(root: int | None = None, *, zombies: bool = False) -> set[int]:
     return found if zombies else {p for p in found if table[p][1] != "Z"}
 
 
+LAUNCH_SLACK_S = 5.0
+"""the longest a Python start may take before it imports memgrid"""
+
+
 def launch_time() -> float:
     """When this process started, on the time.monotonic() clock (Linux: from /proc, so that a
-    clock shown from it counts the imports too; elsewhere: now)."""
+    clock shown from it counts the imports too; elsewhere: when memgrid was imported), but no
+    earlier than LAUNCH_SLACK_S before memgrid was imported: a process that began as something
+    else (`bash -c "pip install ... && memgrid run ..."` execs memgrid in the shell's process)
+    or a clock that jumped would otherwise count time that was not this run's."""
+    from . import IMPORTED
+
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: starttime
         with open("/proc/uptime") as f:
             uptime_s = float(f.read().split()[0])
-        return time.monotonic() - max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+        started = time.monotonic() - max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
-        return time.monotonic()
+        return IMPORTED
+    return max(started, IMPORTED - LAUNCH_SLACK_S)
 
 
 def _subreaper(on: bool) -> None:

@@ -107,6 +107,11 @@ def test_clock_starts_when_the_process_starts():
             "print(time.monotonic() - launch_time())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert float(r.stdout) >= 1.5                   # counts what came before the import
+    # ... but not a process that was something else long before memgrid was imported
+    code = ("import time; time.sleep(7); from memgrid.tune import launch_time; "
+            "print(time.monotonic() - launch_time())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert 5.0 <= float(r.stdout) < 6.5
     assert _fmt_s(39.9) == "00:39" and _fmt_s(3725) == "1:02:05"
 
 
