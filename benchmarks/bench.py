@@ -48,6 +48,9 @@ from memgrid.tune import member_bytes  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 STOP_OFF = dict(solved_loss=0.0, plateau=False, mc_length=0)
 """nothing stops early (equal work); no stream memory capacity (the baseline does not measure it)"""
+PROTOCOL = "paper"
+"""one SGD step per epoch, so that a point-epoch is one step, as in every figure measured so far
+(the converged protocol's 8 steps per epoch would make a point-epoch 8 steps)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,12 +59,13 @@ STOP_OFF = dict(solved_loss=0.0, plateau=False, mc_length=0)
 
 def fig4(epochs: int) -> Grid:
     """Figure 4: rnn, l = 1, c = 5, p = 1..10, seeds 0..9 (100 points), q in 10..15."""
-    return load_grid(ROOT / "tune_configs/fig4_rnn.yaml").with_overrides(max_epochs=epochs, **STOP_OFF)
+    return load_grid(ROOT / "tune_configs/fig4_rnn.yaml", PROTOCOL).with_overrides(
+        max_epochs=epochs, **STOP_OFF)
 
 
 def fig6(epochs: int) -> Grid:
     """A mixed slice of Figure 6: rnn, l = 1..5, c up to 20, p in 1, 3, 5, 7, 9, 4 seeds."""
-    g = load_grid(ROOT / "tune_configs/fig6_rnn.yaml")
+    g = load_grid(ROOT / "tune_configs/fig6_rnn.yaml", PROTOCOL)
     g = dataclasses.replace(g, name="fig6_bench", axes={**g.axes, "layers": [1], "cells": [1],
                                                          "position": [1, 3, 5, 7, 9],
                                                          "seed": [0, 1, 2, 3]})
@@ -269,6 +273,7 @@ class _Union:
         self.parts = grids
         self.name = grids[0].name.split("_l")[0] + f"-pack{pack}"
         self.resources = dataclasses.replace(grids[0].resources, pack=pack)
+        self.tune_lr, self.lr_source = None, "grid"
 
     def points(self) -> list[Point]:
         return [p for g in self.parts for p in g.points()]
