@@ -213,8 +213,10 @@ class PackTrainer:
         1/eta, and stop the active members of the others with reason `eliminated`."""
         latest = dict(self.final_loss)
         latest.update({m_idx: loss[row] for row, m_idx in enumerate(self.active)})
+        # members dropped by a retried trial (stored after its checkpoint) have no loss here
         ranked = rank([(m.point.lr, m.point.position, latest[i]) for i, m in
-                       enumerate(self.members) if m.point.lr not in self.eliminated])
+                       enumerate(self.members) if m.point.lr not in self.eliminated
+                       and i in latest])
         go_on = set(ranked[:math.ceil(len(ranked) / self.halving.eta)])
         self.eliminated |= set(ranked) - go_on
         out = []

@@ -88,6 +88,16 @@ def test_halving_survives_a_checkpoint():
     b.drop(done)
     a.run(), b.run()
     assert b.eliminated == a.eliminated and len(a.eliminated) == 3
+    # a retried trial also drops a point stored after its checkpoint (here the only member of
+    # one of the two rates left): the next rung ranks without it, and the other trains on
+    c = PackTrainer(pts, halving=tuning)
+    c.load_state_dict(state)
+    first = set(c.eliminated)
+    gone = c.members[c.active[0]].point
+    c.drop(done | {gone.point_id})
+    c.run()
+    assert len(first) == 2 and c.eliminated == first and c.done
+    assert [r["stop_reason"] for r in c.pop_finished()[0]] == ["max_epochs"]
     assert [(r["lr"], r["stop_reason"], r["loss"]) for r in b.pop_finished()[0]] == \
         [(r["lr"], r["stop_reason"], r["loss"]) for r in a.pop_finished()[0]]
 
