@@ -9,6 +9,7 @@ import argparse
 import pandas as pd
 
 from memgrid.analysis import check_claims, load_curves, load_points
+from memgrid.config import THRESHOLD
 from memgrid.analysis.report import md_table
 
 
@@ -26,7 +27,8 @@ def main(argv=None) -> None:
                     help="results folders run with --protocol paper")
     ap.add_argument("--converged", nargs="+", required=True, metavar="RESULTS",
                     help="results folders run with the converged protocol")
-    ap.add_argument("--threshold", type=float, default=0.05, help="loss below which p is memorized")
+    ap.add_argument("--threshold", type=float, default=THRESHOLD,
+                    help="loss below which p is memorized")
     args = ap.parse_args(argv)
     both = {}
     for name in ("paper", "converged"):

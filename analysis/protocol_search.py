@@ -10,6 +10,7 @@ import argparse
 import pandas as pd
 
 from memgrid.analysis import load_curves, load_points, score_budgets
+from memgrid.config import THRESHOLD
 from memgrid.analysis.report import md_table
 
 
@@ -18,10 +19,12 @@ def main(argv=None) -> None:
     ap.add_argument("results", nargs="+", metavar="RESULTS",
                     help="results folders of no-plateau runs (paths or pyarrow URIs)")
     ap.add_argument("--by", default="lr", help="the searched settings, comma-separated (lr)")
-    ap.add_argument("--threshold", type=float, default=0.05, help="loss below which p is memorized")
+    ap.add_argument("--threshold", type=float, default=THRESHOLD,
+                    help="loss below which p is memorized")
     args = ap.parse_args(argv)
     points = pd.concat([load_points(r) for r in args.results], ignore_index=True)
-    curves = pd.concat([load_curves(r) for r in args.results], ignore_index=True)
+    curves = pd.concat([load_curves(r) for r in args.results], ignore_index=True)  # none: the
+    # folders hold every budget already (docs/data/*-rungs)
     table = score_budgets(points, curves, args.by.split(","), args.threshold)
     short = {"holds": "yes", "does not hold": "no", "not covered by this grid": ""}
     print(md_table(table.replace(short), max_rows=len(table)))

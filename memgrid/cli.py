@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from . import store
-from .config import (MAX_POINTS, ConfigError, Grid, Point, check_resources, check_size,
-                     grid_from_identity, load_grid, parse_grid)
+from .config import (MAX_POINTS, THRESHOLD, ConfigError, Grid, Point, check_resources,
+                     check_size, grid_from_identity, load_grid, parse_grid)
 from .lock import FolderBusy, FolderLock
 
 EXIT_BAD_INPUT = 2
@@ -303,7 +303,7 @@ def status(results):
 @main.command()
 @click.argument("results", metavar="RESULTS")
 @click.option("--out", help="folder for report.md and the figures [default: RESULTS/report]")
-@click.option("--threshold", type=float, default=0.05, show_default=True,
+@click.option("--threshold", type=float, default=THRESHOLD, show_default=True,
               help="mean loss below which a position counts as memorized")
 def analyze(results, out, threshold):
     """Figures, limits, the MC check and the paper's claims from a results folder (also one

@@ -51,6 +51,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 protocols"). `paper`: the budget at which memgrid reproduces the paper's figures; `converged`:
 a budget at which doubling it moves no memory-distance limit, so that a limit measures the
 network and not the optimizer. A grid picks one with `protocol:`; settings it names itself win."""
+THRESHOLD = 0.05
+"""Mean evaluation MAE below which a position counts as memorized (DESIGN.md): the memory
+limit's threshold, in the analysis and in the tuning's choice alike."""
 DEFAULT_PROTOCOL = "converged"
 PROTOCOL_KEYS = tuple(PROTOCOLS[DEFAULT_PROTOCOL])
 _D = PROTOCOLS["paper"]
@@ -403,7 +406,7 @@ def _check_value(source: str, where: str, v: Any) -> None:
     """Impossible values, one setting at a time. `where`: the dotted key in the file."""
     key = where.rsplit(".", 1)[-1]
     if isinstance(v, dict) and key in BY_ARCH:     # per architecture: each value on its own
-        for a, x in v.items():
+        for x in v.values():
             _check_value(source, where, x)
         return
     bad = None

@@ -22,10 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .config import Point
-
-THRESHOLD = 0.05
-"""mean loss below which a position counts as memorized (the analysis' default)"""
+from .config import THRESHOLD, Point
 
 
 @dataclass(frozen=True)

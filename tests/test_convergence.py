@@ -160,6 +160,12 @@ def test_score_budgets_of_a_search():
     assert table.loc[(0.01, 8000), "Fig. 6"] == "holds"
     assert table["converged"].loc[0.01].tolist() == [0.0, 0.0, 1.0, 1.0]   # from 4000 on
     assert table["converged"].loc[0.1].tolist() == [1.0, 1.0, 1.0, 1.0]
+    # one setting only (lr is no variant then), and the replayed table scored without curves
+    one = score_budgets(a, ca, by=["lr"])
+    assert one["converged"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    again = score_budgets(budget_rungs(a, ca), None, by=["lr"])
+    assert again.drop(columns="converged").equals(one.drop(columns="converged"))
+    assert again["converged"].tolist() == one["converged"].tolist()
 
 
 def test_plot_limits_by_budget():

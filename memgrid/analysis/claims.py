@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..config import PROTOCOLS
 from .capacity import capacity_testable, memory_capacity
+from .convergence import budget_steps
 from .limits import bimodality
 from .tables import (THRESHOLD, describe, fixed_length, mean_losses, random_length,
                      variant_columns)
@@ -25,7 +27,7 @@ from .tables import (THRESHOLD, describe, fixed_length, mean_losses, random_leng
 HOLDS, FAILS, NOT_COVERED = "holds", "does not hold", "not covered by this grid"
 FEW = 0.2
 """Claim 7 holds when less than this share of (configuration, p) means lies in [0.05, 0.2]."""
-PAPER_STEPS = 5000
+PAPER_STEPS = PROTOCOLS["paper"]["steps_per_epoch"] * PROTOCOLS["paper"]["max_epochs"]
 """The paper trains "for up to 5000 epochs"; memgrid's `paper` protocol reads an epoch as one
 SGD step. A table whose largest budget (steps_per_epoch x max_epochs) is smaller cannot refute
 a claim that something is learned, nor confirm one that something is not."""
@@ -35,26 +37,40 @@ def _fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.3f}"
 
 
-def _fig4(means: pd.DataFrame, threshold: float) -> tuple[str, str]:
-    """RNN l=1 c=5: p <= 5 below threshold, 6..8 in [threshold, 0.2), 9 and 10 >= 0.2."""
-    sel = means[(means["arch"] == "rnn") & (means["layers"] == 1) & (means["cells"] == 5)]
+def _per_setting(sel: pd.DataFrame, positions: range, judge, need: str) -> tuple[str, str]:
+    """A claim about one configuration (`sel`: its mean losses), judged for each setting of the
+    table's other variant columns: it holds when one setting shows it. `judge(m)` takes
+    {p: mean loss} and returns (what fails, the numbers); `need` says what a table without every
+    p of `positions` lacks."""
     extra = [k for k in variant_columns(sel) if k not in ("arch", "layers", "cells")]
     found = []
     for _, g in (sel.groupby(extra, dropna=False) if extra else [((), sel)]):
         m = dict(zip(g["position"].astype(int), g["mean"]))
-        if not set(range(1, 11)) <= set(m):
+        if not set(positions) <= set(m):
             continue
+        bad, text = judge(m)
+        found.append((not bad, f"{describe(g.iloc[0], extra)} {text}"
+                      + (f"; {'; '.join(bad)}" if bad else "")))
+    if not found:
+        return NOT_COVERED, need
+    ok = [ev for good, ev in found if good]
+    return (HOLDS, ok[0]) if ok else (FAILS, " | ".join(ev for _, ev in found))
+
+
+def _config(means: pd.DataFrame, arch: str, layers: int, cells: int) -> pd.DataFrame:
+    return means[(means["arch"] == arch) & (means["layers"] == layers) & (means["cells"] == cells)]
+
+
+def _fig4(means: pd.DataFrame, threshold: float) -> tuple[str, str]:
+    """RNN l=1 c=5: p <= 5 below threshold, 6..8 in [threshold, 0.2), 9 and 10 >= 0.2."""
+    def judge(m):
         bad = [f"p={p}: {_fmt(m[p])} not < {threshold}" for p in range(1, 6) if not m[p] < threshold]
         bad += [f"p={p}: {_fmt(m[p])} not in [{threshold}, 0.2)" for p in range(6, 9)
                 if not threshold <= m[p] < 0.2]
         bad += [f"p={p}: {_fmt(m[p])} not >= 0.2" for p in (9, 10) if not m[p] >= 0.2]
-        curve = " ".join(f"{p}:{_fmt(m[p])}" for p in range(1, 11))
-        label = describe(g.iloc[0], extra)
-        found.append((not bad, f"{label} mean loss by p: {curve}" + (f"; {'; '.join(bad)}" if bad else "")))
-    if not found:
-        return NOT_COVERED, "needs rnn l=1 c=5 at every p = 1..10 (random length)"
-    ok = [ev for good, ev in found if good]
-    return (HOLDS, ok[0]) if ok else (FAILS, " | ".join(ev for _, ev in found))
+        return bad, "mean loss by p: " + " ".join(f"{p}:{_fmt(m[p])}" for p in range(1, 11))
+    return _per_setting(_config(means, "rnn", 1, 5), range(1, 11), judge,
+                        "needs rnn l=1 c=5 at every p = 1..10 (random length)")
 
 
 def _epochs_to_threshold(points: pd.DataFrame, curves: pd.DataFrame | None,
@@ -138,23 +154,11 @@ def _c_equals_p(points: pd.DataFrame, threshold: float) -> tuple[str, str]:
 
 def _lstm_p5(means: pd.DataFrame, threshold: float) -> tuple[str, str]:
     """LSTM l=1 c=5 learns every p <= 5 eventually (Figure 5: "all learned eventually")."""
-    sel = means[(means["arch"] == "lstm") & (means["layers"] == 1) & (means["cells"] == 5)
-                & (means["position"] <= 5)]
-    extra = [k for k in variant_columns(sel) if k not in ("arch", "layers", "cells", "position")]
-    found = []
-    for _, g in (sel.groupby(extra, dropna=False) if extra else [((), sel)]):
-        m = dict(zip(g["position"].astype(int), g["mean"]))
-        if not set(range(1, 6)) <= set(m):
-            continue
-        bad = [f"p={p}: {_fmt(m[p])}" for p in range(1, 6) if not m[p] < threshold]
-        label = describe(g.iloc[0], extra)
-        found.append((not bad, f"{label} mean loss p=1..5: "
-                      + " ".join(_fmt(m[p]) for p in range(1, 6))
-                      + (f"; not < {threshold}: {', '.join(bad)}" if bad else "")))
-    if not found:
-        return NOT_COVERED, "needs lstm l=1 c=5 at every p = 1..5 (random length)"
-    ok = [ev for good, ev in found if good]
-    return (HOLDS, ok[0]) if ok else (FAILS, " | ".join(ev for _, ev in found))
+    def judge(m):
+        bad = [f"p={p}: {_fmt(m[p])} not < {threshold}" for p in range(1, 6) if not m[p] < threshold]
+        return bad, "mean loss p=1..5: " + " ".join(_fmt(m[p]) for p in range(1, 6))
+    return _per_setting(_config(means, "lstm", 1, 5), range(1, 6), judge,
+                        "needs lstm l=1 c=5 at every p = 1..5 (random length)")
 
 
 def _mc_bound(points: pd.DataFrame) -> tuple[str, str]:
@@ -306,10 +310,8 @@ def check_claims(points: pd.DataFrame, curves: pd.DataFrame | None = None,
 
 
 def _largest_budget(points: pd.DataFrame) -> int | None:
-    """Largest steps_per_epoch x max_epochs of the trained points (None: not in the table)."""
+    """Largest budget (SGD steps) of the trained points (None: not in the table)."""
     trained = points[points["arch"] != "esn"] if "arch" in points else points
     if trained.empty or "max_epochs" not in trained:
         return None
-    spe = trained["steps_per_epoch"] if "steps_per_epoch" in trained else 1
-    return int((spe * trained["max_epochs"]).max())
-
+    return int(budget_steps(trained).max())

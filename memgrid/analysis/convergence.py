@@ -187,7 +187,7 @@ def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | No
     """A joint search over training settings and budget, scored against every paper claim at
     once: `points` and `curves` of runs without the plateau stop, one per setting of `by`
     (default: the variant columns besides q_min/q_max, e.g. lr), each replayed at shorter
-    budgets (:func:`budget_rungs`).
+    budgets (:func:`budget_rungs`); without curves, `points` must hold every budget already.
 
     One row per (setting, budget): `budget`, one column per claim of
     :func:`memgrid.analysis.check_claims` (its figure label) with the verdict, and
@@ -196,7 +196,8 @@ def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | No
     already was)."""
     from .claims import check_claims
 
-    rungs = budget_rungs(points, curves)
+    # a table that already holds every budget (a budget axis, or rungs replayed before) as is
+    rungs = points if curves is None or curves.empty else budget_rungs(points, curves)
     rungs = rungs.assign(budget=budget_steps(rungs))
     if by is None:
         by = [c for c in variant_columns(points) if c not in BUDGET_COLUMNS + ("q_min", "q_max")]
@@ -205,13 +206,11 @@ def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | No
     rows = []
     for key, g in rungs.groupby(by + ["budget"], sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by + ["budget"], key))
+        setting = dict(zip(by + ["budget"], key))
+        sel = conv[np.logical_and.reduce([conv[k] == v for k, v in setting.items()
+                                          if k in conv.columns] + [np.ones(len(conv), bool)])]
         claims = check_claims(g.drop(columns="budget"), None, threshold)
-        row.update(zip(claims["figure"], claims["verdict"]))
-        sel = conv
-        for k, v in row.items():
-            if k in sel.columns:
-                sel = sel[sel[k] == v]
-        row["converged"] = float((sel["mark"] == "converged").mean()) if len(sel) else np.nan
-        rows.append(row)
+        rows.append({**setting, **dict(zip(claims["figure"], claims["verdict"])),
+                     "converged": float((sel["mark"] == "converged").mean()) if len(sel)
+                     else np.nan})
     return pd.DataFrame(rows)

@@ -152,7 +152,7 @@ def _convergence(uri: str, points: pd.DataFrame, threshold: float
         return None, ""
     steps = budget_steps(trained)
     if steps.nunique() > 1:
-        table, how = trained, "the grid's own budgets (each budget trained as its own points)"
+        table, how = trained, "the table's own budgets (a row per point and budget)"
     elif not trained["plateau"].astype(bool).any() and len(trained) <= MAX_CURVE_POINTS:
         curves = load_curves(uri, trained["point_id"].tolist())
         table = budget_rungs(trained, curves)

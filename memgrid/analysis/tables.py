@@ -13,15 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import POINT_FIELDS
+from ..config import POINT_FIELDS, THRESHOLD  # noqa: F401 - THRESHOLD: re-exported
 from ..store import read_curves, read_points
 
 CONFIG = ["arch", "layers", "cells"]
 """A network configuration: architecture, layers l, cells per layer c."""
 POINT = CONFIG + ["position", "seed"]
 """What names a point inside one experiment."""
-THRESHOLD = 0.05
-"""Mean evaluation MAE below which a position counts as memorized (DESIGN.md)."""
 PLATEAU = 0.25
 """Loss of the constant guess 0.5 on uniform [0, 1] targets: E|x - 0.5| = 1/4."""
 
