@@ -267,7 +267,7 @@ def run_memgrid(grids: list[Grid], pack, out_root: str) -> dict:
 
 class _Union:
     """Several grids' points as one experiment, for run_grid (which needs name, resources,
-    points() and, for the results folder, identity)."""
+    points(), n_points and, for the results folder, identity)."""
 
     def __init__(self, grids: list[Grid], pack):
         self.parts = grids
@@ -277,6 +277,10 @@ class _Union:
 
     def points(self) -> list[Point]:
         return [p for g in self.parts for p in g.points()]
+
+    @property
+    def n_points(self) -> int:
+        return sum(g.n_points for g in self.parts)
 
     @property
     def identity(self) -> dict:

@@ -1,4 +1,4 @@
-"""`memgrid` command line: run, status, analyze.
+"""`memgrid` command line: run, status, analyze, compact.
 
 Bad input (a grid file, a flag, a results folder of another grid) ends with one line on
 stderr naming the file and key, exit status 2, before Ray starts and before anything is written.
@@ -117,34 +117,37 @@ def _ends_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .tune import exit_status, interruptible, signals_held, stop_counts
+        from .tune import exit_status, grid_points, interruptible, signals_held, stop_counts
 
         _RUNNING.clear()
         with interruptible(subreaper=True):   # an orphaned Ray process comes back to be ended
             try:
                 return command(*args, **kwargs)
             except KeyboardInterrupt:
-                status = exit_status()
-                with signals_held():
-                    grid, out = _RUNNING.get("grid"), _RUNNING.get("out")
-                    stored = ""
-                    if grid is not None:
-                        try:
-                            ids = {p.point_id for p in grid.points()}
-                            n = sum(stop_counts(out, ids).values())
-                            stored = f"{out}: {n}/{len(ids)} points stored; "
-                        except (OSError, ValueError):
-                            pass
-                    click.echo(f"memgrid: interrupted: {stored}run the same command again to "
-                               "finish", err=True)
-                if "ray" in sys.modules:
-                    # everything is ended and stored; a Ray interrupted inside ray.init can
-                    # leave its C++ core worker half made, which crashes the interpreter's
-                    # exit (SIGSEGV, status 139): leave without it
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(status)
-                sys.exit(status)
+                # counted below, not in here: here the exception's frames would keep
+                # every point of the run while the count expands the grid again
+                pass
+            status = exit_status()
+            with signals_held():
+                grid, out = _RUNNING.get("grid"), _RUNNING.get("out")
+                stored = ""
+                if grid is not None:
+                    try:     # a tuned grid's points: at the rates its tuning run chose
+                        ids = {p.point_id for p in grid_points(grid, out) or []}
+                        n = sum(stop_counts(out, ids).values())
+                        stored = f"{out}: {n}/{grid.n_points} points stored; "
+                    except (OSError, ValueError):
+                        pass
+                click.echo(f"memgrid: interrupted: {stored}run the same command again to "
+                           "finish", err=True)
+            if "ray" in sys.modules:
+                # everything is ended and stored; a Ray interrupted inside ray.init can
+                # leave its C++ core worker half made, which crashes the interpreter's
+                # exit (SIGSEGV, status 139): leave without it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+            sys.exit(status)
 
     return wrapper
 
@@ -201,8 +204,11 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
             _fail(f"{names['cpus_per_trial']}: a trial asks for "
                   f"{grid.resources.cpus_per_trial:g} CPUs; {whose}")
     if dry_run:
-        from .tune import describe_plan, local_slots
+        from .tune import NOTICE_POINTS, describe_plan, local_slots
 
+        if grid.n_points >= NOTICE_POINTS:     # the plan takes a second or more
+            click.echo(f"[{grid.name}] {grid.n_points} points: expanding the grid, planning "
+                       "its packs ...", err=True)
         note = "" if address is None else f"; counted on this machine, not the cluster at {address}"
         if grid.resources.gpus_per_trial > 0:
             note += "; GPUs are not looked for: packs as on CPUs"
@@ -238,6 +244,8 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
                                started=launch_time(), names=names, prepare=prepare)
         except ConfigError as e:     # the address or the cluster's resources: nothing trained
             _fail(str(e))
+        if summary["done"] == summary["points"] and not summary["failed_trials"]:
+            _compact_after_run(out)   # every point stored: its parts into a few, still locked
     finally:
         folder_lock.release()
     missing = summary["points"] - summary["done"]
@@ -321,6 +329,65 @@ def analyze(results, out, threshold):
 
     path = write_report(results, out, threshold=threshold)
     click.echo(f"report: {path}")
+
+
+def _compact(results: str, *, changed_only: bool = False) -> None:
+    """store.compact of `results` and of its tuning run's folder where it has one, holding the
+    folder's lock: one line each on stdout (`changed_only`: where parts were merged), repair's
+    lines on stderr."""
+    from .tune import TUNING
+
+    for uri in (results, f"{results.rstrip('/')}/{TUNING}"):
+        if uri != results:
+            try:
+                store.check_results(uri)
+            except ValueError:      # no tuning run
+                continue
+        s = store.compact(uri)
+        for line in s["repaired"]:
+            click.echo(f"memgrid: {line}", err=True)
+        b, a = s["parts_before"], s["parts_after"]
+        if b != a or not changed_only:
+            click.echo(f"{uri}: {b['points']} + {b['curves']} parts (points + curves) -> "
+                       f"{a['points']} + {a['curves']}, {s['points']} points, {s['seconds']:.1f} s")
+
+
+def _compact_after_run(out: str) -> None:
+    """The end of a `memgrid run` that stored every point: compact its folder. A compaction
+    that fails leaves the folder as readable as before: a warning, not a failed run."""
+    try:
+        _compact(out, changed_only=True)
+    except store.READ_ERRORS as e:
+        click.echo(f"memgrid: warning: {out}: not compacted ({store.first_line(e)}); every point "
+                   f"is stored; `memgrid compact {out}` tries again", err=True)
+
+
+@main.command()
+@click.argument("results", metavar="RESULTS")
+def compact(results):
+    """Merge the part files of a results folder (one per pack and flush: thousands in a large
+    grid) into a few, the same rows. Safe to stop at any moment; refused while a `memgrid run`
+    writes the folder. `memgrid run` does it itself once every point is stored."""
+    try:
+        store.check_results(results)
+    except ValueError as e:
+        _fail(str(e))
+    folder_lock = FolderLock(results)
+    try:
+        folder_lock.acquire()
+    except FolderBusy as e:
+        _fail(f"{results}: a memgrid run is writing this results folder ({e.holder}); compact "
+              "it once that run has ended")
+    except OSError as e:
+        _fail(f"{results}: cannot lock ({e.strerror or e})")
+    try:
+        _compact(results)
+    except store.READ_ERRORS as e:
+        click.echo(f"memgrid: error: {results}: compaction stopped ({store.first_line(e)}); "
+                   "every point reads as before; run it again", err=True)
+        sys.exit(1)
+    finally:
+        folder_lock.release()
 
 
 from .launch import launch as _launch  # noqa: E402 - registered last: `memgrid launch`

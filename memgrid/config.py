@@ -22,10 +22,12 @@ be axes (``lr: [0.01, 0.03]`` under ``axes``) when they are in :data:`AXIS_KEYS`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +38,18 @@ import yaml
 ARCHS = ("rnn", "lstm", "gru", "esn")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 READOUTS = ("sum", "linear")
+OPTIMIZERS = ("sgd", "adam")
 LONG_POSITION_RULES = ("shift", "error")
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    # the joint search (docs/REPRODUCTION.md): the best lr of each arch did not depend on its
-    # size, and 40,000 steps is where doubling stopped moving the limits of one-layer RNNs
-    "converged": dict(lr={"rnn": 0.01, "lstm": 0.03, "gru": 0.03}, momentum=0.9, batch_size=128,
-                      steps_per_epoch=8, max_epochs=5000, patience=2000),
+    # the joint search (docs/REPRODUCTION.md): Adam at lr 0.01 gave every arch and size its
+    # highest limit of the search (SGD's best rates: lower ones, or later), the RNN's = c from
+    # 2,500 steps; 40,000 steps is where doubling stopped moving most limits of LSTMs and GRUs
+    "converged": dict(lr=0.01, momentum=0.9, optimizer="adam", batch_size=128, steps_per_epoch=8,
+                      max_epochs=5000, patience=2000),
     # the one-lr sweep on Figure 4's grid: the budget at which the paper's figures come out
-    "paper": dict(lr=0.003, momentum=0.9, batch_size=128, steps_per_epoch=1, max_epochs=5000,
-                  patience=2000),
+    "paper": dict(lr=0.003, momentum=0.9, optimizer="sgd", batch_size=128, steps_per_epoch=1,
+                  max_epochs=5000, patience=2000),
 }
 """Named sets of the training settings the paper leaves open (docs/REPRODUCTION.md, "Two
 protocols"). `paper`: the budget at which memgrid reproduces the paper's figures; `converged`:
@@ -94,11 +98,13 @@ class Point:
     lr: float = _D["lr"]
     """SGD learning rate"""
     momentum: float = _D["momentum"]
-    """SGD momentum"""
+    """SGD momentum; with `adam`, Adam's beta1 (its beta2 is 0.999, its epsilon 1e-8)"""
+    optimizer: str = _D["optimizer"]
+    """`sgd` (with momentum) or `adam` (Kingma and Ba): Collins et al. let the tuner pick either"""
     batch_size: int = _D["batch_size"]
-    """fresh sequences per SGD step"""
+    """fresh sequences per training step"""
     steps_per_epoch: int = _D["steps_per_epoch"]
-    """SGD steps per epoch"""
+    """training steps per epoch"""
     max_epochs: int = _D["max_epochs"]
     """stop reason `max_epochs` after this many epochs (paper: 5000)"""
     tbptt: int = 0
@@ -164,26 +170,42 @@ class Point:
         n = sum(g * (m * c + c * c + 2 * c) for m in [1] + [c] * (self.layers - 1))
         return n + (c + 1 if self.readout == "linear" else 0)
 
-    @property
+    @functools.cached_property
     def point_id(self) -> str:
-        """Stable 16-hex id of every setting: the key of a point across runs and machines."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Stable 16-hex id of every setting: the key of a point across runs and machines.
+        Computed once per point (the fields are frozen); Grid.points computes a grid's at once."""
+        d = self.to_dict()
+        for k, v in ID_OMITTED_AT.items():     # settings added later: old ids stay valid
+            if d[k] == v:
+                del d[k]
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def pack_key(self) -> tuple:
         """Points with equal keys may share a pack: all but PACK_FREE (position, seed, lr,
         momentum and the stop settings)."""
-        d = dataclasses.asdict(self)
-        for k in PACK_FREE:
-            d.pop(k)
-        return tuple(sorted(d.items()))
+        return tuple(zip(_PACKED_TOGETHER, _packed_together(self)))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field by name: dataclasses.asdict's result (the fields are scalars), 10x faster."""
+        return {k: getattr(self, k) for k in POINT_FIELDS}
 
 
 POINT_FIELDS = {f.name: f for f in dataclasses.fields(Point)}
+ID_OMITTED_AT = {"optimizer": "sgd"}
+"""Settings added after points were stored, and the value every older point had: a point at
+that value leaves them out of its point_id, so that results stored before still count."""
+
+
+def _id_item(k: str, v: Any) -> str:
+    """Setting `k` at `v` as it stands in Point.point_id's JSON: `, "k": v` (json.dumps of a flat
+    mapping joins its items with ", " and ": "), or "" where ID_OMITTED_AT leaves it out."""
+    if k in ID_OMITTED_AT and v == ID_OMITTED_AT[k]:
+        return ""
+    return f", {json.dumps(k)}: {json.dumps(v)}"
+
+
 BY_ARCH = ("lr", "momentum")
 """Settings that a grid (or a protocol) may give per architecture, as a mapping
 ``{rnn: 0.01, lstm: 0.03, gru: 0.03}``: Collins et al. tune each architecture."""
@@ -205,9 +227,12 @@ STOP_KEYS = ("solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience"
 PACK_FREE = ("position", "seed", "lr", "momentum") + STOP_KEYS
 """Settings that may differ inside one pack: per-member tensors (lr, momentum) or per-member
 checks on the host (the stop rule reads each member's own point)."""
+_PACKED_TOGETHER = tuple(sorted(k for k in POINT_FIELDS if k not in PACK_FREE))
+"""the fields of Point.pack_key, in its (sorted) order"""
+_packed_together = operator.attrgetter(*_PACKED_TOGETHER)
 TASK_KEYS = ("q_min", "q_max", "long_positions")
-TRAIN_KEYS = ("readout", "lr", "momentum", "batch_size", "steps_per_epoch", "max_epochs", "tbptt",
-              "eval_size", "eval_every")
+TRAIN_KEYS = ("readout", "lr", "momentum", "optimizer", "batch_size", "steps_per_epoch",
+              "max_epochs", "tbptt", "eval_size", "eval_every")
 ESN_KEYS = ("spectral_radius", "input_scaling", "connectivity", "leak_rate", "ridge")
 CAPACITY_KEYS = ("mc_length", "mc_low", "mc_high")
 AXIS_KEYS = (("arch", "layers", "cells", "position", "seed") + TRAIN_KEYS + TASK_KEYS + STOP_KEYS
@@ -267,17 +292,55 @@ class Grid:
         return math.prod(len(v) for v in self.axes.values())
 
     def points(self) -> list[Point]:
-        """All points, in axis order (arch, layers, cells, ..., position, seed)."""
+        """All points, in axis order (arch, layers, cells, ..., position, seed), with their
+        point_ids: Point.point_id's JSON is encoded once for the settings the points share and
+        once per axis value, then joined per point (a json.dumps per point took most of the
+        time of a 10^5-point grid). Point keeps its fields as given; were it to change them,
+        this would have to encode them per point."""
         names = list(self.axes)
+        axes = [self.axes[n] for n in names]
+        # encoded per point: a setting given per arch (for_arch), one without a plain default
+        per_point = {k for k in BY_ARCH
+                     if any(isinstance(v, dict) for v in self.axes.get(k, [self.fixed.get(k)]))}
+        per_point |= {k for k, f in POINT_FIELDS.items() if k not in self.axes
+                      and k not in self.fixed and f.default is dataclasses.MISSING}
+        pieces, axis_at, point_at = [], [], []    # point_id's JSON items in its (sorted) order
+        for k in sorted(POINT_FIELDS):
+            if k in per_point:
+                point_at.append((len(pieces), k))
+                pieces.append("")
+            elif k in self.axes:
+                axis_at.append((len(pieces), names.index(k)))
+                pieces.append("")
+            else:
+                pieces.append(_id_item(k, self.fixed.get(k, POINT_FIELDS[k].default)))
+        items = [[_id_item(n, v) for v in vals] for n, vals in zip(names, axes)]
+        seen: dict[tuple, str] = {}     # per-arch values: a few distinct ones (repr tells -0.0)
         out = []
-        for values in itertools.product(*(self.axes[n] for n in names)):
-            out.append(Point(**for_arch({**self.fixed, **dict(zip(names, values))})))
+        for idx in itertools.product(*(range(len(vals)) for vals in axes)):
+            settings = {**self.fixed, **{n: vals[i] for n, vals, i in zip(names, axes, idx)}}
+            p = Point(**for_arch(settings))
+            for at, a in axis_at:
+                pieces[at] = items[a][idx[a]]
+            for at, k in point_at:
+                v = getattr(p, k)
+                key = (k, type(v), repr(v))
+                if key not in seen:
+                    seen[key] = _id_item(k, v)
+                pieces[at] = seen[key]
+            blob = "{" + "".join(pieces)[2:] + "}"      # json.dumps(..., sort_keys=True)
+            p.__dict__["point_id"] = hashlib.sha256(blob.encode()).hexdigest()[:16]  # its cache
+            out.append(p)
         return out
 
     @property
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same experiment (resources excluded: they change no result)."""
-        ident = {"name": self.name, "axes": self.axes, "fixed": self.fixed}
+        # a setting added later, at the value older grids had, is left out as in point_id, so
+        # that a folder written before it existed is still this grid's
+        fixed = {k: v for k, v in self.fixed.items()
+                 if not (k in ID_OMITTED_AT and v == ID_OMITTED_AT[k])}
+        ident = {"name": self.name, "axes": self.axes, "fixed": fixed}
         if self.tune_lr is not None:
             ident["tune_lr"] = self.tune_lr.to_dict()
         return ident
@@ -341,10 +404,12 @@ MAX_POINTS = 100_000
 """points `memgrid run` expands without being asked (`--max-points`): the driver holds every
 point and pack and hands them to Tune, about DRIVER_BYTES_PER_POINT and DRIVER_S_PER_POINT each
 before the first trial starts (fig6_rnn.yaml, the largest paper grid, has 10,000)"""
-DRIVER_BYTES_PER_POINT = 3e3
-"""driver memory per point of a grid (measured: 2.9 GB for 10^6 points)"""
-DRIVER_S_PER_POINT = 3e-4
-"""driver seconds per point before Tune starts its trials (measured: 255-300 s for 10^6)"""
+DRIVER_BYTES_PER_POINT = 2.3e3
+"""driver memory per point of a grid (measured: 2.3 GB for 10^6 points, 0.8 GB for 10^5, its
+embedded Ray's client included; each Point holds its ~32 settings in a dict of its own)"""
+DRIVER_S_PER_POINT = 5e-5
+"""driver seconds per point before Tune starts its trials (measured on 2 loaded cores: 51 s for
+10^6 points, 16-23 s for 10^5, Ray's start included)"""
 
 
 def _parse_axis(source: str, key: str, raw: Any) -> list:
@@ -414,6 +479,8 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"unknown arch {v!r} (one of {', '.join(ARCHS)})"
     elif key == "readout" and v not in READOUTS:
         bad = f"unknown readout {v!r} (one of {', '.join(READOUTS)})"
+    elif key == "optimizer" and v not in OPTIMIZERS:
+        bad = f"unknown optimizer {v!r} (one of {', '.join(OPTIMIZERS)})"
     elif key == "long_positions" and v not in LONG_POSITION_RULES:
         bad = f"unknown rule {v!r} (one of {', '.join(LONG_POSITION_RULES)})"
     elif key in ("layers", "cells", "position", "q_min", "q_max", "batch_size", "steps_per_epoch",
@@ -572,11 +639,12 @@ def check_size(grid: Grid, max_points: int = MAX_POINTS, flag: str = "--max-poin
     cost the driver."""
     n = grid.n_points
     if n > max_points:
-        gb, minutes = n * DRIVER_BYTES_PER_POINT / 1e9, n * DRIVER_S_PER_POINT / 60
+        gb, s = n * DRIVER_BYTES_PER_POINT / 1e9, n * DRIVER_S_PER_POINT
+        wait = f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f} s"
         raise ConfigError(
             f"{_where(grid.source, 'axes')}: {n:,} points, more than {max_points:,}: the driver "
-            f"would need about {gb:.1f} GB and {minutes:.0f} min before the first trial; split "
-            f"the grid, or pass {flag} {n}")
+            f"would need about {gb:.1f} GB and {wait} before the first trial; split the grid, "
+            f"or pass {flag} {n}")
 
 
 TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs")

@@ -88,7 +88,7 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     act = getattr(lib, f"memgrid_act_{suffix}")
     act.argtypes, act.restype = [i32, P, P, i64], None
     step = getattr(lib, f"memgrid_train_step_{suffix}")
-    step.argtypes, step.restype = [i32] * 9 + [P] * 9, i32
+    step.argtypes, step.restype = [i32] * 9 + [P] * 11, i32
     scratch = getattr(lib, f"memgrid_train_scratch_{suffix}")
     scratch.argtypes, scratch.restype = [i32] * 5, i64
     lib.fwd, lib.bwd, lib.act, lib.step, lib.scratch = fwd, bwd, act, step, scratch
@@ -196,11 +196,14 @@ def train_scratch(lib, arch: str, L: int, T: int, B: int, c: int) -> int:
 
 def train_step(lib, arch: str, tbptt: int, params: list[torch.Tensor], bufs: list[torch.Tensor],
                lr: torch.Tensor, mom: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
-               y: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-    """One SGD step of every member, in place on `params` and their momentum `bufs` (lists in
-    memgrid.models.param_shapes' order, each `(K, ...)` contiguous; with `w_out`, `b_out` last
-    for a linear readout): forward, the mean absolute error's gradient, backward, SGD. x `(T, K,
-    B)`, mask `(P, K, B)` bool, y `(K, B)`, lr and mom `(K,)`, all contiguous in one dtype; ws:
+               y: torch.Tensor, ws: torch.Tensor, sqs: list[torch.Tensor] | None = None,
+               adam: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step of every member, in place on `params` and their momentum `bufs` (lists
+    in memgrid.models.param_shapes' order, each `(K, ...)` contiguous; with `w_out`, `b_out`
+    last for a linear readout): forward, the mean absolute error's gradient, backward, then SGD
+    with momentum, or Adam where `sqs` (its second moments, laid out as `bufs`) and `adam` (its
+    coefficients, memgrid.train.PackTrainer._adam_coefficients) are given. x `(T, K, B)`, mask
+    `(P, K, B)` bool, y `(K, B)`, lr and mom `(K,)`, all contiguous in one dtype; ws:
     :func:`train_scratch` elements. Returns the outputs `(K, B)` (the loss is theirs to take)."""
     T, K, B = x.shape
     c = params[1].shape[-1]
@@ -209,7 +212,9 @@ def train_step(lib, arch: str, tbptt: int, params: list[torch.Tensor], bufs: lis
     yhat = y.new_empty(K, B)
     ptrs = (ctypes.c_void_p * len(params))(*(t.data_ptr() for t in params))
     bptrs = (ctypes.c_void_p * len(bufs))(*(t.data_ptr() for t in bufs))
+    sptrs = (ctypes.c_void_p * len(sqs))(*(t.data_ptr() for t in sqs)) if sqs else None
     if lib.step(ARCH[arch], K, L, T, mask.shape[0], B, c, tbptt, int(linear), ptrs, bptrs, _p(lr),
-                _p(mom), _p(x), _p(mask), _p(y), _p(yhat), _p(ws)):
+                _p(mom), sptrs, _p(adam) if sqs else None, _p(x), _p(mask), _p(y), _p(yhat),
+                _p(ws)):
         raise MemoryError("memgrid cell kernel: out of memory for its scratch")
     return yhat

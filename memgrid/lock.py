@@ -36,7 +36,12 @@ LOCK_NAME = ".memgrid-lock"
 
 
 class FolderBusy(Exception):
-    """Another `memgrid run` is writing the folder. The message names it."""
+    """Another `memgrid run` is writing the folder. The message names it; `holder` says who
+    (pid, host, since, command)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 def _boot_id() -> str | None:
@@ -110,7 +115,8 @@ class FolderLock:
 
     def _busy(self, info: dict | None) -> FolderBusy:
         return FolderBusy(f"{self.uri}: another memgrid run is writing this results folder "
-                          f"({_describe(info)}); wait for it to end, or use another --out")
+                          f"({_describe(info)}); wait for it to end, or use another --out",
+                          _describe(info))
 
     def acquire(self) -> None:
         fs, base = resolve(self.uri)

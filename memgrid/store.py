@@ -7,6 +7,7 @@ An experiment folder (a local path or a URI that ``pyarrow.fs`` understands) hol
     curves/<part>.parquet  one row per point per evaluation (CURVE_SCHEMA)
     damaged/             parts that `memgrid run` moved aside (:func:`repair`), kept as found
     .memgrid-lock        while a `memgrid run` writes the folder (``memgrid.lock``)
+    .memgrid-compacting.json  while :func:`compact` replaces parts: which part replaces which
 
 Part files are written to a hidden name (``.tmp-...``, which pyarrow and pandas skip) and then
 renamed, so a reader never sees half a file. A part is named after the pack and a sequence
@@ -19,15 +20,20 @@ no row, and before training it repairs what a crash or an older version may have
 (:func:`repair`: unreadable parts, curves whose points part never landed, points stored
 twice). Readers skip unreadable parts (:func:`damaged_parts` names them) and still drop repeated
 ``point_id`` rows (first wins).
+
+A folder of thousands of small parts (one per pack and flush) is merged into a few by
+:func:`compact` (`memgrid compact`, and `memgrid run` once every point is stored), safely at
+any moment: readers and :func:`repair` know a compaction cut short.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +41,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import ESN_KEYS, Point
+from .config import ESN_KEYS, ID_OMITTED_AT, Point
 
 _POINT_SETTINGS = [
     ("point_id", pa.string()),
@@ -53,6 +59,7 @@ _POINT_SETTINGS = [
     ("readout", pa.string()),
     ("lr", pa.float64()),
     ("momentum", pa.float64()),
+    ("optimizer", pa.string()),     # sgd | adam (null in parts written before it existed: sgd)
     ("batch_size", pa.int32()),
     ("steps_per_epoch", pa.int32()),
     ("max_epochs", pa.int32()),
@@ -139,7 +146,7 @@ def check_folder(uri: str, *, write: bool = False) -> None:
         fs, base = resolve(uri)
         kind = fs.get_file_info(base).type
     except READ_ERRORS as e:
-        raise ValueError(f"{uri}: cannot open ({_first_line(e)})") from None
+        raise ValueError(f"{uri}: cannot open ({first_line(e)})") from None
     if kind == pafs.FileType.File:
         raise ValueError(f"{uri}: a file, not a results folder")
     if kind == pafs.FileType.NotFound and "://" not in uri:
@@ -158,7 +165,19 @@ def check_folder(uri: str, *, write: bool = False) -> None:
             raise ValueError(f"{uri}: not writable")
 
 
-def _first_line(e: BaseException) -> str:
+def check_results(uri: str) -> None:
+    """Raise ValueError (one line, naming the path) unless `uri` is a results folder that
+    exists: what :func:`check_folder` checks, and it holds a grid.json or a points/ folder.
+    Writes nothing."""
+    check_folder(uri)
+    fs, base = resolve(uri)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise ValueError(f"{uri}: no such results folder")
+    if not (_exists(fs, f"{base}/grid.json") or _exists(fs, f"{base}/points")):
+        raise ValueError(f"{uri}: not a memgrid results folder (no grid.json, no points/)")
+
+
+def first_line(e: BaseException) -> str:
     """pyarrow's message, short: 'Parquet magic bytes not found in footer', not the path and
     the advice around it."""
     text = str(e).split("\n")[0]
@@ -197,12 +216,16 @@ def _dataset(uri: str, table_name: str, schema: pa.Schema) -> pads.Dataset | Non
         return None
     if kind != pafs.FileType.Directory:
         raise ValueError(f"{uri}/{table_name}: a file, not the folder of {table_name} parts")
+    replaced = _replaced(fs, base, table_name)
+    if replaced:        # a compaction cut short: read its merged part, not what it replaces
+        folder = [f"{folder}/{n}.parquet" for n in _part_files(fs, folder) if n not in replaced]
     return pads.dataset(folder, filesystem=fs, format="parquet", schema=schema,
                         exclude_invalid_files=False)
 
 
 def _unreadable(ds: pads.Dataset, schema: pa.Schema) -> dict[str, str]:
-    """path -> why, for the files of `ds` that cannot be read whole with `schema`."""
+    """path -> why, for the files of `ds` that cannot be read whole with `schema` (a file that
+    is gone since `ds` was listed is not one)."""
     bad = {}
     for path in ds.files:
         try:
@@ -210,26 +233,31 @@ def _unreadable(ds: pads.Dataset, schema: pa.Schema) -> dict[str, str]:
                                   schema=schema).to_batches():
                 pass
         except READ_ERRORS as e:
-            bad[path] = _first_line(e)
+            if _exists(ds.filesystem, path):
+                bad[path] = first_line(e)
     return bad
 
 
 def _read(uri: str, table_name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-    """One table of the folder, skipping unreadable parts (found only when a read fails)."""
+    """One table of the folder, skipping unreadable parts (found only when a read fails). A
+    read that lost parts it had listed (a compaction replaced them meanwhile) starts again."""
     schema = TABLES[table_name]
-    ds = _dataset(uri, table_name, schema)
-    if ds is None:
-        return schema.empty_table() if columns is None else pa.schema(
-            [schema.field(c) for c in columns]).empty_table()
-    try:
-        return ds.to_table(columns=columns, filter=filter)
-    except READ_ERRORS:
-        bad = _unreadable(ds, schema)
-        if not bad:
-            raise
-    good = [f for f in ds.files if f not in bad]
-    return pads.dataset(good, filesystem=ds.filesystem, format="parquet",
-                        schema=schema).to_table(columns=columns, filter=filter)
+    for attempt in range(3):
+        ds = _dataset(uri, table_name, schema)
+        if ds is None:
+            return schema.empty_table() if columns is None else pa.schema(
+                [schema.field(c) for c in columns]).empty_table()
+        try:
+            return ds.to_table(columns=columns, filter=filter)
+        except READ_ERRORS:
+            if attempt < 2 and not all(_exists(ds.filesystem, f) for f in ds.files):
+                continue
+            bad = _unreadable(ds, schema)
+            if not bad:
+                raise
+        good = [f for f in ds.files if f not in bad]
+        return pads.dataset(good, filesystem=ds.filesystem, format="parquet",
+                            schema=schema).to_table(columns=columns, filter=filter)
 
 
 def damaged_parts(uri: str) -> list[tuple[str, str]]:
@@ -253,8 +281,14 @@ def damaged_parts(uri: str) -> list[tuple[str, str]]:
 
 
 def read_points(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """All finished points (one row per point_id) as a pyarrow Table, POINT_SCHEMA."""
-    return _first_per_point(_read(uri, "points", columns))
+    """All finished points (one row per point_id) as a pyarrow Table, POINT_SCHEMA. A setting
+    added after a part was written (config.ID_OMITTED_AT) reads as the value its points had."""
+    table = _first_per_point(_read(uri, "points", columns))
+    for k, v in ID_OMITTED_AT.items():
+        if k in table.column_names:
+            i = table.column_names.index(k)
+            table = table.set_column(i, k, pc.fill_null(table.column(k), v))
+    return table
 
 
 def _first_per_point(table: pa.Table) -> pa.Table:
@@ -300,10 +334,16 @@ def read_grid_identity(uri: str) -> dict | None:
 def write_grid_identity(uri: str, identity: dict) -> None:
     fs, base = resolve(uri)
     fs.create_dir(base, recursive=True)
-    tmp = f"{base}/.tmp-grid-{uuid.uuid4().hex[:8]}.json"
+    _write_json(fs, f"{base}/grid.json", identity)
+
+
+def _write_json(fs: pafs.FileSystem, path: str, obj: dict) -> None:
+    """`obj` as JSON at `path`, atomically (write a hidden file beside it, then rename)."""
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(identity, indent=1, sort_keys=True).encode())
-    fs.move(tmp, f"{base}/grid.json")
+        f.write(json.dumps(obj, indent=1, sort_keys=True).encode())
+    fs.move(tmp, path)
 
 
 def part_names(uri: str, prefix: str) -> list[str]:
@@ -347,12 +387,14 @@ def repair(uri: str) -> list[str]:
     - a curves part whose points part never landed (a writer killed between the two) goes
       aside: its points have no row and are trained again;
     - a point stored in two parts (two writers before the lock existed) keeps its first row;
-      the later part goes aside and is written again without that point and its curve.
+      the later part goes aside and is written again without that point and its curve;
+    - first of all, a compaction cut short (:func:`compact`) is finished: the parts that its
+      merged parts already shown replace are removed, a merged part not shown is.
 
     Call it only while holding the folder's lock: a writer at work would look like the second
     case."""
     fs, base = resolve(uri)
-    msgs = []
+    msgs = _finish_compaction(uri, fs, base)
     parts = {t: _part_files(fs, f"{base}/{t}") for t in TABLES}
     for shown, why in damaged_parts(uri):
         table, name = shown.rsplit("/", 2)[-2:]
@@ -426,3 +468,149 @@ def _drop_repeated_points(uri: str, fs: pafs.FileSystem, base: str, parts: list[
                     f"before in another part: moved to {uri.rstrip('/')}/{DAMAGED}/ with its "
                     "curves" + (f", and written again with the other {rest} only" if rest else ""))
     return msgs
+
+
+# ---------------------------------------------------------------------------------------------
+# Compaction: thousands of small parts (one per pack and flush) into a few, run by `memgrid
+# compact` (and by `memgrid run` once every point is stored) while it holds the folder's lock.
+
+COMPACT_ROWS = 1_000_000
+"""rows (points and curves together) of one merged part at most: what compacting holds in
+memory at once (~40 MB of curves), and what a reader of one part does"""
+COMPACTING = ".memgrid-compacting.json"
+"""while a compaction replaces parts: {merged part: [the parts it replaces]} (hidden: pyarrow
+and pandas skip it)"""
+_SHOWN = ("curves", "points")
+"""the order in which a merged part's files become visible: points last, as in write_points"""
+
+
+def compact(uri: str, max_rows: int = COMPACT_ROWS) -> dict:
+    """Merge the parts of points/ and curves/ into as few as hold `max_rows` rows each: every
+    point once, a merged points part and the curves of its points under one name, each file's
+    schema kept with its metadata (parts of different schemas are merged apart). A part too
+    large to merge with its neighbours stays as it is, so compacting again rewrites only the
+    parts added since. Returns `parts_before` and `parts_after` ({table: count}), `points`,
+    `repaired` (:func:`repair`'s lines, run first) and `seconds`.
+
+    Safe to stop at any moment. The plan is written first (:data:`COMPACTING`); then per merged
+    part its files are written under hidden names, shown (renamed: curves, then points), and
+    only then are the parts it replaces removed. Meanwhile readers skip a part whose merged
+    part is shown, and :func:`repair` (run by the next `memgrid run` or compaction) finishes a
+    compaction cut short; plain pandas reads those points twice until then.
+
+    Call it holding the folder's lock (memgrid.lock), as :func:`repair`."""
+    started = time.monotonic()
+    fs, base = resolve(uri)
+    repaired = repair(uri)
+    before = {t: len(_part_files(fs, f"{base}/{t}")) for t in TABLES}
+    for _ in _compaction(fs, base, _plan(fs, base, max_rows)):
+        pass
+    return {"parts_before": before,
+            "parts_after": {t: len(_part_files(fs, f"{base}/{t}")) for t in TABLES},
+            "points": len(done_ids(uri)), "repaired": repaired,
+            "seconds": time.monotonic() - started}
+
+
+def _plan(fs: pafs.FileSystem, base: str, max_rows: int) -> dict[str, list[str]]:
+    """merged part -> the parts it replaces: runs of parts in name order whose files have the
+    same schemas (metadata included), `max_rows` rows together at most; a part that would be
+    merged with nothing is left out."""
+    curves = _part_files(fs, f"{base}/curves")
+    runs: dict[tuple, list[list]] = {}         # schemas -> [[parts, rows], ...]
+    for part in _part_files(fs, f"{base}/points"):
+        key, rows = [], 0
+        for t in TABLES:
+            if t == "curves" and part not in curves:
+                key.append(None)
+                continue
+            with fs.open_input_file(f"{base}/{t}/{part}.parquet") as f:
+                meta = pq.ParquetFile(f)
+                key.append(meta.schema_arrow.serialize().to_pybytes())
+                rows += meta.metadata.num_rows
+        group = runs.setdefault(tuple(key), [])
+        if not group or group[-1][1] + rows > max_rows:
+            group.append([[], 0])
+        group[-1][0].append(part)
+        group[-1][1] += rows
+    merged = [parts for group in runs.values() for parts, _ in group if len(parts) > 1]
+    tag = uuid.uuid4().hex[:12]
+    return {f"compact-{tag}-{i:04d}": parts for i, parts in enumerate(merged)}
+
+
+def _hidden(base: str, table_name: str, merged: str) -> str:
+    return f"{base}/{table_name}/.tmp-{merged}.parquet"
+
+
+def _compaction(fs: pafs.FileSystem, base: str, plan: dict[str, list[str]]) -> Iterator[str]:
+    """Carry out `plan`, one change of the folder per step (it yields after each, saying what):
+    stopped after any of them, readers see every point once and :func:`repair` finishes it."""
+    if not plan:
+        return
+    _write_json(fs, f"{base}/{COMPACTING}", plan)      # before anything is shown
+    yield "plan"
+    for merged, parts in plan.items():
+        shown = []
+        for t in _SHOWN:
+            files = [f"{base}/{t}/{p}.parquet" for p in parts]
+            files = [f for f in files if _exists(fs, f)]
+            if not files:                               # parts without curves
+                continue
+            schema = pq.read_schema(files[0], filesystem=fs)   # every file's, by _plan
+            table = pads.dataset(files, filesystem=fs, format="parquet", schema=schema).to_table()
+            pq.write_table(table, _hidden(base, t, merged), filesystem=fs)
+            shown.append(t)
+            yield f"wrote {t}/{merged}"
+        for t in shown:
+            fs.move(_hidden(base, t, merged), f"{base}/{t}/{merged}.parquet")
+            yield f"showed {t}/{merged}"
+        yield from _remove(fs, base, parts)
+    fs.delete_file(f"{base}/{COMPACTING}")
+    yield "done"
+
+
+def _remove(fs: pafs.FileSystem, base: str, parts: list[str]) -> Iterator[str]:
+    """Delete parts that a shown merged part replaces, each points file before its curves."""
+    for part in parts:
+        for t in TABLES:
+            path = f"{base}/{t}/{part}.parquet"
+            if _exists(fs, path):
+                fs.delete_file(path)
+                yield f"removed {t}/{part}"
+
+
+def _manifest(fs: pafs.FileSystem, base: str) -> dict[str, list[str]]:
+    """The plan of a compaction under way or cut short, {} where there is none."""
+    path = f"{base}/{COMPACTING}"
+    if not _exists(fs, path):
+        return {}
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _replaced(fs: pafs.FileSystem, base: str, table_name: str) -> set[str]:
+    """Names of the parts of `table_name` that a merged part shown there replaces."""
+    return {p for merged, parts in _manifest(fs, base).items()
+            if _exists(fs, f"{base}/{table_name}/{merged}.parquet") for p in parts}
+
+
+def _finish_compaction(uri: str, fs: pafs.FileSystem, base: str) -> list[str]:
+    """Finish a compaction that was cut short: a merged part whose points are shown stays and
+    the parts it replaces go; one whose points are not shown goes (its points are still in
+    the parts it would have replaced). One line, or none where there was nothing to do."""
+    plan = _manifest(fs, base)
+    if not plan:
+        return []
+    kept = 0
+    for merged, parts in plan.items():
+        if _exists(fs, f"{base}/points/{merged}.parquet"):
+            kept += 1
+            for _ in _remove(fs, base, parts):
+                pass
+        elif _exists(fs, f"{base}/curves/{merged}.parquet"):
+            fs.delete_file(f"{base}/curves/{merged}.parquet")
+        for t in TABLES:
+            if _exists(fs, _hidden(base, t, merged)):
+                fs.delete_file(_hidden(base, t, merged))
+    fs.delete_file(f"{base}/{COMPACTING}")
+    return [f"{uri.rstrip('/')}: a compaction was cut short: finished ({kept} of its "
+            f"{len(plan)} merged parts kept, the parts they replace removed)"]

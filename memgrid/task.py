@@ -170,7 +170,7 @@ def _lib() -> ctypes.CDLL | None:
 
 def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size: int,
                T: int | None = None) -> Batch:
-    """Sequences `step` of `stream` (TRAIN: one batch per SGD step; EVAL: step 0 is the fixed
+    """Sequences `step` of `stream` (TRAIN: one batch per training step; EVAL: step 0 is the fixed
     evaluation set) for every member. `T` pads further than the members need (never changes a
     member's data).
 

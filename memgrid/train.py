@@ -1,4 +1,5 @@
-"""Training a pack: plain SGD on K independent networks at once, per-point early stopping.
+"""Training a pack: SGD with momentum (or Adam) on K independent networks at once, per-point
+early stopping.
 
 Nothing here knows about Ray: :class:`PackTrainer` is driven by the Tune trainable in
 ``tune.py``, by the benchmark, and by the tests alike.
@@ -26,6 +27,9 @@ from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
 from .tuning import LRTuning, rank
 
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
+"""Adam's second-moment decay and epsilon (Kingma and Ba's, torch.optim.Adam's defaults); its
+beta1 is the point's `momentum`."""
 FUSED_STEP = True
 """On the CPU, train with the C kernel's whole step (:meth:`PackTrainer._kernel_step`); False:
 the C kernel's forward and backward inside torch autograd (the tests compare the two)."""
@@ -90,6 +94,9 @@ class PackTrainer:
         self.params: Params = {k: v.to(dtype) for k, v in init_params(
             self.arch, self.layers, self.cells, self.readout, self.spec.seed).items()}
         self.bufs: Params = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.adam = p0.optimizer == "adam"
+        # Adam's second moments (its first are `bufs`); nothing for SGD
+        self.sq: Params = {k: torch.zeros_like(v) for k, v in self.params.items()} if self.adam else {}
         self.lr = torch.tensor([p.lr for p in points], dtype=dtype, device=dev)
         self.mom = torch.tensor([p.momentum for p in points], dtype=dtype, device=dev)
         self.eval_set = make_eval_set(self.spec, p0.eval_size, self.T)
@@ -111,14 +118,15 @@ class PackTrainer:
 
     def _step(self, step: int) -> None:
         batch = make_batch(self.spec, TRAIN, step, self.cfg.batch_size, self.T)
-        loss = self._kernel_step(batch)
+        loss = self._kernel_step(batch, step + 1)
         if loss is None:
-            loss = self._autograd_step(batch)
+            loss = self._autograd_step(batch, step + 1)
         self.train_sum += loss
         self.train_steps += 1
 
-    def _autograd_step(self, batch) -> torch.Tensor:
-        """forward (C kernel or PyTorch path), autograd, SGD in place; the loss `(K,)`."""
+    def _autograd_step(self, batch, t: int) -> torch.Tensor:
+        """forward (C kernel or PyTorch path), autograd, the update in place (`t`: the step's
+        number from 1, for Adam's bias correction); the loss `(K,)`."""
         params = list(self.params.values())
         if not params[0].requires_grad:    # fresh tensors after a compaction or a restore
             for p in params:
@@ -126,21 +134,64 @@ class PackTrainer:
         y = forward(self.arch, self.params, batch.x, batch.mask, self.cfg.tbptt)
         loss = _mae(y, batch.y)
         grads = torch.autograd.grad(loss.sum(), params)
-        with torch.no_grad():              # in place, all tensors at once: buf = mom*buf + g;
-            bufs = list(self.bufs.values())  # p -= lr*buf (per-member mom, lr, broadcast)
-            mom, lr = self._bcast(self.mom), self._bcast(self.lr)
-            torch._foreach_mul_(bufs, mom)
-            torch._foreach_add_(bufs, grads)
-            torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
+        with torch.no_grad():
+            if self.adam:
+                self._adam(params, grads, t)
+            else:                          # in place, all tensors at once: buf = mom*buf + g;
+                bufs = list(self.bufs.values())  # p -= lr*buf (per-member mom, lr, broadcast)
+                mom, lr = self._bcast(self.mom), self._bcast(self.lr)
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
         return loss.detach()
 
-    def _kernel_step(self, batch) -> torch.Tensor | None:
+    def _adam_scalars(self, t: int) -> list[float]:
+        """Adam's numbers shared by the members at step `t` (from 1), rounded to the params'
+        dtype: b2, 1 - b2, eps, sqrt(1 - b2^t)."""
+        return torch.tensor([ADAM_BETA2, 1 - ADAM_BETA2, ADAM_EPS, math.sqrt(1 - ADAM_BETA2 ** t)],
+                            dtype=self.mom.dtype).tolist()
+
+    def _adam_rates(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per member, on its device: 1 - b1 and lr / (1 - b1^t) (b1: `momentum`)."""
+        b1 = self.mom.double()
+        return (1 - b1).to(self.mom.dtype), (self.lr.double() / (1 - b1 ** t)).to(self.lr.dtype)
+
+    def _adam_coefficients(self, t: int) -> torch.Tensor:
+        """What the C kernel's step takes: :meth:`_adam_scalars`, then per member the two
+        :meth:`_adam_rates`."""
+        w1, step = self._adam_rates(t)
+        return torch.cat([torch.tensor(self._adam_scalars(t), dtype=w1.dtype),
+                          torch.stack([w1, step], 1).flatten()])
+
+    def _adam(self, params: list[torch.Tensor], grads, t: int) -> None:
+        """Adam (torch.optim.Adam's, to rounding) with a per-member beta1 (`momentum`) and lr:
+        m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps); every product and sum
+        rounded on its own, as the C kernel's step computes it."""
+        m, v = list(self.bufs.values()), list(self.sq.values())
+        b2, ob2, eps, c2 = self._adam_scalars(t)
+        w1, step = (self._bcast(r) for r in self._adam_rates(t))
+        torch._foreach_mul_(m, self._bcast(self.mom))
+        torch._foreach_add_(m, torch._foreach_mul(list(grads), w1))
+        gg = torch._foreach_mul(list(grads), list(grads))
+        torch._foreach_mul_(gg, ob2)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_add_(v, gg)
+        # torch's float32 sqrt is not correctly rounded (1 in 5 differ by an ulp); through
+        # float64 it is, as the C kernel's sqrtf
+        denom = torch._foreach_div([r.to(x.dtype) for r, x in zip(
+            torch._foreach_sqrt([x.double() for x in v]), v)], c2)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(m, denom), step))
+
+    def _kernel_step(self, batch, t: int) -> torch.Tensor | None:
         """The whole step in one call of the C kernel (memgrid/kernels.py), where it can run:
         bitwise :meth:`_autograd_step` for the `sum` readout. The loss `(K,)`, or None where it
         cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())
-        lib = kernels.usable(self.arch, *params, *bufs) if FUSED_STEP else None
-        if lib is None or not all(t.is_contiguous() for t in params + bufs):
+        sqs = list(self.sq.values())
+        lib = kernels.usable(self.arch, *params, *bufs, *sqs) if FUSED_STEP else None
+        if lib is None or not all(v.is_contiguous() for v in params + bufs + sqs):
             return None
         dt = params[0].dtype
         x = batch.x.permute(2, 0, 1).to(dt).contiguous()          # (T, K, B): the task's memory
@@ -151,7 +202,8 @@ class PackTrainer:
             self._ws = torch.empty(n, dtype=dt)
         with torch.no_grad():
             y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self.lr, self.mom,
-                                   x, mask, batch.y.to(dt).contiguous(), self._ws)
+                                   x, mask, batch.y.to(dt).contiguous(), self._ws, sqs,
+                                   self._adam_coefficients(t) if self.adam else None)
             return _mae(y, batch.y)
 
     def _bcast(self, v: torch.Tensor) -> list[torch.Tensor]:
@@ -250,6 +302,7 @@ class PackTrainer:
         self.active = [self.active[i] for i in keep]
         self.params = {k: v.detach().index_select(0, idx) for k, v in self.params.items()}
         self.bufs = {k: v.index_select(0, idx) for k, v in self.bufs.items()}
+        self.sq = {k: v.index_select(0, idx) for k, v in self.sq.items()}
         self.lr, self.mom = self.lr[idx], self.mom[idx]
         self.train_sum = self.train_sum[idx]
         self.spec = self.spec.select(idx)
@@ -295,6 +348,7 @@ class PackTrainer:
             # copies: training updates the live tensors in place
             "params": {k: v.detach().to("cpu", copy=True) for k, v in self.params.items()},
             "bufs": {k: v.to("cpu", copy=True) for k, v in self.bufs.items()},
+            "sq": {k: v.to("cpu", copy=True) for k, v in self.sq.items()},
             "best": [self.members[m].best for m in self.active],
             "best_epoch": [self.members[m].best_epoch for m in self.active],
             "curves": [[list(c) for c in self.members[m].curve] for m in self.active],
@@ -312,6 +366,7 @@ class PackTrainer:
         self._compact(list(state["active"]))
         self.params = {k: v.to(self.device, copy=True) for k, v in state["params"].items()}
         self.bufs = {k: v.to(self.device, copy=True) for k, v in state["bufs"].items()}
+        self.sq = {k: v.to(self.device, copy=True) for k, v in state.get("sq", {}).items()}
         for i, m_idx in enumerate(self.active):
             m = self.members[m_idx]
             m.best, m.best_epoch = state["best"][i], state["best_epoch"][i]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import signal
@@ -36,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import store
-from .config import GATES, ConfigError, Grid, Point, Resources
+from .config import GATES, PACK_FREE, ConfigError, Grid, Point, Resources
 from .tuning import LRTuning, choose_lr, measured_points, tuning_points
 
 # torch and Ray are imported where they are used: `memgrid run` prints its first line, and
@@ -74,6 +75,10 @@ STOP_REASONS = ("solved", "plateau", "max_epochs", "diverged", "fitted")
 logger keeps the columns of a trial's first result)"""
 PROBE_S = 3.0
 """seconds an --address may take to answer before the run ends"""
+NOTICE_POINTS = 20_000
+"""a grid of this many points says what the driver does before each of its stages that take
+a second or more at this size (expanding, cutting into packs: ~15 and ~10 us per point), so
+that a long start is never silent"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +157,31 @@ def pack_id(points: list[Point]) -> str:
     return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def pack_spec(points: list[Point]) -> str:
+    """A pack as its trial's config holds it (:func:`spec_points` reads it back): JSON of its
+    pack_id, the settings its points share (all but PACK_FREE: one pack_key) and one list per
+    PACK_FREE setting: in the driver and in every snapshot of Tune's experiment state, 7x
+    smaller than every point's settings (fig6_rnn.yaml: 0.7 MB of JSON, not 5.5 MB)."""
+    shared = {k: v for k, v in points[0].to_dict().items() if k not in PACK_FREE}
+    members = {k: [getattr(p, k) for p in points] for k in PACK_FREE}
+    return json.dumps({"pack_id": pack_id(points), "shared": shared, "members": members})
+
+
+def spec_pack_id(spec: str) -> str:
+    """The pack_id of a :func:`pack_spec` (no Point made: the progress line's lookup)."""
+    return json.loads(spec)["pack_id"]
+
+
+def spec_points(spec: str) -> tuple[str, list[Point]]:
+    """(pack_id, points) of a :func:`pack_spec`: the same points, bit for bit (JSON gives floats
+    back exactly), so the same point_ids."""
+    d = json.loads(spec)
+    cols = d["members"]
+    n = len(cols["position"])
+    return d["pack_id"], [Point(**d["shared"], **{k: v[i] for k, v in cols.items()})
+                          for i in range(n)]
+
+
 def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str = "cpu",
                mem_per_slot: float = 4e9) -> list[list[Point]]:
     """Cut points into packs of points that may share one (same `pack_key`), longest first.
@@ -169,8 +199,9 @@ def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str 
         groups.setdefault(p.pack_key, []).append(p)
     members = list(groups.values())
     n_packs = []
-    for ms in members:
-        k_mem = max(1, int(mem_per_slot // max(member_bytes(p) for p in ms)))
+    for ms in members:     # members differ in memory by their length range only (position)
+        k_mem = max(1, int(mem_per_slot // max(member_bytes(p) for p in
+                                               {p.q_hi: p for p in ms}.values())))
         k = min(K_CAP.get(dev, 256), k_mem, best_k(ms[0], dev)) if pack == "auto" else min(int(pack), k_mem)
         n_packs.append(math.ceil(len(ms) / k))
 
@@ -248,9 +279,9 @@ def pack_trial(config: dict) -> None:
 
     from .train import PackTrainer
 
-    points = [Point(**d) for d in config["pack"]["points"]]
+    pid, points = spec_points(config["pack"])
     labels = point_labels(points)
-    uri, pid = config["out"], config["pack"]["pack_id"]
+    uri = config["out"]
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config["gpus"] > 0 and torch.cuda.is_available() else "cpu"
 
@@ -613,6 +644,10 @@ def _pack_cost(pk: list[Point]) -> float:
     return pack_seconds(max(pk, key=lambda q: q.q_hi), len(pk))
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -642,9 +677,10 @@ class Progress:
                  packs: list[list[Point]] | None = None, slots: int = 1,
                  started: float | None = None, stream=sys.stderr):
         self.name, self.total, self.before = name, total, done_before
-        self.cost = {pack_id(pk): _pack_cost(pk) for pk in packs or []}
-        self.epochs = {pack_id(pk): max(p.max_epochs for p in pk) for pk in packs or []}
-        self.longest = {pack_id(pk): max(pk, key=lambda q: q.q_hi) for pk in packs or []}
+        by_id = {pack_id(pk): pk for pk in packs or []}
+        self.cost = {i: _pack_cost(pk) for i, pk in by_id.items()}
+        self.epochs = {i: max(p.max_epochs for p in pk) for i, pk in by_id.items()}
+        self.longest = {i: max(pk, key=lambda q: q.q_hi) for i, pk in by_id.items()}
         self.slots = max(1, slots)
         self.trials: dict[str, dict] = {}
         self.running = 0
@@ -815,6 +851,9 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
     inside each configuration's pack), then its own points at the chosen rates into `out`.
     Both resume: a second run skips what either phase stored.
     """
+    if grid.n_points >= NOTICE_POINTS and not kwargs.get("quiet"):
+        _say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
+             "holds ...")
     if grid.tune_lr is None:
         return run_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
     tuned = tuning_points(grid.points(), grid.tune_lr)
@@ -882,6 +921,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     try:
         import ray
         from ray import tune
+        from ray.tune.search.basic_variant import BasicVariantGenerator
 
         if embedded:    # this machine's workers: build the C kernels once, here
             from . import kernels
@@ -918,6 +958,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         else:
             slots = max(1, int(cluster.get("CPU", 1) // res.cpus_per_trial))
             device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots
+        if len(todo) >= NOTICE_POINTS and not quiet:
+            _say(f"[{grid.name}] Ray is up: cutting {len(todo)} points into packs ...")
         if halving is None:
             packs = plan_packs(todo, res.pack, slots, device=device, mem_per_slot=mem)
         else:   # one pack per configuration, the longest first
@@ -926,13 +968,13 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 groups.setdefault(p.pack_key, []).append(p)
             packs = sorted(groups.values(), key=_pack_cost, reverse=True)
         summary["packs"] = len(packs)
-        trial_space = [{"points": [p.to_dict() for p in pk], "pack_id": pack_id(pk)} for pk in packs]
+        specs = [pack_spec(pk) for pk in packs]
         progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
                             before, packs, slots, started)
 
         class _Callback(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                progress.update(trial.trial_id, result, trial.config["pack"]["pack_id"])
+                progress.update(trial.trial_id, result, spec_pack_id(trial.config["pack"]))
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 progress.finish(trial.trial_id)
@@ -944,10 +986,16 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         trainable = tune.with_resources(pack_trial, {"cpu": res.cpus_per_trial, "gpu": gpus})
         tuner = tune.Tuner(
             trainable,
-            param_space={"pack": tune.grid_search(trial_space), "out": storage, "grid": grid.name,
+            param_space={"pack": None, "out": storage, "grid": grid.name,
                          "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
                          "halving": halving.to_dict() if halving else None},
-            tune_config=tune.TuneConfig(reuse_actors=True),
+            # one trial per pack, each pack a preset config (copied alone), not a grid search:
+            # Tune deep-copies a grid search's whole list for each trial it makes, quadratic in
+            # the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5
+            # points: hours)
+            tune_config=tune.TuneConfig(
+                search_alg=BasicVariantGenerator(points_to_evaluate=[{"pack": s} for s in specs]),
+                num_samples=len(specs), reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=f"{storage.rstrip('/')}/_tune",
@@ -955,6 +1003,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[] if quiet else [_Callback()], verbose=0),
         )
+        if len(todo) >= NOTICE_POINTS and not quiet:
+            progress.show()     # before Tune's first step, a few seconds away at this size
         results = tuner.fit()
         summary["failed_trials"] = sum(1 for r in results if r.error is not None)
     except BaseException:

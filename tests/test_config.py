@@ -39,6 +39,49 @@ def test_point_id_is_stable():
     assert len(Point("rnn", 1, 5, 3, 0).point_id) == 16
 
 
+def test_a_setting_added_later_leaves_older_ids_alone():
+    """`optimizer` came after points were stored: at `sgd`, every older point keeps its id (the
+    values were computed by memgrid before the setting existed); at `adam` the id differs."""
+    assert Point("rnn", 1, 5, 3, 0, lr=0.03).point_id == "bdcea6d37dc93855"
+    assert Point("lstm", 2, 10, 7, 4, lr=0.03).point_id == "162e5bac1b810071"
+    adam = Point("rnn", 1, 5, 3, 0, lr=0.03, optimizer="adam")
+    assert adam.point_id != "bdcea6d37dc93855"
+    assert adam.pack_key != Point("rnn", 1, 5, 3, 0, lr=0.03).pack_key   # not in one pack
+
+
+def test_a_folder_written_before_a_setting_existed_is_still_its_grids(tmp_path):
+    """docs/data/fig4_rnn-paper was written before `optimizer` existed: the same grid at the
+    same protocol finds its grid.json its own and every point stored (nothing to train)."""
+    import shutil
+
+    from .conftest import ROOT
+
+    out = tmp_path / "fig4"
+    shutil.copytree(ROOT / "docs/data/fig4_rnn-paper", out)
+    r = memgrid_cli("run", CONFIGS / "fig4_rnn.yaml", "--protocol", "paper", "--out", out, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "stored in" in r.stdout and "to train: 0" in r.stdout
+
+
+def test_a_part_written_before_a_setting_existed_reads_as_its_old_value(tmp_path):
+    """A points part without the `optimizer` column (memgrid before it) reads as `sgd` beside
+    a part that has it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from memgrid.store import POINT_SCHEMA, point_settings, read_points
+
+    (tmp_path / "points").mkdir()
+    for name, p in [("old", Point("rnn", 1, 5, 3, 0)), ("new", Point("rnn", 1, 5, 3, 1, optimizer="adam"))]:
+        row = point_settings(p, "g")
+        table = pa.Table.from_pylist([row], schema=pa.schema([f for f in POINT_SCHEMA if f.name in row]))
+        if name == "old":
+            table = table.drop(["optimizer"])
+        pq.write_table(table, tmp_path / "points" / f"{name}.parquet")
+    got = read_points(str(tmp_path)).to_pandas().set_index("seed")["optimizer"].to_dict()
+    assert got == {0: "sgd", 1: "adam"}
+
+
 BAD = [
     (with_(axes__cells=[0]), "axes.cells"),
     (with_(axes__position=[0, 1]), "axes.position"),
@@ -50,6 +93,7 @@ BAD = [
     (with_(train__lr=-0.1), "train.lr"),
     (with_(train__batch_size=1.5), "train.batch_size"),
     (with_(train__momentum=1.0), "train.momentum"),
+    (with_(train__optimizer="rmsprop"), "train.optimizer"),
     (with_(train__learning_rate=0.1), "train.learning_rate"),
     (with_(stop__plateau="yes"), "stop.plateau"),
     (with_(extra=1), "extra"),

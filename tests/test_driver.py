@@ -28,7 +28,7 @@ import pytest
 from memgrid import store
 from memgrid.config import ConfigError, Point, load_grid
 from memgrid.tune import (Progress, _fmt_s, _pack_cost, check_fits, describe_plan, makespan_s,
-                          pack_id, pack_metrics, pack_seconds, plan_packs, point_labels)
+                          pack_id, pack_metrics, pack_seconds, pack_spec, plan_packs, point_labels)
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -147,8 +147,7 @@ def test_pack_trial_reports_each_points_loss_as_it_trains(tmp_path, monkeypatch)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     pts = [Point("rnn", 1, 2, p, s, max_epochs=300, eval_every=20, eval_size=128, batch_size=32,
                  q_min=4, q_max=6, plateau=False) for p in (1, 3) for s in (0, 1)]
-    config = {"pack": {"points": [p.to_dict() for p in pts], "pack_id": pack_id(pts)},
-              "out": str(tmp_path), "grid": "g", "cpus": 1, "gpus": 0}
+    config = {"pack": pack_spec(pts), "out": str(tmp_path), "grid": "g", "cpus": 1, "gpus": 0}
     pack_trial(config)
     assert reports and all(set(r) == set(reports[0]) for r in reports)
     last = reports[-1]

@@ -284,13 +284,12 @@ def test_plot_mc_vs_units(tmp_path):
 
 def test_pack_trial_fits_esn_packs(tmp_path, monkeypatch):
     tune = pytest.importorskip("ray.tune")
-    from memgrid.tune import pack_id, pack_trial
+    from memgrid.tune import pack_id, pack_spec, pack_trial
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, **kw: reports.append(metrics))
     pts = [esn_point(cells=6, position=p, seed=0, eval_size=256) for p in (1, 2, 14)]
     pid = pack_id(pts)
-    config = {"pack": {"points": [p.to_dict() for p in pts], "pack_id": pid},
-              "out": str(tmp_path), "grid": "mixed", "cpus": 1, "gpus": 0}
+    config = {"pack": pack_spec(pts), "out": str(tmp_path), "grid": "mixed", "cpus": 1, "gpus": 0}
     pack_trial(config)
     got = store.read_points(str(tmp_path)).to_pandas()
     assert sorted(got["position"]) == [1, 2, 14] and set(got["grid"]) == {"mixed"}

@@ -89,30 +89,34 @@ def _trained(points, fused, monkeypatch, epochs=60, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("tbptt", [0, 3])
-def test_kernel_step_is_the_autograd_step(arch, tbptt, monkeypatch):
-    """The C kernel's whole step (forward, loss gradient, backward, SGD with momentum) gives the
-    same bits as the kernel's forward and backward inside torch autograd with torch's SGD, for
-    the paper's `sum` readout: weights, momentum and every curve point, also after a member
-    diverged and left the pack."""
-    pts = [Point(arch, 2, 5, p, s, lr=lr, momentum=0.9, tbptt=tbptt, max_epochs=100, eval_every=10,
-                 eval_size=64, q_min=3, q_max=9)
-           for p, s, lr in [(1, 0, 0.05), (4, 1, 0.02), (2, 2, math.inf), (6, 3, 0.1)]]
+@pytest.mark.parametrize("tbptt,optimizer", [(0, "sgd"), (3, "sgd"), (0, "adam")])
+def test_kernel_step_is_the_autograd_step(arch, tbptt, optimizer, monkeypatch):
+    """The C kernel's whole step (forward, loss gradient, backward, SGD with momentum or Adam)
+    gives the same bits as the kernel's forward and backward inside torch autograd with the
+    torch ops of PackTrainer's update, for the paper's `sum` readout: weights, moments and every
+    curve point, also after a member diverged and left the pack."""
+    pts = [Point(arch, 2, 5, p, s, lr=lr, momentum=mom, tbptt=tbptt, max_epochs=100,
+                 eval_every=10, eval_size=64, q_min=3, q_max=9, optimizer=optimizer)
+           for p, s, lr, mom in [(1, 0, 0.05, 0.9), (4, 1, 0.02, 0.8), (2, 2, math.inf, 0.9),
+                                 (6, 3, 0.1, 0.9)]]
     fused, ref = (_trained(pts, f, monkeypatch) for f in (True, False))
     assert fused.active == ref.active == [0, 1, 3]                        # lr inf diverged
     for name in ref.params:
         assert torch.equal(fused.params[name], ref.params[name]), name
         assert torch.equal(fused.bufs[name], ref.bufs[name]), name
+        if optimizer == "adam":
+            assert torch.equal(fused.sq[name], ref.sq[name]), name
     assert repr([m.curve for m in fused.members]) == repr([m.curve for m in ref.members])  # nan too
     assert ref.params["w_hh.1"].abs().max() > 0
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
-def test_kernel_step_with_a_linear_readout(arch, monkeypatch):
+@pytest.mark.parametrize("arch,optimizer", [("rnn", "sgd"), ("lstm", "sgd"), ("gru", "sgd"),
+                                            ("gru", "adam")])
+def test_kernel_step_with_a_linear_readout(arch, optimizer, monkeypatch):
     """With a learned readout the step sums the readout's gradient over the batch in its own
     order: the same training to float rounding (float64)."""
     pts = [Point(arch, 2, 4, p, s, readout="linear", lr=0.05, max_epochs=30, eval_every=10,
-                 eval_size=64, q_min=3, q_max=6) for p, s in [(1, 0), (3, 1)]]
+                 eval_size=64, q_min=3, q_max=6, optimizer=optimizer) for p, s in [(1, 0), (3, 1)]]
     fused, ref = (_trained(pts, f, monkeypatch, dtype=torch.float64) for f in (True, False))
     for name in ref.params:
         torch.testing.assert_close(fused.params[name], ref.params[name], atol=1e-12, rtol=1e-10)

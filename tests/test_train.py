@@ -8,6 +8,7 @@ import torch
 
 from memgrid.config import Point
 from memgrid.stopping import stop_check
+from memgrid.task import TRAIN, make_batch
 from memgrid.train import PackTrainer, train_points
 
 
@@ -76,12 +77,14 @@ def test_rule_diverged():
 
 # -- packs ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
-def test_pack_invariance(arch):
+@pytest.mark.parametrize("arch,optimizer", [("rnn", "sgd"), ("lstm", "sgd"), ("gru", "sgd"),
+                                            ("lstm", "adam")])
+def test_pack_invariance(arch, optimizer):
     """A point's losses are the same alone or in a mixed pack (other p, seeds, lr, longer T)."""
     pts = [Point(arch, 2, 4, p, s, max_epochs=120, eval_every=20, lr=lr, q_min=5, q_max=8,
-                 batch_size=32, eval_size=128)
-           for p, s, lr in [(1, 0, 0.01), (3, 1, 0.05), (7, 0, 0.05), (2, 2, 0.03)]]
+                 batch_size=32, eval_size=128, optimizer=optimizer, momentum=mom)
+           for p, s, lr, mom in [(1, 0, 0.01, 0.9), (3, 1, 0.05, 0.9), (7, 0, 0.05, 0.5),
+                                 (2, 2, 0.03, 0.9)]]
     _, curves = train_points(pts)
     packed = curves_by_point(curves)
     for p in pts:
@@ -128,9 +131,10 @@ def test_a_pack_mixing_stop_settings_stops_each_member_as_alone():
     assert stops[2][0] == stops[3][0] == "solved" and stops[2][1] < stops[3][1]     # solved_loss
 
 
-def test_resume_from_state_is_exact():
-    pts = [Point("gru", 1, 3, p, 0, max_epochs=200, eval_every=20, eval_size=128, q_min=4, q_max=6)
-           for p in (1, 2, 3)]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_from_state_is_exact(optimizer):
+    pts = [Point("gru", 1, 3, p, 0, max_epochs=200, eval_every=20, eval_size=128, q_min=4, q_max=6,
+                 optimizer=optimizer) for p in (1, 2, 3)]
     full = PackTrainer(pts)
     full.run()
     ref = curves_by_point(full.pop_finished()[1])
@@ -178,3 +182,34 @@ def test_replaying_the_stop_rule_equals_training_with_it():
     assert (m.stop_reason_replay == m.stop_reason_real).all()
     assert (m.epochs_replay == m.epochs_real).all()
     assert (m.loss_replay - m.loss_real).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_adam_is_torch_optim_adam(arch):
+    """Every member of a pack trained with `adam` follows torch.optim.Adam on a torch.nn module
+    holding its initial weights, fed the same batches (fixed length, so the module sees them
+    whole), with the member's own lr and beta1 (`momentum`), in float64."""
+    from .test_models import torch_module_like
+
+    kw = dict(q_min=6, q_max=6, max_epochs=30, eval_every=10, eval_size=64, batch_size=16,
+              optimizer="adam", mc_length=0, solved_loss=0.0, plateau=False)
+    pts = [Point(arch, 2, 3, 2, 0, lr=0.01, momentum=0.9, **kw),
+           Point(arch, 2, 3, 4, 1, lr=0.05, momentum=0.5, **kw)]
+    trainer = PackTrainer(pts, dtype=torch.float64)
+    init = {n: v.detach().clone() for n, v in trainer.params.items()}
+    refs = [torch_module_like(arch, trainer.params, k, 2, 3) for k in range(len(pts))]
+    opts = [torch.optim.Adam(m.parameters(), lr=p.lr, betas=(p.momentum, 0.999))
+            for m, p in zip(refs, pts)]
+    batches = [make_batch(trainer.spec, TRAIN, step, 16, trainer.T) for step in range(30)]
+    trainer.run()
+    for k, (m, opt) in enumerate(zip(refs, opts)):
+        for b in batches:
+            h, _ = m(b.x[k].double().unsqueeze(-1))            # (B, T, c): every sequence whole
+            loss = (h[:, -1].sum(1) - b.y[k].double()).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        final = trainer.finished[k][2]                         # the member's trained weights
+        assert torch.allclose(final["w_hh.1"], m.weight_hh_l1.detach(), atol=1e-9, rtol=0)
+        assert torch.allclose(final["b_ih.0"], m.bias_ih_l0.detach(), atol=1e-9, rtol=0)
+        assert (final["w_hh.1"] - init["w_hh.1"][k]).abs().max() > 1e-3      # it trained

@@ -310,7 +310,7 @@ def check_claims(points: pd.DataFrame, curves: pd.DataFrame | None = None,
 
 
 def _largest_budget(points: pd.DataFrame) -> int | None:
-    """Largest budget (SGD steps) of the trained points (None: not in the table)."""
+    """Largest budget (training steps) of the trained points (None: not in the table)."""
     trained = points[points["arch"] != "esn"] if "arch" in points else points
     if trained.empty or "max_epochs" not in trained:
         return None

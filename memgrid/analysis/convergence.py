@@ -7,7 +7,7 @@ memgrid calls the limit of a configuration at a training budget *converged* when
 budget (or more) changes neither the limit nor, beyond :data:`LOSS_TOL`, the mean loss at the
 limit.
 
-The budget of a point is its SGD steps, ``steps_per_epoch * max_epochs``. A table varies it in
+The budget of a point is its training steps, ``steps_per_epoch * max_epochs``. A table varies it in
 one of two ways:
 
 - a grid with a budget axis (`max_epochs` or `steps_per_epoch`): each budget is its own point;
@@ -25,7 +25,7 @@ from .limits import memory_limits, replay_stopping
 from .tables import CONFIG, THRESHOLD, variant_columns
 
 BUDGET_COLUMNS = ("steps_per_epoch", "max_epochs")
-"""The settings whose product is a point's training budget in SGD steps."""
+"""The settings whose product is a point's training budget in training steps."""
 LOSS_TOL = 0.01
 """Largest change of the mean loss at the limit that still counts as converged."""
 MIN_FACTOR = 2
@@ -33,7 +33,7 @@ MIN_FACTOR = 2
 
 
 def budget_steps(points: pd.DataFrame) -> pd.Series:
-    """SGD steps a point was allowed: steps_per_epoch * max_epochs (int)."""
+    """training steps a point was allowed: steps_per_epoch * max_epochs (int)."""
     if points.empty:
         return pd.Series(dtype=int, index=points.index)
     spe = points["steps_per_epoch"] if "steps_per_epoch" in points else 1
@@ -46,7 +46,7 @@ def _keys(points: pd.DataFrame) -> list[str]:
 
 
 def limits_by_budget(points: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
-    """:func:`memory_limits` per configuration and budget (column `budget`, SGD steps)."""
+    """:func:`memory_limits` per configuration and budget (column `budget`, training steps)."""
     pts = points.assign(budget=budget_steps(points))
     return memory_limits(pts, threshold, _keys(points) + ["budget"])
 

@@ -227,7 +227,7 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
 
 
 def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
-    """Memory limit against training budget (SGD steps, log scale), one line per (l, c), one
+    """Memory limit against training budget (training steps, log scale), one line per (l, c), one
     axes per arch, from :func:`memgrid.analysis.budget_convergence` (or with its `mark` column
     from :func:`memgrid.analysis.limit_marks`). Filled: a converged limit (doubling the budget
     moves neither it nor the loss at it); hollow: not converged or not known (the largest
@@ -235,6 +235,13 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
     if conv.empty:
         raise ValueError("no limits to draw")
     conv = conv.assign(mark=conv["mark"] if "mark" in conv else conv["status"])
+    from .convergence import configuration_columns
+
+    # settings that vary besides arch, l, c (an lr axis): one line style each, never one line
+    others = [k for k in configuration_columns(conv) if k not in CONFIG]
+    variants = sorted(conv.groupby(others, dropna=False).groups) if others else [()]
+    variants = [v if isinstance(v, tuple) else (v,) for v in variants]
+    styles = {v: ("-", "--", ":", "-.")[i % 4] for i, v in enumerate(variants)}
     archs = _archs(conv)
     layers = sorted(int(v) for v in conv["layers"].unique())
     cells = sorted(int(v) for v in conv["cells"].unique())
@@ -244,10 +251,11 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
     axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True, squeeze=False)[0])
     for ax, arch in zip(axes, archs):
         sel = conv[conv["arch"] == arch]
-        for (l, c), g in sel.groupby(["layers", "cells"]):
+        for key, g in sel.groupby(["layers", "cells"] + others, dropna=False):
+            (l, c), v = key[:2], tuple(key[2:])
             g = g.sort_values("budget")
             marker = LAYER_MARKERS[layers.index(int(l)) % len(LAYER_MARKERS)]
-            ax.plot(g["budget"], g["limit"], color=color[int(c)], lw=1, alpha=0.8)
+            ax.plot(g["budget"], g["limit"], color=color[int(c)], lw=1, alpha=0.8, ls=styles[v])
             done = g["mark"] == "converged"
             ax.scatter(g["budget"][done], g["limit"][done], marker=marker, s=28,
                        color=color[int(c)], zorder=3)
@@ -255,12 +263,16 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
                        facecolors="white", edgecolors=color[int(c)], zorder=3)
         ax.set_xscale("log", base=2)
         ax.set_title(arch.upper(), fontsize=10)
-        ax.set_xlabel("training budget (SGD steps)")
+        ax.set_xlabel("training budget (steps)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("memory limit p")
     handles = [Line2D([], [], color=color[c], lw=2, label=f"c = {c}") for c in cells]
     handles += [Line2D([], [], color="0.3", marker=LAYER_MARKERS[i % len(LAYER_MARKERS)], ls="",
                        label=f"l = {l}") for i, l in enumerate(layers)]
+    if others:
+        handles += [Line2D([], [], color="0.3", ls=styles[v], label=", ".join(
+            f"{k} {x:g}" if isinstance(x, float) else f"{k} {x}" for k, x in zip(others, v)))
+            for v in variants]
     handles += [Line2D([], [], color="0.3", marker="o", ls="", label="converged"),
                 Line2D([], [], color="0.3", marker="o", mfc="white", ls="",
                        label="not converged / unknown")]
@@ -315,7 +327,7 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
     cols = [c for c in _MC_RESERVOIR if c in esn.columns]
     stream = pd.concat([stream[stream["arch"] != "esn"], esn.drop_duplicates(cols)])
     task_keys = [c for c in ("arch", "layers", "cells", "seed", "q_min", "q_max", "lr",
-                             "momentum", *_MC_RESERVOIR[4:]) if c in pts.columns]
+                             "momentum", "optimizer", *_MC_RESERVOIR[4:]) if c in pts.columns]
     task = (pts.assign(r2=pts["r2"].astype(float).fillna(0.0).clip(0.0, 1.0))
             .groupby(task_keys, dropna=False)
             .agg(mc=("r2", "sum"), units=("units", "first")).reset_index()

@@ -127,7 +127,7 @@ def _limits_section(kind: str, sub: pd.DataFrame, threshold: float,
 
 def _with_marks(lim: pd.DataFrame, sub: pd.DataFrame, conv: pd.DataFrame | None) -> pd.DataFrame:
     """`lim` (memory_limits of `sub`) with a `converged` column from `conv` (budget_convergence
-    with its marks), matched on the configuration and the budget in SGD steps."""
+    with its marks), matched on the configuration and the budget in training steps."""
     if lim.empty:
         return lim.assign(converged=[])
     spe = lim["steps_per_epoch"] if "steps_per_epoch" in lim else sub["steps_per_epoch"].iloc[0]
@@ -213,7 +213,7 @@ def _budget_table(conv: pd.DataFrame | None, how: str, out: Path, stem: str) -> 
     n_conf = len(pivot)
     n_conv = int(np.isfinite(first).sum())
     png = save(plot_limits_by_budget(conv), out, stem)
-    return [f"Memory limit at each training budget (SGD steps = steps_per_epoch x max_epochs), "
+    return [f"Memory limit at each training budget (training steps = steps_per_epoch x max_epochs), "
             f"from {how}. A limit is *converged* when the next budget at least twice as large "
             f"gives the same limit and a mean loss at the limit within {LOSS_TOL}: "
             "`(moves)` = not converged: a larger budget moves it, or it was still moving at "

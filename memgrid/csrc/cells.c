@@ -475,8 +475,9 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
  * mean absolute error, backward, and SGD with momentum on the parameters in place, member by
  * member (its states stay in L2). This is what memgrid.train.PackTrainer's step does with
  * torch ops (the forward and backward above, memgrid.models._fuse/_unfuse_grad, the loss's
- * autograd and torch._foreach SGD), bitwise for the `sum` readout: the same products in the
- * same order, and SGD's products and sums rounded one by one as torch's are (no FMA). */
+ * autograd and torch._foreach SGD or Adam), bitwise for the `sum` readout: the same products in
+ * the same order, and the update's products and sums rounded one by one as torch's are (no
+ * FMA). */
 
 /* The torch row (w_ih, w_hh, b_ih, b_hh of torch.nn, gate order i, f, g, o / r, z, n) of the
  * fused row r; *parts: 1 it holds W_ih's columns and b_ih, 2 W_hh's and b_hh, 3 both (the bias
@@ -516,39 +517,84 @@ static void split_params(int arch, int L, int c, REAL *const *p, int k, REAL *Sp
     }
 }
 
-/* buf = mom buf + g; p -= lr buf, each product and sum rounded on its own, in torch's order */
-static inline void sgd1(REAL *p, REAL *buf, REAL g, REAL lr, REAL mom) {
-    REAL b = *buf * mom;
-    KEEP(b);
-    b = b + g;
-    *buf = b;
-    REAL u = b * lr;
+/* The optimizer of one step, for member k: SGD with momentum, or Adam (adam != 0). Adam's
+ * coefficients are those of memgrid.train.PackTrainer._adam, rounded to REAL there. */
+typedef struct {
+    int adam;
+    REAL lr, mom;                   /* SGD */
+    REAL w1, step, b2, ob2, c2, eps; /* Adam: 1 - b1, lr / (1 - b1^t), b2, 1 - b2, sqrt(1 - b2^t) */
+} Opt;
+
+/* one parameter's update, each product and sum rounded on its own, in torch's order:
+ * SGD:  buf = mom buf + g; p -= lr buf
+ * Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g; p -= step m / (sqrt(v) / c2 + eps) */
+static inline void update1(REAL *p, REAL *buf, REAL *sq, REAL g, const Opt *o) {
+    if (!o->adam) {
+        REAL b = *buf * o->mom;
+        KEEP(b);
+        b = b + g;
+        *buf = b;
+        REAL u = b * o->lr;
+        KEEP(u);
+        *p = *p - u;
+        return;
+    }
+    REAL m = *buf * o->mom, gm = g * o->w1;          /* o->mom holds b1 */
+    KEEP(m); KEEP(gm);
+    m = m + gm;
+    *buf = m;
+    REAL gg = g * g;
+    KEEP(gg);
+    gg = gg * o->ob2;
+    KEEP(gg);
+    REAL v = *sq * o->b2;
+    KEEP(v);
+    v = v + gg;
+    *sq = v;
+    REAL d = sizeof(REAL) == 4 ? (REAL)__builtin_sqrtf((float)v) : (REAL)__builtin_sqrt((double)v);
+    d = d / o->c2;
+    KEEP(d);
+    d = d + o->eps;
+    REAL u = m / d;
+    KEEP(u);
+    u = u * o->step;
     KEEP(u);
     *p = *p - u;
 }
 
-/* SGD on member k's torch-layout parameters from the gradient of its fused weights gWk */
-static void sgd_fused(int arch, int L, int c, REAL *const *p, REAL *const *bufs, int k,
-                      const REAL *gWk, REAL lr, REAL mom) {
+/* the optimizer on member k's torch-layout parameters from the gradient of its fused weights
+ * gWk; sqs: Adam's second moments, laid out as bufs (NULL for SGD) */
+static void update_fused(int arch, int L, int c, REAL *const *p, REAL *const *bufs,
+                         REAL *const *sqs, int k, const REAL *gWk, const Opt *o) {
     const int R = rows_of(arch, c), TR = gates_of(arch) * c;
+    static REAL none;
     for (int i = 0; i < L; i++) {
         const int m = i ? c : 1, cols = m + 1 + c;
         const int64_t off[4] = {(int64_t)k * TR * m, (int64_t)k * TR * c, (int64_t)k * TR, (int64_t)k * TR};
-        REAL *wi = p[4 * i] + off[0], *wh = p[4 * i + 1] + off[1], *bi = p[4 * i + 2] + off[2];
-        REAL *bh = p[4 * i + 3] + off[3], *vi = bufs[4 * i] + off[0], *vh = bufs[4 * i + 1] + off[1];
-        REAL *ui = bufs[4 * i + 2] + off[2], *uh = bufs[4 * i + 3] + off[3];
+        REAL *w[4], *b[4], *q[4];
+        for (int j = 0; j < 4; j++) {
+            w[j] = p[4 * i + j] + off[j];
+            b[j] = bufs[4 * i + j] + off[j];
+            q[j] = sqs ? sqs[4 * i + j] + off[j] : &none;
+        }
+        const int64_t qs = sqs ? 1 : 0;                  /* SGD: q points at a dummy */
         const REAL *g = gWk + layer_offset(i, R, c);
         for (int r = 0; r < R; r++) {
             int parts, tr = torch_row(arch, c, r, &parts);
             const REAL *gr = g + (int64_t)r * cols;
             if (parts & 1) {
-                for (int j = 0; j < m; j++) sgd1(wi + (int64_t)tr * m + j, vi + (int64_t)tr * m + j, gr[j], lr, mom);
-                sgd1(bi + tr, ui + tr, gr[m], lr, mom);
+                for (int j = 0; j < m; j++) {
+                    const int64_t e = (int64_t)tr * m + j;
+                    update1(w[0] + e, b[0] + e, q[0] + e * qs, gr[j], o);
+                }
+                update1(w[2] + tr, b[2] + tr, q[2] + tr * qs, gr[m], o);
             }
             if (parts & 2) {
-                for (int j = 0; j < c; j++)
-                    sgd1(wh + (int64_t)tr * c + j, vh + (int64_t)tr * c + j, gr[m + 1 + j], lr, mom);
-                sgd1(bh + tr, uh + tr, gr[m], lr, mom);
+                for (int j = 0; j < c; j++) {
+                    const int64_t e = (int64_t)tr * c + j;
+                    update1(w[1] + e, b[1] + e, q[1] + e * qs, gr[m + 1 + j], o);
+                }
+                update1(w[3] + tr, b[3] + tr, q[3] + tr * qs, gr[m], o);
             }
         }
     }
@@ -566,13 +612,15 @@ int64_t NAME(memgrid_train_scratch)(int arch, int L, int T, int B, int c) {
 }
 
 /* params, bufs: 4 L (+ 2 with a linear readout: w_out (K, c), b_out (K)) pointers to the
- * (K, ...) contiguous parameters and momentum buffers, in memgrid.models.param_shapes' order;
- * lr, mom (K); x (T, K, B), mask (P, K, B) as in forward; y (K, B) the targets; yhat (K, B):
- * the outputs, written; ws: memgrid_train_scratch() REALs. */
+ * (K, ...) contiguous parameters and momentum buffers (Adam: first moments), in
+ * memgrid.models.param_shapes' order; lr, mom (K); sqs: NULL for SGD, or Adam's second moments
+ * laid out as bufs, with adam = {b2, 1 - b2, eps, sqrt(1 - b2^t), then per member 1 - b1 and
+ * lr / (1 - b1^t)} (mom holds b1); x (T, K, B), mask (P, K, B) as in forward; y (K, B) the
+ * targets; yhat (K, B): the outputs, written; ws: memgrid_train_scratch() REALs. */
 int NAME(memgrid_train_step)(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
                              int linear, REAL *const *params, REAL *const *bufs, const REAL *lr,
-                             const REAL *mom, const REAL *x, const uint8_t *mask, const REAL *y,
-                             REAL *yhat, REAL *ws) {
+                             const REAL *mom, REAL *const *sqs, const REAL *adam, const REAL *x,
+                             const uint8_t *mask, const REAL *y, REAL *yhat, REAL *ws) {
     const int R = rows_of(arch, c), Ra = aux_rows(arch, c);
     const int64_t cb = (int64_t)c * B, S = T + 1, hs = (int64_t)L * S * cb;
     REAL *Sp = ws, *H = Sp + up16(split_size(R, c) * L), *Cs = arch == LSTM ? H + up16(hs) : NULL;
@@ -587,6 +635,12 @@ int NAME(memgrid_train_step)(int arch, int K, int L, int T, int P, int B, int c,
         const uint8_t *mkk = mask + (int64_t)k * B;
         REAL *wo = linear ? params[4 * L] + (int64_t)k * c : NULL;
         REAL *yh = yhat + (int64_t)k * B;
+        Opt o = {0, lr[k], mom[k], 0, 0, 0, 0, 0, 0};
+        if (sqs) {
+            o.adam = 1;
+            o.b2 = adam[0], o.ob2 = adam[1], o.eps = adam[2], o.c2 = adam[3];
+            o.w1 = adam[4 + 2 * k], o.step = adam[5 + 2 * k];
+        }
         split_params(arch, L, c, params, k, Sp);
         forward_member(arch, K, L, T, P, B, c, (int)S, Sp, xk, mkk, H, Cs, Ra ? Aux : NULL, NULL, X, O);
         for (int b = 0; b < B; b++) {          /* the readout, summed over j from 0 */
@@ -610,19 +664,20 @@ int NAME(memgrid_train_step)(int arch, int K, int L, int T, int P, int B, int c,
             if (linear) { for (int b = 0; b < B; b++) go[b] = gy[b] * wo[j]; }
             else        { for (int b = 0; b < B; b++) go[b] = gy[b]; }
         }
-        if (linear) {                          /* w_out, b_out: SGD on their gradients */
-            REAL *vo = bufs[4 * L] + (int64_t)k * c, gb = 0;
+        if (linear) {                          /* w_out, b_out: the update on their gradients */
+            REAL *vo = bufs[4 * L] + (int64_t)k * c, gb = 0, none = 0;
+            REAL *qo = sqs ? sqs[4 * L] + (int64_t)k * c : NULL;
             for (int j = 0; j < c; j++) {
                 REAL s = 0;
                 for (int b = 0; b < B; b++) s += gy[b] * last[(int64_t)j * B + b];
-                sgd1(wo + j, vo + j, s, lr[k], mom[k]);
+                update1(wo + j, vo + j, qo ? qo + j : &none, s, &o);
             }
             for (int b = 0; b < B; b++) gb += gy[b];
-            sgd1(params[4 * L + 1] + k, bufs[4 * L + 1] + k, gb, lr[k], mom[k]);
+            update1(params[4 * L + 1] + k, bufs[4 * L + 1] + k, sqs ? sqs[4 * L + 1] + k : &none, gb, &o);
         }
         backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, H, Cs, Ra ? Aux : NULL, g_out,
                         gW, NULL, G, X, O);
-        sgd_fused(arch, L, c, params, bufs, k, gW, lr[k], mom[k]);
+        update_fused(arch, L, c, params, bufs, sqs, k, gW, &o);
     }
     free(X); free(O);
     return 0;
