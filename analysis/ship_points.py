@@ -1,0 +1,43 @@
+"""Write a results folder's points as a compact folder for docs/data: its grid.json and one
+zstd Parquet part of points (POINT_SCHEMA), no curves. With --rungs, a run without the plateau
+stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs): one row per point
+and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the point id (one
+point, several rows; the ids of a shorter budget's rows are not those a run at it would store).
+
+    python analysis/ship_points.py results/fig4_rnn docs/data/fig4_rnn
+    python analysis/ship_points.py results/budget_lr_search_adam docs/data/budget_lr_search_adam-rungs --rungs
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memgrid.analysis import budget_rungs, load_curves, load_points
+from memgrid.store import POINT_SCHEMA
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", help="a results folder")
+    ap.add_argument("dest", help="the folder to write (replaced)")
+    ap.add_argument("--rungs", action="store_true", help="replay a no-plateau run at every budget")
+    args = ap.parse_args(argv)
+    points = load_points(args.results)
+    if args.rungs:
+        points = budget_rungs(points, load_curves(args.results))
+        points["point_id"] = points["point_id"] + "@" + points["max_epochs"].astype(str)
+    dest = Path(args.dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "points").mkdir(parents=True)
+    shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
+    table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA, preserve_index=False)
+    pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
+    print(f"{dest}: {table.num_rows} rows, {(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
