@@ -430,9 +430,10 @@ def test_run_asking_more_than_any_node_has_ends_in_one_line(cluster, tmp_path):
 
 @cluster_test
 def test_stopped_job_is_finished_by_launching_again(cluster, tmp_path):
-    # p = 1 solves in ~700 epochs (the first parts land soon); p = 6 runs all 30,000 (~3 s
-    # each, on any machine memgrid trains this fast), so that the stop lands mid-grid
-    grid, out = small_grid(tmp_path, "again", positions=[1, 6], seeds="0..3", max_epochs=30000), tmp_path / "res"
+    # p = 1 solves within a few hundred epochs (the first parts land soon); p = 6 runs all
+    # 15,000 (120,000 steps at the converged protocol's 8 per epoch: about 10 s each on any
+    # machine memgrid trains this fast), so that the stop lands mid-grid
+    grid, out = small_grid(tmp_path, "again", positions=[1, 6], seeds="0..3", max_epochs=15000), tmp_path / "res"
     r = memgrid_launch(cluster, "--address", cluster.dashboard, grid, "--out", out, "--no-follow")
     assert r.returncode == 0, r.stderr
     job = _job_id(r.stdout)
