@@ -55,7 +55,7 @@ TUNNEL_WAIT_S = 120.0
 """how long the SSH tunnel to a launched head may take to answer"""
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 RUN_FLAGS = ("pack", "cpus_per_trial", "gpus_per_trial", "max_epochs", "protocol", "no_plateau",
-             "smoke")
+             "smoke", "max_points")
 """`memgrid run` options that `launch` passes through to the job unchanged"""
 
 
@@ -328,6 +328,7 @@ def _fail(msg: str, code: int) -> None:
 @click.option("--protocol", help="named training settings: converged or paper (passed to memgrid run)")
 @click.option("--no-plateau", is_flag=True, help="never stop at the 0.25 plateau (passed to memgrid run)")
 @click.option("--smoke", is_flag=True, help="shrink the grid to a run of a minute or two")
+@click.option("--max-points", type=int, help="run a grid this large (memgrid run's limit; passed to it)")
 @click.option("--python", "python", help="the cluster's Python with Ray and torch "
               "[python; for a cluster on this machine: this Python]")
 @click.option("--no-follow", is_flag=True, help="submit and return; follow later with --follow JOB")
@@ -335,7 +336,7 @@ def _fail(msg: str, code: int) -> None:
 @click.option("--status", "status_id", metavar="JOB", help="one line on a submitted job")
 @click.option("--stop", "stop_id", metavar="JOB", help="stop a submitted job (stored points stay)")
 def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per_trial, max_epochs,
-           protocol, no_plateau, smoke, python, no_follow, follow_id, status_id, stop_id):
+           protocol, no_plateau, smoke, max_points, python, no_follow, follow_id, status_id, stop_id):
     """Run GRID.yaml as a Ray job on a Ray cluster and follow it.
 
     \b
@@ -350,7 +351,8 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
         _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
                 stop_id, dict(pack=pack, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
-                              protocol=protocol, no_plateau=no_plateau, smoke=smoke))
+                              protocol=protocol, no_plateau=no_plateau, smoke=smoke,
+                              max_points=max_points))
 
 
 def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
@@ -435,8 +437,13 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
     """The grid as `memgrid run` will build it, and where its results go: storage every node
     reaches (a relative path is only meaningful for a cluster on this machine)."""
     from .cli import build_grid
+    from .config import MAX_POINTS, check_size
 
-    grid = build_grid(grid_file, **flags)
+    max_points = flags.get("max_points")
+    if max_points is not None and max_points < 1:
+        raise ConfigError(f"command line: --max-points: must be >= 1, got {max_points}")
+    grid = build_grid(grid_file, **{k: v for k, v in flags.items() if k != "max_points"})
+    check_size(grid, max_points or MAX_POINTS)     # as the job's memgrid run will, before it
     root = results_root(cluster) if cluster else None
     out = out or (f"{root.rstrip('/')}/{grid.name}" if root else f"results/{grid.name}" if here else None)
     if out is None:

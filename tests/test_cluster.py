@@ -143,9 +143,10 @@ def test_bad_input_ends_in_one_line_and_starts_nothing(case, tmp_path, nothing_s
 def test_job_spec_carries_memgrid_and_runs_the_same_command(tiny_grid):
     grid = load_grid(tiny_grid)
     spec = launch_mod.job_spec(str(tiny_grid), grid, "s3://b/res x", {"pack": "1", "smoke": True,
-                                                                      "no_plateau": False}, "python")
+                                                                      "no_plateau": False,
+                                                                      "max_points": 200000}, "python")
     assert spec["entrypoint"] == ("python -m memgrid.cli run tiny.yaml --out 's3://b/res x' "
-                                  "--address auto --pack 1 --smoke")
+                                  "--address auto --pack 1 --smoke --max-points 200000")
     assert spec["runtime_env"]["py_modules"] == [str(ROOT / "memgrid")]
     assert spec["metadata"] == {"memgrid_grid": "tiny", "memgrid_out": "s3://b/res x"}
 

@@ -176,6 +176,10 @@ def test_a_grid_too_large_for_the_driver_is_refused_before_it_is_expanded(tmp_pa
     (tmp_path / "afile").write_text("")
     refused(memgrid_cli("run", big, "--out", tmp_path / "afile", "--max-points", 10**6), "a file")
     refused(memgrid_cli("run", big, "--out", tmp_path / "afile", "--smoke"), "a file")
+    # launch checks it here, before it reaches for any cluster (nobody serves that address)
+    refused(memgrid_cli("launch", "--address", "http://127.0.0.1:9", big, "--out", out),
+            "big.yaml", "1,000,000 points", "--max-points")
+    assert not out.exists()
 
 
 def test_a_range_too_long_to_expand_is_refused():
