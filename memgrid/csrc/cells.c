@@ -525,6 +525,8 @@ typedef struct {
     REAL w1, step, b2, ob2, c2, eps; /* Adam: 1 - b1, lr / (1 - b1^t), b2, 1 - b2, sqrt(1 - b2^t) */
 } Opt;
 
+static REAL no_sq;    /* SGD has no second moments: its updates get this, and never touch it */
+
 /* one parameter's update, each product and sum rounded on its own, in torch's order:
  * SGD:  buf = mom buf + g; p -= lr buf
  * Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g; p -= step m / (sqrt(v) / c2 + eps) */
@@ -567,7 +569,7 @@ static inline void update1(REAL *p, REAL *buf, REAL *sq, REAL g, const Opt *o) {
 static void update_fused(int arch, int L, int c, REAL *const *p, REAL *const *bufs,
                          REAL *const *sqs, int k, const REAL *gWk, const Opt *o) {
     const int R = rows_of(arch, c), TR = gates_of(arch) * c;
-    static REAL none;
+    const int64_t qs = sqs ? 1 : 0;                      /* SGD: every q is no_sq */
     for (int i = 0; i < L; i++) {
         const int m = i ? c : 1, cols = m + 1 + c;
         const int64_t off[4] = {(int64_t)k * TR * m, (int64_t)k * TR * c, (int64_t)k * TR, (int64_t)k * TR};
@@ -575,9 +577,8 @@ static void update_fused(int arch, int L, int c, REAL *const *p, REAL *const *bu
         for (int j = 0; j < 4; j++) {
             w[j] = p[4 * i + j] + off[j];
             b[j] = bufs[4 * i + j] + off[j];
-            q[j] = sqs ? sqs[4 * i + j] + off[j] : &none;
+            q[j] = sqs ? sqs[4 * i + j] + off[j] : &no_sq;
         }
-        const int64_t qs = sqs ? 1 : 0;                  /* SGD: q points at a dummy */
         const REAL *g = gWk + layer_offset(i, R, c);
         for (int r = 0; r < R; r++) {
             int parts, tr = torch_row(arch, c, r, &parts);
@@ -665,15 +666,15 @@ int NAME(memgrid_train_step)(int arch, int K, int L, int T, int P, int B, int c,
             else        { for (int b = 0; b < B; b++) go[b] = gy[b]; }
         }
         if (linear) {                          /* w_out, b_out: the update on their gradients */
-            REAL *vo = bufs[4 * L] + (int64_t)k * c, gb = 0, none = 0;
+            REAL *vo = bufs[4 * L] + (int64_t)k * c, gb = 0;
             REAL *qo = sqs ? sqs[4 * L] + (int64_t)k * c : NULL;
             for (int j = 0; j < c; j++) {
                 REAL s = 0;
                 for (int b = 0; b < B; b++) s += gy[b] * last[(int64_t)j * B + b];
-                update1(wo + j, vo + j, qo ? qo + j : &none, s, &o);
+                update1(wo + j, vo + j, qo ? qo + j : &no_sq, s, &o);
             }
             for (int b = 0; b < B; b++) gb += gy[b];
-            update1(params[4 * L + 1] + k, bufs[4 * L + 1] + k, sqs ? sqs[4 * L + 1] + k : &none, gb, &o);
+            update1(params[4 * L + 1] + k, bufs[4 * L + 1] + k, sqs ? sqs[4 * L + 1] + k : &no_sq, gb, &o);
         }
         backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, H, Cs, Ra ? Aux : NULL, g_out,
                         gW, NULL, G, X, O);
