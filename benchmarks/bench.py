@@ -41,9 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memgrid import kernels, store  # noqa: E402
-from memgrid.cli import prepare_out  # noqa: E402
-from memgrid.config import GATES, Grid, Point, load_grid  # noqa: E402
-from memgrid.tune import member_bytes  # noqa: E402
+from memgrid.request import prepare_out  # noqa: E402
+from memgrid.cells import GATES  # noqa: E402
+from memgrid.config import Grid, Point, load_grid  # noqa: E402
+from memgrid.packs import member_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_OFF = dict(solved_loss=0.0, plateau=False, mc_length=0)

@@ -7,7 +7,7 @@ GPU) for packs of K points, per network.
     .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
     .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --compare   # the three CPU paths
 
-This is what `memgrid.tune.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
+This is what `memgrid.packs.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memgrid import train  # noqa: E402
 from memgrid.config import Point  # noqa: E402
 from memgrid.train import PackTrainer  # noqa: E402
-from memgrid.tune import best_k  # noqa: E402
+from memgrid.packs import best_k  # noqa: E402
 
 
 def throughput(arch: str, layers: int, cells: int, k: int, device: str, rounds: int = 3) -> float:

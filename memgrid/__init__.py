@@ -1,4 +1,4 @@
-"""memgrid: how far back can a recurrent network remember? Grids of RNN/LSTM/GRU trainings on
+"""memgrid: how far back can a recurrent network remember? Grids of recurrent-network trainings on
 the random memorization task (Illium et al., ICAART 2022), on Ray Tune, results in Parquet."""
 
 import time as _time

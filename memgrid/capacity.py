@@ -28,9 +28,12 @@ trained networks know; reservoirpy's default is [-0.8, 0.8].
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .models import Params, forward, kernel_states
+from .config import units
+from .models import Params, cells_of, forward, kernel_states, n_layers
 from .task import key, uniform
 
 MC_STREAM = 0x27D4EB2F
@@ -124,11 +127,12 @@ def state_chunks(K: int, T: int, N: int, budget_bytes: float = 2**26) -> list[sl
 def network_states(arch: str, params: Params, u: torch.Tensor, read: str = "all") -> torch.Tensor:
     """Hidden states `(K, T, n)` of K trained networks (``memgrid.models``) on streams `u`
     `(K, T)`, read as one long sequence from a zero state. `read`: ``"all"`` stacks every
-    layer's h (n = c * l = N, the units Jaeger's bound counts), ``"last"`` the last layer's only
-    (n = c, what the network's output sees). LSTM cell states are not read."""
+    layer's ``Cell.read`` (RNN, LSTM, GRU: h; n = N, the units Jaeger's bound counts),
+    ``"last"`` the last layer's only (what the network's output sees). LSTM cell states are
+    not read."""
     if read not in ("all", "last"):
         raise ValueError(f"read must be 'all' or 'last', got {read!r}")
-    layers = sum(1 for n in params if n.startswith("w_hh."))
+    layers = n_layers(params)
     K, T = u.shape
     p0 = next(iter(params.values()))
     x = u.to(p0.dtype).reshape(K, 1, T)
@@ -143,7 +147,7 @@ def network_states(arch: str, params: Params, u: torch.Tensor, read: str = "all"
             # forward() returns its last layer's states: cut the stack after layer `top`
             sub = {n: v for n, v in params.items() if "." in n and int(n.rsplit(".", 1)[1]) <= top}
             _, hs = forward(arch, sub, x, no_mask, return_states=True)
-            out.append(torch.stack(hs, 1)[..., 0])                    # T x (K, c, 1) -> (K, T, c)
+            out.append(torch.stack(hs, 1)[..., 0])                    # T x (K, n, 1) -> (K, T, n)
     return torch.cat(out, 2)
 
 
@@ -155,12 +159,11 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
     """Jaeger's MC of K trained RNN/LSTM/GRU (stacked `params`, ``memgrid.models``), each on the
     stream of its `seed` `(K,)`. `k_max` defaults to 2N of the states read (at least 10).
     Returns `mc` `(K,)` and `mc_k` `(K, k_max - k_min + 1)`, float64 on the params' device."""
-    w_hh = params["w_hh.0"]
-    K, c = w_hh.shape[0], w_hh.shape[-1]
-    layers = sum(1 for n in params if n.startswith("w_hh."))
-    n = c * layers if read == "all" else c
+    p0 = next(iter(params.values()))
+    K, c, layers = p0.shape[0], cells_of(arch, params), n_layers(params)
+    n = units(arch, layers if read == "all" else 1, c)
     k_max = default_k_max(n) if k_max is None else k_max
-    seed = seed.to(w_hh.device)
+    seed = seed.to(p0.device)
     mcs, mcks = [], []
     for sl in state_chunks(K, length, n):
         u = input_stream(seed[sl], length, low, high)
@@ -170,3 +173,20 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
         mcs.append(mc)
         mcks.append(mc_k)
     return torch.cat(mcs), torch.cat(mcks)
+
+
+def fill_stream_mc(cfg, rows: list[dict], weights: list[dict], device) -> None:
+    """Set `mc_stream` of finished points rows (``memgrid.store.point_row``) of one pack, whose
+    settings `cfg` (a Point of the pack) name the stream (mc_length, mc_low, mc_high; 0: none),
+    to :func:`trained_memory_capacity` of their trained `weights`, all in one batch; diverged
+    networks keep None."""
+    ok = [i for i, r in enumerate(rows) if r["stop_reason"] != "diverged"]
+    if cfg.mc_length == 0 or not ok:
+        return
+    params = {k: torch.stack([weights[i][k] for i in ok]) for k in weights[0]}
+    seed = torch.tensor([rows[i]["seed"] for i in ok], device=device)
+    with torch.no_grad():
+        mc, _ = trained_memory_capacity(cfg.arch, params, seed, length=cfg.mc_length,
+                                        low=cfg.mc_low, high=cfg.mc_high)
+    for i, v in zip(ok, mc.tolist()):
+        rows[i]["mc_stream"] = v if math.isfinite(v) else None

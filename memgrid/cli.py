@@ -6,9 +6,7 @@ stderr naming the file and key, exit status 2, before Ray starts and before anyt
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import os
 import sys
 from collections import Counter
@@ -17,53 +15,13 @@ from pathlib import Path
 import click
 
 from . import store
-from .config import (MAX_POINTS, THRESHOLD, ConfigError, Grid, Point, check_resources,
-                     check_size, grid_from_identity, load_grid, parse_grid)
+from .config import MAX_POINTS, THRESHOLD, ConfigError, check_size, grid_from_identity
 from .lock import FolderBusy, FolderLock
-
-EXIT_BAD_INPUT = 2
-
+from .request import EXIT_BAD_INPUT, build_grid, check_out, prepare_out
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
     sys.exit(EXIT_BAD_INPUT)
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            d = _first_difference(va, vb, f"{prefix}{k}.")
-            if d:
-                return d
-        elif va != vb:
-            return f"{prefix}{k} ({va!r} there, {vb!r} here)"
-    return ""
-
-
-def check_out(grid: Grid, out: str) -> dict | None:
-    """Check that `out` can be this grid's results folder (a folder, or one that can be made,
-    holding no other grid); its grid.json, if any. Writes nothing."""
-    try:
-        store.check_folder(out, write=True)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    ident = json.loads(json.dumps(grid.identity))  # as it reads back from JSON
-    try:
-        old = store.read_grid_identity(out)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{out}/grid.json: unreadable ({e})") from None
-    if old is not None and old != ident:
-        raise ConfigError(f"{out}/grid.json: this results folder holds another grid: "
-                          f"{_first_difference(old, ident)}; use another --out")
-    return old
-
-
-def prepare_out(grid: Grid, out: str) -> None:
-    """check_out, then record this grid (grid.json) where the folder has none. Call it holding
-    the folder's lock (memgrid.lock)."""
-    if check_out(grid, out) is None:
-        store.write_grid_identity(out, json.loads(json.dumps(grid.identity)))
 
 
 def _warn_damaged(results: str) -> None:
@@ -72,38 +30,13 @@ def _warn_damaged(results: str) -> None:
                    "moves it aside and trains its points again", err=True)
 
 
-def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, max_epochs,
-               no_plateau: bool, protocol: str | None = None) -> Grid:
-    grid = load_grid(path)
-    if protocol is not None and protocol != grid.protocol:   # another protocol: another folder
-        grid = load_grid(path, protocol)
-        grid = dataclasses.replace(grid, name=f"{grid.name}-{protocol}")
-    res = check_resources(
-        "command line", pack=pack if pack is not None else grid.resources.pack,
-        cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else grid.resources.cpus_per_trial,
-        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else grid.resources.gpus_per_trial)
-    grid = dataclasses.replace(grid, resources=res)
-    overrides = {}
-    if max_epochs is not None:
-        if max_epochs < 1:
-            raise ConfigError(f"command line: --max-epochs: must be >= 1, got {max_epochs}")
-        overrides["max_epochs"] = max_epochs
-    if no_plateau:
-        overrides["plateau"] = False
-    if overrides:
-        grid = grid.with_overrides(**overrides)
-    if no_plateau:
-        grid = dataclasses.replace(grid, name=grid.name + "-noplateau")
-    return grid.smoke() if smoke else grid
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memgrid")
 def main() -> None:
     """memgrid: how far back can a recurrent network remember?
 
-    Trains grids of RNN/LSTM/GRU networks on the random memorization task on Ray Tune and
-    stores one Parquet row per point."""
+    Trains grids of recurrent networks (RNN, LSTM, GRU and newer cells) on the random
+    memorization task on Ray Tune and stores one Parquet row per point."""
 
 
 _RUNNING: dict = {}

@@ -35,21 +35,24 @@ from typing import Any
 
 import yaml
 
-ARCHS = ("rnn", "lstm", "gru", "esn")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from .cells import CELLS
+
+ARCHS = (*CELLS, "esn")
+"""every arch a grid may name: the cells of memgrid.cells (as imported), then the ESN"""
 READOUTS = ("sum", "linear")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
 LONG_POSITION_RULES = ("shift", "error")
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # the joint search (docs/REPRODUCTION.md): Adam at lr 0.01 gave every arch and size its
     # highest limit of the search (SGD's best rates: lower ones, or later), the RNN's = c from
     # 2,500 steps; 40,000 steps is where doubling stopped moving most limits of LSTMs and GRUs
-    "converged": dict(lr=0.01, momentum=0.9, optimizer="adam", batch_size=128, steps_per_epoch=8,
-                      max_epochs=5000, patience=2000),
+    "converged": dict(lr=0.01, momentum=0.9, optimizer="adam", lr_schedule="constant",
+                      batch_size=128, steps_per_epoch=8, max_epochs=5000, patience=2000),
     # the one-lr sweep on Figure 4's grid: the budget at which the paper's figures come out
-    "paper": dict(lr=0.003, momentum=0.9, optimizer="sgd", batch_size=128, steps_per_epoch=1,
-                  max_epochs=5000, patience=2000),
+    "paper": dict(lr=0.003, momentum=0.9, optimizer="sgd", lr_schedule="constant", batch_size=128,
+                  steps_per_epoch=1, max_epochs=5000, patience=2000),
 }
 """Named sets of the training settings the paper leaves open (docs/REPRODUCTION.md, "Two
 protocols"). `paper`: the budget at which memgrid reproduces the paper's figures; `converged`:
@@ -65,6 +68,13 @@ _D = PROTOCOLS["paper"]
 protocol's; a grid file gets DEFAULT_PROTOCOL's unless it names another (`protocol:`)."""
 
 
+def units(arch: str, layers: int, cells: int) -> int:
+    """N, the units Jaeger's bound MC <= N counts: the cell's per layer (``Cell.units``; c for
+    RNN, LSTM, GRU and the ESN's reservoir) times l."""
+    per_layer = cells if arch == "esn" else CELLS[arch].units(cells)
+    return per_layer * layers
+
+
 class ConfigError(ValueError):
     """A grid file (or a flag) asks for something memgrid cannot run. One line: where and why."""
 
@@ -78,7 +88,8 @@ class Point:
     """One training run; one row in the points table. Field names are the Parquet columns."""
 
     arch: str
-    """`rnn`, `lstm`, `gru` (trained by SGD) or `esn` (reservoir, ridge readout)"""
+    """a trained cell (``memgrid.cells``: `rnn`, `lstm`, `gru`, `mingru`, ...) or `esn`
+    (reservoir, ridge readout)"""
     layers: int
     """l: stacked recurrent layers"""
     cells: int
@@ -101,6 +112,9 @@ class Point:
     """SGD momentum; with `adam`, Adam's beta1 (its beta2 is 0.999, its epsilon 1e-8)"""
     optimizer: str = _D["optimizer"]
     """`sgd` (with momentum) or `adam` (Kingma and Ba): Collins et al. let the tuner pick either"""
+    lr_schedule: str = _D["lr_schedule"]
+    """`constant`, or `cosine`: step t (from 0) of a budget of T = max_epochs * steps_per_epoch
+    steps takes lr * (1 + cos(pi t / T)) / 2 (torch's CosineAnnealingLR to 0)"""
     batch_size: int = _D["batch_size"]
     """fresh sequences per training step"""
     steps_per_epoch: int = _D["steps_per_epoch"]
@@ -158,17 +172,16 @@ class Point:
 
     @property
     def units(self) -> int:
-        """N = c * l."""
-        return self.cells * self.layers
+        """N (:func:`units`)."""
+        return units(self.arch, self.layers, self.cells)
 
     @property
     def params(self) -> int:
-        """Trainable parameters (closed form; torch's two bias vectors per layer)."""
+        """Trainable parameters (closed form: the shapes of the cell's definition)."""
         if self.arch == "esn":
             return self.cells + 1  # the readout
-        g, c = GATES[self.arch], self.cells
-        n = sum(g * (m * c + c * c + 2 * c) for m in [1] + [c] * (self.layers - 1))
-        return n + (c + 1 if self.readout == "linear" else 0)
+        n = CELLS[self.arch].count(self.layers, self.cells)
+        return n + (self.cells + 1 if self.readout == "linear" else 0)
 
     @functools.cached_property
     def point_id(self) -> str:
@@ -193,7 +206,7 @@ class Point:
 
 
 POINT_FIELDS = {f.name: f for f in dataclasses.fields(Point)}
-ID_OMITTED_AT = {"optimizer": "sgd"}
+ID_OMITTED_AT = {"optimizer": "sgd", "lr_schedule": "constant"}
 """Settings added after points were stored, and the value every older point had: a point at
 that value leaves them out of its point_id, so that results stored before still count."""
 
@@ -231,8 +244,8 @@ _PACKED_TOGETHER = tuple(sorted(k for k in POINT_FIELDS if k not in PACK_FREE))
 """the fields of Point.pack_key, in its (sorted) order"""
 _packed_together = operator.attrgetter(*_PACKED_TOGETHER)
 TASK_KEYS = ("q_min", "q_max", "long_positions")
-TRAIN_KEYS = ("readout", "lr", "momentum", "optimizer", "batch_size", "steps_per_epoch",
-              "max_epochs", "tbptt", "eval_size", "eval_every")
+TRAIN_KEYS = ("readout", "lr", "momentum", "optimizer", "lr_schedule", "batch_size",
+              "steps_per_epoch", "max_epochs", "tbptt", "eval_size", "eval_every")
 ESN_KEYS = ("spectral_radius", "input_scaling", "connectivity", "leak_rate", "ridge")
 CAPACITY_KEYS = ("mc_length", "mc_low", "mc_high")
 AXIS_KEYS = (("arch", "layers", "cells", "position", "seed") + TRAIN_KEYS + TASK_KEYS + STOP_KEYS
@@ -458,8 +471,8 @@ def _parse_by_arch(source: str, where: str, raw: dict, archs: list) -> dict[str,
     """A per-architecture setting (BY_ARCH): a float for every trained arch of the grid."""
     out = {}
     for a, v in raw.items():
-        if a not in ARCHS or a == "esn":
-            raise ConfigError(f"{_where(source, where)}.{a}: not a trained arch (one of rnn, lstm, gru)")
+        if a not in CELLS:
+            raise ConfigError(f"{_where(source, where)}.{a}: not a trained arch (one of {', '.join(CELLS)})")
         out[a] = _check_type(source, f"{where}.{a}", v, float)
     missing = [a for a in archs if a != "esn" and a not in out]
     if missing:
@@ -475,12 +488,14 @@ def _check_value(source: str, where: str, v: Any) -> None:
             _check_value(source, where, x)
         return
     bad = None
-    if key == "arch" and v not in ARCHS:
-        bad = f"unknown arch {v!r} (one of {', '.join(ARCHS)})"
+    if key == "arch" and v not in CELLS and v != "esn":
+        bad = f"unknown arch {v!r} (one of {', '.join((*CELLS, 'esn'))})"
     elif key == "readout" and v not in READOUTS:
         bad = f"unknown readout {v!r} (one of {', '.join(READOUTS)})"
     elif key == "optimizer" and v not in OPTIMIZERS:
         bad = f"unknown optimizer {v!r} (one of {', '.join(OPTIMIZERS)})"
+    elif key == "lr_schedule" and v not in LR_SCHEDULES:
+        bad = f"unknown lr_schedule {v!r} (one of {', '.join(LR_SCHEDULES)})"
     elif key == "long_positions" and v not in LONG_POSITION_RULES:
         bad = f"unknown rule {v!r} (one of {', '.join(LONG_POSITION_RULES)})"
     elif key in ("layers", "cells", "position", "q_min", "q_max", "batch_size", "steps_per_epoch",

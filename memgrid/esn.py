@@ -37,15 +37,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import torch
 
-from . import __version__
 from .capacity import (HIGH, LENGTH, LOW, TEST_FRAC, default_k_max, input_stream, ridge_fit,
                        squared_correlation, state_chunks, stream_memory_capacity)
 from .config import Point
-from .store import point_settings
+from .store import curve_rows, point_row
 from .task import TRAIN, TaskSpec, key, make_batch, make_eval_set, uniform
 
 RESERVOIR = 0x5BD1E995
@@ -268,16 +266,12 @@ def fit_esn_pack(points: list[Point], *, device: str | torch.device = "cpu", gri
         mc_of = [by_seed[p.seed] for p in points]
     loss, r2, train = (fit[k].cpu().tolist() for k in ("loss", "r2", "train_loss"))
     wall = time.perf_counter() - t0
-    now = datetime.now(timezone.utc)
     rows, curves = [], []
     for i, p in enumerate(points):
         ok = math.isfinite(loss[i])
         reason = "diverged" if not ok else "solved" if loss[i] < p.solved_loss else "fitted"
-        row = point_settings(p, grid_name)
-        row.update(units=p.units, params=p.params, epochs=0, stop_reason=reason,
-                   loss=loss[i], best_loss=loss[i], r2=r2[i] if math.isfinite(r2[i]) else None,
-                   mc_stream=mc_of[i], wall_s=wall, pack_id=pack_id, device=str(torch.device(device)),
-                   memgrid_version=__version__, finished_at=now)
-        rows.append(row)
-        curves.append(dict(point_id=p.point_id, epoch=0, train_loss=train[i], eval_loss=loss[i]))
+        rows.append(point_row(p, grid_name, epochs=0, stop_reason=reason, loss=loss[i],
+                              best_loss=loss[i], r2=r2[i], mc_stream=mc_of[i], wall_s=wall,
+                              pack_id=pack_id, device=str(torch.device(device))))
+        curves += curve_rows(p.point_id, [(0, train[i], loss[i])])
     return rows, curves

@@ -8,72 +8,21 @@ than the kernel inside torch autograd, and bitwise the same for the `sum` readou
 Without a compiler, or with ``MEMGRID_KERNELS=0``, memgrid uses the PyTorch path; the
 results agree to float rounding.
 
-The shared objects go to ``$MEMGRID_KERNEL_CACHE`` (default ``~/.cache/memgrid``), named by a
-hash of the source, the compiler and the CPU, so that nodes of a cluster with other CPUs, or a
-new version of the source, build their own. Concurrent workers may build at once: each writes
-its own temporary file and renames it into place.
+How a C source is built, cached and loaded: :mod:`memgrid.native`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 
+from .native import compile_so, load_once
+
 SRC = Path(__file__).with_name("csrc") / "cells.c"
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
-_lock = threading.Lock()
-_libs: dict[object, ctypes.CDLL | None] = {}     # by dtype (the cells) or name (the task)
-
-
-def enabled() -> bool:
-    return os.environ.get("MEMGRID_KERNELS", "1") != "0"
-
-
-def _cpu_tag() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
-
-
-def compile_so(src: Path, defines: list[str], stem: str) -> Path:
-    """The shared object of C file `src` built with `defines`, from the cache or built now
-    (``-O3 -march=native``). Raises RuntimeError (no compiler, a failed build) or OSError."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(FLAGS + defines)).encode())
-    cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
-    so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
-    if not so.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            cmd = [cc, *FLAGS, *defines, "-o", tmp, str(src)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
-            os.replace(tmp, so)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return so
 
 
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
@@ -93,23 +42,6 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     scratch.argtypes, scratch.restype = [i32] * 5, i64
     lib.fwd, lib.bwd, lib.act, lib.step, lib.scratch = fwd, bwd, act, step, scratch
     return lib
-
-
-def load_once(key, build, what: str) -> ctypes.CDLL | None:
-    """`build()` once per process for `key`; None where kernels are off (MEMGRID_KERNELS=0) or
-    the build fails (then a warning, once, naming `what`)."""
-    if not enabled():
-        return None
-    if key not in _libs:
-        with _lock:
-            if key not in _libs:
-                try:
-                    _libs[key] = build()
-                except (OSError, RuntimeError) as e:
-                    warnings.warn(f"memgrid: {what} is not available, using PyTorch ops instead ({e})",
-                                  RuntimeWarning, stacklevel=3)
-                    _libs[key] = None
-    return _libs[key]
 
 
 def lib(dtype: torch.dtype) -> ctypes.CDLL | None:

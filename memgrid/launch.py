@@ -46,6 +46,7 @@ import yaml
 
 from . import store
 from .config import ConfigError, Grid
+from .request import EXIT_BAD_INPUT, build_grid, check_identity
 
 DEFAULT_DASHBOARD_PORT = 8265
 """Ray's default job server (dashboard) port"""
@@ -259,17 +260,13 @@ def job_spec(grid_file: str, grid: Grid, out: str, flags: dict, python: str) -> 
 def check_out(grid: Grid, out: str) -> None:
     """If `out` can be read from here and holds another grid, say so before submitting (the job
     would refuse it too). Storage this machine cannot read is left to the job."""
-    from .cli import _first_difference
     if "://" in out and not out.startswith("file://"):
         return   # an object store may need credentials this machine does not have
     try:
         old = store.read_grid_identity(out)
     except (OSError, ValueError):
         return
-    ident = json.loads(json.dumps(grid.identity))
-    if old is not None and old != ident:
-        raise ConfigError(f"{out}/grid.json: this results folder holds another grid: "
-                          f"{_first_difference(old, ident)}; use another --out")
+    check_identity(grid, out, old)
 
 
 def submit(client, grid_file: str, spec: dict) -> str:
@@ -357,7 +354,6 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
 
 def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
             stop_id, flags: dict) -> None:
-    from .cli import EXIT_BAD_INPUT
     from .tune import exit_status
 
     job_ops = [x for x in (follow_id, status_id, stop_id) if x]
@@ -436,7 +432,6 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
                   here: bool) -> tuple[Grid, str]:
     """The grid as `memgrid run` will build it, and where its results go: storage every node
     reaches (a relative path is only meaningful for a cluster on this machine)."""
-    from .cli import build_grid
     from .config import MAX_POINTS, check_size
 
     max_points = flags.get("max_points")

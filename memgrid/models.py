@@ -34,47 +34,64 @@ import weakref
 import torch
 
 from . import kernels
-from .config import GATES
+from .cells import CELLS
 from .task import INIT, key, uniform
 
 Params = dict[str, torch.Tensor]
 
 
 def param_shapes(arch: str, layers: int, cells: int, readout: str) -> dict[str, tuple[int, ...]]:
-    """Per-member shapes, in a fixed order (the order is part of the init's counter)."""
-    g, c = GATES[arch], cells
-    shapes: dict[str, tuple[int, ...]] = {}
-    for i in range(layers):
-        m = 1 if i == 0 else c
-        shapes[f"w_ih.{i}"] = (g * c, m)
-        shapes[f"w_hh.{i}"] = (g * c, c)
-        shapes[f"b_ih.{i}"] = (g * c,)
-        shapes[f"b_hh.{i}"] = (g * c,)
+    """Per-member shapes, in a fixed order (the order is part of the init's counter): the
+    cell's layers (``memgrid.cells``), then the linear readout's."""
+    shapes = dict(CELLS[arch].layer_shapes(layers, cells))
     if readout == "linear":
-        shapes["w_out"] = (c,)
+        shapes["w_out"] = (cells,)
         shapes["b_out"] = ()
     return shapes
 
 
 def init_params(arch: str, layers: int, cells: int, readout: str, seed: torch.Tensor) -> Params:
-    """torch's default init, U(-1/sqrt(c), 1/sqrt(c)) for every weight and bias, drawn from the
-    counter-based generator: member k's weights depend on its seed alone, not on the pack."""
+    """The cell's init (``memgrid.cells``; RNN, LSTM, GRU: torch's default, U(-1/sqrt(c),
+    1/sqrt(c)) for every weight and bias), drawn from the counter-based generator: member k's
+    weights depend on its seed alone, not on the pack. The readout takes U(-1/sqrt(c),
+    1/sqrt(c))."""
     K = seed.shape[0]
     k = key(seed, INIT).reshape(K, 1)
-    bound = 1.0 / math.sqrt(cells)
+    cell = CELLS[arch]
     params = {}
     for n, (name, shape) in enumerate(param_shapes(arch, layers, cells, readout).items()):
-        numel = math.prod(shape)
-        idx = torch.arange(numel, dtype=torch.int64, device=seed.device).reshape(1, numel)
         tensor_id = torch.full((1, 1), n, dtype=torch.int64, device=seed.device)
-        u = uniform(k, tensor_id, idx)                                    # (K, numel)
-        params[name] = ((2 * u - 1) * bound).reshape(K, *shape)
+
+        def draw(count: int, tensor_id=tensor_id) -> torch.Tensor:
+            idx = torch.arange(count, dtype=torch.int64, device=seed.device).reshape(1, count)
+            return uniform(k, tensor_id, idx)                             # (K, count)
+
+        base, _, layer = name.partition(".")
+        if layer:
+            m = 1 if layer == "0" else cells
+            drawn = {b: params[f"{b}.{layer}"].reshape(K, -1) for b in cell.weights(m, cells)
+                     if f"{b}.{layer}" in params}
+            values = cell.init(base, shape, m, cells, draw, drawn)
+        else:
+            values = (2 * draw(math.prod(shape)) - 1) * (1.0 / math.sqrt(cells))
+        params[name] = values.reshape(K, *shape)
     return params
 
 
 def count_params(params: Params) -> int:
     """Parameters of one member."""
     return sum(p[0].numel() for p in params.values())
+
+
+def n_layers(params: Params) -> int:
+    """Layers of a stack of parameters named ``<name>.<layer>``."""
+    return 1 + max(int(n.rsplit(".", 1)[1]) for n in params if "." in n)
+
+
+def layer_params(params: Params, i: int) -> Params:
+    """Layer i's parameters by their names in the cell's definition."""
+    suffix = f".{i}"
+    return {n[:-len(suffix)]: v for n, v in params.items() if n.endswith(suffix)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,14 +470,18 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     pads to a longer T then only adds exact zeros (padded steps come first and are summed last
     in backward), so a point's gradients are bitwise those it gets alone, in any pack.
 
-    With gradients this is :class:`_Stack` (backward by hand), without them :func:`_infer`;
-    both compute what :func:`_forward_reference` (autograd, op by op) computes, to float
-    rounding. Gradients of gradients are not supported (nothing in memgrid takes them).
+    A cell with a fast path (``Cell.fast``) runs the C kernel on the CPU, elsewhere
+    :class:`_Stack` (backward by hand) with gradients and :func:`_infer` without; each computes
+    what :func:`reference_forward` (the cell's definition under autograd, op by op) computes,
+    to float rounding. Any other cell runs :func:`reference_forward`. Gradients of gradients
+    are not supported (nothing in memgrid takes them).
     """
+    if not CELLS[arch].fast:
+        return reference_forward(arch, params, x, mask, tbptt, return_states)
     flat = _cell_params(params)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in flat))
     if return_states and grad:
-        return _forward_reference(arch, params, x, mask, tbptt, return_states)
+        return reference_forward(arch, params, x, mask, tbptt, return_states)
     lib = None if return_states else kernels.usable(arch, x, *flat)
     if lib is not None:                    # on the CPU: the C kernel (memgrid/kernels.py)
         mk = mask.permute(2, 0, 1).contiguous()     # (P, K, B) bool: memgrid.task's memory
@@ -482,9 +503,10 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
 
 
 def _cell_params(params: Params) -> list[torch.Tensor]:
-    """The cells' parameters, layer by layer: w_ih, w_hh, b_ih, b_hh of layer 0, 1, ..."""
-    layers = sum(1 for n in params if n.startswith("w_hh."))
-    return [params[f"{n}.{i}"] for i in range(layers) for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    """The parameters of a cell with a fast path (torch's four per layer), layer by layer:
+    w_ih, w_hh, b_ih, b_hh of layer 0, 1, ..."""
+    return [params[f"{n}.{i}"] for i in range(n_layers(params))
+            for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
 
 
 def _kernel_weights(arch: str, flat: list[torch.Tensor]) -> torch.Tensor:
@@ -532,6 +554,8 @@ def kernel_states(arch: str, params: Params, x: torch.Tensor) -> torch.Tensor | 
     that all start at step 0 (no mask), by the C kernel in one forward; None where it cannot
     run (then :func:`forward` with ``return_states``, layer by layer). Bitwise the same for a
     member alone and in any pack."""
+    if not CELLS[arch].fast:
+        return None
     flat = _cell_params(params)
     L = len(flat) // 4
     lib = kernels.usable(arch, x, *flat)
@@ -603,54 +627,43 @@ def _infer(arch: str, flat: list[torch.Tensor], x: torch.Tensor, maskf: torch.Te
     return h, outs
 
 
-def _forward_reference(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor,
-                       tbptt: int = 0, return_states: bool = False) -> torch.Tensor:
-    """The same function with torch autograd, op by op (the spec the fast path is checked
-    against; also used for `return_states` with gradients)."""
+def reference_forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor,
+                      tbptt: int = 0, return_states: bool = False) -> torch.Tensor:
+    """The same function from the cell's definition (``memgrid.cells``) under torch autograd,
+    op by op: what every fast path is checked against, and how a cell without one trains and
+    evaluates. With `return_states`, the last layer's ``Cell.read`` of every step, a list of T
+    `(K, units, B)`."""
+    cell = CELLS[arch]
     K, B, T = x.shape
-    layers = sum(1 for n in params if n.startswith("w_hh."))
-    c = params["w_hh.0"].shape[-1]
     masks = mask.permute(2, 0, 1).unsqueeze(2).unbind(0)               # P x (K, 1, B)
     inp = x.unsqueeze(1).unbind(3)           # T x (K, 1, B); unbind, not x[..., t]: indexing
-    for i in range(layers):                  # zero-fills a full-size grad in backward each step
-        w_ih, w_hh = params[f"w_ih.{i}"], params[f"w_hh.{i}"]
-        b_ih, b_hh = params[f"b_ih.{i}"], params[f"b_hh.{i}"]
-        bias = (b_ih if arch == "gru" else b_ih + b_hh)[:, :, None]      # GRU keeps b_hn apart
-        h = x.new_zeros(K, c, B)
-        cell = x.new_zeros(K, c, B) if arch == "lstm" else None
-        outs = []
+    for i in range(n_layers(params)):        # zero-fills a full-size grad in backward each step
+        w = layer_params(params, i)
+        state = tuple(x.new_zeros(K, r, B) for r in cell.state_rows(cells_of(arch, params)))
+        outs, reads = [], []
         for t in range(T):
             if tbptt and t > 0 and (T - t) % tbptt == 0:
-                h = h.detach()
-                cell = cell.detach() if cell is not None else None
-            # input projection (K, G*c, B): in = 1 is a broadcast product
-            xi = torch.addcmul(bias, w_ih, inp[t]) if i == 0 else torch.baddbmm(bias, w_ih, inp[t])
-            if arch == "rnn":
-                h_new = torch.tanh(torch.baddbmm(xi, w_hh, h))
-                c_new = None
-            elif arch == "lstm":
-                gates = torch.baddbmm(xi, w_hh, h)
-                ig, fg, gg, og = gates.chunk(4, dim=1)
-                c_new = torch.sigmoid(fg) * cell + torch.sigmoid(ig) * torch.tanh(gg)
-                h_new = torch.sigmoid(og) * torch.tanh(c_new)
-            else:  # gru
-                gh = torch.baddbmm(b_hh[:, :, None], w_hh, h)
-                xr, xz, xn = xi.chunk(3, dim=1)
-                hr, hz, hn = gh.chunk(3, dim=1)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                h_new = n + z * (h - n)
-                c_new = None
-            if t < len(masks):
-                h_new = torch.where(masks[t], h_new, h)
-                if c_new is not None:
-                    c_new = torch.where(masks[t], c_new, cell)
-            h, cell = h_new, c_new
-            outs.append(h)
+                state = tuple(s.detach() for s in state)
+            out, new = cell.step(w, inp[t], state)
+            if t < len(masks):               # before a sequence starts its state stays zero
+                new = tuple(torch.where(masks[t], n, s) for n, s in zip(new, state))
+                out = torch.where(masks[t], out, torch.zeros((), dtype=out.dtype))
+            state = new
+            outs.append(out)
+            if return_states:
+                reads.append(cell.read(out, state))
         inp = outs
+    h = outs[-1]
     if "w_out" in params:
         y = (params["w_out"][:, :, None] * h).sum(1) + params["b_out"][:, None]
     else:
         y = h.sum(1)                                                       # (K, c, B) -> (K, B)
-    return (y, outs) if return_states else y
+    return (y, reads) if return_states else y
+
+
+def cells_of(arch: str, params: Params) -> int:
+    """c, the units per layer, of a stack of `arch` (its first parameter's rows are a multiple
+    of c, ``memgrid.cells``)."""
+    one = CELLS[arch].weights(1, 1)
+    first = next(iter(one))
+    return params[f"{first}.0"].shape[1] // one[first][0]

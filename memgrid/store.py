@@ -29,9 +29,11 @@ any moment: readers and :func:`repair` know a compaction cut short.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -60,6 +62,7 @@ _POINT_SETTINGS = [
     ("lr", pa.float64()),
     ("momentum", pa.float64()),
     ("optimizer", pa.string()),     # sgd | adam (null in parts written before it existed: sgd)
+    ("lr_schedule", pa.string()),   # constant | cosine (null before it existed: constant)
     ("batch_size", pa.int32()),
     ("steps_per_epoch", pa.int32()),
     ("max_epochs", pa.int32()),
@@ -114,6 +117,27 @@ def point_settings(point: Point, grid_name: str) -> dict[str, Any]:
         for k in ESN_KEYS:
             row[k] = None
     return row
+
+
+def point_row(point: Point, grid_name: str, *, epochs: int, stop_reason: str, loss: float,
+              best_loss: float, r2: float | None, wall_s: float, pack_id: str, device: str,
+              mc_stream: float | None = None, lr_source: str | None = None) -> dict[str, Any]:
+    """A points row (POINT_SCHEMA) of a finished point: its settings, what its run measured,
+    and where and by which memgrid it ran. The one row builder of trained and ESN points."""
+    from . import __version__
+
+    row = point_settings(point, grid_name)
+    row.update(units=point.units, params=point.params, epochs=epochs, stop_reason=stop_reason,
+               loss=loss, best_loss=best_loss,
+               r2=r2 if r2 is not None and math.isfinite(r2) else None, mc_stream=mc_stream,
+               wall_s=wall_s, pack_id=pack_id, device=device, memgrid_version=__version__,
+               lr_source=lr_source, finished_at=datetime.now(timezone.utc))
+    return row
+
+
+def curve_rows(point_id: str, curve) -> list[dict[str, Any]]:
+    """Curve rows (CURVE_SCHEMA) of one point from its (epoch, train_loss, eval_loss)."""
+    return [dict(point_id=point_id, epoch=e, train_loss=t, eval_loss=v) for e, t, v in curve]
 
 
 # ---------------------------------------------------------------------------------------------

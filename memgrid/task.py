@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .kernels import compile_so, load_once
+from .native import compile_so, load_once
 
 _M32 = 0xFFFFFFFF
 # stream ids: independent sub-streams of one seed

@@ -1,5 +1,5 @@
-"""Training a pack: SGD with momentum (or Adam) on K independent networks at once, per-point
-early stopping.
+"""Training a pack: SGD with momentum (or Adam), at a constant or cosine-decayed learning rate,
+on K independent networks at once, per-point early stopping.
 
 Nothing here knows about Ray: :class:`PackTrainer` is driven by the Tune trainable in
 ``tune.py``, by the benchmark, and by the tests alike.
@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import torch
 
-from . import __version__, kernels
+from . import kernels
+from .capacity import fill_stream_mc
 from .config import Point
-from .models import Params, count_params, forward, init_params
-from .store import point_settings
+from .models import Params, forward, init_params
+from .store import curve_rows, point_row
 from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
 from .tuning import LRTuning, rank
@@ -95,13 +95,14 @@ class PackTrainer:
             self.arch, self.layers, self.cells, self.readout, self.spec.seed).items()}
         self.bufs: Params = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.adam = p0.optimizer == "adam"
+        self.cosine = p0.lr_schedule == "cosine"
+        self.budget = p0.max_epochs * p0.steps_per_epoch     # the schedule's T (training steps)
         # Adam's second moments (its first are `bufs`); nothing for SGD
         self.sq: Params = {k: torch.zeros_like(v) for k, v in self.params.items()} if self.adam else {}
         self.lr = torch.tensor([p.lr for p in points], dtype=dtype, device=dev)
         self.mom = torch.tensor([p.momentum for p in points], dtype=dtype, device=dev)
         self.eval_set = make_eval_set(self.spec, p0.eval_size, self.T)
         self._full = (self.spec, self.lr, self.mom, self.eval_set)   # to restore any subset
-        self.n_params = count_params(self.params)
         self.epoch = 0
         self.train_sum = torch.zeros(len(points), dtype=dtype, device=dev)
         self.train_steps = 0
@@ -139,11 +140,19 @@ class PackTrainer:
                 self._adam(params, grads, t)
             else:                          # in place, all tensors at once: buf = mom*buf + g;
                 bufs = list(self.bufs.values())  # p -= lr*buf (per-member mom, lr, broadcast)
-                mom, lr = self._bcast(self.mom), self._bcast(self.lr)
+                mom, lr = self._bcast(self.mom), self._bcast(self._lr_at(t))
                 torch._foreach_mul_(bufs, mom)
                 torch._foreach_add_(bufs, grads)
                 torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
         return loss.detach()
+
+    def _lr_at(self, t: int) -> torch.Tensor:
+        """The members' learning rates at step `t` (from 1): `lr`, or under `cosine`
+        lr * (1 + cos(pi (t - 1) / T)) / 2 over the budget of T steps, one rounding."""
+        if not self.cosine:
+            return self.lr
+        f = (1 + math.cos(math.pi * (t - 1) / self.budget)) / 2
+        return (self.lr.double() * f).to(self.lr.dtype)
 
     def _adam_scalars(self, t: int) -> list[float]:
         """Adam's numbers shared by the members at step `t` (from 1), rounded to the params'
@@ -154,7 +163,8 @@ class PackTrainer:
     def _adam_rates(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per member, on its device: 1 - b1 and lr / (1 - b1^t) (b1: `momentum`)."""
         b1 = self.mom.double()
-        return (1 - b1).to(self.mom.dtype), (self.lr.double() / (1 - b1 ** t)).to(self.lr.dtype)
+        lr = self._lr_at(t).double()
+        return (1 - b1).to(self.mom.dtype), (lr / (1 - b1 ** t)).to(self.lr.dtype)
 
     def _adam_coefficients(self, t: int) -> torch.Tensor:
         """What the C kernel's step takes: :meth:`_adam_scalars`, then per member the two
@@ -201,8 +211,8 @@ class PackTrainer:
         if self._ws is None or self._ws.numel() < n:
             self._ws = torch.empty(n, dtype=dt)
         with torch.no_grad():
-            y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self.lr, self.mom,
-                                   x, mask, batch.y.to(dt).contiguous(), self._ws, sqs,
+            y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self._lr_at(t),
+                                   self.mom, x, mask, batch.y.to(dt).contiguous(), self._ws, sqs,
                                    self._adam_coefficients(t) if self.adam else None)
             return _mae(y, batch.y)
 
@@ -282,16 +292,11 @@ class PackTrainer:
 
     def _finish(self, m: Member, row_idx: int, reason: str, loss: float, r2: float) -> None:
         self.final_loss[self.active[row_idx]] = loss
-        row = point_settings(m.point, self.grid_name)
-        row.update(units=m.point.units, params=self.n_params, epochs=self.epoch, stop_reason=reason,
-                   loss=loss, best_loss=m.best if math.isfinite(m.best) else loss,
-                   r2=r2 if math.isfinite(r2) else None, mc_stream=None,
-                   wall_s=self.wall_before + time.perf_counter() - self.started,
-                   pack_id=self.pack_id, device=str(self.device), memgrid_version=__version__,
-                   lr_source=self.lr_source,
-                   finished_at=datetime.now(timezone.utc))
-        pid = m.point.point_id
-        curve = [dict(point_id=pid, epoch=e, train_loss=t, eval_loss=v) for e, t, v in m.curve]
+        row = point_row(m.point, self.grid_name, epochs=self.epoch, stop_reason=reason, loss=loss,
+                        best_loss=m.best if math.isfinite(m.best) else loss, r2=r2,
+                        wall_s=self.wall_before + time.perf_counter() - self.started,
+                        pack_id=self.pack_id, device=str(self.device), lr_source=self.lr_source)
+        curve = curve_rows(m.point.point_id, m.curve)
         # the weights wait for pop_finished, which measures their stream MC in one batch
         weights = {k: v[row_idx].detach().clone() for k, v in self.params.items()}
         self.finished.append((row, curve, weights))
@@ -317,27 +322,13 @@ class PackTrainer:
 
     def pop_finished(self) -> tuple[list[dict], list[dict]]:
         """Rows and curve rows of the points finished since the last call, with Jaeger's MC of
-        each network on a stationary stream (`mc_stream`), measured for all of them at once."""
+        each network on a stationary stream (`mc_stream`), measured for all of them at once
+        (:func:`memgrid.capacity.fill_stream_mc`)."""
         done, self.finished = self.finished, []
         rows = [r for r, _, _ in done]
         curves = [c for _, cs, _ in done for c in cs]
-        self._stream_mc(rows, [w for _, _, w in done])
+        fill_stream_mc(self.cfg, rows, [w for _, _, w in done], self.device)
         return rows, curves
-
-    def _stream_mc(self, rows: list[dict], weights: list[dict]) -> None:
-        cfg = self.cfg
-        ok = [i for i, r in enumerate(rows) if r["stop_reason"] != "diverged"]
-        if cfg.mc_length == 0 or not ok:
-            return
-        from .capacity import trained_memory_capacity
-
-        params = {k: torch.stack([weights[i][k] for i in ok]) for k in weights[0]}
-        seed = torch.tensor([rows[i]["seed"] for i in ok], device=self.device)
-        with torch.no_grad():
-            mc, _ = trained_memory_capacity(self.arch, params, seed, length=cfg.mc_length,
-                                            low=cfg.mc_low, high=cfg.mc_high)
-        for i, v in zip(ok, mc.tolist()):
-            rows[i]["mc_stream"] = v if math.isfinite(v) else None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

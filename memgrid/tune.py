@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import signal
@@ -37,7 +35,9 @@ from collections import Counter
 from pathlib import Path
 
 from . import store
-from .config import GATES, PACK_FREE, ConfigError, Grid, Point, Resources
+from .config import ConfigError, Grid, Point, Resources
+from .packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs,
+                    spec_pack_id, spec_points)
 from .tuning import LRTuning, choose_lr, measured_points, tuning_points
 
 # torch and Ray are imported where they are used: `memgrid run` prints its first line, and
@@ -58,18 +58,6 @@ CHECKPOINT_S = 60.0
 """seconds between checkpoints of a pack that has nothing to write"""
 REPORT_S = 2.0
 """seconds between a trial's reports to Tune (Tune handles a few hundred per second in all)"""
-K_CAP = {"cpu": 256, "cuda": 4096}
-"""largest pack: throughput stops growing past K ~ 128-1024 on CPU (PERF_NOTES)"""
-CACHE_BYTES = 12e6
-"""CPU: a pack's forward activations should stay about this size. Past it a step streams from
-memory and throughput per point falls (measured on 2 cores, 2 MB L2 each: the best K keeps
-6-25 MB of activations, e.g. rnn 1,5: K ~ 128; 3,10: ~32; 5,20: ~8-16). The C kernel's step
-keeps one member's states at a time: its throughput per point is flat past this K."""
-MEMBER_BYTES_PER_S = 1.6e9
-"""CPU cost model: one point-epoch takes about (forward activation bytes) / this many seconds
-at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
-OP_S = 5e-6
-"""CPU cost model: fixed cost of one op (dispatch), whatever K"""
 STOP_REASONS = ("solved", "plateau", "max_epochs", "diverged", "fitted")
 """every stop reason a trial reports a count of (`stop_<reason>`, 0 included: Tune's CSV
 logger keeps the columns of a trial's first result)"""
@@ -79,159 +67,6 @@ NOTICE_POINTS = 20_000
 """a grid of this many points says what the driver does before each of its stages that take
 a second or more at this size (expanding, cutting into packs: ~15 and ~10 us per point), so
 that a long start is never silent"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Packs.
-
-
-def _layer_rows(p: Point) -> list[int]:
-    """Rows of each layer's fused input column [x; 1; h] (``memgrid.models``)."""
-    return [(1 if i == 0 else p.cells) + 1 + p.cells for i in range(p.layers)]
-
-
-def _activation_bytes(p: Point) -> int:
-    """Forward buffers kept for backward, per member and step (``models._Stack``)."""
-    g, c, T, B = GATES.get(p.arch, 1), p.cells, p.q_hi, p.batch_size
-    per_layer = [(T + 1) * r + (T if g > 1 else 1) * g * c + (3 * T + 2) * c * (p.arch == "lstm")
-                 for r in _layer_rows(p)]
-    return 4 * B * sum(per_layer)
-
-
-def member_bytes(p: Point) -> int:
-    """Peak memory of one pack member while training, an upper bound (measured RSS per member:
-    70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 14-35 % with the C
-    kernel's step, which keeps one member's states at a time; benchmarks/README.md): forward
-    buffers kept for backward, backward buffers, data generation, the evaluation set and its
-    forward. A pack of K members
-    needs K times this; plan_packs never puts more members in a pack than its memory allows."""
-    if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
-        return 32 * max(8192, p.eval_size) * (p.cells + p.q_hi)    # caps them per chunk)
-    g, c, T, B, E = GATES[p.arch], p.cells, p.q_hi, p.batch_size, p.eval_size
-    rows = _layer_rows(p)
-    backward = 4 * B * (T * (sum(rows) - 2) + g * c + 8 * c)
-    data = 4 * B * T * 6
-    eval_set = E * (4 * T + T + 12)
-    eval_fwd = 4 * E * (sum(2 * r for r in rows) + g * c + 3 * c * (p.arch == "lstm") + 4)
-    return int(1.3 * (_activation_bytes(p) + backward + data + eval_set + eval_fwd))
-
-
-def pack_seconds(p: Point, k: int) -> float:
-    """Rough CPU seconds to train a pack of k members like `p` to max_epochs (cost model, for
-    balancing packs across slots; relative values matter)."""
-    if p.arch == "esn":
-        return k * member_bytes(p) / MEMBER_BYTES_PER_S
-    n_ops = {"rnn": 10, "gru": 22, "lstm": 24}[p.arch] * p.q_hi * p.layers + 80
-    per_epoch = p.steps_per_epoch * (n_ops * OP_S + k * _activation_bytes(p) / MEMBER_BYTES_PER_S)
-    return p.max_epochs * per_epoch
-
-
-def best_k(p: Point, device: str = "cpu") -> int:
-    """Pack size at which throughput per point peaks: on CPU, activations of about
-    CACHE_BYTES; on a GPU, as large as K_CAP (memory caps it separately)."""
-    if device != "cpu":
-        return K_CAP.get(device, 4096)
-    return int(min(K_CAP["cpu"], max(8, CACHE_BYTES // max(_activation_bytes(p), 1))))
-
-
-def _deal(members: list[Point], n: int) -> list[list[Point]]:
-    """n packs of one group. Members of one length range are dealt round-robin, so that the
-    packs last alike; with several (positions past q_min shift it), members are cut in runs
-    of rising q_hi instead: a pack pads to its longest member, and runs keep that padding
-    small (p = 11..20 in one pack of p = 1..20 would cost up to 1.7x)."""
-    if len({p.q_hi for p in members}) == 1:
-        return [members[i::n] for i in range(n)]
-    ordered = sorted(members, key=lambda p: p.q_hi)
-    size, extra = divmod(len(ordered), n)
-    out, i = [], 0
-    for j in range(n):
-        k = size + (j < extra)
-        out.append(ordered[i:i + k])
-        i += k
-    return out
-
-
-def pack_id(points: list[Point]) -> str:
-    """Names the pack's part files: the same points give the same id on every run."""
-    blob = ",".join(sorted(p.point_id for p in points))
-    return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def pack_spec(points: list[Point]) -> str:
-    """A pack as its trial's config holds it (:func:`spec_points` reads it back): JSON of its
-    pack_id, the settings its points share (all but PACK_FREE: one pack_key) and one list per
-    PACK_FREE setting: in the driver and in every snapshot of Tune's experiment state, 7x
-    smaller than every point's settings (fig6_rnn.yaml: 0.7 MB of JSON, not 5.5 MB)."""
-    shared = {k: v for k, v in points[0].to_dict().items() if k not in PACK_FREE}
-    members = {k: [getattr(p, k) for p in points] for k in PACK_FREE}
-    return json.dumps({"pack_id": pack_id(points), "shared": shared, "members": members})
-
-
-def spec_pack_id(spec: str) -> str:
-    """The pack_id of a :func:`pack_spec` (no Point made: the progress line's lookup)."""
-    return json.loads(spec)["pack_id"]
-
-
-def spec_points(spec: str) -> tuple[str, list[Point]]:
-    """(pack_id, points) of a :func:`pack_spec`: the same points, bit for bit (JSON gives floats
-    back exactly), so the same point_ids."""
-    d = json.loads(spec)
-    cols = d["members"]
-    n = len(cols["position"])
-    return d["pack_id"], [Point(**d["shared"], **{k: v[i] for k, v in cols.items()})
-                          for i in range(n)]
-
-
-def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str = "cpu",
-               mem_per_slot: float = 4e9) -> list[list[Point]]:
-    """Cut points into packs of points that may share one (same `pack_key`), longest first.
-
-    `pack`: an int caps the pack size (1 = one trial per point); `auto` sizes packs from the
-    networks: as large as `mem_per_slot` (bytes a trial may use, see member_bytes) and K_CAP
-    allow and, on CPU, near the size where throughput per point peaks (best_k); then cuts
-    groups into more packs while that ends the grid sooner on `slots` concurrent trials (cost
-    model pack_seconds). Whatever `pack`, no pack needs more than `mem_per_slot`. Packs come
-    longest first: Tune starts trials in this order, which balances the slots.
-    """
-    dev = device.split(":")[0]
-    groups: dict[tuple, list[Point]] = {}
-    for p in points:
-        groups.setdefault(p.pack_key, []).append(p)
-    members = list(groups.values())
-    n_packs = []
-    for ms in members:     # members differ in memory by their length range only (position)
-        k_mem = max(1, int(mem_per_slot // max(member_bytes(p) for p in
-                                               {p.q_hi: p for p in ms}.values())))
-        k = min(K_CAP.get(dev, 256), k_mem, best_k(ms[0], dev)) if pack == "auto" else min(int(pack), k_mem)
-        n_packs.append(math.ceil(len(ms) / k))
-
-    def cost(pk: list[Point]) -> float:
-        return pack_seconds(max(pk, key=lambda q: q.q_hi), len(pk))
-
-    def group_costs(g: int, n: int) -> list[float]:
-        return [cost(pk) for pk in _deal(members[g], n)]
-
-    if pack == "auto" and slots > 1:       # more packs per group while the grid ends sooner
-        costs = [group_costs(g, n) for g, n in enumerate(n_packs)]
-        while True:
-            flat = [c for cs in costs for c in cs]
-            before = max(max(flat), sum(flat) / slots)
-            g = max((g for g in range(len(members)) if n_packs[g] < len(members[g])),
-                    key=lambda g: max(costs[g]), default=None)
-            if g is None:
-                break
-            size = math.ceil(len(members[g]) / n_packs[g])   # the next n with smaller packs
-            n = math.ceil(len(members[g]) / (size - 1))
-            trial = group_costs(g, n)
-            rest = [c for h, cs in enumerate(costs) if h != g for c in cs]
-            after = max(max(rest + trial), (sum(rest) + sum(trial)) / slots)
-            if after >= 0.99 * before:
-                break
-            n_packs[g] = n
-            costs[g] = trial
-    packs = [pk for ms, n in zip(members, n_packs) for pk in _deal(ms, n)]
-    packs.sort(key=cost, reverse=True)
-    return packs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,10 +475,6 @@ def check_fits(cpus: float, gpus: float, nodes: list[dict], *, where: str,
 # The driver.
 
 
-def _pack_cost(pk: list[Point]) -> float:
-    return pack_seconds(max(pk, key=lambda q: q.q_hi), len(pk))
-
-
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -678,7 +509,7 @@ class Progress:
                  started: float | None = None, stream=sys.stderr):
         self.name, self.total, self.before = name, total, done_before
         by_id = {pack_id(pk): pk for pk in packs or []}
-        self.cost = {i: _pack_cost(pk) for i, pk in by_id.items()}
+        self.cost = {i: pack_cost(pk) for i, pk in by_id.items()}
         self.epochs = {i: max(p.max_epochs for p in pk) for i, pk in by_id.items()}
         self.longest = {i: max(pk, key=lambda q: q.q_hi) for i, pk in by_id.items()}
         self.slots = max(1, slots)
@@ -876,7 +707,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     `address`: join a running Ray cluster (None: an embedded Ray on loopback, ended with every
     process it started when this returns or raises; "local": the Ray this process already
     runs, left running). The results folder must hold this grid's `grid.json` (see
-    `cli.prepare_out`) once `prepare` has run. `prepare()`: the caller's first writes into the
+    `request.prepare_out`) once `prepare` has run. `prepare()`: the caller's first writes into the
     folder, called once Ray is up and able to take a trial, so that an address or a cluster
     that cannot run the grid leaves nothing written. `started`: time.monotonic() at launch,
     where the progress clock starts. `names`: how the user set `cpus_per_trial` /
@@ -966,7 +797,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
             groups: dict[tuple, list[Point]] = {}
             for p in todo:
                 groups.setdefault(p.pack_key, []).append(p)
-            packs = sorted(groups.values(), key=_pack_cost, reverse=True)
+            packs = sorted(groups.values(), key=pack_cost, reverse=True)
         summary["packs"] = len(packs)
         specs = [pack_spec(pk) for pk in packs]
         progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
@@ -1067,16 +898,6 @@ def _available_bytes() -> float:
 def _sizes(packs: list[list[Point]]) -> str:
     return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(len(pk) for pk in packs).items(),
                                                     reverse=True))
-
-
-def makespan_s(packs: list[list[Point]], slots: int) -> float:
-    """Cost-model seconds until the last pack ends, packs started longest first (as Tune starts
-    them) each on the slot that frees first."""
-    ends = [0.0] * max(1, slots)
-    for c in sorted((_pack_cost(pk) for pk in packs), reverse=True):
-        i = ends.index(min(ends))
-        ends[i] += c
-    return max(ends)
 
 
 def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "") -> list[str]:

@@ -40,13 +40,17 @@ def test_point_id_is_stable():
 
 
 def test_a_setting_added_later_leaves_older_ids_alone():
-    """`optimizer` came after points were stored: at `sgd`, every older point keeps its id (the
-    values were computed by memgrid before the setting existed); at `adam` the id differs."""
+    """`optimizer` and `lr_schedule` came after points were stored: at `sgd` and `constant`,
+    every older point keeps its id (the values were computed by memgrid before the settings
+    existed); at `adam` or `cosine` the id differs."""
     assert Point("rnn", 1, 5, 3, 0, lr=0.03).point_id == "bdcea6d37dc93855"
     assert Point("lstm", 2, 10, 7, 4, lr=0.03).point_id == "162e5bac1b810071"
     adam = Point("rnn", 1, 5, 3, 0, lr=0.03, optimizer="adam")
     assert adam.point_id != "bdcea6d37dc93855"
     assert adam.pack_key != Point("rnn", 1, 5, 3, 0, lr=0.03).pack_key   # not in one pack
+    cosine = Point("rnn", 1, 5, 3, 0, lr=0.03, lr_schedule="cosine")
+    assert len({cosine.point_id, adam.point_id, "bdcea6d37dc93855"}) == 3
+    assert cosine.pack_key != Point("rnn", 1, 5, 3, 0, lr=0.03).pack_key
 
 
 def test_a_folder_written_before_a_setting_existed_is_still_its_grids(tmp_path):
@@ -64,22 +68,24 @@ def test_a_folder_written_before_a_setting_existed_is_still_its_grids(tmp_path):
 
 
 def test_a_part_written_before_a_setting_existed_reads_as_its_old_value(tmp_path):
-    """A points part without the `optimizer` column (memgrid before it) reads as `sgd` beside
-    a part that has it."""
+    """A points part without the `optimizer` and `lr_schedule` columns (memgrid before them)
+    reads as `sgd` and `constant` beside a part that has them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from memgrid.store import POINT_SCHEMA, point_settings, read_points
 
     (tmp_path / "points").mkdir()
-    for name, p in [("old", Point("rnn", 1, 5, 3, 0)), ("new", Point("rnn", 1, 5, 3, 1, optimizer="adam"))]:
+    for name, p in [("old", Point("rnn", 1, 5, 3, 0)), ("new", Point("rnn", 1, 5, 3, 1, optimizer="adam",
+                                                                   lr_schedule="cosine"))]:
         row = point_settings(p, "g")
         table = pa.Table.from_pylist([row], schema=pa.schema([f for f in POINT_SCHEMA if f.name in row]))
         if name == "old":
-            table = table.drop(["optimizer"])
+            table = table.drop(["optimizer", "lr_schedule"])
         pq.write_table(table, tmp_path / "points" / f"{name}.parquet")
-    got = read_points(str(tmp_path)).to_pandas().set_index("seed")["optimizer"].to_dict()
-    assert got == {0: "sgd", 1: "adam"}
+    got = read_points(str(tmp_path)).to_pandas().set_index("seed")[["optimizer", "lr_schedule"]]
+    assert got.to_dict("index") == {0: {"optimizer": "sgd", "lr_schedule": "constant"},
+                                    1: {"optimizer": "adam", "lr_schedule": "cosine"}}
 
 
 BAD = [
@@ -94,6 +100,7 @@ BAD = [
     (with_(train__batch_size=1.5), "train.batch_size"),
     (with_(train__momentum=1.0), "train.momentum"),
     (with_(train__optimizer="rmsprop"), "train.optimizer"),
+    (with_(train__lr_schedule="step"), "train.lr_schedule"),
     (with_(train__learning_rate=0.1), "train.learning_rate"),
     (with_(stop__plateau="yes"), "stop.plateau"),
     (with_(extra=1), "extra"),
@@ -171,7 +178,7 @@ def test_stop_settings_may_be_axes_and_share_a_pack():
     assert len(pts) == 3 * 2 * 2 * 2 and {p.patience for p in pts} == {100, 300}
     assert len({p.point_id for p in pts}) == len(pts)
     assert len({p.pack_key for p in pts}) == 1                 # checked per member (train.py)
-    from memgrid.tune import plan_packs
+    from memgrid.packs import plan_packs
     assert len(plan_packs(pts, "auto", 1)) == 1
     assert {p.patience for p in g.smoke().points()} == {100}   # --smoke still shortens it
     with pytest.raises(ConfigError, match=r"^g.yaml: axes.patience: must be >= 0"):

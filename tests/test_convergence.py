@@ -132,6 +132,21 @@ def test_budget_rungs_replay_equals_shorter_runs():
         budget_rungs(pd.DataFrame(rows).assign(plateau=True), pd.DataFrame(curves))
 
 
+def test_a_cosine_run_is_not_replayed_at_shorter_budgets():
+    """Under `lr_schedule: cosine` the rate decays over the run's own budget: the run to 240
+    epochs at its epoch 60 is not the run to 60, so budget_rungs refuses it."""
+    p = Point(arch="rnn", layers=1, cells=2, position=1, seed=0, q_min=4, q_max=6, batch_size=32,
+              max_epochs=240, eval_size=128, eval_every=20, plateau=False, solved_loss=0.0,
+              mc_length=0, lr=0.03, lr_schedule="cosine")
+    rows, curves = train_points([p])
+    curves = pd.DataFrame(curves)
+    short, _ = train_points([dataclasses.replace(p, max_epochs=60)])
+    at_60 = curves.loc[curves["epoch"] == 60, "eval_loss"].item()
+    assert abs(at_60 - short[0]["loss"]) > 1e-4
+    with pytest.raises(ValueError, match="cosine"):
+        budget_rungs(pd.DataFrame(rows), curves)
+
+
 def _search_table(lr: float, learns_at: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """rnn l=1 c=2, 3 seeds, run to 8000 epochs without the plateau stop, evaluated every 1000:
     p = 1 memorized from the first evaluation, p = 2 from `learns_at`, p = 3 never."""

@@ -27,8 +27,9 @@ import pytest
 
 from memgrid import store
 from memgrid.config import ConfigError, Point, load_grid
-from memgrid.tune import (Progress, _fmt_s, _pack_cost, check_fits, describe_plan, makespan_s,
-                          pack_id, pack_metrics, pack_seconds, pack_spec, plan_packs, point_labels)
+from memgrid.packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs)
+from memgrid.tune import (Progress, _fmt_s, check_fits, describe_plan, pack_metrics,
+                          point_labels)
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -79,7 +80,7 @@ def test_progress_line_counts_running_trials_and_reads_as_counts():
 def test_time_left_is_the_cost_model_scaled_by_the_packs_measured():
     pts = _points(12, max_epochs=100)
     packs = [pts[:6], pts[6:9], pts[9:]]
-    c = [_pack_cost(pk) for pk in packs]
+    c = [pack_cost(pk) for pk in packs]
     ids = [pack_id(pk) for pk in packs]
     p = Progress("g", 12, Counter(), packs, slots=2, stream=_Stream())
     assert p.left_s() is None                       # nothing measured yet

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from memgrid import __version__, store
-from memgrid.cli import prepare_out
+from memgrid.request import prepare_out
 from memgrid.config import ConfigError, load_grid, parse_grid
 from memgrid.lock import LOCK_NAME, FolderBusy, FolderLock
 

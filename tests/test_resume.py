@@ -12,9 +12,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from memgrid.cli import prepare_out
+from memgrid.request import prepare_out
 from memgrid.config import load_grid
-from memgrid.tune import pack_spec, pack_trial, plan_packs
+from memgrid.packs import pack_spec, plan_packs
+from memgrid.tune import pack_trial
 
 from .conftest import memgrid_cli
 

@@ -18,8 +18,9 @@ import pytest
 
 from memgrid import store
 from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point, grid_from_identity, parse_grid
-from memgrid.tune import (NOTICE_POINTS, TUNING, Progress, _pack_cost, grid_points, pack_id,
-                          pack_seconds, pack_spec, plan_packs, spec_pack_id, spec_points)
+from memgrid.packs import (pack_cost, pack_id, pack_seconds, pack_spec, plan_packs, spec_pack_id,
+                           spec_points)
+from memgrid.tune import NOTICE_POINTS, TUNING, Progress, grid_points
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -197,7 +198,7 @@ def test_time_left_weighs_packs_by_their_cost_not_their_points():
     says 9.74 s: the big pack alone takes that."""
     small = [[Point("rnn", 1, 2, 1, 4 * i + s, max_epochs=100) for s in range(4)] for i in range(5)]
     big = [Point("rnn", 5, 20, 1, s, max_epochs=100) for s in range(8)]
-    c_small, c_big = _pack_cost(small[0]), _pack_cost(big)
+    c_small, c_big = pack_cost(small[0]), pack_cost(big)
     # 100 epochs x (ops x 5e-6 s + members x activation bytes / 1.6e9 B/s)
     assert c_small == pytest.approx(100 * ((10 * 15 + 80) * 5e-6 + 4 * 33792 / 1.6e9))
     assert c_big == pytest.approx(100 * ((10 * 15 * 5 + 80) * 5e-6 + 8 * 1574912 / 1.6e9))

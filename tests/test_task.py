@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memgrid import kernels, task
+from memgrid import native, task
 from memgrid.config import Point
 from memgrid.task import EVAL, TRAIN, TaskSpec, hash32, make_batch, make_eval_set
 
@@ -144,10 +144,10 @@ def test_kernels_off_uses_the_torch_path(monkeypatch):
 def test_without_a_compiler_the_generator_falls_back_to_torch(monkeypatch, tmp_path):
     spec = _spec_mixed(3, 6)
     default = make_batch(spec, EVAL, 0, 37)
-    monkeypatch.setattr(kernels, "_libs", {})
+    monkeypatch.setattr(native, "_libs", {})
     monkeypatch.setenv("MEMGRID_KERNELS", "1")
     monkeypatch.setenv("MEMGRID_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.warns(RuntimeWarning, match="not available"):
         _assert_same(make_batch(spec, EVAL, 0, 37), default)
-    assert kernels._libs == {"task": None}
+    assert native._libs == {"task": None}

@@ -184,22 +184,33 @@ def test_replaying_the_stop_rule_equals_training_with_it():
     assert (m.loss_replay - m.loss_real).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
-def test_adam_is_torch_optim_adam(arch):
-    """Every member of a pack trained with `adam` follows torch.optim.Adam on a torch.nn module
-    holding its initial weights, fed the same batches (fixed length, so the module sees them
-    whole), with the member's own lr and beta1 (`momentum`), in float64."""
+@pytest.mark.parametrize("arch,optimizer,schedule", [("rnn", "adam", "constant"),
+                                                     ("lstm", "adam", "cosine"),
+                                                     ("gru", "adam", "constant"),
+                                                     ("gru", "sgd", "cosine")])
+def test_training_is_torch_optim(arch, optimizer, schedule):
+    """Every member of a pack follows torch.optim.Adam (or torch.optim.SGD with momentum) on a
+    torch.nn module holding its initial weights, fed the same batches (fixed length, so the
+    module sees them whole), with the member's own lr and beta1 (`momentum`), in float64; under
+    `cosine`, with torch's CosineAnnealingLR over the budget stepped after every step."""
     from .test_models import torch_module_like
 
     kw = dict(q_min=6, q_max=6, max_epochs=30, eval_every=10, eval_size=64, batch_size=16,
-              optimizer="adam", mc_length=0, solved_loss=0.0, plateau=False)
+              optimizer=optimizer, lr_schedule=schedule, mc_length=0, solved_loss=0.0,
+              plateau=False)
     pts = [Point(arch, 2, 3, 2, 0, lr=0.01, momentum=0.9, **kw),
            Point(arch, 2, 3, 4, 1, lr=0.05, momentum=0.5, **kw)]
     trainer = PackTrainer(pts, dtype=torch.float64)
     init = {n: v.detach().clone() for n, v in trainer.params.items()}
     refs = [torch_module_like(arch, trainer.params, k, 2, 3) for k in range(len(pts))]
-    opts = [torch.optim.Adam(m.parameters(), lr=p.lr, betas=(p.momentum, 0.999))
-            for m, p in zip(refs, pts)]
+    if optimizer == "adam":
+        opts = [torch.optim.Adam(m.parameters(), lr=p.lr, betas=(p.momentum, 0.999))
+                for m, p in zip(refs, pts)]
+    else:
+        opts = [torch.optim.SGD(m.parameters(), lr=p.lr, momentum=p.momentum)
+                for m, p in zip(refs, pts)]
+    decay = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30) if schedule == "cosine"
+             else None for o in opts]
     batches = [make_batch(trainer.spec, TRAIN, step, 16, trainer.T) for step in range(30)]
     trainer.run()
     for k, (m, opt) in enumerate(zip(refs, opts)):
@@ -209,6 +220,8 @@ def test_adam_is_torch_optim_adam(arch):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if decay[k] is not None:
+                decay[k].step()
         final = trainer.finished[k][2]                         # the member's trained weights
         assert torch.allclose(final["w_hh.1"], m.weight_hh_l1.detach(), atol=1e-9, rtol=0)
         assert torch.allclose(final["b_ih.0"], m.bias_ih_l0.detach(), atol=1e-9, rtol=0)

@@ -9,7 +9,6 @@ from .capacity import memory_capacity as memory_capacity
 from .claims import check_claims as check_claims
 from .convergence import budget_convergence as budget_convergence
 from .convergence import budget_rungs as budget_rungs
-from .convergence import budget_steps as budget_steps
 from .convergence import converged_budget as converged_budget
 from .convergence import limit_marks as limit_marks
 from .convergence import limits_by_budget as limits_by_budget
@@ -26,6 +25,7 @@ from .plots import plot_loss_curves as plot_loss_curves
 from .plots import plot_mc_vs_units as plot_mc_vs_units
 from .plots import save as save
 from .report import write_report as write_report
+from .tables import budget_steps as budget_steps
 from .tables import fixed_length as fixed_length
 from .tables import load_curves as load_curves
 from .tables import load_points as load_points

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .tables import group_columns
+from .tables import group_columns, units
 
 
 def memory_capacity(points: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def memory_capacity(points: pd.DataFrame, by: list[str] | None = None) -> pd.Dat
         "p_max": g["position"].max().astype(int),
         "noise": g["chance"].sum(min_count=1),
     }).reset_index()
-    out["units"] = (out["cells"] * out["layers"]).astype(int)
+    out["units"] = units(out)
     out["bound"] = out["units"] - (out["layers"].astype(int) - 1)
     out["margin"] = out["mc"] - out["bound"]
     return out[cols]

@@ -19,9 +19,8 @@ import pandas as pd
 
 from ..config import PROTOCOLS
 from .capacity import capacity_testable, memory_capacity
-from .convergence import budget_steps
 from .limits import bimodality
-from .tables import (THRESHOLD, describe, fixed_length, mean_losses, random_length,
+from .tables import (THRESHOLD, budget_steps, describe, fixed_length, mean_losses, random_length,
                      variant_columns)
 
 HOLDS, FAILS, NOT_COVERED = "holds", "does not hold", "not covered by this grid"

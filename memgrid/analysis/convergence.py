@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .limits import memory_limits, replay_stopping
-from .tables import CONFIG, THRESHOLD, variant_columns
+from .tables import CONFIG, THRESHOLD, budget_steps, variant_columns
 
 BUDGET_COLUMNS = ("steps_per_epoch", "max_epochs")
 """The settings whose product is a point's training budget in training steps."""
@@ -30,14 +30,6 @@ LOSS_TOL = 0.01
 """Largest change of the mean loss at the limit that still counts as converged."""
 MIN_FACTOR = 2
 """A budget is checked against the smallest budget at least this many times larger."""
-
-
-def budget_steps(points: pd.DataFrame) -> pd.Series:
-    """training steps a point was allowed: steps_per_epoch * max_epochs (int)."""
-    if points.empty:
-        return pd.Series(dtype=int, index=points.index)
-    spe = points["steps_per_epoch"] if "steps_per_epoch" in points else 1
-    return (spe * points["max_epochs"]).astype(int)
 
 
 def _keys(points: pd.DataFrame) -> list[str]:

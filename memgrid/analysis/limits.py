@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import POINT_FIELDS
+from ..config import POINT_FIELDS, units as units_of
 from .tables import POINT, THRESHOLD, group_columns, mean_losses, variant_columns
 
 
@@ -53,7 +53,7 @@ def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
         limit = p - 1
         stop = "end" if p > p_max else ("loss" if p in mean else "missing")
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        n = int(row["cells"]) * int(row["layers"])
+        n = units_of(row["arch"], int(row["layers"]), int(row["cells"]))
         row.update(limit=limit, units=n, bound=n - (int(row["layers"]) - 1), p_max=p_max,
                    stop=stop, limit_censored=stop != "loss",
                    complete=set(range(1, p_max + 1)) <= set(mean),
@@ -178,6 +178,9 @@ def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) 
     bad = set(stop) - {"solved_loss", "plateau", "plateau_loss", "plateau_tol", "patience", "max_epochs"}
     if bad:
         raise ValueError(f"replay_stopping: not a stop setting: {', '.join(sorted(bad))}")
+    if "max_epochs" in stop and "lr_schedule" in points and (points["lr_schedule"] == "cosine").any():
+        raise ValueError("replay_stopping: a cosine run cut early is not the shorter run (its "
+                         "rate decays over its own budget): train each budget (a max_epochs axis)")
     fields = [f.name for f in dataclasses.fields(Point)]
     by_point = {pid: g.sort_values("epoch") for pid, g in curves.groupby("point_id")}
     out = points.reset_index(drop=True)    # row labels below are positions, even for a

@@ -19,12 +19,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..config import ARCHS
 from .capacity import memory_capacity
 from .limits import memory_limits
-from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, variant_columns
+from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, units, variant_columns
 
-ARCH_ORDER = ["rnn", "lstm", "gru", "esn"]
-ARCH_COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "esn": "tab:purple"}
+ARCH_ORDER = list(ARCHS)
+_PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink",
+            "tab:olive", "tab:cyan", "tab:gray"]
+ARCH_COLORS = {a: ("tab:purple" if a == "esn" else _PALETTE[i % len(_PALETTE)])
+               for i, a in enumerate(ARCH_ORDER)}
+"""One colour per arch in every figure (ESN's purple stays clear of the cells')."""
 LAYER_MARKERS = "osD^vP*X"
 
 
@@ -291,7 +296,6 @@ def save(fig: Figure, out_dir: str | Path, stem: str) -> Path:
     fig.savefig(out / f"{stem}.pdf")
     return png
 
-_MC_COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "esn": "tab:purple"}
 _MC_MARKERS = "osD^vP*X"
 _MC_RESERVOIR = ["arch", "layers", "cells", "seed", "spectral_radius", "input_scaling",
               "connectivity", "leak_rate", "ridge"]
@@ -310,8 +314,8 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
     """
     if points.empty:
         raise ValueError("no points to draw")
-    pts = points.assign(units=(points["cells"] * points["layers"]).astype(int))
-    archs = [a for a in _MC_COLORS if a in set(pts["arch"])] + sorted(set(pts["arch"]) - set(_MC_COLORS))
+    pts = points.assign(units=units(points))
+    archs = _archs(pts)
     layers = sorted(int(v) for v in pts["layers"].unique())
     fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -327,13 +331,14 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
     cols = [c for c in _MC_RESERVOIR if c in esn.columns]
     stream = pd.concat([stream[stream["arch"] != "esn"], esn.drop_duplicates(cols)])
     task_keys = [c for c in ("arch", "layers", "cells", "seed", "q_min", "q_max", "lr",
-                             "momentum", "optimizer", *_MC_RESERVOIR[4:]) if c in pts.columns]
+                             "momentum", "optimizer", "lr_schedule", *_MC_RESERVOIR[4:])
+                 if c in pts.columns]
     task = (pts.assign(r2=pts["r2"].astype(float).fillna(0.0).clip(0.0, 1.0))
             .groupby(task_keys, dropna=False)
             .agg(mc=("r2", "sum"), units=("units", "first")).reset_index()
             .groupby(["arch", "layers", "units"], as_index=False)["mc"].mean())
     for arch in archs:
-        color = _MC_COLORS.get(arch, "k")
+        color = ARCH_COLORS.get(arch, "k")
         for mi, l in enumerate(layers):
             marker = _MC_MARKERS[mi % len(_MC_MARKERS)]
             s = stream[(stream["arch"] == arch) & (stream["layers"] == l)]
@@ -346,7 +351,7 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
             ax.scatter(t["units"] + shift[arch], t["mc"], marker=marker, s=36, facecolors="none",
                        edgecolors=color, linewidths=1.1)
     # colour = arch as a bare line, so that no arch entry looks like a layer's marker
-    handles = [Line2D([], [], color=_MC_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
+    handles = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
     handles += [Line2D([], [], color="0.3", marker=_MC_MARKERS[i % len(_MC_MARKERS)], ls="",
                        label=f"l = {l}") for i, l in enumerate(layers)]
     handles += [Line2D([], [], color="0.3", marker="h", ls="",

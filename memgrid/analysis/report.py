@@ -18,13 +18,13 @@ import pandas as pd
 from ..store import read_grid_identity
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
-from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, budget_steps,
-                          configuration_columns, converged_budget, limit_marks)
+from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configuration_columns,
+                          converged_budget, limit_marks)
 from .limits import replay_stopping, plateau_effect, bimodality, memory_limits
 from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
                     plot_mc_vs_units, save)
-from .tables import (CONFIG, THRESHOLD, fixed_length, load_curves, load_points, random_length,
-                     variant_columns)
+from .tables import (CONFIG, THRESHOLD, budget_steps, fixed_length, load_curves, load_points,
+                     random_length, variant_columns)
 
 MAX_ID_CHECK = 100_000
 """Grids up to this many points are expanded to point ids to count exactly which are done."""
@@ -153,11 +153,16 @@ def _convergence(uri: str, points: pd.DataFrame, threshold: float
     steps = budget_steps(trained)
     if steps.nunique() > 1:
         table, how = trained, "the table's own budgets (a row per point and budget)"
+    elif "lr_schedule" in trained and (trained["lr_schedule"] == "cosine").any():
+        return None, (f"this run trained every point to one budget ({int(steps.iloc[0]):,} "
+                      "steps) under a cosine schedule, whose rate decays over that budget, so no "
+                      "prefix of it is a shorter run. Run the grid with a budget axis "
+                      "(a `max_epochs` axis such as `[2500, 5000]`), to know")
     elif not trained["plateau"].astype(bool).any() and len(trained) <= MAX_CURVE_POINTS:
         curves = load_curves(uri, trained["point_id"].tolist())
         table = budget_rungs(trained, curves)
-        how = (f"this run without the plateau stop, replayed at shorter budgets on its curves "
-               f"(a run cut at an evaluation is the shorter run: training is deterministic)")
+        how = ("this run without the plateau stop, replayed at shorter budgets on its curves "
+               "(a run cut at an evaluation is the shorter run: training is deterministic)")
         if budget_steps(table).nunique() < 2:
             return None, "no shorter budget lands on an evaluation of this run"
     else:

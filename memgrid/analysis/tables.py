@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import POINT_FIELDS, THRESHOLD  # noqa: F401 - THRESHOLD: re-exported
+from ..config import units as units_of
 from ..store import read_curves, read_points
 
 CONFIG = ["arch", "layers", "cells"]
@@ -45,9 +46,21 @@ def group_columns(points: pd.DataFrame, by: list[str] | None = None) -> list[str
     return list(by) if by is not None else CONFIG + variant_columns(points)
 
 
+def budget_steps(points: pd.DataFrame) -> pd.Series:
+    """training steps a point was allowed: steps_per_epoch * max_epochs (int)."""
+    if points.empty:
+        return pd.Series(dtype=int, index=points.index)
+    spe = points["steps_per_epoch"] if "steps_per_epoch" in points else 1
+    return (spe * points["max_epochs"]).astype(int)
+
+
 def units(points: pd.DataFrame) -> pd.Series:
-    """N = c * l: the number of recurrent units (the paper's N, DESIGN.md `units`)."""
-    return (points["cells"] * points["layers"]).astype(int)
+    """N per row (``memgrid.config.units``: c * l for RNN, LSTM, GRU, ESN), the paper's N
+    (DESIGN.md `units`)."""
+    keys = points[["arch", "layers", "cells"]].astype({"layers": int, "cells": int})
+    n = {k: units_of(*k) for k in keys.drop_duplicates().itertuples(index=False, name=None)}
+    return pd.Series([n[k] for k in keys.itertuples(index=False, name=None)], index=points.index,
+                     dtype=int)
 
 
 def is_fixed_length(points: pd.DataFrame) -> pd.Series:

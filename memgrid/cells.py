@@ -1,0 +1,331 @@
+"""The recurrent cells, each defined once: its parameters, its initialisation, its state and
+its step in PyTorch.
+
+Everything else is derived from these definitions: the packed parameters and their
+initialisation (``memgrid.models.init_params``), the autograd forward that trains and evaluates
+a cell without a fast path and that every fast path is tested against
+(``memgrid.models.reference_forward``), the states the stream MC reads
+(``memgrid.capacity``), the parameter count (``Point.params``), the units N that Jaeger's bound
+counts (``Point.units``), pack sizing (``memgrid.tune``) and the lists of the CLI, the report
+and the figures.
+
+A step works on K members at once, in memgrid's layout: a layer's input is `(K, m, B)`, each
+state tensor `(K, rows, B)` (B sequences side by side), and a parameter named ``w`` of shape
+``(r, m)`` in :attr:`Cell.weights` is ``(K, r, m)``. A step must treat the K members apart
+(no reduction across K) and the B sequences apart (no reduction across B): that is what makes a
+point's training the same alone and in any pack.
+
+RNN, LSTM and GRU also have fast paths (``memgrid.models``: a hand-written backward through
+time, and the C kernels of ``csrc/cells.c``), bitwise pack-invariant, tested against their
+definitions here; :attr:`Cell.fast` says so. A cell without one trains through autograd on its
+definition. To add a cell, write its definition below and add it to :data:`CELLS` (README,
+"Adding a cell").
+
+This module imports torch only when a step runs, so that the CLI and the grid checks start
+without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Shapes = dict[str, tuple[int, ...]]
+Tensor = Any        # torch.Tensor, without importing torch here
+
+
+def uniform_init(bound: Callable[[int, int], float]):
+    """An init drawing U(-b, b), b = bound(m, c), for every parameter (torch's default for its
+    RNN cells, b = 1/sqrt(c), and for a Linear layer, b = 1/sqrt(m))."""
+    def init(name: str, shape: tuple[int, ...], m: int, c: int, draw, drawn) -> Tensor:
+        return (2 * draw(math.prod(shape)) - 1) * bound(m, c)
+    return init
+
+
+def normal(draw, n: int) -> Tensor:
+    """n standard normal numbers per member from 2n uniform ones (Box-Muller), `(K, n)`."""
+    import torch
+
+    u = draw(2 * n)
+    u1, u2 = 1 - u[:, :n], u[:, n:]          # u1 in (0, 1]: the log is finite
+    return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: a layer of c units reading m inputs per step."""
+
+    name: str
+    """the `arch` of a point"""
+    weights: Callable[[int, int], Shapes]
+    """(m, c) -> one layer's parameters by name and their per-member shapes, in the order the
+    init draws them (the order is part of a point's initial weights)"""
+    step: Callable[[dict[str, Tensor], Tensor, tuple], tuple[Tensor, tuple]]
+    """(w, x, state) -> (out, state): one time step of one layer; w: the layer's parameters;
+    x `(K, m, B)`; state: tuple of `(K, rows, B)`; out `(K, c, B)`: what the next layer and the
+    readout see"""
+    init: Callable[..., Tensor] = uniform_init(lambda m, c: 1 / math.sqrt(c))
+    """(name, shape, m, c, draw, drawn) -> the parameter's values `(K, prod(shape))`; draw(n)
+    gives n uniform numbers in [0, 1) per member from the point's seed, a fresh stream per
+    parameter; drawn: the layer's parameters initialised before this one, `(K, numel)` by
+    name"""
+    state_rows: Callable[[int], tuple[int, ...]] = lambda c: (c,)
+    """c -> the rows of each state tensor (zero at the start of every sequence)"""
+    read: Callable[[Tensor, tuple], Tensor] = lambda out, state: out
+    """(out, state) -> the numbers of a layer the stream MC regresses on, `(K, units(c), B)`"""
+    units: Callable[[int], int] = lambda c: c
+    """c -> N of one layer: how many numbers :attr:`read` gives, what MC <= N counts"""
+    fast: bool = False
+    """True where memgrid.models has a hand-written backward and csrc/cells.c kernels"""
+    about: str = ""
+    """the cell in one line, with its source"""
+
+    def layer_shapes(self, layers: int, cells: int) -> Shapes:
+        """Every layer's parameters, named ``<name>.<layer>``, in init order."""
+        out: Shapes = {}
+        for i in range(layers):
+            for n, s in self.weights(1 if i == 0 else cells, cells).items():
+                out[f"{n}.{i}"] = s
+        return out
+
+    def count(self, layers: int, cells: int) -> int:
+        """Parameters of the recurrent layers of one member (closed form: the shapes')."""
+        return sum(math.prod(s) for s in self.layer_shapes(layers, cells).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's cells: torch.nn.RNN (tanh), torch.nn.LSTM (gates i, f, g, o) and torch.nn.GRU
+# (r, z, n), with torch's names and shapes, so that member k with torch's weights computes what
+# the torch module computes.
+
+
+def _torch_weights(gates: int):
+    def weights(m: int, c: int) -> Shapes:
+        return {"w_ih": (gates * c, m), "w_hh": (gates * c, c), "b_ih": (gates * c,),
+                "b_hh": (gates * c,)}
+    return weights
+
+
+def affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """b + w x per member: w `(K, r, m)`, b `(K, r)`, x `(K, m, B)` -> `(K, r, B)`; with one
+    input (m = 1) a broadcast product."""
+    import torch
+
+    if w.shape[-1] == 1:
+        return torch.addcmul(b[:, :, None], w, x)
+    return torch.baddbmm(b[:, :, None], w, x)
+
+
+def _rnn_step(w, x, state):
+    import torch
+
+    (h,) = state
+    h = torch.tanh(torch.baddbmm(affine(w["w_ih"], w["b_ih"] + w["b_hh"], x), w["w_hh"], h))
+    return h, (h,)
+
+
+def _lstm_step(w, x, state):
+    import torch
+
+    h, cell = state
+    gates = torch.baddbmm(affine(w["w_ih"], w["b_ih"] + w["b_hh"], x), w["w_hh"], h)
+    i, f, g, o = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(cell)
+    return h, (h, cell)
+
+
+def _gru_step(w, x, state):
+    import torch
+
+    (h,) = state
+    xr, xz, xn = affine(w["w_ih"], w["b_ih"], x).chunk(3, dim=1)
+    hr, hz, hn = torch.baddbmm(w["b_hh"][:, :, None], w["w_hh"], h).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    h = n + z * (h - n)
+    return h, (h,)
+
+
+RNN = Cell("rnn", _torch_weights(1), _rnn_step, fast=True,
+           about="Elman RNN, h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (torch.nn.RNN)")
+LSTM = Cell("lstm", _torch_weights(4), _lstm_step, state_rows=lambda c: (c, c), fast=True,
+            about="LSTM, gates i, f, g, o (torch.nn.LSTM); N counts its c outputs h, not its cells")
+GRU = Cell("gru", _torch_weights(3), _gru_step, fast=True,
+           about="GRU, gates r, z, n, h' = n + z (h - n) (torch.nn.GRU)")
+
+
+# ---------------------------------------------------------------------------------------------
+# minGRU and minLSTM (Feng et al., "Were RNNs all we needed?", 2024): gates that read the input
+# alone, so that the recurrence is linear in h and runs as a scan. The log-space versions
+# (their appendix B.3.1), whose candidate state g(.) is positive, as the published code runs
+# them step by step; a Linear layer's init, U(-1/sqrt(m), 1/sqrt(m)).
+
+
+def g_positive(x: Tensor) -> Tensor:
+    """Feng et al.'s g: x + 1/2 for x >= 0, sigmoid(x) below (continuous, positive)."""
+    import torch
+
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def _mingru_step(w, x, state):
+    import torch
+
+    (h,) = state
+    z = torch.sigmoid(affine(w["w_z"], w["b_z"], x))
+    h = torch.lerp(h, g_positive(affine(w["w_h"], w["b_h"], x)), z)     # (1 - z) h + z h~
+    return h, (h,)
+
+
+def _minlstm_step(w, x, state):
+    import torch
+
+    (h,) = state
+    f = torch.sigmoid(affine(w["w_f"], w["b_f"], x))
+    i = torch.sigmoid(affine(w["w_i"], w["b_i"], x))
+    s = f + i
+    h = h * (f / s) + g_positive(affine(w["w_h"], w["b_h"], x)) * (i / s)
+    return h, (h,)
+
+
+_LINEAR_INIT = uniform_init(lambda m, c: 1 / math.sqrt(m))
+MINGRU = Cell("mingru", lambda m, c: {"w_z": (c, m), "b_z": (c,), "w_h": (c, m), "b_h": (c,)},
+              _mingru_step, init=_LINEAR_INIT,
+              about="minGRU, h' = (1 - z) h + z g(W_h x + b_h), z = sigmoid(W_z x + b_z) "
+                    "(Feng et al. 2024, log-space version)")
+MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m), "b_i": (c,),
+                                         "w_h": (c, m), "b_h": (c,)},
+               _minlstm_step, init=_LINEAR_INIT,
+               about="minLSTM, h' = f/(f+i) h + i/(f+i) g(W_h x + b_h), f, i sigmoid gates of x "
+                     "(Feng et al. 2024, log-space version)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Linear Recurrent Unit (Orvieto et al., "Resurrecting recurrent neural networks for long
+# sequences", ICML 2023): a diagonal complex linear recurrence x' = lambda x + gamma (B u),
+# y = Re(C x) + D u, lambda = exp(-exp(nu) + i exp(theta)) (the exponential parameterisation),
+# gamma = exp(gamma_log) initialised to sqrt(1 - |lambda|^2) (the normalisation); lambda drawn
+# uniformly on the ring r_min <= |lambda| <= r_max with phase in [0, max_phase] (the paper's
+# code's defaults). A layer of c units holds c complex states: N = 2c real numbers. Complex
+# numbers are kept as (real, imaginary) pairs of real tensors. D is (c, m): the paper's
+# diagonal skip where m = c, N(0, 1/m) entries (N(0, 1) at m = 1, as the paper's).
+LRU_RING = (0.0, 1.0, 2 * math.pi)
+"""r_min, r_max, max_phase of the LRU's ring initialisation"""
+
+
+def _lru_weights(m: int, c: int) -> Shapes:
+    return {"nu_log": (c,), "theta_log": (c,), "gamma_log": (c,), "b_re": (c, m), "b_im": (c, m),
+            "c_re": (c, c), "c_im": (c, c), "d": (c, m)}
+
+
+def _lru_init(name, shape, m, c, draw, drawn):
+    import torch
+
+    r_min, r_max, max_phase = LRU_RING
+    n = math.prod(shape)
+    if name == "nu_log":           # |lambda|^2 uniform on [r_min^2, r_max^2], |lambda| < 1
+        r2 = (draw(n) * (r_max ** 2 - r_min ** 2) + r_min ** 2).clamp(1e-12, 1 - 1e-7)
+        return torch.log(-0.5 * torch.log(r2))
+    if name == "gamma_log":        # sqrt(1 - |lambda|^2) of the lambda drawn above
+        mod = torch.exp(-torch.exp(drawn["nu_log"]))
+        return torch.log(torch.sqrt(1 - mod ** 2))
+    if name == "theta_log":
+        return torch.log(max_phase * draw(n).clamp_min(1e-12))
+    scale = {"b_re": 1 / math.sqrt(2 * m), "b_im": 1 / math.sqrt(2 * m),
+             "c_re": 1 / math.sqrt(c), "c_im": 1 / math.sqrt(c), "d": 1 / math.sqrt(m)}[name]
+    return normal(draw, n) * scale
+
+
+def _lru_step(w, u, state):
+    import torch
+
+    re, im = state
+    mod = torch.exp(-torch.exp(w["nu_log"]))[:, :, None]          # |lambda|
+    phase = torch.exp(w["theta_log"])[:, :, None]
+    lam_re, lam_im = mod * torch.cos(phase), mod * torch.sin(phase)
+    gamma = torch.exp(w["gamma_log"])[:, :, None]
+    bu_re, bu_im = torch.bmm(w["b_re"], u), torch.bmm(w["b_im"], u)
+    re, im = (lam_re * re - lam_im * im + gamma * bu_re,
+              lam_re * im + lam_im * re + gamma * bu_im)
+    y = torch.bmm(w["c_re"], re) - torch.bmm(w["c_im"], im) + torch.bmm(w["d"], u)
+    return y, (re, im)
+
+
+LRU = Cell("lru", _lru_weights, _lru_step, init=_lru_init, state_rows=lambda c: (c, c),
+           read=lambda out, state: __import__("torch").cat(state, 1), units=lambda c: 2 * c,
+           about="LRU, x' = lambda x + gamma B u, y = Re(C x) + D u, lambda on a ring "
+                 "(Orvieto et al. 2023); N = 2c (c complex states)")
+
+
+# ---------------------------------------------------------------------------------------------
+# A selective state-space layer, S6 (Gu and Dao, "Mamba", 2023), as mambapy's MambaBlock.ssm
+# computes it, after a linear projection of the layer's input to its c channels
+# (v = W_in u; no convolution and no gate: the SSM alone). Per channel j a diagonal state of
+# S6_STATE numbers: delta = softplus(W_dt (W_x v)[:r] + b_dt), B = (W_x v)[r:r+n],
+# C = (W_x v)[r+n:], h_j' = exp(delta_j A_j) h_j + delta_j B v_j, y_j = C . h_j + D_j v_j,
+# A = -exp(A_log). Mamba's init: A_log = log(1..n) (S4D-real), D = 1, delta's bias the inverse
+# softplus of exp(U(log 0.001, log 0.1)), W_dt U(+-r^-1/2), Linear layers U(+-1/sqrt(fan in));
+# dt_rank r = ceil(c / 16). N = c * S6_STATE.
+S6_STATE = 4
+"""n: the state numbers per channel of an `s6` layer (Mamba's d_state)"""
+
+
+def _dt_rank(c: int) -> int:
+    return math.ceil(c / 16)
+
+
+def _s6_weights(m: int, c: int) -> Shapes:
+    r, n = _dt_rank(c), S6_STATE
+    return {"w_in": (c, m), "w_x": (r + 2 * n, c), "w_dt": (c, r), "b_dt": (c,),
+            "a_log": (c, n), "d": (c,)}
+
+
+def _s6_init(name, shape, m, c, draw, drawn):
+    import torch
+
+    n = math.prod(shape)
+    if name == "a_log":
+        a = torch.arange(1, S6_STATE + 1, dtype=drawn["w_in"].dtype).repeat(c)
+        return torch.log(a).expand(drawn["w_in"].shape[0], n).clone()
+    if name == "d":
+        return drawn["w_in"].new_ones(drawn["w_in"].shape[0], n)
+    if name == "b_dt":
+        lo, hi = math.log(1e-3), math.log(1e-1)
+        dt = torch.exp(draw(n) * (hi - lo) + lo).clamp_min(1e-4)
+        return dt + torch.log(-torch.expm1(-dt))                       # softplus^-1
+    bound = {"w_in": 1 / math.sqrt(m), "w_x": 1 / math.sqrt(c), "w_dt": _dt_rank(c) ** -0.5}[name]
+    return (2 * draw(n) - 1) * bound
+
+
+def _s6_step(w, u, state):
+    import torch
+    import torch.nn.functional as F
+
+    (h,) = state                                    # (K, c * n, B): channel-major
+    K, _, B = h.shape
+    c, n = w["d"].shape[1], S6_STATE
+    r = w["w_dt"].shape[2]
+    v = torch.bmm(w["w_in"], u)                                          # (K, c, B)
+    dbc = torch.bmm(w["w_x"], v)                                         # (K, r + 2n, B)
+    delta = F.softplus(torch.baddbmm(w["b_dt"][:, :, None], w["w_dt"], dbc[:, :r]))   # (K, c, B)
+    b_sel, c_sel = dbc[:, r:r + n], dbc[:, r + n:]                        # (K, n, B)
+    a = -torch.exp(w["a_log"])[:, :, :, None]                            # (K, c, n, 1)
+    h = h.view(K, c, n, B)
+    h = torch.exp(delta[:, :, None] * a) * h + (delta * v)[:, :, None] * b_sel[:, None]
+    y = (h * c_sel[:, None]).sum(2) + w["d"][:, :, None] * v
+    return y, (h.reshape(K, c * n, B),)
+
+
+S6 = Cell("s6", _s6_weights, _s6_step, init=_s6_init, state_rows=lambda c: (c * S6_STATE,),
+          read=lambda out, state: state[0], units=lambda c: c * S6_STATE,
+          about=f"S6 selective SSM after a linear projection, input-dependent delta, B, C, "
+                f"diagonal A (Gu and Dao 2023, mambapy's ssm); N = {S6_STATE}c")
+
+
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, S6)}
+"""Every trained arch by name, in the order lists show them."""
+GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
+"""Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

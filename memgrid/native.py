@@ -1,0 +1,82 @@
+"""Building and loading memgrid's C sources (``csrc/``): with the machine's C compiler for its
+own CPU (``-O3 -march=native``), cached, loaded with ctypes, once per process.
+
+The shared objects go to ``$MEMGRID_KERNEL_CACHE`` (default ``~/.cache/memgrid``), named by a
+hash of the source, the compiler and the CPU, so that nodes of a cluster with other CPUs, or a
+new version of the source, build their own. Concurrent workers may build at once: each writes
+its own temporary file and renames it into place. ``MEMGRID_KERNELS=0`` turns every C source
+off (memgrid then takes PyTorch ops, which agree to float rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
+_lock = threading.Lock()
+_libs: dict[object, ctypes.CDLL | None] = {}     # by dtype (the cells) or name (the task)
+
+
+def enabled() -> bool:
+    return os.environ.get("MEMGRID_KERNELS", "1") != "0"
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def compile_so(src: Path, defines: list[str], stem: str) -> Path:
+    """The shared object of C file `src` built with `defines`, from the cache or built now
+    (``-O3 -march=native``). Raises RuntimeError (no compiler, a failed build) or OSError."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler (cc or gcc) on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(FLAGS + defines)).encode())
+    cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
+    so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
+    if not so.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            cmd = [cc, *FLAGS, *defines, "-o", tmp, str(src)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
+            os.replace(tmp, so)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return so
+
+
+def load_once(key, build, what: str) -> ctypes.CDLL | None:
+    """`build()` once per process for `key`; None where kernels are off (MEMGRID_KERNELS=0) or
+    the build fails (then a warning, once, naming `what`)."""
+    if not enabled():
+        return None
+    if key not in _libs:
+        with _lock:
+            if key not in _libs:
+                try:
+                    _libs[key] = build()
+                except (OSError, RuntimeError) as e:
+                    warnings.warn(f"memgrid: {what} is not available, using PyTorch ops instead ({e})",
+                                  RuntimeWarning, stacklevel=3)
+                    _libs[key] = None
+    return _libs[key]

@@ -1,0 +1,295 @@
+"""The cells of memgrid.cells: the newer cells against their published implementation, the
+paper's cells' fast paths against their definitions, and what every cell must do in a pack."""
+
+
+import dataclasses
+
+import pytest
+import torch
+
+from memgrid.capacity import trained_memory_capacity
+from memgrid.cells import CELLS
+from memgrid.config import Point
+from memgrid.models import count_params, forward, init_params, reference_forward
+from memgrid.task import TRAIN, TaskSpec, make_batch
+from memgrid.train import PackTrainer
+
+NEW = [n for n, c in CELLS.items() if not c.fast]
+GATED_MIN = ["mingru", "minlstm"]
+
+
+def _packed(arch, q, step, batch, layers=2, cells=3):
+    """Two members (seeds 0, 1) of a packed stack in float64 on one batch of fixed length q:
+    (params, batch, outputs `(2, batch)`), the graph kept for a backward."""
+    spec = TaskSpec.of([Point(arch, layers, cells, 2, s, q_min=q, q_max=q) for s in (0, 1)])
+    params = {n: v.double().requires_grad_() for n, v in
+              init_params(arch, layers, cells, "sum", spec.seed).items()}
+    b = make_batch(spec, TRAIN, step, batch)
+    return params, b, forward(arch, params, b.x.double(), b.mask)
+
+
+def _published(arch, params, k, layers, cells):
+    """Member k of a packed stack as Feng et al.'s published modules (mingru-pytorch), one per
+    layer, in float64. Their Linear has no bias: each layer reads its input with a column of
+    ones appended, and the weight's last column is memgrid's bias."""
+    from minGRU_pytorch.minGRU import minGRU
+    from minGRU_pytorch.minLSTM import minLSTM
+
+    names = {"mingru": ("h", "z"), "minlstm": ("h", "f", "i")}[arch]
+    mods = []
+    for i in range(layers):
+        m = 1 if i == 0 else cells
+        cls = minGRU if arch == "mingru" else minLSTM
+        mod = cls(m + 1, expansion_factor=cells / (m + 1), proj_out=False).double()
+        lin = mod.to_hidden_and_gate if arch == "mingru" else mod.to_hidden_and_f_i_gate
+        assert lin.weight.shape == (len(names) * cells, m + 1)
+        with torch.no_grad():
+            lin.weight.copy_(torch.cat([torch.cat([params[f"w_{n}.{i}"][k], params[f"b_{n}.{i}"][k, :, None]], 1)
+                                        for n in names]).double())
+        mods.append(mod)
+    return mods
+
+
+def _run_published(mods, x, step_by_step):
+    """x `(B, T)` -> the last layer's sum at the last step `(B,)`; the whole sequence at once
+    (the published parallel scan in log space) or one step at a time (its sequential mode)."""
+    h = x.unsqueeze(-1)
+    for mod in mods:
+        inp = torch.cat([h, torch.ones_like(h[..., :1])], -1)
+        if step_by_step:
+            prev, outs = None, []
+            for t in range(inp.shape[1]):
+                out, prev = mod(inp[:, t:t + 1], prev, return_next_prev_hidden=True)
+                outs.append(out)
+            h = torch.cat(outs, 1)
+        else:
+            h = mod(inp)
+    return h[:, -1].sum(-1)
+
+
+@pytest.mark.parametrize("arch", GATED_MIN)
+@pytest.mark.parametrize("step_by_step", [False, True])
+def test_new_cells_are_the_published_ones(arch, step_by_step):
+    """Outputs and gradients of every member of a packed 2-layer stack equal the published
+    modules holding its weights (float64), in their parallel scan and step by step."""
+    layers, cells = 2, 3
+    params, b, y = _packed(arch, 7, 3, 16)
+    y.pow(2).sum().backward()
+    for k in range(2):
+        mods = _published(arch, {n: v.detach() for n, v in params.items()}, k, layers, cells)
+        ref = _run_published(mods, b.x[k].double(), step_by_step)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-12, rtol=1e-10)
+        ref.pow(2).sum().backward()
+        lin = [m.to_hidden_and_gate if arch == "mingru" else m.to_hidden_and_f_i_gate for m in mods]
+        names = {"mingru": ("h", "z"), "minlstm": ("h", "f", "i")}[arch]
+        for i, l in enumerate(lin):
+            for j, n in enumerate(names):
+                g = l.weight.grad[j * cells:(j + 1) * cells]
+                torch.testing.assert_close(params[f"w_{n}.{i}"].grad[k], g[:, :-1], atol=1e-10, rtol=1e-8)
+                torch.testing.assert_close(params[f"b_{n}.{i}"].grad[k], g[:, -1], atol=1e-10, rtol=1e-8)
+
+
+def _lru_complex(w, u):
+    """The LRU of Orvieto et al. (their eqs. 1 and 6-7) in complex arithmetic, one member, one
+    layer, step by step: u `(T, m)` -> y `(T, c)`. Written from the paper, sharing no code."""
+    lam = torch.exp(-torch.exp(w["nu_log"]) + 1j * torch.exp(w["theta_log"]))
+    gamma = torch.exp(w["gamma_log"])
+    B = torch.complex(w["b_re"], w["b_im"])
+    C = torch.complex(w["c_re"], w["c_im"])
+    x = torch.zeros(lam.shape[0], dtype=torch.complex128)
+    ys = []
+    for t in range(u.shape[0]):
+        x = lam * x + gamma * (B @ u[t].to(torch.complex128))
+        ys.append((C @ x).real + w["d"] @ u[t])
+    return torch.stack(ys)
+
+
+def test_lru_is_the_papers_complex_recurrence():
+    """Outputs and gradients of a packed 2-layer LRU equal the paper's complex recurrence
+    (float64), and its init puts every |lambda| on the ring with gamma = sqrt(1 - |lambda|^2)."""
+    layers = 2
+    params, b, y = _packed("lru", 6, 1, 8)
+    y.pow(2).sum().backward()
+    for k in range(2):
+        ref_w = {n: v.detach()[k].clone().requires_grad_() for n, v in params.items()}
+        h = b.x[k].double().T.unsqueeze(-1)                             # (T, B, 1)
+        for i in range(layers):
+            w = {n.split(".")[0]: v for n, v in ref_w.items() if n.endswith(f".{i}")}
+            h = torch.stack([_lru_complex(w, h[:, j]) for j in range(h.shape[1])], 1)   # (T, B, c)
+        ref = h[-1].sum(-1)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-10, rtol=1e-9)
+        ref.pow(2).sum().backward()
+        for n, v in ref_w.items():
+            torch.testing.assert_close(params[n].grad[k], v.grad, atol=1e-9, rtol=1e-8)
+    init = init_params("lru", 1, 400, "sum", torch.tensor([0]))
+    mod = torch.exp(-torch.exp(init["nu_log.0"]))
+    assert 0 < mod.min() and mod.max() < 1 and abs((mod ** 2).mean().item() - 0.5) < 0.05
+    torch.testing.assert_close(torch.exp(init["gamma_log.0"]), torch.sqrt(1 - mod ** 2))
+    assert 0 < torch.exp(init["theta_log.0"]).min() and torch.exp(init["theta_log.0"]).max() < 2 * torch.pi
+
+
+@pytest.mark.parametrize("pscan", [False, True])
+def test_s6_is_mambapys_selective_scan(pscan):
+    """A packed 2-layer S6 equals mambapy's MambaBlock.ssm (its sequential loop and its
+    parallel scan) holding the member's weights, after the layer's input projection; outputs
+    and gradients. mambapy takes A and D through float32, hence the tolerance."""
+    from mambapy.mamba import MambaBlock, MambaConfig
+
+    from memgrid.cells import S6_STATE
+
+    layers, cells = 2, 3
+    params, b, y = _packed("s6", 7, 2, 8)
+    y.sum().backward()
+    for k in range(2):
+        h = b.x[k].double().unsqueeze(-1)                               # (B, T, 1)
+        blocks = []
+        for i in range(layers):
+            cfg = MambaConfig(d_model=cells, n_layers=1, d_state=S6_STATE, expand_factor=1,
+                              dt_rank=1, pscan=pscan)
+            blk = MambaBlock(cfg).double()
+            with torch.no_grad():
+                blk.x_proj.weight.copy_(params[f"w_x.{i}"][k])
+                blk.dt_proj.weight.copy_(params[f"w_dt.{i}"][k])
+                blk.dt_proj.bias.copy_(params[f"b_dt.{i}"][k])
+                blk.A_log.copy_(params[f"a_log.{i}"][k])
+                blk.D.copy_(params[f"d.{i}"][k])
+            w_in = params[f"w_in.{i}"][k].detach().clone().requires_grad_()
+            blocks.append((blk, w_in))
+            h = blk.ssm(h @ w_in.T, None)
+        ref = h[:, -1].sum(-1)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-5, rtol=1e-5)
+        ref.sum().backward()
+        for i, (blk, w_in) in enumerate(blocks):
+            torch.testing.assert_close(params[f"w_in.{i}"].grad[k], w_in.grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(params[f"w_x.{i}"].grad[k], blk.x_proj.weight.grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(params[f"b_dt.{i}"].grad[k], blk.dt_proj.bias.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", [n for n, c in CELLS.items() if c.fast])
+@pytest.mark.parametrize("grad", [False, True])
+def test_fast_paths_compute_the_definition(arch, grad):
+    """RNN, LSTM, GRU: memgrid.models' fast path (the C kernel here) and the cell's definition
+    under autograd give the same outputs and gradients to float rounding (float64), padded
+    sequences and a 2-layer stack included."""
+    pts = [Point(arch, 2, 4, p, s, q_min=3, q_max=8) for p, s in [(1, 0), (3, 1)]]
+    spec = TaskSpec.of(pts)
+    b = make_batch(spec, TRAIN, 5, 32)
+    runs = []
+    for f in (forward, reference_forward):
+        params = {n: v.double().requires_grad_(grad) for n, v in
+                  init_params(arch, 2, 4, "sum", spec.seed).items()}
+        with torch.set_grad_enabled(grad):
+            y = f(arch, params, b.x.double(), b.mask)
+            if grad:
+                y.pow(2).sum().backward()
+        runs.append((y.detach(), {n: v.grad for n, v in params.items()}))
+    (y_fast, g_fast), (y_def, g_def) = runs
+    torch.testing.assert_close(y_fast, y_def, atol=1e-12, rtol=1e-10)
+    for n in g_def:
+        if grad:
+            torch.testing.assert_close(g_fast[n], g_def[n], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("arch,layers,cells,readout,expected", [
+    ("mingru", 1, 5, "sum", 2 * (5 + 5)),
+    ("mingru", 3, 4, "linear", 2 * (4 + 4) + 2 * 2 * (16 + 4) + 4 + 1),
+    ("minlstm", 2, 3, "sum", 3 * (3 + 3) + 3 * (9 + 3)),
+    ("lru", 2, 3, "sum", (3 * 3 + 3 * 1 * 3 + 2 * 9) + (3 * 3 + 3 * 9 + 2 * 9)),
+    ("s6", 1, 20, "sum", 20 + (2 + 8) * 20 + 20 * 2 + 20 + 20 * 4 + 20),     # dt_rank 2
+])
+def test_parameter_counts_in_closed_form(arch, layers, cells, readout, expected):
+    """Point.params (from the definition's shapes) is the closed form and what init makes."""
+    p = Point(arch, layers, cells, 1, 0, readout=readout)
+    assert p.params == expected
+    params = init_params(arch, layers, cells, readout, torch.tensor([0]))
+    assert count_params(params) == expected
+
+
+@pytest.mark.parametrize("arch", GATED_MIN)
+def test_new_cells_init_is_a_linear_layers(arch):
+    """U(-1/sqrt(m), 1/sqrt(m)), m the layer's inputs (torch.nn.Linear's), a function of the
+    seed alone."""
+    a = init_params(arch, 2, 6, "sum", torch.tensor([3, 4]))
+    b = init_params(arch, 2, 6, "sum", torch.tensor([4]))
+    for n, v in a.items():
+        m = 1 if n.endswith(".0") else 6
+        assert v.abs().max() <= 1 / m ** 0.5 and v.abs().max() > 0.6 / m ** 0.5, n
+        assert torch.equal(v[1], b[n][0]), n
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_new_cells_learn_the_last_element(arch):
+    """p = 1 (the last element) is learned: evaluation loss below memgrid's threshold 0.05
+    within 300 epochs, with the linear readout (their states are positive, g(.) > 0, so the
+    paper's sum readout can only approach targets near 0)."""
+    p = Point(arch, 1, 4, 1, 0, q_min=4, q_max=6, lr=0.01, optimizer="adam", batch_size=64,
+              steps_per_epoch=2, max_epochs=300, eval_every=50, eval_size=256, plateau=False,
+              mc_length=0, readout="linear")
+    tr = PackTrainer([p])
+    tr.run()
+    row = tr.finished[0][0]
+    assert row["loss"] < 0.05, row["loss"]
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_new_cells_are_pack_invariant(arch):
+    """A point trained alone and inside a pack with longer sequences and other learning rates
+    ends with the same weights and curve, bit for bit."""
+    kw = dict(max_epochs=40, eval_every=10, eval_size=64, q_min=3, q_max=5, batch_size=32,
+              plateau=False, mc_length=0)
+    alone = Point(arch, 2, 4, 1, 5, lr=0.03, **kw)
+    others = [Point(arch, 2, 4, p, s, lr=lr, **kw) for p, s, lr in [(9, 1, 0.1), (4, 2, 0.01)]]
+    runs = []
+    for group in ([*others, alone], [alone]):
+        tr = PackTrainer(group)
+        tr.run()
+        runs.append((tr, next(f for f in tr.finished if f[0]["seed"] == 5)))
+    (packed, (row_p, curve_p, w_p)), (single, (row_s, curve_s, w_s)) = runs
+    assert packed.T > single.T
+    for n in w_s:
+        assert torch.equal(w_p[n], w_s[n]), n
+    assert [c["eval_loss"] for c in curve_p] == [c["eval_loss"] for c in curve_s]
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_new_cells_stream_mc_within_their_units(arch):
+    """Jaeger's MC of a trained network, read from every layer's Cell.read, stays within the
+    N those reads hold (a linear readout of N numbers cannot hold more)."""
+    p = Point(arch, 2, 3, 2, 0, q_min=4, q_max=6, lr=0.01, optimizer="adam", max_epochs=50,
+              eval_every=25, eval_size=64, plateau=False, mc_length=0)
+    tr = PackTrainer([p])
+    tr.run()
+    weights = {n: v.unsqueeze(0) for n, v in tr.finished[0][2].items()}
+    mc, _ = trained_memory_capacity(arch, weights, torch.tensor([0]), length=2000)
+    assert 0 < mc.item() <= p.units + 1e-6
+
+
+def test_a_cell_is_one_definition(monkeypatch):
+    """A cell added as the README says, by its definition alone (a linear RNN, with a `w_hh`
+    as the paper's cells have, but no fast path): a grid accepts it, its parameter count and N
+    come from the definition, and a pack of it trains, stores rows with its stream MC, and
+    gets a memory limit."""
+    from memgrid.analysis import memory_limits
+    from memgrid.cells import Cell, affine
+    from memgrid.config import parse_grid
+
+    def step(w, x, state):
+        (h,) = state
+        h = torch.baddbmm(affine(w["w_ih"], w["b"], x), w["w_hh"], h)
+        return h, (h,)
+
+    toy = Cell("toy", lambda m, c: {"w_ih": (c, m), "w_hh": (c, c), "b": (c,)}, step)
+    monkeypatch.setitem(CELLS, "toy", toy)
+    grid = parse_grid({"name": "toy", "axes": {"arch": ["toy"], "layers": [2], "cells": [3],
+                                               "position": [1, 2], "seed": [0]}}, "toy.yaml")
+    pts = [dataclasses.replace(p, max_epochs=40, eval_every=20, eval_size=64, mc_length=300,
+                               plateau=False, solved_loss=0.0) for p in grid.points()]
+    assert pts[0].params == (3 + 9 + 3) + (9 + 9 + 3) and pts[0].units == 6
+    tr = PackTrainer(pts)
+    tr.run()
+    rows, curves = tr.pop_finished()
+    assert [r["params"] for r in rows] == [36, 36] and len(curves) == 2 * 3
+    assert all(0 < r["mc_stream"] <= 6 for r in rows)
+    import pandas as pd
+    lim = memory_limits(pd.DataFrame(rows))
+    assert lim["units"].tolist() == [6] and lim["limit"].tolist() == [2]
