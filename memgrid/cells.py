@@ -61,10 +61,19 @@ class Cell:
     weights: Callable[[int, int], Shapes]
     """(m, c) -> one layer's parameters by name and their per-member shapes, in the order the
     init draws them (the order is part of a point's initial weights)"""
-    step: Callable[[dict[str, Tensor], Tensor, tuple], tuple[Tensor, tuple]]
+    step: Callable[[dict[str, Tensor], Tensor, tuple], tuple[Tensor, tuple]] | None = None
     """(w, x, state) -> (out, state): one time step of one layer; w: the layer's parameters;
     x `(K, m, B)`; state: tuple of `(K, rows, B)`; out `(K, c, B)`: what the next layer and the
-    readout see"""
+    readout see. None where :attr:`pre` and :attr:`recur` define it."""
+    pre: Callable[[dict[str, Tensor], Tensor], tuple] | None = None
+    """A cell whose gates read the input alone may give its step in two parts: (w, xs) -> what
+    its steps compute from their inputs alone, for many steps at once: xs `(K, T, m, B)` -> a
+    tuple of `(K, T, ...)` tensors; then :attr:`recur`. The step is then
+    ``recur(w, pre(w, x[:, None])[:, 0], state)``, and memgrid's forward runs :attr:`pre` once
+    per layer over every step instead of once per step (the same numbers)."""
+    recur: Callable[[dict[str, Tensor], tuple, tuple], tuple[Tensor, tuple]] | None = None
+    """(w, pre_t, state) -> (out, state): the rest of the step, given step t's slice of
+    :attr:`pre`"""
     init: Callable[..., Tensor] = uniform_init(lambda m, c: 1 / math.sqrt(c))
     """(name, shape, m, c, draw, drawn) -> the parameter's values `(K, prod(shape))`; draw(n)
     gives n uniform numbers in [0, 1) per member from the point's seed, a fresh stream per
@@ -80,6 +89,16 @@ class Cell:
     """True where memgrid.models has a hand-written backward and csrc/cells.c kernels"""
     about: str = ""
     """the cell in one line, with its source"""
+
+    def __post_init__(self):
+        if (self.step is None) == (self.pre is None or self.recur is None):
+            raise ValueError(f"cell {self.name!r}: give its step, or its pre and recur")
+        if self.step is None:
+            pre, recur = self.pre, self.recur
+
+            def step(w, x, state):
+                return recur(w, tuple(v[:, 0] for v in pre(w, x[:, None])), state)
+            object.__setattr__(self, "step", step)
 
     def layer_shapes(self, layers: int, cells: int) -> Shapes:
         """Every layer's parameters, named ``<name>.<layer>``, in init order."""
@@ -115,6 +134,19 @@ def affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
     if w.shape[-1] == 1:
         return torch.addcmul(b[:, :, None], w, x)
     return torch.baddbmm(b[:, :, None], w, x)
+
+
+def affine_steps(w: Tensor, b: Tensor | None, xs: Tensor) -> Tensor:
+    """:func:`affine` of every step, stacked: xs `(K, T, m, B)` -> `(K, T, r, B)` (b: None
+    for none). One product per step, not one over every step: a parameter used by one op over
+    all T would get its gradient summed over T in one reduction, whose rounding depends on
+    how far the pack pads T; used once per step, its gradients add up step by step, the
+    padded steps' exact zeros last, so that a point trains bit for bit alike in any pack. For
+    the same reason a :attr:`Cell.pre` applies parameters only through this."""
+    import torch
+
+    b = w.new_zeros(w.shape[:2]) if b is None else b
+    return torch.stack([affine(w, b, xs[:, t]) for t in range(xs.shape[1])], 1)
 
 
 def _rnn_step(w, x, state):
@@ -171,34 +203,44 @@ def g_positive(x: Tensor) -> Tensor:
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
 
 
-def _mingru_step(w, x, state):
+def _mingru_pre(w, xs):
     import torch
 
-    (h,) = state
-    z = torch.sigmoid(affine(w["w_z"], w["b_z"], x))
-    h = torch.lerp(h, g_positive(affine(w["w_h"], w["b_h"], x)), z)     # (1 - z) h + z h~
+    z = torch.sigmoid(affine_steps(w["w_z"], w["b_z"], xs))
+    return z, g_positive(affine_steps(w["w_h"], w["b_h"], xs))
+
+
+def _mingru_recur(w, pre, state):
+    import torch
+
+    (h,), (z, h_new) = state, pre
+    h = torch.lerp(h, h_new, z)                                     # (1 - z) h + z h~
     return h, (h,)
 
 
-def _minlstm_step(w, x, state):
+def _minlstm_pre(w, xs):
     import torch
 
-    (h,) = state
-    f = torch.sigmoid(affine(w["w_f"], w["b_f"], x))
-    i = torch.sigmoid(affine(w["w_i"], w["b_i"], x))
+    f = torch.sigmoid(affine_steps(w["w_f"], w["b_f"], xs))
+    i = torch.sigmoid(affine_steps(w["w_i"], w["b_i"], xs))
     s = f + i
-    h = h * (f / s) + g_positive(affine(w["w_h"], w["b_h"], x)) * (i / s)
+    return f / s, g_positive(affine_steps(w["w_h"], w["b_h"], xs)) * (i / s)
+
+
+def _minlstm_recur(w, pre, state):
+    (h,), (f, ih) = state, pre
+    h = h * f + ih
     return h, (h,)
 
 
 _LINEAR_INIT = uniform_init(lambda m, c: 1 / math.sqrt(m))
 MINGRU = Cell("mingru", lambda m, c: {"w_z": (c, m), "b_z": (c,), "w_h": (c, m), "b_h": (c,)},
-              _mingru_step, init=_LINEAR_INIT,
+              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT,
               about="minGRU, h' = (1 - z) h + z g(W_h x + b_h), z = sigmoid(W_z x + b_z) "
                     "(Feng et al. 2024, log-space version)")
 MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m), "b_i": (c,),
                                          "w_h": (c, m), "b_h": (c,)},
-               _minlstm_step, init=_LINEAR_INIT,
+               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT,
                about="minLSTM, h' = f/(f+i) h + i/(f+i) g(W_h x + b_h), f, i sigmoid gates of x "
                      "(Feng et al. 2024, log-space version)")
 
@@ -239,22 +281,26 @@ def _lru_init(name, shape, m, c, draw, drawn):
     return normal(draw, n) * scale
 
 
-def _lru_step(w, u, state):
+def _lru_pre(w, us):
+    return (affine_steps(w["b_re"], None, us), affine_steps(w["b_im"], None, us),
+            affine_steps(w["d"], None, us))
+
+
+def _lru_recur(w, pre, state):
     import torch
 
-    re, im = state
+    (re, im), (bu_re, bu_im, du) = state, pre
     mod = torch.exp(-torch.exp(w["nu_log"]))[:, :, None]          # |lambda|
     phase = torch.exp(w["theta_log"])[:, :, None]
     lam_re, lam_im = mod * torch.cos(phase), mod * torch.sin(phase)
     gamma = torch.exp(w["gamma_log"])[:, :, None]
-    bu_re, bu_im = torch.bmm(w["b_re"], u), torch.bmm(w["b_im"], u)
     re, im = (lam_re * re - lam_im * im + gamma * bu_re,
               lam_re * im + lam_im * re + gamma * bu_im)
-    y = torch.bmm(w["c_re"], re) - torch.bmm(w["c_im"], im) + torch.bmm(w["d"], u)
+    y = torch.bmm(w["c_re"], re) - torch.bmm(w["c_im"], im) + du
     return y, (re, im)
 
 
-LRU = Cell("lru", _lru_weights, _lru_step, init=_lru_init, state_rows=lambda c: (c, c),
+LRU = Cell("lru", _lru_weights, pre=_lru_pre, recur=_lru_recur, init=_lru_init, state_rows=lambda c: (c, c),
            read=lambda out, state: __import__("torch").cat(state, 1), units=lambda c: 2 * c,
            about="LRU, x' = lambda x + gamma B u, y = Re(C x) + D u, lambda on a ring "
                  "(Orvieto et al. 2023); N = 2c (c complex states)")
@@ -300,18 +346,22 @@ def _s6_init(name, shape, m, c, draw, drawn):
     return (2 * draw(n) - 1) * bound
 
 
-def _s6_step(w, u, state):
-    import torch
+def _s6_pre(w, us):
     import torch.nn.functional as F
 
-    (h,) = state                                    # (K, c * n, B): channel-major
+    r, n = w["w_dt"].shape[2], S6_STATE
+    v = affine_steps(w["w_in"], None, us)                                # (K, T, c, B)
+    dbc = affine_steps(w["w_x"], None, v)                                # (K, T, r + 2n, B)
+    delta = F.softplus(affine_steps(w["w_dt"], w["b_dt"], dbc[:, :, :r]))   # (K, T, c, B)
+    return v, delta, dbc[:, :, r:r + n], dbc[:, :, r + n:]              # v, delta, B, C
+
+
+def _s6_recur(w, pre, state):
+    import torch
+
+    (h,), (v, delta, b_sel, c_sel) = state, pre               # h: (K, c * n, B), channel-major
     K, _, B = h.shape
-    c, n = w["d"].shape[1], S6_STATE
-    r = w["w_dt"].shape[2]
-    v = torch.bmm(w["w_in"], u)                                          # (K, c, B)
-    dbc = torch.bmm(w["w_x"], v)                                         # (K, r + 2n, B)
-    delta = F.softplus(torch.baddbmm(w["b_dt"][:, :, None], w["w_dt"], dbc[:, :r]))   # (K, c, B)
-    b_sel, c_sel = dbc[:, r:r + n], dbc[:, r + n:]                        # (K, n, B)
+    c, n = v.shape[1], S6_STATE
     a = -torch.exp(w["a_log"])[:, :, :, None]                            # (K, c, n, 1)
     h = h.view(K, c, n, B)
     h = torch.exp(delta[:, :, None] * a) * h + (delta * v)[:, :, None] * b_sel[:, None]
@@ -319,7 +369,7 @@ def _s6_step(w, u, state):
     return y, (h.reshape(K, c * n, B),)
 
 
-S6 = Cell("s6", _s6_weights, _s6_step, init=_s6_init, state_rows=lambda c: (c * S6_STATE,),
+S6 = Cell("s6", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init, state_rows=lambda c: (c * S6_STATE,),
           read=lambda out, state: state[0], units=lambda c: c * S6_STATE,
           about=f"S6 selective SSM after a linear projection, input-dependent delta, B, C, "
                 f"diagonal A (Gu and Dao 2023, mambapy's ssm); N = {S6_STATE}c")

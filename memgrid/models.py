@@ -641,10 +641,15 @@ def reference_forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Te
         w = layer_params(params, i)
         state = tuple(x.new_zeros(K, r, B) for r in cell.state_rows(cells_of(arch, params)))
         outs, reads = [], []
+        # every step at once; unbind, not [:, t]: a slice's backward zero-fills the whole
+        pre = [v.unbind(1) for v in cell.pre(w, torch.stack(inp, 1))] if cell.pre else None
         for t in range(T):
             if tbptt and t > 0 and (T - t) % tbptt == 0:
                 state = tuple(s.detach() for s in state)
-            out, new = cell.step(w, inp[t], state)
+            if pre is None:
+                out, new = cell.step(w, inp[t], state)
+            else:
+                out, new = cell.recur(w, tuple(v[t] for v in pre), state)
             if t < len(masks):               # before a sequence starts its state stays zero
                 new = tuple(torch.where(masks[t], n, s) for n, s in zip(new, state))
                 out = torch.where(masks[t], out, torch.zeros((), dtype=out.dtype))
