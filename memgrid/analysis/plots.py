@@ -267,6 +267,10 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
             ax.scatter(g["budget"][~done], g["limit"][~done], marker=marker, s=28,
                        facecolors="white", edgecolors=color[int(c)], zorder=3)
         ax.set_xscale("log", base=2)
+        budgets = sorted(int(b) for b in conv["budget"].unique())
+        ax.set_xticks(budgets, [f"{b:,}" for b in budgets], rotation=30 if len(budgets) > 3 else 0,
+                      fontsize=8)
+        ax.minorticks_off()
         ax.set_title(arch.upper(), fontsize=10)
         ax.set_xlabel("training budget (steps)")
         ax.grid(alpha=0.3)
