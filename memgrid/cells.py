@@ -6,7 +6,7 @@ initialisation (``memgrid.models.init_params``), the autograd forward that train
 a cell without a fast path and that every fast path is tested against
 (``memgrid.models.reference_forward``), the states the stream MC reads
 (``memgrid.capacity``), the parameter count (``Point.params``), the units N that Jaeger's bound
-counts (``Point.units``), pack sizing (``memgrid.tune``) and the lists of the CLI, the report
+counts (``Point.units``), pack sizing (``memgrid.packs``) and the lists of the CLI, the report
 and the figures.
 
 A step works on K members at once, in memgrid's layout: a layer's input is `(K, m, B)`, each
@@ -87,8 +87,6 @@ class Cell:
     """c -> N of one layer: how many numbers :attr:`read` gives, what MC <= N counts"""
     fast: bool = False
     """True where memgrid.models has a hand-written backward and csrc/cells.c kernels"""
-    about: str = ""
-    """the cell in one line, with its source"""
 
     def __post_init__(self):
         if (self.step is None) == (self.pre is None or self.recur is None):
@@ -181,12 +179,9 @@ def _gru_step(w, x, state):
     return h, (h,)
 
 
-RNN = Cell("rnn", _torch_weights(1), _rnn_step, fast=True,
-           about="Elman RNN, h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (torch.nn.RNN)")
-LSTM = Cell("lstm", _torch_weights(4), _lstm_step, state_rows=lambda c: (c, c), fast=True,
-            about="LSTM, gates i, f, g, o (torch.nn.LSTM); N counts its c outputs h, not its cells")
-GRU = Cell("gru", _torch_weights(3), _gru_step, fast=True,
-           about="GRU, gates r, z, n, h' = n + z (h - n) (torch.nn.GRU)")
+RNN = Cell("rnn", _torch_weights(1), _rnn_step, fast=True)
+LSTM = Cell("lstm", _torch_weights(4), _lstm_step, state_rows=lambda c: (c, c), fast=True)
+GRU = Cell("gru", _torch_weights(3), _gru_step, fast=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,14 +230,10 @@ def _minlstm_recur(w, pre, state):
 
 _LINEAR_INIT = uniform_init(lambda m, c: 1 / math.sqrt(m))
 MINGRU = Cell("mingru", lambda m, c: {"w_z": (c, m), "b_z": (c,), "w_h": (c, m), "b_h": (c,)},
-              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT,
-              about="minGRU, h' = (1 - z) h + z g(W_h x + b_h), z = sigmoid(W_z x + b_z) "
-                    "(Feng et al. 2024, log-space version)")
+              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT)
 MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m), "b_i": (c,),
                                          "w_h": (c, m), "b_h": (c,)},
-               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT,
-               about="minLSTM, h' = f/(f+i) h + i/(f+i) g(W_h x + b_h), f, i sigmoid gates of x "
-                     "(Feng et al. 2024, log-space version)")
+               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,10 +291,14 @@ def _lru_recur(w, pre, state):
     return y, (re, im)
 
 
-LRU = Cell("lru", _lru_weights, pre=_lru_pre, recur=_lru_recur, init=_lru_init, state_rows=lambda c: (c, c),
-           read=lambda out, state: __import__("torch").cat(state, 1), units=lambda c: 2 * c,
-           about="LRU, x' = lambda x + gamma B u, y = Re(C x) + D u, lambda on a ring "
-                 "(Orvieto et al. 2023); N = 2c (c complex states)")
+def _lru_read(out, state):
+    import torch
+
+    return torch.cat(state, 1)                     # (real, imaginary) of the c states: 2c
+
+
+LRU = Cell("lru", _lru_weights, pre=_lru_pre, recur=_lru_recur, init=_lru_init,
+           state_rows=lambda c: (c, c), read=_lru_read, units=lambda c: 2 * c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,10 +364,9 @@ def _s6_recur(w, pre, state):
     return y, (h.reshape(K, c * n, B),)
 
 
-S6 = Cell("s6", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init, state_rows=lambda c: (c * S6_STATE,),
-          read=lambda out, state: state[0], units=lambda c: c * S6_STATE,
-          about=f"S6 selective SSM after a linear projection, input-dependent delta, B, C, "
-                f"diagonal A (Gu and Dao 2023, mambapy's ssm); N = {S6_STATE}c")
+S6 = Cell("s6", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init,
+          state_rows=lambda c: (c * S6_STATE,), read=lambda out, state: state[0],
+          units=lambda c: c * S6_STATE)
 
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, S6)}

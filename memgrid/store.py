@@ -100,13 +100,27 @@ _POINT_RESULTS = [
     ("memgrid_version", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ]
-POINT_SCHEMA = pa.schema(_POINT_SETTINGS + _POINT_RESULTS)
+SCHEMA_VERSION = 2
+"""The tables' version, in every part file's metadata (``memgrid.schema``). 1: parts without
+it (before session 6; `optimizer` and `lr_schedule` may be missing there and read as `sgd` and
+`constant`); 2: `lr_schedule` and the version itself. A later memgrid reads every earlier
+version: a column a version adds reads as null in older parts, or as the value every older
+point had (config.ID_OMITTED_AT); a column is never renamed or given another meaning, so that
+a shipped dataset stays readable."""
+_VERSION_KEY = b"memgrid.schema"
+_META = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+POINT_SCHEMA = pa.schema(_POINT_SETTINGS + _POINT_RESULTS, metadata=_META)
 CURVE_SCHEMA = pa.schema([
     ("point_id", pa.string()),
     ("epoch", pa.int32()),
     ("train_loss", pa.float32()),   # mean training MAE over the epochs since the last evaluation
     ("eval_loss", pa.float32()),    # evaluation MAE
-])
+], metadata=_META)
+
+
+def schema_version(schema: pa.Schema) -> int:
+    """The SCHEMA_VERSION a part file was written with (1: none recorded)."""
+    return int((schema.metadata or {}).get(_VERSION_KEY, b"1"))
 
 
 def point_settings(point: Point, grid_name: str) -> dict[str, Any]:

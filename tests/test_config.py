@@ -88,6 +88,30 @@ def test_a_part_written_before_a_setting_existed_reads_as_its_old_value(tmp_path
                                     1: {"optimizer": "adam", "lr_schedule": "cosine"}}
 
 
+def test_parts_carry_the_schema_version(tmp_path):
+    """A part written now records SCHEMA_VERSION in its metadata; the shipped parts written
+    before it existed read as version 1, and both read together."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from memgrid.store import SCHEMA_VERSION, read_points, schema_version, write_points
+    from memgrid.train import train_points
+
+    from .conftest import ROOT
+
+    out = tmp_path / "f"
+    shutil.copytree(ROOT / "docs/data/fig4_rnn-paper", out)
+    (old,) = (out / "points").iterdir()
+    assert schema_version(pq.read_schema(old)) == 1
+    p = Point("rnn", 1, 2, 1, 99, max_epochs=20, eval_every=10, eval_size=32, mc_length=0)
+    write_points(str(out), "new", *train_points([p]))
+    assert SCHEMA_VERSION >= 2
+    assert schema_version(pq.read_schema(out / "points" / "new.parquet")) == SCHEMA_VERSION
+    assert schema_version(pq.read_schema(out / "curves" / "new.parquet")) == SCHEMA_VERSION
+    assert read_points(str(out)).num_rows == 101
+
+
 BAD = [
     (with_(axes__cells=[0]), "axes.cells"),
     (with_(axes__position=[0, 1]), "axes.position"),
