@@ -1,4 +1,9 @@
-"""Packed RNN / LSTM / GRU: K independent networks computed as one.
+"""Packed recurrent networks: K independent networks computed as one.
+
+Every cell is defined once in :mod:`memgrid.cells`; :func:`reference_forward` runs any cell's
+definition under autograd (how a cell without a fast path trains, and what every fast path is
+tested against). The rest of this module is the fast path of the paper's cells, RNN, LSTM and
+GRU:
 
 Every parameter is stacked over the pack, ``[K, ...]``, with torch's names and shapes behind
 the K (``w_ih.0`` is ``weight_ih_l0``: ``(K, G*c, in)``; G = 1, 4, 3 gates). The cell

@@ -25,6 +25,7 @@ at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
 OP_S = 5e-6
 """CPU cost model: fixed cost of one op (dispatch), whatever K"""
 
+
 def _layer_rows(p: Point) -> list[int]:
     """Rows of each layer's fused input column [x; 1; h] (``memgrid.models``)."""
     return [(1 if i == 0 else p.cells) + 1 + p.cells for i in range(p.layers)]
