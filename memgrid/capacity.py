@@ -156,7 +156,7 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
                             high: float = HIGH, ridge: float = 1e-6, washout: int | None = None,
                             test_frac: float = TEST_FRAC, k_min: int = 1, read: str = "all",
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jaeger's MC of K trained RNN/LSTM/GRU (stacked `params`, ``memgrid.models``), each on the
+    """Jaeger's MC of K trained networks (stacked `params`, ``memgrid.models``), each on the
     stream of its `seed` `(K,)`. `k_max` defaults to 2N of the states read (at least 10).
     Returns `mc` `(K,)` and `mc_k` `(K, k_max - k_min + 1)`, float64 on the params' device."""
     p0 = next(iter(params.values()))
