@@ -89,19 +89,25 @@ def test_point_ids_are_the_ones_stored_before():
 
 SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5_lstm",
            "fig5_lstm-paper", "fig6_slice", "fig6_slice-paper", "fig9_slice", "fig9_slice-paper",
-           "tuned_lr_check", "untuned_check"]
-"""docs/data's results folders of whole grids, written by earlier versions (4,688 points; the
+           "tuned_lr_check", "untuned_check", "budget_check", "budget_check-4x",
+           "budget_check-constant", "budget_check-constant-4x", "budget_lr_search_cosine",
+           "budget_lr_search_cosine_c10"]
+"""docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
+SHIPPED_PARTLY = ["new_cells"]
+"""docs/data's folders of grids still running across sessions"""
 
 
 def test_the_shipped_results_are_found_by_their_grids():
     """Every point stored in docs/data is a point its grid.json expands to, and every point of
-    the grid is stored."""
-    for d in (ROOT / "docs" / "data" / name for name in SHIPPED):
+    the grid is stored (of a grid still running: some)."""
+    for name in SHIPPED + SHIPPED_PARTLY:
+        d = ROOT / "docs" / "data" / name
         grid = grid_from_identity(store.read_grid_identity(str(d)))
         ids = [p.point_id for p in grid_points(grid, str(d))]
         assert len(set(ids)) == len(ids) == grid.n_points, d.name
-        assert set(ids) == store.done_ids(str(d)), d.name
+        done = store.done_ids(str(d))
+        assert (done < set(ids) and done) if name in SHIPPED_PARTLY else done == set(ids), d.name
 
 
 def _random_grid(rng: random.Random) -> dict:
