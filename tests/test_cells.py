@@ -231,20 +231,26 @@ def test_new_cells_learn_the_last_element(arch):
     assert row["loss"] < 0.05, row["loss"]
 
 
-@pytest.mark.parametrize("arch", NEW)
-def test_new_cells_are_pack_invariant(arch):
-    """A point trained alone and inside a pack with longer sequences and other learning rates
-    ends with the same weights and curve, bit for bit."""
-    kw = dict(max_epochs=40, eval_every=10, eval_size=64, q_min=3, q_max=5, batch_size=32,
+def packed_and_alone(arch, device="cpu", epochs=40):
+    """Point (arch, l 2, c 4, p 1, seed 5) trained inside a pack with longer sequences and other
+    learning rates, and alone: [(trainer, (row, curve, weights) of that point)] for each."""
+    kw = dict(max_epochs=epochs, eval_every=10, eval_size=64, q_min=3, q_max=5, batch_size=32,
               plateau=False, mc_length=0)
     alone = Point(arch, 2, 4, 1, 5, lr=0.03, **kw)
     others = [Point(arch, 2, 4, p, s, lr=lr, **kw) for p, s, lr in [(9, 1, 0.1), (4, 2, 0.01)]]
     runs = []
     for group in ([*others, alone], [alone]):
-        tr = PackTrainer(group)
+        tr = PackTrainer(group, device=device)
         tr.run()
         runs.append((tr, next(f for f in tr.finished if f[0]["seed"] == 5)))
-    (packed, (row_p, curve_p, w_p)), (single, (row_s, curve_s, w_s)) = runs
+    return runs
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_new_cells_are_pack_invariant(arch):
+    """A point trained alone and inside a pack with longer sequences and other learning rates
+    ends with the same weights and curve, bit for bit."""
+    (packed, (row_p, curve_p, w_p)), (single, (row_s, curve_s, w_s)) = packed_and_alone(arch)
     assert packed.T > single.T
     for n in w_s:
         assert torch.equal(w_p[n], w_s[n]), n

@@ -60,14 +60,8 @@ def test_a_pack_trains_on_cuda_as_on_the_cpu(arch):
 def test_pack_invariance_on_cuda(arch):
     """A point alone and in a pack with longer sequences and other rates ends with the same
     weights on CUDA, float32, to float rounding (bitwise is promised on the CPU only)."""
-    kw = dict(max_epochs=30, eval_every=10, eval_size=64, q_min=3, q_max=5, batch_size=32,
-              plateau=False, mc_length=0)
-    alone = Point(arch, 2, 4, 1, 5, lr=0.03, **kw)
-    others = [Point(arch, 2, 4, p, s, lr=lr, **kw) for p, s, lr in [(9, 1, 0.1), (4, 2, 0.01)]]
-    weights = []
-    for group in ([*others, alone], [alone]):
-        tr = PackTrainer(group, device="cuda")
-        tr.run()
-        weights.append(next(w for r, _, w in tr.finished if r["seed"] == 5))
-    for n in weights[1]:
-        torch.testing.assert_close(weights[0][n], weights[1][n], atol=1e-5, rtol=1e-4)
+    from .test_cells import packed_and_alone
+
+    (_, (_, _, w_p)), (_, (_, _, w_s)) = packed_and_alone(arch, "cuda", epochs=30)
+    for n in w_s:
+        torch.testing.assert_close(w_p[n], w_s[n], atol=1e-5, rtol=1e-4)
