@@ -143,8 +143,11 @@ def affine_steps(w: Tensor, b: Tensor | None, xs: Tensor) -> Tensor:
     the same reason a :attr:`Cell.pre` applies parameters only through this."""
     import torch
 
-    b = w.new_zeros(w.shape[:2]) if b is None else b
-    return torch.stack([affine(w, b, xs[:, t]) for t in range(xs.shape[1])], 1)
+    if b is not None:
+        return torch.stack([affine(w, b, xs[:, t]) for t in range(xs.shape[1])], 1)
+    one = w.shape[-1] == 1                       # a broadcast product, as affine's
+    return torch.stack([w * xs[:, t] if one else torch.bmm(w, xs[:, t])
+                        for t in range(xs.shape[1])], 1)
 
 
 def _rnn_step(w, x, state):

@@ -640,11 +640,12 @@ def reference_forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Te
     `(K, units, B)`."""
     cell = CELLS[arch]
     K, B, T = x.shape
+    rows, zero = cell.state_rows(cells_of(arch, params)), x.new_zeros(())
     masks = mask.permute(2, 0, 1).unsqueeze(2).unbind(0)               # P x (K, 1, B)
     inp = x.unsqueeze(1).unbind(3)           # T x (K, 1, B); unbind, not x[..., t]: indexing
     for i in range(n_layers(params)):        # zero-fills a full-size grad in backward each step
         w = layer_params(params, i)
-        state = tuple(x.new_zeros(K, r, B) for r in cell.state_rows(cells_of(arch, params)))
+        state = tuple(x.new_zeros(K, r, B) for r in rows)
         outs, reads = [], []
         # every step at once; unbind, not [:, t]: a slice's backward zero-fills the whole
         pre = [v.unbind(1) for v in cell.pre(w, torch.stack(inp, 1))] if cell.pre else None
@@ -657,7 +658,7 @@ def reference_forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Te
                 out, new = cell.recur(w, tuple(v[t] for v in pre), state)
             if t < len(masks):               # before a sequence starts its state stays zero
                 new = tuple(torch.where(masks[t], n, s) for n, s in zip(new, state))
-                out = torch.where(masks[t], out, torch.zeros((), dtype=out.dtype))
+                out = torch.where(masks[t], out, zero)
             state = new
             outs.append(out)
             if return_states:

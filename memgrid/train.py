@@ -160,16 +160,16 @@ class PackTrainer:
         return torch.tensor([ADAM_BETA2, 1 - ADAM_BETA2, ADAM_EPS, math.sqrt(1 - ADAM_BETA2 ** t)],
                             dtype=self.mom.dtype).tolist()
 
-    def _adam_rates(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per member, on its device: 1 - b1 and lr / (1 - b1^t) (b1: `momentum`)."""
+    def _adam_rates(self, t: int, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per member, on its device: 1 - b1 and lr / (1 - b1^t) (b1: `momentum`; lr: the
+        step's, :meth:`_lr_at`)."""
         b1 = self.mom.double()
-        lr = self._lr_at(t).double()
-        return (1 - b1).to(self.mom.dtype), (lr / (1 - b1 ** t)).to(self.lr.dtype)
+        return (1 - b1).to(self.mom.dtype), (lr.double() / (1 - b1 ** t)).to(self.lr.dtype)
 
-    def _adam_coefficients(self, t: int) -> torch.Tensor:
+    def _adam_coefficients(self, t: int, lr: torch.Tensor) -> torch.Tensor:
         """What the C kernel's step takes: :meth:`_adam_scalars`, then per member the two
         :meth:`_adam_rates`."""
-        w1, step = self._adam_rates(t)
+        w1, step = self._adam_rates(t, lr)
         return torch.cat([torch.tensor(self._adam_scalars(t), dtype=w1.dtype),
                           torch.stack([w1, step], 1).flatten()])
 
@@ -180,7 +180,7 @@ class PackTrainer:
         rounded on its own, as the C kernel's step computes it."""
         m, v = list(self.bufs.values()), list(self.sq.values())
         b2, ob2, eps, c2 = self._adam_scalars(t)
-        w1, step = (self._bcast(r) for r in self._adam_rates(t))
+        w1, step = (self._bcast(r) for r in self._adam_rates(t, self._lr_at(t)))
         torch._foreach_mul_(m, self._bcast(self.mom))
         torch._foreach_add_(m, torch._foreach_mul(list(grads), w1))
         gg = torch._foreach_mul(list(grads), list(grads))
@@ -210,10 +210,11 @@ class PackTrainer:
         n = kernels.train_scratch(lib, self.arch, self.layers, T, B, self.cells)
         if self._ws is None or self._ws.numel() < n:
             self._ws = torch.empty(n, dtype=dt)
+        lr = self._lr_at(t)
         with torch.no_grad():
-            y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, self._lr_at(t),
-                                   self.mom, x, mask, batch.y.to(dt).contiguous(), self._ws, sqs,
-                                   self._adam_coefficients(t) if self.adam else None)
+            y = kernels.train_step(lib, self.arch, self.cfg.tbptt, params, bufs, lr, self.mom, x,
+                                   mask, batch.y.to(dt).contiguous(), self._ws, sqs,
+                                   self._adam_coefficients(t, lr) if self.adam else None)
             return _mae(y, batch.y)
 
     def _bcast(self, v: torch.Tensor) -> list[torch.Tensor]:
