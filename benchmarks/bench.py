@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench.py                 # both slices, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench.py --slice fig4    # one slice
     .venv/bin/python benchmarks/bench.py --json out.json # also write the numbers
+    .venv/bin/python benchmarks/bench.py --real          # a real grid instead (real_grid.py)
 
 For each grid slice, with the same points and settings (fixed epochs, stopping off: nothing
 stops early, so the work is equal), in one process tree with one embedded Ray started once:
@@ -369,11 +370,17 @@ def _per_net(t, points: list[Point], rates: dict) -> dict:
 
 
 def main() -> None:
+    if "--real" in sys.argv[1:]:      # the real-grid mode: benchmarks/real_grid.py
+        import real_grid
+        real_grid.main([a for a in sys.argv[1:] if a != "--real"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slice", choices=["fig4", "fig6", "all"], default="all")
     ap.add_argument("--fig4-epochs", type=int, default=500)
     ap.add_argument("--fig6-epochs", type=int, default=200)
     ap.add_argument("--json", help="write the numbers to this file")
+    ap.add_argument("--real", action="store_true",
+                    help="a sample of a real grid, end to end (benchmarks/real_grid.py; its options follow)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -65,7 +66,10 @@ class PackTrainer:
     """Trains the points of one pack (same arch, l, c, task, batch, epochs) together.
 
     `run(max_seconds)` advances to the next evaluation(s); `finished` collects the rows of
-    stopped points until `pop_finished()` hands them to the writer.
+    stopped points until `pop_finished()` hands them to the writer. `seconds` says where this
+    attempt's wall time went: `start` (weights, evaluation set, the untrained loss), `train`
+    (the steps), `evaluate` (evaluations, stop rules, taking stopped members out) and `mc`
+    (rows and the stream MC of finished points).
     """
 
     def __init__(self, points: list[Point], *, device: str | torch.device = "cpu",
@@ -110,7 +114,9 @@ class PackTrainer:
         self._ws: torch.Tensor | None = None                 # the C kernel step's workspace
         self.started = time.perf_counter()
         self.wall_before = 0.0                           # wall seconds of earlier attempts
+        self.seconds: Counter = Counter()                # this attempt's wall time by phase
         self._evaluate_and_stop()                        # epoch 0: the untrained loss
+        self.seconds["start"] = time.perf_counter() - self.started
 
     # -- the step -----------------------------------------------------------------------------
     @property
@@ -223,11 +229,15 @@ class PackTrainer:
 
     def run_epoch(self) -> None:
         spe = self.cfg.steps_per_epoch
+        t0 = time.perf_counter()
         for i in range(spe):
             self._step(self.epoch * spe + i)       # the data stream's counter: same in any pack
         self.epoch += 1
+        t1 = time.perf_counter()
+        self.seconds["train"] += t1 - t0
         if self.epoch % self.cfg.eval_every == 0 or self.epoch >= self.cfg.max_epochs:
             self._evaluate_and_stop()
+            self.seconds["evaluate"] += time.perf_counter() - t1
 
     def run(self, max_seconds: float = math.inf) -> None:
         """Train until every member stopped, or until the first evaluation after `max_seconds`
@@ -325,10 +335,12 @@ class PackTrainer:
         """Rows and curve rows of the points finished since the last call, with Jaeger's MC of
         each network on a stationary stream (`mc_stream`), measured for all of them at once
         (:func:`memgrid.capacity.fill_stream_mc`)."""
+        t0 = time.perf_counter()
         done, self.finished = self.finished, []
         rows = [r for r, _, _ in done]
         curves = [c for _, cs, _ in done for c in cs]
         fill_stream_mc(self.cfg, rows, [w for _, _, w in done], self.device)
+        self.seconds["mc"] += time.perf_counter() - t0
         return rows, curves
 
     # -- checkpoints ---------------------------------------------------------------------------

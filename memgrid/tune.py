@@ -61,6 +61,10 @@ REPORT_S = 2.0
 STOP_REASONS = ("solved", "plateau", "max_epochs", "diverged", "fitted")
 """every stop reason a trial reports a count of (`stop_<reason>`, 0 included: Tune's CSV
 logger keeps the columns of a trial's first result)"""
+PHASES = ("start", "train", "evaluate", "mc", "write", "checkpoint")
+"""where a pack trial's time goes (`time_<phase>_s` in each report; PackTrainer.seconds):
+`start` is the trial's, from its first line (imports, reading what is stored, the trainer);
+the rest of a trial's time is Tune's (reports)"""
 PROBE_S = 3.0
 """seconds an --address may take to answer before the run ends"""
 NOTICE_POINTS = 20_000
@@ -89,11 +93,15 @@ def point_labels(points: list[Point]) -> list[str]:
 
 
 def pack_metrics(labels: list[str], losses: list[float], *, points_done: int, active: int,
-                 epoch: int, stops: Counter) -> dict:
+                 epoch: int, stops: Counter, seconds: Counter | None = None,
+                 started_at: float = math.nan) -> dict:
     """One report of a pack to Tune. `losses`: each point's latest evaluation MAE, in the order
     of `labels` (NaN where this attempt has none: a point stored before a retry). Every report
     has the same keys (Tune's CSV logger keeps the first report's columns); `timesteps_total`
-    is the epoch, the x axis of Tune's TensorBoard curves."""
+    is the epoch, the x axis of Tune's TensorBoard curves. `seconds`: where this attempt's
+    wall time went so far (PackTrainer.seconds, with `write` and `checkpoint`), reported as
+    `time_<phase>_s` for every phase of PHASES; `started_at`: when the attempt began (POSIX
+    time), so that the trials' reports give the run's timeline (benchmarks/real_grid.py)."""
     finite = [v for v in losses if math.isfinite(v)]
     nan = float("nan")
     return {"points_done": points_done, "points": len(labels), "active": active, "epoch": epoch,
@@ -104,11 +112,14 @@ def pack_metrics(labels: list[str], losses: list[float], *, points_done: int, ac
             "loss_min": min(finite, default=nan),
             "loss_median": statistics.median(finite) if finite else nan,
             "loss_max": max(finite, default=nan),
+            **{f"time_{k}_s": (seconds or {}).get(k, 0.0) for k in PHASES},
+            "started_at": started_at,
             "loss": dict(zip(labels, losses))}
 
 
 def pack_trial(config: dict) -> None:
     """Tune function trainable: train one pack, write its points, checkpoint as it goes."""
+    started_at = time.time()
     import torch
     from ray import tune
 
@@ -128,7 +139,8 @@ def pack_trial(config: dict) -> None:
         loss = {r["point_id"]: r["loss"] for r in rows}
         tune.report(pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
                                  points_done=len(rows), active=0, epoch=0,
-                                 stops=Counter(r["stop_reason"] for r in rows)))
+                                 stops=Counter(r["stop_reason"] for r in rows),
+                                 started_at=started_at))
         return
 
     halving = LRTuning.from_dict(config["halving"]) if config.get("halving") else None
@@ -148,11 +160,14 @@ def pack_trial(config: dict) -> None:
     n_written = len(done)
     final_loss: dict[str, float] = {}                 # points written by this attempt
     last_write = last_ckpt = time.monotonic()
+    trainer.seconds["start"] = time.time() - started_at   # imports and stored parts included
 
     def write() -> None:
         nonlocal seq, n_written, last_write
         rows, curves = trainer.pop_finished()
+        t0 = time.perf_counter()
         store.write_points(uri, f"{pid}-{seq:04d}", rows, curves)
+        trainer.seconds["write"] += time.perf_counter() - t0
         seq += 1
         n_written += len(rows)
         stops.update(r["stop_reason"] for r in rows)
@@ -167,7 +182,8 @@ def pack_trial(config: dict) -> None:
             loss[m.point.point_id] = m.curve[-1][2]
         return pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
                             points_done=n_written, active=len(trainer.active),
-                            epoch=trainer.epoch, stops=stops)
+                            epoch=trainer.epoch, stops=stops, seconds=trainer.seconds,
+                            started_at=started_at)
 
     while True:
         if not trainer.done:
@@ -185,9 +201,11 @@ def pack_trial(config: dict) -> None:
                 if trainer.done:
                     tune.report(metrics())
                     return
+            t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as d:
                 torch.save(trainer.state_dict(), Path(d) / "pack.pt")
                 tune.report(metrics(), checkpoint=tune.Checkpoint.from_directory(d))
+            trainer.seconds["checkpoint"] += time.perf_counter() - t0
             last_ckpt = now
         else:
             tune.report(metrics())

@@ -138,6 +138,11 @@ def test_pack_metrics_summarize_and_keep_the_same_keys():
     assert set(empty) == set(pack_metrics(["a"], [0.3], points_done=0, active=1, epoch=0,
                                           stops=Counter()))
     assert math.isnan(empty["loss_median"])
+    timed = pack_metrics(["a"], [0.3], points_done=0, active=1, epoch=0, stops=Counter(),
+                         seconds=Counter(train=2.5, write=0.5), started_at=1.8e9)
+    assert set(timed) == set(empty)                  # the phases are in every report, 0 or not
+    assert (timed["time_train_s"], timed["time_write_s"], timed["time_mc_s"]) == (2.5, 0.5, 0.0)
+    assert timed["started_at"] == 1.8e9 and math.isnan(empty["started_at"])
 
 
 def test_pack_trial_reports_each_points_loss_as_it_trains(tmp_path, monkeypatch):

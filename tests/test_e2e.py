@@ -23,7 +23,9 @@ def read(out):
 
 def test_run_writes_one_row_per_point_and_rerun_trains_nothing(tiny_grid, tmp_path):
     out = tmp_path / "res"
+    t0 = time.time()
     r = memgrid_cli("run", tiny_grid, "--out", out)
+    wall = time.time() - t0
     assert r.returncode == 0, r.stderr
     assert "16/16 points stored (16 trained now, 0 before)" in r.stdout
     points, curves = read(out)
@@ -35,6 +37,15 @@ def test_run_writes_one_row_per_point_and_rerun_trains_nothing(tiny_grid, tmp_pa
     assert (points.units == points.cells * points.layers).all()
     assert set(curves.point_id) == set(points.point_id)
     assert curves.groupby("point_id").epoch.max().to_dict() == points.set_index("point_id").epochs.to_dict()
+
+    # the real-grid benchmark's timing of this folder, from its rows and Tune's reports
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_grid import timing
+    d = timing(str(out), 2, {"core": 1e11, "machine": 2e11}, started=t0)
+    assert d["points"] == 16 and d["trials"] == d["packs"] == points.pack_id.nunique()
+    assert 0 < d["wall_s"] <= wall and d["phases"]["train"] > 0 and d["phases"]["mc"] > 0
+    assert d["trials_s"] <= 2 * d["wall_s"] and sum(d["phases"].values()) <= d["trials_s"]
+    assert d["before_s"] > 0 and d["flops"] > 0
 
     r = memgrid_cli("run", tiny_grid, "--out", out)
     assert r.returncode == 0 and "(0 trained now, 16 before)" in r.stdout

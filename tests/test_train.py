@@ -29,6 +29,22 @@ def test_rnn_learns_p1():
     assert first[0] == 0 and first[2] > 0.2                  # it started untrained
 
 
+def test_a_pack_says_where_its_time_went():
+    """PackTrainer.seconds: its phases (start, steps, evaluations, rows and stream MC) add up to
+    at most the wall time, each measured; steps take most of a pack trained to the end."""
+    import time
+
+    t0 = time.perf_counter()
+    tr = PackTrainer([Point("rnn", 2, 4, p, 0, max_epochs=200, eval_every=20, eval_size=128,
+                            mc_length=2000) for p in (1, 2)])
+    tr.run()
+    tr.pop_finished()
+    wall = time.perf_counter() - t0
+    s = tr.seconds
+    assert set(s) == {"start", "train", "evaluate", "mc"} and min(s.values()) > 0
+    assert sum(s.values()) <= wall and s["train"] > s["evaluate"]
+
+
 # -- the stopping rule on synthetic curves ------------------------------------------------------
 
 def run_rule(p, losses):

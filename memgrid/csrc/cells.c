@@ -24,7 +24,10 @@
  * Every member is computed by the same loops whatever K, T or the other members are, and every
  * sum runs in a fixed order, so a member's numbers are bitwise those it gets alone (pack
  * invariance). Padded leading steps are masked to exact zeros and are summed last in
- * backward, so a longer pack adds only exact zeros.
+ * backward, so a longer pack adds only exact zeros; a member's leading steps where none of its
+ * sequences has started (a longer member sets the pack's T) are not computed at all: its
+ * states there are zeros, and forward and backward start at its first started step, as they
+ * do for the member alone.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -256,6 +259,20 @@ static REAL *slot(REAL *H, int i, int s, int S, int64_t cb) {   /* h^i (or cell^
     return H + ((int64_t)i * S + s) * cb;
 }
 
+/* A member's first step where one of its sequences has started (mask (P, K, B) as above, mkk
+ * the member's column): steps before it are masked for every sequence, so computing them would
+ * only add exact zeros. */
+static int first_step(int K, int P, int B, const uint8_t *mkk) {
+    int t = 0;
+    for (; t < P; t++) {
+        const uint8_t *mk = mkk + (int64_t)t * K * B;
+        int any = 0;
+        for (int b = 0; b < B; b++) any |= mk[b];
+        if (any) break;
+    }
+    return t;
+}
+
 /* Forward of one member through all layers and steps, from its split weights Sp. xk: its
  * inputs (step t at xk + t K B), mkk its mask (likewise). Hk (L, S, c, B): states, S = T + 1
  * (h_t at t + 1, slot 0 = 0) or 2 (evaluation: the last state at T % 2). Ck like Hk: lstm
@@ -266,11 +283,12 @@ static void forward_member(int arch, int K, int L, int T, int P, int B, int c, i
                            REAL *scratch, const REAL **X, REAL **O) {
     const int R = rows_of(arch, c), Ra = aux_rows(arch, c);
     const int64_t cb = (int64_t)c * B;
-    for (int i = 0; i < L; i++) {
-        memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb);                   /* h_{-1} = 0 */
-        if (Ck) memset(slot(Ck, i, 0, S, cb), 0, sizeof(REAL) * cb);
+    const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
+    for (int i = 0; i < L; i++) {    /* h_{-1} = 0, and the states of the steps not computed */
+        memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
+        if (Ck) memset(slot(Ck, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
     }
-    for (int t = 0; t < T; t++) {            /* the layers advance together, so that two */
+    for (int t = t0; t < T; t++) {           /* the layers advance together, so that two */
         int sp = S == 2 ? t % 2 : t, so = S == 2 ? (t + 1) % 2 : t + 1;   /* slots do */
         const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
         for (int i = 0; i < L; i++) {
@@ -339,6 +357,9 @@ static void backward_member(int arch, int K, int L, int T, int P, int B, int c, 
     REAL *ones = aux + cb, *acc = ones + B;
     for (int b = 0; b < B; b++) ones[b] = 1;
     for (int r = 0; r < R; r++) Gp[r] = gp + (int64_t)r * B;
+    const int t0 = first_step(K, P, B, mkk);     /* steps before t0: zero states, no gradient */
+    if (gxk)
+        for (int t = 0; t < t0; t++) memset(gxk + (int64_t)t * K * B, 0, sizeof(REAL) * B);
     for (int i = L - 1; i >= 0; i--) {
         const int m = i == 0 ? 1 : c, cols = m + 1 + c;
         const REAL *At = split_At(Sp, i, R, c);
@@ -346,7 +367,7 @@ static void backward_member(int arch, int K, int L, int T, int P, int B, int c, 
         const REAL *Hin = i > 0 ? Hk + (int64_t)(i - 1) * S * cb : NULL;
         memset(acc, 0, sizeof(REAL) * R * cols * VL);
         int have_rec = 0;                     /* a gradient from step t + 1 (and its cell) */
-        for (int t = T - 1; t >= 0; t--) {
+        for (int t = T - 1; t >= t0; t--) {
             /* gradient on h_t: from the layer above (G[t]), the next step, the output */
             const REAL *ga = i < L - 1 ? G + (int64_t)t * cb : NULL;
             const REAL *go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
@@ -356,7 +377,7 @@ static void backward_member(int arch, int K, int L, int T, int P, int B, int c, 
                 else if (gxt) memset(gxt, 0, sizeof(REAL) * B);
                 continue;
             }
-            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > 0;
+            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > t0;
             const REAL *h = Hi + (int64_t)(t + 1) * cb, *hp = Hi + (int64_t)t * cb;
             const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             const REAL *a = Ak ? Ak + ((int64_t)i * T + t) * Ra * B : NULL;
