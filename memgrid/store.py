@@ -411,6 +411,69 @@ def read_stops_of_parts(uri: str, parts: list[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Packs saved mid-training: `<folder>/packs/<pack_id>.json` (the pack's spec, memgrid.packs.pack_spec)
+# and `<pack_id>.pt` (its trainer's state), so that a run stopped on one machine continues each
+# pack where it was, on another.
+
+PACKS = "packs"
+"""the subfolder of the packs that have not finished (memgrid.tune.pack_trial saves them)"""
+
+
+def write_pack_state(uri: str, pack_id: str, spec: str, state: bytes) -> None:
+    """Save a pack mid-training: its spec (once) and `state` (torch.save of its trainer's
+    state_dict), each atomically; the spec first, so that a state never lacks one."""
+    fs, base = resolve(uri)
+    folder = f"{base}/{PACKS}"
+    if not _exists(fs, f"{folder}/{pack_id}.json"):
+        fs.create_dir(folder, recursive=True)
+        _write_bytes(fs, f"{folder}/{pack_id}.json", spec.encode())
+    _write_bytes(fs, f"{folder}/{pack_id}.pt", state)
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, blob: bytes) -> None:
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(blob)
+    fs.move(tmp, path)
+
+
+def read_pack_state(uri: str, pack_id: str) -> bytes | None:
+    """The pack's saved state, or None where it has none."""
+    fs, base = resolve(uri)
+    path = f"{base}/{PACKS}/{pack_id}.pt"
+    if not _exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def saved_packs(uri: str) -> dict[str, str]:
+    """pack_id -> spec of the packs saved mid-training in the folder (with a state)."""
+    fs, base = resolve(uri)
+    folder = f"{base}/{PACKS}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return {}
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))}
+    out = {}
+    for name in sorted(names):
+        pid = name[:-len(".json")]
+        if name.endswith(".json") and not name.startswith(".") and f"{pid}.pt" in names:
+            with fs.open_input_stream(f"{folder}/{name}") as f:
+                out[pid] = f.read().decode()
+    return out
+
+
+def drop_pack_state(uri: str, pack_id: str) -> None:
+    """Forget a saved pack (it finished, or its points are all stored): state, then spec."""
+    fs, base = resolve(uri)
+    for ext in ("pt", "json"):
+        path = f"{base}/{PACKS}/{pack_id}.{ext}"
+        if _exists(fs, path):
+            fs.delete_file(path)
+
+
+# ---------------------------------------------------------------------------------------------
 # Repair: run by `memgrid run` while it holds the folder's lock, before it trains anything.
 
 

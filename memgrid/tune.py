@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import signal
@@ -150,6 +151,10 @@ def pack_trial(config: dict) -> None:
     if ckpt is not None:  # a retried trial: continue from the last checkpoint
         with ckpt.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / "pack.pt", weights_only=True))
+    else:                 # a pack that a stopped run saved in the results folder
+        state = _saved_state(uri, pid)
+        if state is not None:
+            trainer.load_state_dict(state)
     stored = store.part_names(uri, pid + "-")   # written after that checkpoint, or before a crash
     stored_stops = store.read_stops_of_parts(uri, stored)
     done = set(stored_stops)
@@ -193,22 +198,70 @@ def pack_trial(config: dict) -> None:
         if wrote:
             write()
         if trainer.done and not trainer.finished:
+            store.drop_pack_state(uri, pid)     # every point is stored
             tune.report(metrics())
             return
         if wrote or now - last_ckpt >= CHECKPOINT_S:
             if trainer.finished:   # a checkpoint must not hold finished-but-unwritten points
                 write()
                 if trainer.done:
+                    store.drop_pack_state(uri, pid)
                     tune.report(metrics())
                     return
             t0 = time.perf_counter()
+            state = trainer.state_dict()
+            blob = io.BytesIO()
+            torch.save(state, blob)
+            # in the results folder, for a later run (another machine's), and for Tune's retries
+            store.write_pack_state(uri, pid, config["pack"], blob.getvalue())
             with tempfile.TemporaryDirectory() as d:
-                torch.save(trainer.state_dict(), Path(d) / "pack.pt")
+                (Path(d) / "pack.pt").write_bytes(blob.getvalue())
                 tune.report(metrics(), checkpoint=tune.Checkpoint.from_directory(d))
             trainer.seconds["checkpoint"] += time.perf_counter() - t0
             last_ckpt = now
         else:
             tune.report(metrics())
+
+
+def _saved_state(uri: str, pid: str) -> dict | None:
+    """The trainer state the results folder saved for pack `pid` (store.write_pack_state), or
+    None: none saved, or one this memgrid cannot read (the pack then starts afresh)."""
+    import torch
+
+    blob = store.read_pack_state(uri, pid)
+    if blob is None:
+        return None
+    try:
+        return torch.load(io.BytesIO(blob), weights_only=True)
+    except Exception as e:       # noqa: BLE001 - any unreadable state: train the pack again
+        print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: unreadable ({_one_line(e)}): the pack "
+              "starts afresh", file=sys.stderr)
+        return None
+
+
+def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[Point]]:
+    """Packs that a stopped run saved mid-training (store.saved_packs), as they were, where every
+    one of their points not stored yet is in `todo`; and the points of `todo` left for new
+    packs. A saved pack whose points are all stored is forgotten."""
+    saved = store.saved_packs(out)
+    if not saved:
+        return [], todo
+    left = {p.point_id: p for p in todo}
+    done = store.done_ids(out)
+    packs = []
+    for pid, spec in saved.items():
+        try:
+            _, pts = spec_points(spec)
+        except (ValueError, TypeError, KeyError):
+            continue                               # not a pack this memgrid can read
+        missing = [p for p in pts if p.point_id not in done]
+        if not missing:
+            store.drop_pack_state(out, pid)
+        elif all(p.point_id in left for p in missing):
+            packs.append(pts)
+            for p in missing:
+                del left[p.point_id]
+    return packs, list(left.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,13 +862,18 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
             device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots
         if len(todo) >= NOTICE_POINTS and not quiet:
             _say(f"[{grid.name}] Ray is up: cutting {len(todo)} points into packs ...")
+        resumed, fresh = resume_saved(out, todo)   # packs a stopped run saved mid-training
         if halving is None:
-            packs = plan_packs(todo, res.pack, slots, device=device, mem_per_slot=mem)
+            packs = plan_packs(fresh, res.pack, slots, device=device, mem_per_slot=mem)
         else:   # one pack per configuration, the longest first
             groups: dict[tuple, list[Point]] = {}
-            for p in todo:
+            for p in fresh:
                 groups.setdefault(p.pack_key, []).append(p)
-            packs = sorted(groups.values(), key=pack_cost, reverse=True)
+            packs = list(groups.values())
+        packs = sorted(resumed + packs, key=pack_cost, reverse=True)
+        if resumed and not quiet:
+            _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an earlier "
+                 "run: continuing where they were")
         summary["packs"] = len(packs)
         specs = [pack_spec(pk) for pk in packs]
         progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),

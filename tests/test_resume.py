@@ -11,10 +11,12 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from memgrid.request import prepare_out
 from memgrid.config import load_grid
-from memgrid.packs import pack_spec, plan_packs
+from memgrid.packs import pack_id, pack_spec, plan_packs
+from memgrid.train import train_points
 from memgrid.tune import pack_trial
 
 from .conftest import memgrid_cli
@@ -22,17 +24,37 @@ from .conftest import memgrid_cli
 pytestmark = pytest.mark.slow
 
 
-def stopped_midway(grid_file, out: str, monkeypatch, n_packs: int = 2) -> None:
-    """`out` as a run of `grid_file` stopped after its first `n_packs` packs of 4 leaves it:
-    grid.json and those packs' parts, written by their trials."""
+class Stopped(Exception):
+    """the run stops here (a kill, a machine taken away)"""
+
+
+def stopped_midway(grid_file, out: str, monkeypatch, n_packs: int = 2) -> list:
+    """`out` as a run of `grid_file` stopped after its first `n_packs` packs of 4 and in the
+    middle of the next one leaves it: grid.json, those packs' parts, written by their trials,
+    and the next pack's state, saved by its trial at its first evaluation. Returns that pack."""
     tune = pytest.importorskip("ray.tune")
-    monkeypatch.setattr(tune, "report", lambda metrics, **kw: None)    # no Tune session here
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    from memgrid import tune as memgrid_tune
+
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)          # no Tune session here
     grid = load_grid(grid_file)
     prepare_out(grid, out)
-    for pk in plan_packs(grid.points(), 4, slots=1)[:n_packs]:
-        pack_trial({"pack": pack_spec(pk), "out": out, "grid": grid.name, "cpus": 1, "gpus": 0,
-                    "lr_source": grid.lr_source, "halving": None})
+    packs = plan_packs(grid.points(), 4, slots=1)
+    config = {"out": out, "grid": grid.name, "cpus": 1, "gpus": 0, "lr_source": grid.lr_source,
+              "halving": None}
+    monkeypatch.setattr(tune, "report", lambda metrics, **kw: None)
+    for pk in packs[:n_packs]:
+        pack_trial({"pack": pack_spec(pk), **config})
+
+    def stop_at_checkpoint(metrics, checkpoint=None):
+        if checkpoint is not None:
+            raise Stopped
+
+    monkeypatch.setattr(tune, "report", stop_at_checkpoint)
+    monkeypatch.setattr(memgrid_tune, "REPORT_S", 0.0)       # report at the first evaluation,
+    monkeypatch.setattr(memgrid_tune, "CHECKPOINT_S", 0.0)   # with a checkpoint
+    with pytest.raises(Stopped):
+        pack_trial({"pack": pack_spec(packs[n_packs]), **config})
+    return packs[n_packs]
 
 
 def read(folder) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -49,19 +71,34 @@ def test_a_copied_folder_resumes_elsewhere_training_only_what_is_missing(tiny_gr
     there by path, or by a file:// URI after `memgrid compact` through the same URI."""
     here, there = tmp_path / "here" / "res", tmp_path / "there" / "res"
     where = (lambda p: str(p)) if how == "path" else (lambda p: f"file://{p}")
-    stopped_midway(tiny_grid, where(here), monkeypatch)
+    midway = stopped_midway(tiny_grid, where(here), monkeypatch)
     points, curves = read(here)
-    assert len(points) == 8 and points.point_id.is_unique
+    # two packs' points, and those of the third that stopped by its first evaluation
+    early = [p.point_id for p in midway if p.point_id in set(points.point_id)]
+    n = len(points)
+    assert n == 8 + len(early) and len(early) < 4 and points.point_id.is_unique
     shutil.copytree(here, there)
     shutil.rmtree(tmp_path / "here")
+    # the pack stopped mid-training: saved at epoch 20 of 60; its wall time set so high that
+    # its rows show whether the run continued it or trained it again from epoch 0
+    pid = pack_id(midway)
+    state_file = there / "packs" / f"{pid}.pt"
+    state = torch.load(state_file, weights_only=True)
+    assert state["epoch"] == 20 and len(state["active"]) == 4 - len(early)
+    state["wall_s"] = 1e6
+    torch.save(state, state_file)
+    r = memgrid_cli("status", where(there))
+    assert r.returncode == 0 and "1 pack saved mid-training" in r.stdout, r.stdout
     if how == "file-uri":
         r = memgrid_cli("compact", where(there))
         assert r.returncode == 0, r.stderr
-        assert "parts (points + curves) -> 1 + 1, 8 points" in r.stdout
+        assert f"parts (points + curves) -> 1 + 1, {n} points" in r.stdout
 
     r = memgrid_cli("run", tiny_grid, "--out", where(there))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"{where(there)}: 16/16 points stored (8 trained now, 8 before)" in r.stdout
+    assert f"{where(there)}: 16/16 points stored ({16 - n} trained now, {n} before)" in r.stdout
+    assert "1 pack saved mid-training by an earlier run: continuing" in r.stderr
+    assert not list((there / "packs").glob("*"))                # forgotten once stored
     assert "-> 1 + 1, 16 points" in r.stdout                   # and compacted once complete
     after, after_curves = read(there)
     assert len(after) == 16 and after.point_id.is_unique
@@ -74,3 +111,11 @@ def test_a_copied_folder_resumes_elsewhere_training_only_what_is_missing(tiny_gr
     pd.testing.assert_frame_equal(old, curves)                 # and their curves as they were
     assert len(list((there / "points").glob("*.parquet"))) == 1
     assert len(list((there / "curves").glob("*.parquet"))) == 1
+    # the stopped pack went on from its state, to what training it in one go gives
+    cont = after.set_index("point_id").loc[[p.point_id for p in midway if p.point_id not in early]]
+    assert (cont.wall_s > 1e6).all()
+    rows, _ = train_points(midway)
+    for row in (r for r in rows if r["point_id"] not in early):
+        got = cont.loc[row["point_id"]]
+        assert (got.epochs, got.stop_reason, got.loss, got.best_loss) == \
+            (row["epochs"], row["stop_reason"], row["loss"], row["best_loss"])
