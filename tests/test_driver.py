@@ -29,7 +29,7 @@ from memgrid import store
 from memgrid.config import ConfigError, Point, load_grid
 from memgrid.packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs)
 from memgrid.tune import (Progress, _fmt_s, check_fits, describe_plan, pack_metrics,
-                          point_labels)
+                          point_labels, resume_saved)
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -116,6 +116,26 @@ def test_clock_starts_when_the_process_starts():
     since, took = map(float, r.stdout.split())
     assert 5.0 <= since <= 5.0 + took + 0.01
     assert _fmt_s(39.9) == "00:39" and _fmt_s(3725) == "1:02:05"
+
+
+def test_saved_packs_are_continued_as_they_were_or_forgotten(tmp_path):
+    """The driver takes a pack that a stopped run saved (packs/) as it was when every point of
+    it not stored yet is to train, forgets one whose points are all stored, and leaves one
+    whose missing points this run does not train (another stage's)."""
+    out = str(tmp_path / "res")
+    pts = [Point("rnn", 1, 2, p, s) for p in (1, 2, 3) for s in range(4)]
+    a, b, c = pts[0:4], pts[4:8], pts[8:12]
+    for pk in (a, b, c):
+        store.write_pack_state(out, pack_id(pk), pack_spec(pk), b"state")
+    rows = [store.point_row(p, "g", epochs=1, stop_reason="solved", loss=0.0, best_loss=0.0, r2=1.0,
+                            wall_s=0.0, pack_id="x", device="cpu") for p in b + a[:1]]
+    store.write_points(out, "x-0000", rows, [])
+    todo = a[1:] + c[:2] + pts[12:]                 # c[2:] is not this run's
+    resumed, fresh = resume_saved(out, todo)
+    assert [pack_id(pk) for pk in resumed] == [pack_id(a)]     # whole, stored point included
+    assert {p.point_id for p in fresh} == {p.point_id for p in c[:2]}
+    assert set(store.saved_packs(out)) == {pack_id(a), pack_id(c)}    # b's is gone
+    assert store.read_pack_state(out, pack_id(a)) == b"state"
 
 
 # ---------------------------------------------------------------------------------------------
