@@ -1,5 +1,6 @@
 """Write a results folder's points as a compact folder for docs/data: its grid.json and one
-zstd Parquet part of points (POINT_SCHEMA), no curves. With --rungs, a run without the plateau
+zstd Parquet part of points (POINT_SCHEMA), no curves; for a grid still running, also its
+packs saved mid-training (packs/), so that a run into a copy continues them. With --rungs, a run without the plateau
 stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs): one row per point
 and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the point id (one
 point, several rows; the ids of a shorter budget's rows are not those a run at it would store).
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memgrid.analysis import budget_rungs, load_curves, load_points
-from memgrid.store import POINT_SCHEMA
+from memgrid.store import PACKS, POINT_SCHEMA
 
 
 def main(argv=None) -> None:
@@ -37,6 +38,12 @@ def main(argv=None) -> None:
     table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA, preserve_index=False)
     pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
     print(f"{dest}: {table.num_rows} rows, {(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")
+    packs = Path(args.results) / PACKS
+    if packs.is_dir() and any(packs.glob("*.pt")):    # a grid still running: what resumes it
+        shutil.copytree(packs, dest / PACKS, ignore=shutil.ignore_patterns(".tmp-*"))
+        size = sum(f.stat().st_size for f in (dest / PACKS).iterdir())
+        print(f"{dest / PACKS}: {len(list((dest / PACKS).glob('*.pt')))} packs saved mid-training, "
+              f"{size} bytes (a run into a copy of {dest} continues them)")
 
 
 if __name__ == "__main__":

@@ -347,6 +347,14 @@ def done_ids(uri: str) -> set[str]:
     return set(_read(uri, "points", ["point_id"]).column("point_id").to_pylist())
 
 
+def stops_of(uri: str, point_ids: Iterable[str]) -> dict[str, str]:
+    """point_id -> stop_reason of those of `point_ids` that have a row, in whatever part (a
+    compacted or shipped folder merges parts)."""
+    t = _read(uri, "points", ["point_id", "stop_reason"],
+              filter=pads.field("point_id").isin(list(point_ids)))
+    return dict(zip(t.column("point_id").to_pylist(), t.column("stop_reason").to_pylist()))
+
+
 def read_curves(uri: str, point_ids: Iterable[str] | None = None) -> pa.Table:
     """Curve rows, optionally only of some points (filtered in pyarrow, not in memory)."""
     flt = None
@@ -397,17 +405,6 @@ def part_names(uri: str, prefix: str) -> list[str]:
         if name.startswith(prefix) and name.endswith(".parquet"):
             out.append(name[: -len(".parquet")])
     return out
-
-
-def read_stops_of_parts(uri: str, parts: list[str]) -> dict[str, str]:
-    """point_id -> stop_reason of the points in the named points parts."""
-    fs, base = resolve(uri)
-    stops: dict[str, str] = {}
-    for part in parts:
-        t = pq.read_table(f"{base}/points/{part}.parquet", filesystem=fs,
-                          columns=["point_id", "stop_reason"])
-        stops.update(zip(t.column("point_id").to_pylist(), t.column("stop_reason").to_pylist()))
-    return stops
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,8 +155,10 @@ def pack_trial(config: dict) -> None:
         state = _saved_state(uri, pid)
         if state is not None:
             trainer.load_state_dict(state)
-    stored = store.part_names(uri, pid + "-")   # written after that checkpoint, or before a crash
-    stored_stops = store.read_stops_of_parts(uri, stored)
+    stored = store.part_names(uri, pid + "-")
+    # points stored after that checkpoint, or before a crash, in this pack's parts or (a
+    # compacted or shipped folder) merged into others
+    stored_stops = store.stops_of(uri, [p.point_id for p in points])
     done = set(stored_stops)
     trainer.drop(done)
     trainer.finished = [f for f in trainer.finished if f[0]["point_id"] not in done]
