@@ -86,7 +86,8 @@ def trials(out: str) -> list[dict]:
         lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
         if lines:
             r = json.loads(lines[-1])
-            if r.get("started_at") == r.get("started_at"):     # not NaN: a memgrid pack trial
+            at = r.get("started_at")
+            if isinstance(at, float) and at == at:      # not NaN: a memgrid pack trial
                 found.append({k: v for k, v in r.items() if k.startswith(("time_", "started_at"))})
     return found
 

@@ -178,15 +178,19 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
 def fill_stream_mc(cfg, rows: list[dict], weights: list[dict], device) -> None:
     """Set `mc_stream` of finished points rows (``memgrid.store.point_row``) of one pack, whose
     settings `cfg` (a Point of the pack) name the stream (mc_length, mc_low, mc_high; 0: none),
-    to :func:`trained_memory_capacity` of their trained `weights`, all in one batch; diverged
+    to :func:`trained_memory_capacity` of their trained `weights`, one network at a time, so
+    that a point's MC is a function of the point alone: which points finish together depends
+    on the clock, and a batch's float64 products round differently from one network's (by
+    about 1e-15 at N >= 80; memgrid before session 7 fitted them in one batch). Diverged
     networks keep None."""
-    ok = [i for i, r in enumerate(rows) if r["stop_reason"] != "diverged"]
-    if cfg.mc_length == 0 or not ok:
+    if cfg.mc_length == 0:
         return
-    params = {k: torch.stack([weights[i][k] for i in ok]) for k in weights[0]}
-    seed = torch.tensor([rows[i]["seed"] for i in ok], device=device)
-    with torch.no_grad():
-        mc, _ = trained_memory_capacity(cfg.arch, params, seed, length=cfg.mc_length,
-                                        low=cfg.mc_low, high=cfg.mc_high)
-    for i, v in zip(ok, mc.tolist()):
-        rows[i]["mc_stream"] = v if math.isfinite(v) else None
+    for r, w in zip(rows, weights):
+        if r["stop_reason"] == "diverged":
+            continue
+        with torch.no_grad():
+            mc, _ = trained_memory_capacity(cfg.arch, {k: v.unsqueeze(0) for k, v in w.items()},
+                                            torch.tensor([r["seed"]], device=device),
+                                            length=cfg.mc_length, low=cfg.mc_low, high=cfg.mc_high)
+        v = mc.item()
+        r["mc_stream"] = v if math.isfinite(v) else None

@@ -333,7 +333,7 @@ class PackTrainer:
 
     def pop_finished(self) -> tuple[list[dict], list[dict]]:
         """Rows and curve rows of the points finished since the last call, with Jaeger's MC of
-        each network on a stationary stream (`mc_stream`), measured for all of them at once
+        each network on a stationary stream (`mc_stream`), measured for each alone
         (:func:`memgrid.capacity.fill_stream_mc`)."""
         t0 = time.perf_counter()
         done, self.finished = self.finished, []

@@ -181,3 +181,22 @@ def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path)
     assert list(tmp_path.iterdir()) == []
     assert torch.equal(b.x, b_c.x) and torch.equal(b.mask, b_c.mask)
     torch.testing.assert_close(y, y_c, atol=1e-6, rtol=0)
+
+
+def test_a_points_stream_mc_is_its_own_whatever_finished_beside_it():
+    """fill_stream_mc gives each network the MC it gets alone, bit for bit: which points finish
+    at the same evaluation depends on the clock, and three networks of N = 95 fitted in one
+    batch round differently (by ~1e-14) from each fitted alone."""
+    from memgrid.capacity import fill_stream_mc
+
+    torch.set_num_threads(1)              # as in a trial
+    cfg = Point("rnn", 5, 19, 1, 0, mc_length=4000)
+    seeds = [3, 4, 5]
+    params = init_params("rnn", 5, 19, "sum", torch.tensor(seeds))
+    weights = [{n: v[i] for n, v in params.items()} for i in range(3)]
+    rows = [{"seed": s, "stop_reason": "max_epochs"} for s in seeds]
+    fill_stream_mc(cfg, rows, weights, "cpu")
+    for i, s in enumerate(seeds):
+        alone = [{"seed": s, "stop_reason": "max_epochs"}]
+        fill_stream_mc(cfg, alone, weights[i:i + 1], "cpu")
+        assert rows[i]["mc_stream"] == alone[0]["mc_stream"] and 0 < alone[0]["mc_stream"] <= 95
