@@ -101,11 +101,13 @@ MEASURED = ("epochs", "stop_reason", "loss", "best_loss", "r2", "mc_stream")
 """what a run measured, in a points row: a retrained point must give these back"""
 
 
-def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threads: int = 1) -> int:
-    """Retrain `n` of the folder's trained points (drawn with `seed`), each alone on `threads`
-    threads; the number of them whose row differs from the stored one."""
+def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threads: int = 1,
+                  where=lambda row: True) -> int:
+    """Retrain `n` of the folder's trained points for which `where(row)` holds (drawn with
+    `seed`), each alone on `threads` threads; the number of them whose row differs from the
+    stored one."""
     torch.set_num_threads(threads)
-    rows = [r for r in store.read_points(folder).to_pylist() if r["arch"] != "esn"]
+    rows = [r for r in store.read_points(folder).to_pylist() if r["arch"] != "esn" and where(r)]
     fields = [f.name for f in dataclasses.fields(Point)]
     bad = 0
     for r in random.Random(seed).sample(rows, min(n, len(rows))):

@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from memgrid import store
 from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point, grid_from_identity, parse_grid
@@ -91,7 +92,7 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
            "fig5_lstm-paper", "fig6_slice", "fig6_slice-paper", "fig9_slice", "fig9_slice-paper",
            "tuned_lr_check", "untuned_check", "budget_check", "budget_check-4x",
            "budget_check-constant", "budget_check-constant-4x", "budget_lr_search_cosine",
-           "budget_lr_search_cosine_c10"]
+           "budget_lr_search_cosine_c10", "fig6_rnn-paper"]
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
 SHIPPED_PARTLY = ["new_cells"]
@@ -108,6 +109,25 @@ def test_the_shipped_results_are_found_by_their_grids():
         assert len(set(ids)) == len(ids) == grid.n_points, d.name
         done = store.done_ids(str(d))
         assert (done < set(ids) and done) if name in SHIPPED_PARTLY else done == set(ids), d.name
+
+
+@pytest.mark.parametrize("name", ["fig6_rnn-paper", "fig6_slice"])
+def test_shipped_points_retrain_to_their_rows(name):
+    """A sample of a shipped folder's points, retrained alone by this memgrid, gives back their
+    stored rows bit for bit (epochs, stop reason, losses, r2, stream MC): what the kernel or
+    the task changes must not change them (small networks, so that it takes seconds)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from verify import check_results
+
+    threads = torch.get_num_threads()
+    try:
+        bad = check_results(str(ROOT / "docs" / "data" / name), 3, seed=7,
+                            where=lambda r: r["layers"] * r["cells"] <= 12 and r["epochs"] <= 2000)
+    finally:
+        torch.set_num_threads(threads)
+    assert bad == 0
 
 
 def _random_grid(rng: random.Random) -> dict:
