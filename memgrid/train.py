@@ -362,7 +362,19 @@ class PackTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state_dict()` (taken at an evaluation, with nothing unflushed)."""
+        """Continue from `state_dict()` (taken at an evaluation, with nothing unflushed).
+        ValueError, before anything changes, for a state that is not of this pack (other
+        parameters or shapes, other members): the C kernel trusts the shapes it is given."""
+        n = len(state.get("active", []))
+        for name in ("params", "bufs", "sq"):
+            mine = {"params": self.params, "bufs": self.bufs, "sq": self.sq}[name]
+            theirs = state.get(name, {})
+            if set(theirs) != set(mine) or any(
+                    tuple(v.shape) != (n, *mine[k].shape[1:]) for k, v in theirs.items()):
+                raise ValueError(f"the state's {name} are not this pack's")
+        if not all(0 <= int(i) < len(self.members) for i in state["active"]) or \
+                len(set(state["active"])) != n:
+            raise ValueError("the state's members are not this pack's")
         self.spec, self.lr, self.mom, self.eval_set = self._full
         self.active = list(range(len(self.members)))
         self.train_sum = torch.zeros(len(self.members), dtype=self.lr.dtype, device=self.device)

@@ -138,6 +138,29 @@ def test_saved_packs_are_continued_as_they_were_or_forgotten(tmp_path):
     assert store.read_pack_state(out, pack_id(a)) == b"state"
 
 
+def test_a_saved_state_of_another_pack_is_not_loaded(tmp_path, monkeypatch, capfd):
+    """A packs/ state whose shapes are not the pack's (another version, a copy gone wrong) is
+    refused before it reaches the C kernel, which trusts shapes: the pack trains afresh,
+    stores every point and forgets the state."""
+    import io
+
+    import torch
+    tune = pytest.importorskip("ray.tune")
+    from memgrid.train import PackTrainer
+    from memgrid.tune import pack_trial
+
+    monkeypatch.setattr(tune, "report", lambda metrics, **kw: None)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    out = str(tmp_path / "res")
+    pts = [Point("rnn", 1, 2, p, 0, max_epochs=40, eval_every=20) for p in (1, 2)]
+    blob = io.BytesIO()
+    torch.save(PackTrainer([Point("rnn", 2, 3, 1, 0)]).state_dict(), blob)
+    store.write_pack_state(out, pack_id(pts), pack_spec(pts), blob.getvalue())
+    pack_trial({"pack": pack_spec(pts), "out": out, "grid": "g", "cpus": 1, "gpus": 0})
+    assert "not this pack's state" in capfd.readouterr().err
+    assert store.done_ids(out) == {p.point_id for p in pts} and not store.saved_packs(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # What Tune sees: a loss summary and each point's loss.
 
