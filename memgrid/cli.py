@@ -234,9 +234,8 @@ def status(results):
                f"{len(points) - done} missing")
     saved = store.saved_packs(results)
     if saved:
-        click.echo(f"  {len(saved)} pack{'s' if len(saved) > 1 else ''} saved mid-training in "
-                   f"{results.rstrip('/')}/{store.PACKS}/: the next run continues "
-                   f"{'them' if len(saved) > 1 else 'it'} where {'they' if len(saved) > 1 else 'it'} stopped")
+        click.echo(f"  packs saved mid-training in {results.rstrip('/')}/{store.PACKS}/: "
+                   f"{len(saved)}; the next run continues each where it stopped")
     reasons = sorted({k for c in by_net.values() for k in c} - {"total", "done"})
     header = ["arch", "l", "c", "done", "total"] + reasons
     rows = [[a, l, c, cnt["done"], cnt["total"]] + [cnt[r] for r in reasons]

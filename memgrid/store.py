@@ -453,9 +453,9 @@ def saved_packs(uri: str) -> dict[str, str]:
         return {}
     names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))}
     out = {}
-    for name in sorted(names):
+    for name in sorted(n for n in names if n.endswith(".json") and not n.startswith(".")):
         pid = name[:-len(".json")]
-        if name.endswith(".json") and not name.startswith(".") and f"{pid}.pt" in names:
+        if f"{pid}.pt" in names:
             with fs.open_input_stream(f"{folder}/{name}") as f:
                 out[pid] = f.read().decode()
     return out

@@ -365,15 +365,17 @@ class PackTrainer:
         """Continue from `state_dict()` (taken at an evaluation, with nothing unflushed).
         ValueError, before anything changes, for a state that is not of this pack (other
         parameters or shapes, other members): the C kernel trusts the shapes it is given."""
-        n = len(state.get("active", []))
-        for name in ("params", "bufs", "sq"):
-            mine = {"params": self.params, "bufs": self.bufs, "sq": self.sq}[name]
-            theirs = state.get(name, {})
+        lacking = {"epoch", "active", "params", "bufs", "best", "best_epoch", "curves",
+                   "wall_s"} - set(state)
+        if lacking:
+            raise ValueError(f"the state has no {', '.join(sorted(lacking))}")
+        active, n = state["active"], len(state["active"])
+        for name, mine in (("params", self.params), ("bufs", self.bufs), ("sq", self.sq)):
+            theirs = state.get(name, {})     # no "sq": a state from before Adam (SGD)
             if set(theirs) != set(mine) or any(
                     tuple(v.shape) != (n, *mine[k].shape[1:]) for k, v in theirs.items()):
                 raise ValueError(f"the state's {name} are not this pack's")
-        if not all(0 <= int(i) < len(self.members) for i in state["active"]) or \
-                len(set(state["active"])) != n:
+        if len(set(active)) != n or not all(0 <= int(i) < len(self.members) for i in active):
             raise ValueError("the state's members are not this pack's")
         self.spec, self.lr, self.mom, self.eval_set = self._full
         self.active = list(range(len(self.members)))

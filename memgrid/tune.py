@@ -154,14 +154,11 @@ def pack_trial(config: dict) -> None:
     else:                 # a pack that a stopped run saved in the results folder
         state = _saved_state(uri, pid)
         if state is not None:
-            try:
+            try:               # refused before it changes the trainer
                 trainer.load_state_dict(state)
-            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
-                print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: not this pack's state "
-                      f"({_one_line(e)}): the pack starts afresh", file=sys.stderr)
-                trainer = PackTrainer(points, device=device, grid_name=config["grid"],
-                                      pack_id=pid, halving=halving,
-                                      lr_source=config.get("lr_source", "grid"))
+            except ValueError as e:
+                print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: not this pack's state ({e}): "
+                      "the pack starts afresh", file=sys.stderr)
     stored = store.part_names(uri, pid + "-")
     # points stored after that checkpoint, or before a crash, in this pack's parts or (a
     # compacted or shipped folder) merged into others
