@@ -1,5 +1,5 @@
 """The C kernel of the packed RNN, LSTM and GRU (``csrc/cells.c``): built on first use with the
-machine's C compiler for its own CPU (``-O3 -march=native``), cached, loaded with ctypes.
+machine's C compiler for its own CPU (:data:`memgrid.native.FLAGS`), cached, loaded with ctypes.
 
 It computes what :class:`memgrid.models._Stack` computes, on the CPU, 1.6-2.9x faster
 (``benchmarks/README.md``), and bitwise the same for a member alone and in any pack; and
@@ -25,9 +25,10 @@ _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
 
 
-def _build(dtype: torch.dtype) -> ctypes.CDLL:
+def _build(dtype: torch.dtype, flags: list[str] | None = None) -> ctypes.CDLL:
+    """The kernels for `dtype`, built with the compiler `flags` (default ``native.FLAGS``)."""
     real, suffix = _VARIANTS[dtype]
-    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"cells_{suffix}")
+    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"cells_{suffix}", flags)
     lib = ctypes.CDLL(str(so))
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     fwd = getattr(lib, f"memgrid_cell_forward_{suffix}")

@@ -1,5 +1,7 @@
 """Building and loading memgrid's C sources (``csrc/``): with the machine's C compiler for its
-own CPU (``-O3 -march=native``), cached, loaded with ctypes, once per process.
+own CPU's instructions (``-O3 -march=native``; on x86-64 one tuning for every CPU,
+``-mtune=znver3``, so that every x86-64 CPU rounds alike), cached, loaded with ctypes, once per
+process.
 
 The shared objects go to ``$MEMGRID_KERNEL_CACHE`` (default ``~/.cache/memgrid``), named by a
 hash of the source, the compiler and the CPU, so that nodes of a cluster with other CPUs, or a
@@ -22,6 +24,13 @@ import warnings
 from pathlib import Path
 
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
+if platform.machine() in ("x86_64", "AMD64"):
+    # the instructions are the CPU's own, the tuning one for every x86-64 CPU: gcc's tuning
+    # decides which multiply-adds it fuses (it splits chains of them on AMD CPUs, by vector
+    # width and generation), so with each CPU's own tuning a Zen 1, a Zen 4 and an Intel CPU
+    # round the same kernel apart. Zen 3's is the tuning that trained the shipped results
+    # (gcc 12 tunes a Zen 4 for it)
+    FLAGS.append("-mtune=znver3")
 _lock = threading.Lock()
 _libs: dict[object, ctypes.CDLL | None] = {}     # by dtype (the cells) or name (the task)
 
@@ -39,14 +48,20 @@ def _cpu_tag() -> str:
     return platform.machine() + flags
 
 
-def compile_so(src: Path, defines: list[str], stem: str) -> Path:
+def compiler() -> str | None:
+    """The C compiler memgrid builds with: ``$CC``, else cc or gcc on PATH; None where none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def compile_so(src: Path, defines: list[str], stem: str, flags: list[str] | None = None) -> Path:
     """The shared object of C file `src` built with `defines`, from the cache or built now
-    (``-O3 -march=native``). Raises RuntimeError (no compiler, a failed build) or OSError."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    (`flags`, default ``FLAGS``). Raises RuntimeError (no compiler, a failed build) or OSError."""
+    flags = FLAGS if flags is None else flags
+    cc = compiler()
     if not cc:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(FLAGS + defines)).encode())
+    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(flags + defines)).encode())
     cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
     so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
     if not so.exists():
@@ -54,7 +69,7 @@ def compile_so(src: Path, defines: list[str], stem: str) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
-            cmd = [cc, *FLAGS, *defines, "-o", tmp, str(src)]
+            cmd = [cc, *flags, *defines, "-o", tmp, str(src)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")

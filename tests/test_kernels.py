@@ -3,16 +3,93 @@ gradients as the PyTorch path, its whole training step bitwise the step through 
 bitwise pack invariance, and the fallback when it cannot be built."""
 
 import math
+import platform
+import subprocess
+import warnings
 
 import pytest
 import torch
 
-from memgrid import kernels, native, train
+from memgrid import kernels, native, task, train
 from memgrid.config import Point
-from memgrid.models import forward, init_params
+from memgrid.models import forward, init_params, kernel_states
 from memgrid.task import TRAIN, TaskSpec, make_batch
 
-pytestmark = pytest.mark.skipif(kernels.lib(torch.float32) is None, reason="no C compiler")
+# skipped only where there is no compiler: where there is one, the kernels must build (a build
+# that fails falls back to PyTorch ops in a run, with a warning, and here is a failure)
+pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
+
+
+def test_the_kernels_build_on_this_machine():
+    """Both dtypes' kernels of the cells and the task's generator build and load here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert kernels.lib(torch.float32) is not None and kernels.lib(torch.float64) is not None
+        assert task._lib() is not None
+
+
+# x86-64 microarchitecture levels, the CPU flags each needs (a build for a level this CPU lacks
+# compiles here but is not run)
+LEVELS = {"x86-64": ["sse2"], "x86-64-v2": ["sse4_2", "popcnt"], "x86-64-v3": ["avx2", "fma", "bmi2"],
+          "x86-64-v4": ["avx512f", "avx512bw", "avx512vl", "avx512dq"]}
+
+
+def _cc_knows(march: str) -> bool:
+    done = subprocess.run([native.compiler(), f"-march={march}", "-E", "-x", "c", "/dev/null"],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 levels")
+@pytest.mark.parametrize("march", list(LEVELS))
+def test_the_c_sources_build_for_every_x86_64_level(march, tmp_path):
+    """cells.c (both dtypes) and task.c compile for every x86-64 level, whatever this CPU is: a
+    laptop without AVX-512 gets the kernels too (the register hint of the 64-byte vectors once
+    failed to compile there)."""
+    if not _cc_knows(march):
+        pytest.skip(f"{native.compiler()} does not know -march={march}")
+    flags = [f"-march={march}" if f == "-march=native" else f for f in native.FLAGS]
+    for src, defines in [(kernels.SRC, ["-DREAL=float", "-DNAME(x)=x##_f32"]),
+                         (kernels.SRC, ["-DREAL=double", "-DNAME(x)=x##_f64"]), (task._SRC, [])]:
+        done = subprocess.run([native.compiler(), *flags, *defines, "-o", str(tmp_path / "t.so"), str(src)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _pack_run(points, lib, monkeypatch, epochs=40):
+    """A pack trained with the kernels `lib`: its weights and curves; and two networks' states
+    on a stream (one sequence each: the kernels' scalar columns)."""
+    monkeypatch.setattr(native, "_libs", {**native._libs, torch.float32: lib})
+    tr = train.PackTrainer(points)
+    for _ in range(epochs):
+        if tr.done:
+            break
+        tr.run_epoch()
+    assert tr._ws is not None                              # the kernel's own step
+    params = init_params(points[0].arch, 2, 9, "sum", torch.tensor([3, 4]))
+    u = torch.linspace(-1, 1, 300).reshape(1, 1, 300).expand(2, 1, 300).contiguous()
+    states = kernel_states(points[0].arch, params, u)
+    return {k: v.clone() for k, v in tr.params.items()}, [m.curve for m in tr.members], states
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 levels")
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_a_build_for_avx2_trains_to_the_bits_of_this_machines_own(arch, monkeypatch):
+    """The kernels built for x86-64-v3 (AVX2 and FMA: most laptops) train a pack, and run a
+    stream, to the same bits as those built for this CPU (on an AVX-512 machine, the other
+    vector width): a vector is 16 floats however many registers hold it, so shipped results
+    retrain bit for bit on either kind of CPU."""
+    if not all(f in native._cpu_tag().split() for f in LEVELS["x86-64-v3"]) or not _cc_knows("x86-64-v3"):
+        pytest.skip("this CPU or compiler has no x86-64-v3")
+    v3 = kernels._build(torch.float32, [f if f != "-march=native" else "-march=x86-64-v3"
+                                        for f in native.FLAGS])
+    pts = [Point(arch, 2, 9, p, s, max_epochs=40, eval_every=10, eval_size=37, batch_size=40)
+           for p, s in [(1, 0), (3, 1), (5, 2)]]
+    ours, other = (_pack_run(pts, lib, monkeypatch) for lib in (kernels.lib(torch.float32), v3))
+    for name in ours[0]:
+        assert torch.equal(ours[0][name], other[0][name]), name
+    assert repr(ours[1]) == repr(other[1])
+    assert torch.equal(ours[2], other[2]) and ours[2].abs().max() > 0
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])

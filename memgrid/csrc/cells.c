@@ -112,13 +112,23 @@ typedef REAL vecu __attribute__((vector_size(64), aligned(sizeof(REAL))));
 static inline vec ld(const REAL *p) { return *(const vecu *)p; }
 static inline void st(REAL *p, vec v) { *(vecu *)p = v; }
 static inline vec bc(REAL s) { return (vec){0} + s; }
-/* keeps a loaded vector in a register: without it gcc loads it again for every use */
+/* KEEP(s): a scalar made opaque to the compiler, so that it is rounded on its own and never
+ * fused into a multiply-add (the optimizer's updates, in torch's roundings).
+ * KEEPV(v): keeps a loaded vector in a register (without it gcc loads it again for every use),
+ * only where one register holds the 64 bytes (AVX-512); elsewhere gcc splits each vector into
+ * the machine's own, lane by lane, which changes no sum: a vector, in registers or not, is the
+ * same 16 floats (8 doubles) on every machine. */
 #if defined(__GNUC__) && defined(__x86_64__)
-#define KEEP(v) __asm__("" : "+v"(v))
+#define KEEP(s) __asm__("" : "+v"(s))
 #elif defined(__GNUC__) && defined(__aarch64__)
-#define KEEP(v) __asm__("" : "+w"(v))
+#define KEEP(s) __asm__("" : "+w"(s))
 #else
-#define KEEP(v) (void)0
+#define KEEP(s) (void)0
+#endif
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__AVX512F__)
+#define KEEPV(v) __asm__("" : "+v"(v))
+#else
+#define KEEPV(v) (void)0
 #endif
 
 /* O[o][b] = init[o] + sum_s A[o][s] X[s][b] for o < nout, A (nout, ns) contiguous. */
@@ -131,8 +141,8 @@ static inline vec bc(REAL s) { return (vec){0} + s; }
             for (int q = 0; q < NR; q++) a0[q] = a1[q] = bc(init ? init[q] : 0);              \
             for (int s = 0; s < ns; s++) {                                                     \
                 vec x0 = ld(X[s] + b0), x1 = ld(X[s] + b0 + VL);                               \
-                KEEP(x0);                                                                      \
-                KEEP(x1);                                                                      \
+                KEEPV(x0);                                                                     \
+                KEEPV(x1);                                                                     \
                 for (int q = 0; q < NR; q++) {                                                 \
                     vec w = bc(A[q * ns + s]);                                                 \
                     a0[q] += w * x0;                                                           \
@@ -171,8 +181,8 @@ static void gemm(int nout, int ns, const REAL *A, const REAL *init, const REAL *
         int b0 = 0;                                                                            \
         for (; b0 + VL <= B; b0 += VL) {                                                       \
             vec z[NJ], g[NR];                                                                  \
-            for (int u = 0; u < NJ; u++) { z[u] = ld(Z[u] + b0); KEEP(z[u]); }                \
-            for (int q = 0; q < NR; q++) { g[q] = ld(G[q] + b0); KEEP(g[q]); }                \
+            for (int u = 0; u < NJ; u++) { z[u] = ld(Z[u] + b0); KEEPV(z[u]); }                \
+            for (int q = 0; q < NR; q++) { g[q] = ld(G[q] + b0); KEEPV(g[q]); }                \
             for (int q = 0; q < NR; q++)                                                       \
                 for (int u = 0; u < NJ; u++) a[q][u] += g[q] * z[u];                           \
         }                                                                                      \
