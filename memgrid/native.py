@@ -1,6 +1,6 @@
 """Building and loading memgrid's C sources (``csrc/``): with the machine's C compiler for its
 own CPU's instructions (``-O3 -march=native``; on x86-64 one tuning for every CPU,
-``-mtune=znver3``, so that every x86-64 CPU rounds alike), cached, loaded with ctypes, once per
+``-mtune=znver3``, so that x86-64 CPUs round alike with one compiler), cached, loaded with ctypes, once per
 process.
 
 The shared objects go to ``$MEMGRID_KERNEL_CACHE`` (default ``~/.cache/memgrid``), named by a
@@ -27,9 +27,9 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shar
 if platform.machine() in ("x86_64", "AMD64"):
     # the instructions are the CPU's own, the tuning one for every x86-64 CPU: gcc's tuning
     # decides which multiply-adds it fuses (it splits chains of them on AMD CPUs, by vector
-    # width and generation), so with each CPU's own tuning a Zen 1, a Zen 4 and an Intel CPU
-    # round the same kernel apart. Zen 3's is the tuning that trained the shipped results
-    # (gcc 12 tunes a Zen 4 for it)
+    # width and generation), so with each CPU's own tuning a Zen 1 and a Zen 4 rounded the same
+    # kernel apart. Zen 3's is the tuning that trained the shipped results (gcc 12 tunes a
+    # Zen 4 for it)
     FLAGS.append("-mtune=znver3")
 _lock = threading.Lock()
 _libs: dict[object, ctypes.CDLL | None] = {}     # by dtype (the cells) or name (the task)

@@ -34,6 +34,11 @@ LEVELS = {"x86-64": ["sse2"], "x86-64-v2": ["sse4_2", "popcnt"], "x86-64-v3": ["
           "x86-64-v4": ["avx512f", "avx512bw", "avx512vl", "avx512dq"]}
 
 
+def _flags_for(march: str) -> list[str]:
+    """memgrid's own build flags with the instructions of `march` in place of this CPU's."""
+    return [f"-march={march}" if f == "-march=native" else f for f in native.FLAGS]
+
+
 def _cc_knows(march: str) -> bool:
     done = subprocess.run([native.compiler(), f"-march={march}", "-E", "-x", "c", "/dev/null"],
                           capture_output=True)
@@ -48,7 +53,7 @@ def test_the_c_sources_build_for_every_x86_64_level(march, tmp_path):
     failed to compile there)."""
     if not _cc_knows(march):
         pytest.skip(f"{native.compiler()} does not know -march={march}")
-    flags = [f"-march={march}" if f == "-march=native" else f for f in native.FLAGS]
+    flags = _flags_for(march)
     for src, defines in [(kernels.SRC, ["-DREAL=float", "-DNAME(x)=x##_f32"]),
                          (kernels.SRC, ["-DREAL=double", "-DNAME(x)=x##_f64"]), (task._SRC, [])]:
         done = subprocess.run([native.compiler(), *flags, *defines, "-o", str(tmp_path / "t.so"), str(src)],
@@ -66,9 +71,10 @@ def _pack_run(points, lib, monkeypatch, epochs=40):
             break
         tr.run_epoch()
     assert tr._ws is not None                              # the kernel's own step
-    params = init_params(points[0].arch, 2, 9, "sum", torch.tensor([3, 4]))
+    p = points[0]
+    params = init_params(p.arch, p.layers, p.cells, "sum", torch.tensor([3, 4]))
     u = torch.linspace(-1, 1, 300).reshape(1, 1, 300).expand(2, 1, 300).contiguous()
-    states = kernel_states(points[0].arch, params, u)
+    states = kernel_states(p.arch, params, u)
     return {k: v.clone() for k, v in tr.params.items()}, [m.curve for m in tr.members], states
 
 
@@ -81,8 +87,7 @@ def test_a_build_for_avx2_trains_to_the_bits_of_this_machines_own(arch, monkeypa
     retrain bit for bit on either kind of CPU."""
     if not all(f in native._cpu_tag().split() for f in LEVELS["x86-64-v3"]) or not _cc_knows("x86-64-v3"):
         pytest.skip("this CPU or compiler has no x86-64-v3")
-    v3 = kernels._build(torch.float32, [f if f != "-march=native" else "-march=x86-64-v3"
-                                        for f in native.FLAGS])
+    v3 = kernels._build(torch.float32, _flags_for("x86-64-v3"))
     pts = [Point(arch, 2, 9, p, s, max_epochs=40, eval_every=10, eval_size=37, batch_size=40)
            for p, s in [(1, 0), (3, 1), (5, 2)]]
     ours, other = (_pack_run(pts, lib, monkeypatch) for lib in (kernels.lib(torch.float32), v3))
