@@ -1,7 +1,7 @@
 """Building and loading memgrid's C sources (``csrc/``): with the machine's C compiler for its
 own CPU's instructions (``-O3 -march=native``; on x86-64 one tuning for every CPU,
-``-mtune=znver3``, so that x86-64 CPUs round alike with one compiler), cached, loaded with ctypes, once per
-process.
+``-mtune=znver3``, so that x86-64 CPUs round alike with one compiler), cached, loaded with
+ctypes, once per process.
 
 The shared objects go to ``$MEMGRID_KERNEL_CACHE`` (default ``~/.cache/memgrid``), named by a
 hash of the source, the compiler and the CPU, so that nodes of a cluster with other CPUs, or a
