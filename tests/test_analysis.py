@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memgrid.analysis import (bimodality, capacity_violations, check_claims, limit_violations,
+from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims, limit_violations,
                               memory_capacity, memory_limits, plateau_effect, plot_heatmaps,
                               plot_limits_vs_units, plot_loss_curves, save, write_report)
 from memgrid.config import Point
@@ -93,6 +93,25 @@ def test_limit_violations():
     assert len(v) == 1
     assert (v.iloc[0]["cells"], v.iloc[0]["limit"], v.iloc[0]["bound"], v.iloc[0]["margin"]) == \
         (2, 5, 3, 2)
+
+
+def test_against_state_size_known():
+    """N from the cells (lru: 2 per unit, s6: 4), yes / no / ? against the limit, the stream
+    MC's mean, largest and share of N, and the cost columns, on a table with known answers."""
+    t = pd.concat([
+        points({p: 0.01 for p in range(1, 6)} | {6: 0.2}, arch="lru", cells=2),   # 5 >= N = 4
+        points({1: 0.01, 2: 0.01, 3: 0.3}, cells=4, epochs=300),                  # 2 < 4, measured
+        points({p: 0.01 for p in range(1, 4)}, arch="s6", cells=1),               # 3 < 4, censored
+    ]).assign(mc_stream=lambda d: d["position"] * 0.5, wall_s=lambda d: d["seed"] * 2.0)
+    got = against_state_size(t).set_index("arch")
+    assert got["units"].to_dict() == {"lru": 4, "rnn": 4, "s6": 4}
+    assert got["limit"].to_dict() == {"lru": 5, "rnn": 2, "s6": 3}
+    assert got["reaches_n"].to_dict() == {"lru": "yes", "rnn": "no", "s6": "?"}
+    assert got.loc["lru", "stream_mc"] == pytest.approx(np.mean(range(1, 7)) * 0.5)
+    assert got.loc["lru", "stream_mc_max"] == 3.0
+    assert got.loc["rnn", "stream_share"] == pytest.approx(1.0 / 4)
+    assert got.loc["rnn", "epochs"] == 300 and got.loc["s6", "seconds"] == 2.0   # seeds 0..2: 0, 2, 4
+    assert against_state_size(t.drop(columns="mc_stream"))["stream_mc"].isna().all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +354,7 @@ def test_report_partial_grid(tmp_path, capsys):
                 "limits_vs_units_random.png", "curves_rnn_l1_c1_random.png"):
         assert f"]({png})" in text and (tmp_path / "report" / png).exists()
     assert "## Paper claims" in text and "not covered by this grid" in text
+    assert "Configurations whose limit reaches N: **2 of 2** (0 censored below N)." in text   # N = c
 
 
 def test_report_without_points(tmp_path):

@@ -72,6 +72,40 @@ def limit_violations(points: pd.DataFrame, threshold: float = THRESHOLD,
     return out.sort_values("margin", ascending=False, kind="stable").reset_index(drop=True)
 
 
+
+def against_state_size(points: pd.DataFrame, threshold: float = THRESHOLD,
+                       by: list[str] | None = None) -> pd.DataFrame:
+    """What each configuration remembers against N, its state size (the numbers its state
+    holds: Jaeger's bound MC <= N counts them), with what it cost to train. One row per
+    configuration (``by`` as in :func:`memory_limits`).
+
+    Columns besides the keys:
+      units, limit, limit_censored   as in :func:`memory_limits`
+      reaches_n       ``yes``: limit >= N; ``no``: limit < N, measured (p = limit + 1 failed);
+                      ``?``: limit < N and censored (the next position was not run)
+      stream_mc, stream_mc_max   Jaeger's stream MC of its networks (`mc_stream`): mean and
+                      largest over every network (position and seed) measured; NaN if none
+      stream_share    stream_mc / N: the share of its state the mean network keeps in use
+      epochs, seconds  per point: mean epochs trained, mean seconds in training (`wall_s`: the
+                      time in its pack, which its pack's other points shared)
+    """
+    lim = memory_limits(points, threshold, by)
+    keys = group_columns(points, by)
+    cols = keys + ["units", "limit", "limit_censored", "reaches_n", "stream_mc", "stream_mc_max",
+                   "stream_share", "epochs", "seconds"]
+    if lim.empty:
+        return pd.DataFrame(columns=cols)
+    stream = points["mc_stream"] if "mc_stream" in points else pd.Series(np.nan, index=points.index)
+    cost = points.assign(stream=stream.astype(float)).groupby(keys, dropna=False, sort=True).agg(
+        stream_mc=("stream", "mean"), stream_mc_max=("stream", "max"),
+        epochs=("epochs", "mean"), seconds=("wall_s", "mean")).reset_index()
+    out = lim.merge(cost, on=keys, how="left")
+    out["reaches_n"] = np.where(out["limit"] >= out["units"], "yes",
+                                np.where(out["limit_censored"], "?", "no"))
+    out["stream_share"] = out["stream_mc"] / out["units"]
+    return out[cols]
+
+
 def bimodality(points: pd.DataFrame, lo: float = THRESHOLD, hi: float = 0.2,
                by: list[str] | None = None) -> dict:
     """How rare the in-between outcomes are (paper, Figures 6 and 7: losses either near 0 or

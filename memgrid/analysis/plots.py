@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from ..config import ARCHS
 from .capacity import memory_capacity
 from .limits import memory_limits
-from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, units, variant_columns
+from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, units, units_text, variant_columns
 
 ARCH_ORDER = list(ARCHS)
 _PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink",
@@ -224,7 +224,7 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
     ax_lim.set_ylabel("position p")
     ax_mc.set_ylabel("MC")
     for ax in (ax_lim, ax_mc):
-        ax.set_xlabel("units N = c * l")
+        ax.set_xlabel(f"state size {units_text(archs)}")
         ax.set_xlim(0, n_max + 1)
         ax.set_ylim(bottom=0)
     fig.suptitle(f"Memory against network size ({length_text(points)})", fontsize=11)
@@ -363,7 +363,7 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
                 Line2D([], [], color="0.3", marker="h", mfc="none", ls="",
                        label="hollow: task MC = sum_p r2_p")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left")
-    ax.set_xlabel("units N = c * l")
+    ax.set_xlabel(f"state size {units_text(archs)}")
     ax.set_ylabel("memory capacity MC")
     ax.set_xlim(0, n_max + 1)
     ax.set_ylim(bottom=0)

@@ -20,11 +20,11 @@ from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
 from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configuration_columns,
                           converged_budget, limit_marks)
-from .limits import replay_stopping, plateau_effect, bimodality, memory_limits
+from .limits import against_state_size, bimodality, memory_limits, plateau_effect, replay_stopping
 from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
                     plot_mc_vs_units, save)
 from .tables import (CONFIG, THRESHOLD, budget_steps, fixed_length, load_curves, load_points,
-                     random_length, variant_columns)
+                     random_length, units_text, variant_columns)
 
 MAX_ID_CHECK = 100_000
 """Grids up to this many points are expanded to point ids to count exactly which are done."""
@@ -277,6 +277,26 @@ def _stream_section(points: pd.DataFrame, task: pd.DataFrame) -> list[str]:
             f"above N - (l - 1): {len(over_b)}.", "", md_table(both), ""]
 
 
+
+def _state_size_section(kinds: list, threshold: float) -> list[str]:
+    """Per configuration: does its limit reach N, how much of N its networks keep (stream MC),
+    and what a point cost. The question the grid asks of each cell, in one table."""
+    archs = sorted({a for _, _, sub in kinds for a in sub["arch"].unique()})
+    out = ["## Against the state size N", "",
+           f"N: the numbers a network's state holds, {units_text(archs)}; they bound one "
+           "network's stream MC (Jaeger). `reaches_n`: the limit is at least N (`?`: below N but censored, "
+           "the next position not run). `stream_share`: mean stream MC / N. `epochs`, `seconds`: "
+           "the mean point's training (seconds in its pack, shared with the pack's other points).",
+           ""]
+    for _, title, sub in kinds:
+        table = against_state_size(sub, threshold)
+        reached = (table["reaches_n"] == "yes").sum()
+        out += [f"### {title}", "", f"Configurations whose limit reaches N: **{reached} of "
+                f"{len(table)}** ({(table['reaches_n'] == '?').sum()} censored below N).", "",
+                md_table(table), ""]
+    return out
+
+
 def _plateau_section(uri: str, points: pd.DataFrame, threshold: float) -> list[str]:
     """A run without the plateau stop: replay memgrid's default stop on its curves and say
     what it would have changed (the stopped run is this run cut short: determinism)."""
@@ -391,6 +411,7 @@ def _report(uri: str, out: Path, threshold: float) -> str:
         lines += _limits_section(title, sub, threshold, convs[name][0])
     lines += _budget_section(convs, points, out)
     lines += _capacity_section(points)
+    lines += _state_size_section(kinds, threshold)
 
     lines += ["## Bimodality", ""]
     for kind, sub in (("random length", random_length(points)),

@@ -63,6 +63,20 @@ def units(points: pd.DataFrame) -> pd.Series:
                      dtype=int)
 
 
+
+def units_text(archs) -> str:
+    """How N follows from l and c for these archs, from their cells' definitions
+    (``Cell.units``): ``N = c * l`` where every one holds c numbers per unit layer, else e.g.
+    ``N = c * l (2 c * l: lru; 4 c * l: s6)``."""
+    per = {a: units_of(a, 1, 1) for a in archs}
+    odd = {}
+    for a, k in per.items():
+        if k != 1:
+            odd.setdefault(k, []).append(a)
+    return "N = c * l" + ("" if not odd else
+                          " (" + "; ".join(f"{k} c * l: {', '.join(a)}" for k, a in sorted(odd.items())) + ")")
+
+
 def is_fixed_length(points: pd.DataFrame) -> pd.Series:
     """True where the point ran Definition 2 (q_min == q_max). Without q columns every point is
     taken as random length, the paper's default task (Definition 1)."""
