@@ -14,6 +14,7 @@ import pytest
 from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims, limit_violations,
                               memory_capacity, memory_limits, plateau_effect, plot_heatmaps,
                               plot_limits_vs_units, plot_loss_curves, save, write_report)
+from memgrid.analysis.tables import units_text
 from memgrid.config import Point
 from memgrid.store import point_settings, write_grid_identity, write_points
 
@@ -112,6 +113,8 @@ def test_against_state_size_known():
     assert got.loc["rnn", "stream_share"] == pytest.approx(1.0 / 4)
     assert got.loc["rnn", "epochs"] == 300 and got.loc["s6", "seconds"] == 2.0   # seeds 0..2: 0, 2, 4
     assert against_state_size(t.drop(columns="mc_stream"))["stream_mc"].isna().all()
+    assert units_text(["rnn", "lru", "s6", "esn"]) == "N = c * l (2 c * l: lru; 4 c * l: s6)"
+    assert units_text(["rnn", "gru"]) == "N = c * l"
 
 
 # ---------------------------------------------------------------------------------------------

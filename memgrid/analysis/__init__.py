@@ -13,8 +13,8 @@ from .convergence import converged_budget as converged_budget
 from .convergence import limit_marks as limit_marks
 from .convergence import limits_by_budget as limits_by_budget
 from .convergence import score_budgets as score_budgets
-from .limits import bimodality as bimodality
 from .limits import against_state_size as against_state_size
+from .limits import bimodality as bimodality
 from .limits import limit_violations as limit_violations
 from .limits import memory_limits as memory_limits
 from .limits import plateau_effect as plateau_effect

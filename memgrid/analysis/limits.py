@@ -72,7 +72,6 @@ def limit_violations(points: pd.DataFrame, threshold: float = THRESHOLD,
     return out.sort_values("margin", ascending=False, kind="stable").reset_index(drop=True)
 
 
-
 def against_state_size(points: pd.DataFrame, threshold: float = THRESHOLD,
                        by: list[str] | None = None) -> pd.DataFrame:
     """What each configuration remembers against N, its state size (the numbers its state
@@ -190,7 +189,6 @@ def plateau_effect(with_stop: pd.DataFrame, without_stop: pd.DataFrame,
         "max_abs_loss_diff": float(both["loss_diff"].abs().max()) if len(both) else np.nan,
     }
     return changed, summary
-
 
 
 def replay_stopping(points: pd.DataFrame, curves: pd.DataFrame, **stop: object) -> pd.DataFrame:

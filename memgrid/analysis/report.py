@@ -277,16 +277,16 @@ def _stream_section(points: pd.DataFrame, task: pd.DataFrame) -> list[str]:
             f"above N - (l - 1): {len(over_b)}.", "", md_table(both), ""]
 
 
-
 def _state_size_section(kinds: list, threshold: float) -> list[str]:
     """Per configuration: does its limit reach N, how much of N its networks keep (stream MC),
     and what a point cost. The question the grid asks of each cell, in one table."""
     archs = sorted({a for _, _, sub in kinds for a in sub["arch"].unique()})
     out = ["## Against the state size N", "",
            f"N: the numbers a network's state holds, {units_text(archs)}; they bound one "
-           "network's stream MC (Jaeger). `reaches_n`: the limit is at least N (`?`: below N but censored, "
-           "the next position not run). `stream_share`: mean stream MC / N. `epochs`, `seconds`: "
-           "the mean point's training (seconds in its pack, shared with the pack's other points).",
+           "network's stream MC (Jaeger). `reaches_n`: the limit is at least N (`?`: below N "
+           "but censored, the next position not run). `stream_share`: mean stream MC / N. "
+           "`epochs`, `seconds`: the mean point's training (seconds in its pack, shared with the "
+           "pack's other points).",
            ""]
     for _, title, sub in kinds:
         table = against_state_size(sub, threshold)

@@ -63,18 +63,16 @@ def units(points: pd.DataFrame) -> pd.Series:
                      dtype=int)
 
 
-
 def units_text(archs) -> str:
     """How N follows from l and c for these archs, from their cells' definitions
-    (``Cell.units``): ``N = c * l`` where every one holds c numbers per unit layer, else e.g.
+    (``Cell.units``): ``N = c * l`` where each holds c numbers per layer, else for example
     ``N = c * l (2 c * l: lru; 4 c * l: s6)``."""
-    per = {a: units_of(a, 1, 1) for a in archs}
-    odd = {}
-    for a, k in per.items():
-        if k != 1:
+    odd: dict[int, list[str]] = {}
+    for a in archs:
+        if (k := units_of(a, 1, 1)) != 1:
             odd.setdefault(k, []).append(a)
-    return "N = c * l" + ("" if not odd else
-                          " (" + "; ".join(f"{k} c * l: {', '.join(a)}" for k, a in sorted(odd.items())) + ")")
+    rest = "; ".join(f"{k} c * l: {', '.join(names)}" for k, names in sorted(odd.items()))
+    return "N = c * l" + (f" ({rest})" if rest else "")
 
 
 def is_fixed_length(points: pd.DataFrame) -> pd.Series:
