@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims, limit_violations,
-                              memory_capacity, memory_limits, plateau_effect, plot_heatmaps,
-                              plot_limits_vs_units, plot_loss_curves, save, write_report)
+from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims,
+                              limit_violations, memory_capacity, memory_limits, plateau_effect,
+                              plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
+                              write_report)
 from memgrid.analysis.tables import units_text
 from memgrid.config import Point
 from memgrid.store import point_settings, write_grid_identity, write_points

@@ -276,7 +276,8 @@ class LocalCluster:
         r = requests.get(f"{self.dashboard}/api/jobs/{job_id}/logs", timeout=5,
                          headers={"Authorization": f"Bearer {self.token.read_text()}"})
         r.raise_for_status()
-        return "\n".join(x for x in r.json()["logs"].splitlines() if "(raylet)" not in x and "[state-dump]" not in x)
+        return "\n".join(x for x in r.json()["logs"].splitlines()
+                         if "(raylet)" not in x and "[state-dump]" not in x)
 
     def wait_nodes(self, alive: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
