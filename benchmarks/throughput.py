@@ -6,6 +6,7 @@ GPU) for packs of K points, per network.
     .venv/bin/python benchmarks/throughput.py rnn,5,20 lstm,1,5 --k 8 16 32
     .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
     .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --compare   # the three CPU paths
+    .venv/bin/python benchmarks/throughput.py --k 20 --vectors   # AVX2: the 64-byte vectors' halves
 
 This is what `memgrid.packs.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import train  # noqa: E402
+from memgrid import kernels, native, train  # noqa: E402
 from memgrid.config import Point  # noqa: E402
 from memgrid.train import PackTrainer  # noqa: E402
 from memgrid.packs import best_k  # noqa: E402
@@ -59,21 +60,36 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true",
                     help="on the CPU, side by side: the C kernel's whole step (default), the C kernel's "
                          "forward and backward inside torch autograd, and torch ops (MEMGRID_KERNELS=0)")
+    ap.add_argument("--vectors", action="store_true",
+                    help="on the CPU, side by side: the C kernel as built (on AVX2 without AVX-512 its "
+                         "64-byte vectors held as halves by hand) and built with -DMEMGRID_NO_HALVES "
+                         "(the vectors left to the compiler); the same bits, and the ratio")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device.split(":")[0]
+    builds = {}
+    if args.vectors:
+        builds = {" halves ": kernels.lib(torch.float32),
+                  " 64-byte": kernels._build(torch.float32, native.FLAGS + ["-DMEMGRID_NO_HALVES"])}
     for net in args.nets:
         arch, l, c = net.split(",")
         l, c = int(l), int(c)
-        paths = ["step", "autograd", "torch"] if args.compare and dev == "cpu" else [None]
+        paths = ["step", "autograd", "torch"] if args.compare and dev == "cpu" else list(builds) or [None]
+        rates = {}
         for path in paths:
-            if path is not None:
+            if path in builds:
+                native._libs[torch.float32] = builds[path]
+            elif path is not None:
                 os.environ["MEMGRID_KERNELS"] = "0" if path == "torch" else "1"
                 train.FUSED_STEP = path == "step"
-            cells = "  ".join(f"K={k}: {throughput(arch, l, c, k, args.device):7.0f}" for k in args.k)
-            what = {"step": " C step    ", "autograd": " C autograd", "torch": " torch ops ", None: ""}[path]
+            rates[path] = [throughput(arch, l, c, k, args.device) for k in args.k]
+            cells = "  ".join(f"K={k}: {r:7.0f}" for k, r in zip(args.k, rates[path]))
+            what = {"step": " C step    ", "autograd": " C autograd", "torch": " torch ops ", None: ""}.get(path, path)
             print(f"{arch} {l},{c}{what} (best_k {best_k(Point(arch, l, c, 1, 0), dev)}): {cells}  pe/s",
                   flush=True)
+        if builds:
+            print(f"{arch} {l},{c} halves / 64-byte: "
+                  + "  ".join(f"K={k}: {x / y:5.2f}x" for k, x, y in zip(args.k, *rates.values())), flush=True)
 
 
 if __name__ == "__main__":

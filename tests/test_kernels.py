@@ -81,20 +81,24 @@ def _pack_run(points, lib, monkeypatch, epochs=40):
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 levels")
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
 def test_a_build_for_avx2_trains_to_the_bits_of_this_machines_own(arch, monkeypatch):
-    """The kernels built for x86-64-v3 (AVX2 and FMA: most laptops) train a pack, and run a
-    stream, to the same bits as those built for this CPU (on an AVX-512 machine, the other
-    vector width): a vector is 16 floats however many registers hold it, so shipped results
-    retrain bit for bit on either kind of CPU."""
+    """The kernels built for x86-64-v3 (AVX2 and FMA: most laptops; there each 64-byte vector
+    is held as its two halves, by hand) train a pack, and run a stream, to the same bits as
+    those built for this CPU (on an AVX-512 machine, the other vector width) and as the same
+    build with the 64-byte vectors left to the compiler (``-DMEMGRID_NO_HALVES``, 5-20x slower
+    there): a vector is 16 floats however many registers hold it, so shipped results retrain
+    bit for bit on either kind of CPU."""
     if not all(f in native._cpu_tag().split() for f in LEVELS["x86-64-v3"]) or not _cc_knows("x86-64-v3"):
         pytest.skip("this CPU or compiler has no x86-64-v3")
     v3 = kernels._build(torch.float32, _flags_for("x86-64-v3"))
+    v3_wide = kernels._build(torch.float32, _flags_for("x86-64-v3") + ["-DMEMGRID_NO_HALVES"])
     pts = [Point(arch, 2, 9, p, s, max_epochs=40, eval_every=10, eval_size=37, batch_size=40)
            for p, s in [(1, 0), (3, 1), (5, 2)]]
-    ours, other = (_pack_run(pts, lib, monkeypatch) for lib in (kernels.lib(torch.float32), v3))
-    for name in ours[0]:
-        assert torch.equal(ours[0][name], other[0][name]), name
-    assert repr(ours[1]) == repr(other[1])
-    assert torch.equal(ours[2], other[2]) and ours[2].abs().max() > 0
+    ours, *others = (_pack_run(pts, lib, monkeypatch) for lib in (kernels.lib(torch.float32), v3, v3_wide))
+    for other in others:
+        for name in ours[0]:
+            assert torch.equal(ours[0][name], other[0][name]), name
+        assert repr(ours[1]) == repr(other[1])
+        assert torch.equal(ours[2], other[2]) and ours[2].abs().max() > 0
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])

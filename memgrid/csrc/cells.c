@@ -5,8 +5,9 @@
  * Why: at c = 5..20 a step of a layer is a (R x m+1+c) @ (m+1+c x B) product per member, too
  * small for MKL to run near the machine's rate, and eager PyTorch pays ~5 us of dispatch per op
  * on each of ~8-25 ops per layer and step. Here a member's whole stack stays in L1/L2, the
- * products keep their sums in vector registers (GCC/Clang vector extensions, no intrinsics),
- * and the gates' nonlinearities and the mask are applied in one pass.
+ * products keep their sums in vector registers (GCC/Clang vector extensions; on AVX2 without
+ * AVX-512, their halves with intrinsics), and the gates' nonlinearities and the mask are
+ * applied in one pass.
  *
  * Layouts (all contiguous; REAL is float or double, one build each; R = c rows for rnn, 4c for
  * lstm and gru, see "The cells" below):
@@ -116,8 +117,8 @@ static inline vec bc(REAL s) { return (vec){0} + s; }
  * fused into a multiply-add (the optimizer's updates, in torch's roundings).
  * KEEPV(v): keeps a loaded vector in a register (without it gcc loads it again for every use),
  * only where one register holds the 64 bytes (AVX-512); elsewhere gcc splits each vector into
- * the machine's own, lane by lane, which changes no sum: a vector, in registers or not, is the
- * same 16 floats (8 doubles) on every machine. */
+ * the machine's own, lane by lane (on AVX2, HALVES below does it by hand), which changes no
+ * sum: a vector, in registers or not, is the same 16 floats (8 doubles) on every machine. */
 #if defined(__GNUC__) && defined(__x86_64__)
 #define KEEP(s) __asm__("" : "+v"(s))
 #elif defined(__GNUC__) && defined(__aarch64__)
@@ -131,7 +132,71 @@ static inline vec bc(REAL s) { return (vec){0} + s; }
 #define KEEPV(v) (void)0
 #endif
 
-/* O[o][b] = init[o] + sum_s A[o][s] X[s][b] for o < nout, A (nout, ns) contiguous. */
+/* AVX2 without AVX-512 (most laptops; AMD before Zen 4): gcc lowers the 64-byte vectors above
+ * to spills and lane shuffles, 5-20x below the machine's rate (benchmarks/throughput.py
+ * --vectors). There the blocks below hold each vector as its two 32-byte halves, in blocks
+ * small enough that their sums stay in the 16 registers, with explicit fused multiply-adds (the
+ * one rounding per product that the 64-byte vectors get): every element is summed in the same
+ * order and the same roundings, so the numbers are bitwise those of the 64-byte vectors
+ * (tests/test_kernels.py builds both). -DMEMGRID_NO_HALVES builds the 64-byte vectors. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && \
+    !defined(__AVX512F__) && !defined(MEMGRID_NO_HALVES)
+#define HALVES 1
+#include <immintrin.h>
+#define IS_float 1
+#define IS_double 2
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+typedef REAL hvec __attribute__((vector_size(32)));
+typedef REAL hvecu __attribute__((vector_size(32), aligned(sizeof(REAL))));
+#define HL ((int)(32 / sizeof(REAL)))
+static inline hvec hld(const REAL *p) { return *(const hvecu *)p; }
+static inline void hst(REAL *p, hvec v) { *(hvecu *)p = v; }
+#if CAT(IS_, REAL) == IS_float
+static inline hvec hbc(REAL s) { return (hvec)_mm256_set1_ps(s); }
+static inline hvec hfma(hvec a, hvec b, hvec c) {     /* a * b + c, rounded once */
+    return (hvec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+#else
+static inline hvec hbc(REAL s) { return (hvec)_mm256_set1_pd(s); }
+static inline hvec hfma(hvec a, hvec b, hvec c) {
+    return (hvec)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+}
+#endif
+#endif
+
+/* O[o][b] = init[o] + sum_s A[o][s] X[s][b] for o < nout, A (nout, ns) contiguous. The scalar
+ * loop does the columns after the last whole block. */
+#define GEMM_TAIL(NR)                                                                          \
+    for (; b0 < B; b0++)                                                                       \
+        for (int q = 0; q < NR; q++) {                                                         \
+            REAL a = init ? init[q] : 0;                                                       \
+            for (int s = 0; s < ns; s++) a += A[q * ns + s] * X[s][b0];                        \
+            O[q][b0] = a;                                                                      \
+        }
+#ifdef HALVES
+/* a block of BW columns as two of 2 halves each: NR rows x 2 halves of sums in registers */
+#define GEMM_ROWS(NR)                                                                          \
+    static inline void gemm_rows##NR(const REAL *A, int ns, const REAL *init,                  \
+                                     const REAL *const *X, REAL *const *O, int B) {            \
+        int b0 = 0;                                                                            \
+        for (; b0 + BW <= B; b0 += BW)                                                         \
+            for (int c0 = b0; c0 < b0 + BW; c0 += 2 * HL) {                                    \
+                hvec a0[NR], a1[NR];                                                           \
+                for (int q = 0; q < NR; q++) a0[q] = a1[q] = hbc(init ? init[q] : 0);         \
+                for (int s = 0; s < ns; s++) {                                                 \
+                    hvec x0 = hld(X[s] + c0), x1 = hld(X[s] + c0 + HL);                        \
+                    for (int q = 0; q < NR; q++) {                                             \
+                        hvec w = hbc(A[q * ns + s]);                                           \
+                        a0[q] = hfma(w, x0, a0[q]);                                            \
+                        a1[q] = hfma(w, x1, a1[q]);                                            \
+                    }                                                                          \
+                }                                                                              \
+                for (int q = 0; q < NR; q++) { hst(O[q] + c0, a0[q]); hst(O[q] + c0 + HL, a1[q]); } \
+            }                                                                                  \
+        GEMM_TAIL(NR)                                                                          \
+    }
+#else
 #define GEMM_ROWS(NR)                                                                          \
     static inline void gemm_rows##NR(const REAL *A, int ns, const REAL *init,                  \
                                      const REAL *const *X, REAL *const *O, int B) {            \
@@ -151,13 +216,9 @@ static inline vec bc(REAL s) { return (vec){0} + s; }
             }                                                                                  \
             for (int q = 0; q < NR; q++) { st(O[q] + b0, a0[q]); st(O[q] + b0 + VL, a1[q]); } \
         }                                                                                      \
-        for (; b0 < B; b0++)                                                                   \
-            for (int q = 0; q < NR; q++) {                                                     \
-                REAL a = init ? init[q] : 0;                                                   \
-                for (int s = 0; s < ns; s++) a += A[q * ns + s] * X[s][b0];                    \
-                O[q][b0] = a;                                                                  \
-            }                                                                                  \
+        GEMM_TAIL(NR)                                                                          \
     }
+#endif
 GEMM_ROWS(4)
 GEMM_ROWS(2)
 GEMM_ROWS(1)
@@ -171,7 +232,37 @@ static void gemm(int nout, int ns, const REAL *A, const REAL *init, const REAL *
 }
 
 /* acc[r][j][lane] += sum over b = lane (mod VL) of G[r][b] Z[j][b], for r < nr, j < nj: the
- * weight gradient's lane-wise partial sums, in the order of b, then of the calls. */
+ * weight gradient's lane-wise partial sums, in the order of b, then of the calls. The scalar
+ * loop adds the columns after the last whole vector. */
+#define WGRAD_TAIL(NR, NJ)                                                                     \
+    for (; b0 < B; b0++)                                                                       \
+        for (int q = 0; q < NR; q++)                                                           \
+            for (int u = 0; u < NJ; u++)                                                       \
+                acc[((int64_t)q * nj + u) * VL + b0 % VL] += G[q][b0] * Z[u][b0];
+#ifdef HALVES
+/* each half of the lanes on its own: NR x NJ halves of sums in registers */
+#define WGRAD_BLOCK(NR, NJ)                                                                    \
+    static inline void wgrad##NR##NJ(const REAL *const *G, const REAL *const *Z, REAL *acc,    \
+                                     int nj, int B) {                                          \
+        int b0 = 0;                                                                            \
+        for (int h = 0; h < VL; h += HL) {                                                     \
+            hvec a[NR][NJ];                                                                    \
+            for (int q = 0; q < NR; q++)                                                       \
+                for (int u = 0; u < NJ; u++) a[q][u] = hld(acc + ((int64_t)q * nj + u) * VL + h); \
+            for (b0 = 0; b0 + VL <= B; b0 += VL) {                                             \
+                hvec z[NJ], g[NR];                                                             \
+                for (int u = 0; u < NJ; u++) z[u] = hld(Z[u] + b0 + h);                        \
+                for (int q = 0; q < NR; q++) g[q] = hld(G[q] + b0 + h);                        \
+                for (int q = 0; q < NR; q++)                                                   \
+                    for (int u = 0; u < NJ; u++) a[q][u] = hfma(g[q], z[u], a[q][u]);         \
+            }                                                                                  \
+            for (int q = 0; q < NR; q++)                                                       \
+                for (int u = 0; u < NJ; u++) hst(acc + ((int64_t)q * nj + u) * VL + h, a[q][u]); \
+        }                                                                                      \
+        WGRAD_TAIL(NR, NJ)                                                                     \
+    }
+#define WJ 2                              /* columns of a block: 4 x 2 halves of sums */
+#else
 #define WGRAD_BLOCK(NR, NJ)                                                                    \
     static inline void wgrad##NR##NJ(const REAL *const *G, const REAL *const *Z, REAL *acc,    \
                                      int nj, int B) {                                          \
@@ -188,34 +279,34 @@ static void gemm(int nout, int ns, const REAL *A, const REAL *init, const REAL *
         }                                                                                      \
         for (int q = 0; q < NR; q++)                                                           \
             for (int u = 0; u < NJ; u++) st(acc + ((int64_t)q * nj + u) * VL, a[q][u]);       \
-        for (; b0 < B; b0++)                                                                   \
-            for (int q = 0; q < NR; q++)                                                       \
-                for (int u = 0; u < NJ; u++)                                                   \
-                    acc[((int64_t)q * nj + u) * VL + b0 % VL] += G[q][b0] * Z[u][b0];          \
+        WGRAD_TAIL(NR, NJ)                                                                     \
     }
-WGRAD_BLOCK(4, 4)
-WGRAD_BLOCK(4, 1)
-WGRAD_BLOCK(2, 4)
-WGRAD_BLOCK(2, 1)
-WGRAD_BLOCK(1, 4)
-WGRAD_BLOCK(1, 1)
+#define WJ 4                              /* columns of a block: 4 x 4 vectors of sums */
+#endif
+#define WGRAD_BLOCKS(NJ) WGRAD_BLOCK(4, NJ) WGRAD_BLOCK(2, NJ) WGRAD_BLOCK(1, NJ)
+#define WGRAD_BLOCKS_(NJ) WGRAD_BLOCKS(NJ)
+WGRAD_BLOCKS_(WJ)
+WGRAD_BLOCKS(1)
+#define WCALL_(NR, NJ) wgrad##NR##NJ
+#define WCALL(NR, NJ) WCALL_(NR, NJ)
 
 static void wgrad(int nr, int nj, const REAL *const *G, const REAL *const *Z, REAL *acc, int B) {
-    int r = 0;
-    for (; r + 4 <= nr; r += 4) {
+    for (int r = 0; r < nr;) {
+        const int rows = nr - r >= 4 ? 4 : nr - r >= 2 ? 2 : 1;
         int j = 0;
-        for (; j + 4 <= nj; j += 4) wgrad44(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
-        for (; j < nj; j++) wgrad41(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
-    }
-    for (; r + 2 <= nr; r += 2) {
-        int j = 0;
-        for (; j + 4 <= nj; j += 4) wgrad24(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
-        for (; j < nj; j++) wgrad21(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
-    }
-    for (; r < nr; r++) {
-        int j = 0;
-        for (; j + 4 <= nj; j += 4) wgrad14(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
-        for (; j < nj; j++) wgrad11(G + r, Z + j, acc + ((int64_t)r * nj + j) * VL, nj, B);
+        for (; j + WJ <= nj; j += WJ) {
+            REAL *ar = acc + ((int64_t)r * nj + j) * VL;
+            if (rows == 4) WCALL(4, WJ)(G + r, Z + j, ar, nj, B);
+            else if (rows == 2) WCALL(2, WJ)(G + r, Z + j, ar, nj, B);
+            else WCALL(1, WJ)(G + r, Z + j, ar, nj, B);
+        }
+        for (; j < nj; j++) {
+            REAL *ar = acc + ((int64_t)r * nj + j) * VL;
+            if (rows == 4) wgrad41(G + r, Z + j, ar, nj, B);
+            else if (rows == 2) wgrad21(G + r, Z + j, ar, nj, B);
+            else wgrad11(G + r, Z + j, ar, nj, B);
+        }
+        r += rows;
     }
 }
 
