@@ -84,8 +84,8 @@ def test_a_build_for_avx2_trains_to_the_bits_of_this_machines_own(arch, monkeypa
     """The kernels built for x86-64-v3 (AVX2 and FMA: most laptops; there each 64-byte vector
     is held as its two halves, by hand) train a pack, and run a stream, to the same bits as
     those built for this CPU (on an AVX-512 machine, the other vector width) and as the same
-    build with the 64-byte vectors left to the compiler (``-DMEMGRID_NO_HALVES``, 5-20x slower
-    there): a vector is 16 floats however many registers hold it, so shipped results retrain
+    build with the 64-byte vectors left to the compiler (``-DMEMGRID_NO_HALVES``, a training
+    step 2.4-7.8x slower there): a vector is 16 floats however many registers hold it, so shipped results retrain
     bit for bit on either kind of CPU."""
     if not all(f in native._cpu_tag().split() for f in LEVELS["x86-64-v3"]) or not _cc_knows("x86-64-v3"):
         pytest.skip("this CPU or compiler has no x86-64-v3")

@@ -133,8 +133,8 @@ static inline vec bc(REAL s) { return (vec){0} + s; }
 #endif
 
 /* AVX2 without AVX-512 (most laptops; AMD before Zen 4): gcc lowers the 64-byte vectors above
- * to spills and lane shuffles, 5-20x below the machine's rate (benchmarks/throughput.py
- * --vectors). There the blocks below hold each vector as its two 32-byte halves, in blocks
+ * to spills and lane shuffles: its products 5-20x below what the halves get
+ * (benchmarks/products.c), a training step 2.4-7.8x (benchmarks/throughput.py --vectors). There the blocks below hold each vector as its two 32-byte halves, in blocks
  * small enough that their sums stay in the 16 registers, with explicit fused multiply-adds (the
  * one rounding per product that the 64-byte vectors get): every element is summed in the same
  * order and the same roundings, so the numbers are bitwise those of the 64-byte vectors
