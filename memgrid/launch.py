@@ -15,7 +15,8 @@ which every node must reach (a pyarrow URI such as ``s3://bucket/results`` or a 
 the driver never reads a worker's local disk.
 
 Fault tolerance is Ray's and memgrid's own, unchanged: a trial that dies with its node is retried
-from its last Tune checkpoint (``FailureConfig``); a job that dies is resumed by launching the
+from its last Tune checkpoint (``FailureConfig``), and one that Tune gives up on for a lost worker
+is trained in another round (``tune.lost_worker``); a job that dies is resumed by launching the
 same grid into the same ``OUT`` again, which trains only the points missing there.
 
 Token authentication stays on. Ray's job client sends the token when ``RAY_AUTH_MODE=token``;

@@ -583,7 +583,7 @@ class Progress:
 
     def __init__(self, name: str, total: int, done_before: Counter,
                  packs: list[list[Point]] | None = None, slots: int = 1,
-                 started: float | None = None, stream=sys.stderr):
+                 started: float | None = None, stream=None):
         self.name, self.total, self.before = name, total, done_before
         by_id = {pack_id(pk): pk for pk in packs or []}
         self.cost = {i: pack_cost(pk) for i, pk in by_id.items()}
@@ -592,9 +592,14 @@ class Progress:
         self.slots = max(1, slots)
         self.trials: dict[str, dict] = {}
         self.running = 0
-        self.stream, self.tty = stream, stream.isatty()
+        self._stream = stream       # None: sys.stderr when written, and not pickled with Tune's state
+        self.tty = self.stream.isatty()
         self.t0 = time.monotonic() if started is None else started
         self.last = -math.inf
+
+    @property
+    def stream(self):
+        return sys.stderr if self._stream is None else self._stream
 
     def update(self, trial_id: str, result: dict, pack: str | None = None) -> None:
         """A trial's latest result."""
@@ -775,7 +780,8 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
 
 
 def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None = None,
-               num_cpus: int | None = None, max_failures: int = 3, quiet: bool = False,
+               num_cpus: int | None = None, max_failures: int = 3, rounds: int = 3,
+               quiet: bool = False,
                started: float | None = None, names: dict[str, str] | None = None,
                prepare=None, halving: LRTuning | None = None, lr_source: str = "grid",
                label: str = "") -> dict:
@@ -793,6 +799,10 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     Raises ConfigError (nothing trained) when the address does not answer or no node can take
     a trial; :class:`Interrupted` (or KeyboardInterrupt) when a signal ends the run: the points
     stored until then stay.
+
+    `max_failures`: Tune's retries of a failed trial. `rounds`: the most Tune runs; each after the
+    first trains the points left by trials that Tune gave up on when their worker was lost
+    (lost_worker).
 
     `halving` (a tuning run): all the candidates of a configuration share one pack, where
     successive halving compares them. `lr_source`: recorded in every row. `label`: shown
@@ -868,23 +878,6 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
             device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots
         if len(todo) >= NOTICE_POINTS and not quiet:
             _say(f"[{grid.name}] Ray is up: cutting {len(todo)} points into packs ...")
-        resumed, fresh = resume_saved(out, todo)   # packs a stopped run saved mid-training
-        if halving is None:
-            packs = plan_packs(fresh, res.pack, slots, device=device, mem_per_slot=mem)
-        else:   # one pack per configuration, the longest first
-            groups: dict[tuple, list[Point]] = {}
-            for p in fresh:
-                groups.setdefault(p.pack_key, []).append(p)
-            packs = list(groups.values())
-        packs = sorted(resumed + packs, key=pack_cost, reverse=True)
-        if resumed and not quiet:
-            _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an earlier "
-                 "run: continuing where they were")
-        summary["packs"] = len(packs)
-        specs = [pack_spec(pk) for pk in packs]
-        progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
-                            before, packs, slots, started)
-
         class _Callback(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 progress.update(trial.trial_id, result, spec_pack_id(trial.config["pack"]))
@@ -897,29 +890,55 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
 
         storage = out if "://" in out else str(Path(out).absolute())
         trainable = tune.with_resources(pack_trial, {"cpu": res.cpus_per_trial, "gpu": gpus})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"pack": None, "out": storage, "grid": grid.name,
-                         "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
-                         "halving": halving.to_dict() if halving else None},
-            # one trial per pack, each pack a preset config (copied alone), not a grid search:
-            # Tune deep-copies a grid search's whole list for each trial it makes, quadratic in
-            # the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5
-            # points: hours)
-            tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(points_to_evaluate=[{"pack": s} for s in specs]),
-                num_samples=len(specs), reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=f"{storage.rstrip('/')}/_tune",
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[] if quiet else [_Callback()], verbose=0),
-        )
-        if len(todo) >= NOTICE_POINTS and not quiet:
-            progress.show()     # before Tune's first step, a few seconds away at this size
-        results = tuner.fit()
-        summary["failed_trials"] = sum(1 for r in results if r.error is not None)
+        for attempt in range(max(1, rounds)):    # see lost_worker
+            resumed, fresh = resume_saved(out, todo)   # packs a stopped run saved mid-training
+            if halving is None:
+                packs = plan_packs(fresh, res.pack, slots, device=device, mem_per_slot=mem)
+            else:   # one pack per configuration, the longest first
+                groups: dict[tuple, list[Point]] = {}
+                for p in fresh:
+                    groups.setdefault(p.pack_key, []).append(p)
+                packs = list(groups.values())
+            packs = sorted(resumed + packs, key=pack_cost, reverse=True)
+            if resumed and not quiet:
+                _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an earlier "
+                     "run: continuing where they were")
+            if not attempt:
+                summary["packs"] = len(packs)
+            specs = [pack_spec(pk) for pk in packs]
+            progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
+                                before, packs, slots, started)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"pack": None, "out": storage, "grid": grid.name,
+                             "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
+                             "halving": halving.to_dict() if halving else None},
+                # one trial per pack, each pack a preset config (copied alone), not a grid search:
+                # Tune deep-copies a grid search's whole list for each trial it makes, quadratic in
+                # the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5
+                # points: hours)
+                tune_config=tune.TuneConfig(
+                    search_alg=BasicVariantGenerator(points_to_evaluate=[{"pack": s} for s in specs]),
+                    num_samples=len(specs), reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{attempt}" if attempt else ""),
+                    storage_path=f"{storage.rstrip('/')}/_tune",
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[] if quiet else [_Callback()], verbose=0),
+            )
+            if len(todo) >= NOTICE_POINTS and not quiet:
+                progress.show()     # before Tune's first step, a few seconds away at this size
+            results = tuner.fit()
+            failed = [r.error for r in results if r.error is not None]
+            summary["failed_trials"] = len(failed)
+            todo, before = missing()
+            lost = sum(1 for e in failed if lost_worker(e))
+            if not todo or not lost or attempt == rounds - 1:
+                break
+            if not quiet:   # Tune gave up on a trial whose node died (see lost_worker)
+                _say(f"[{grid.name}] {_plural(lost, 'trial')} lost {'its' if lost == 1 else 'their'} "
+                     f"worker: another round for the {_plural(len(todo), 'point')} left")
     except BaseException:
         if progress is not None and not quiet and progress.tty:
             print(file=sys.stderr, flush=True)     # end the progress line drawn in place
@@ -939,6 +958,19 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         progress.before = stops
         progress.show(final=True)
     return summary
+
+
+def lost_worker(error: BaseException) -> bool:
+    """Whether a trial Tune gave up on failed because its worker went (its node died), not
+    because its code raised. Tune retries a trial up to ``max_failures`` times, but when a node
+    dies the trial's dead actor can report the loss twice, and the second report finds the trial
+    already pending its retry and ends it for good (Ray 2.60, ``_process_trial_failure``). So
+    `run_points` trains what such trials left in another round (its `rounds`); an exception from
+    the training itself (a RayTaskError) ends the run as before."""
+    from ray.exceptions import RayActorError, RayTaskError
+    if isinstance(error, RayTaskError):
+        error = error.as_instanceof_cause()
+    return isinstance(error, RayActorError)
 
 
 def stop_counts(out: str, ids: set[str]) -> Counter:

@@ -375,3 +375,68 @@ def test_every_reservoir_has_the_requested_spectral_radius(N):
     torch.testing.assert_close(radius, torch.full((300,), 0.9, dtype=torch.float64))
     again = init_reservoirs(seeds[[7, 1, 2]], N, spectral_radius=0.9, connectivity=0.1)
     assert torch.equal(again.w, res.w[[7, 1, 2]])                          # pure in the seed
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial whose worker is lost (its node died) and that Tune gives up on: another round.
+
+
+def _faulty_trainer():
+    """Ray's worker setup hook: in each worker, PackTrainer first reads the counter in
+    $MEMGRID_TEST_FAULTS/calls, adds one, and then, as $MEMGRID_TEST_FAULTS/mode says, ends its
+    worker process at the first call ("die": the worker lost, as when its node dies) or raises
+    at every call ("raise": the training's own error)."""
+    import os
+    from pathlib import Path
+
+    from memgrid import train
+
+    folder, init = Path(os.environ["MEMGRID_TEST_FAULTS"]), train.PackTrainer.__init__
+
+    def faulty_init(self, *args, **kwargs):
+        calls = int((folder / "calls").read_text()) + 1
+        (folder / "calls").write_text(str(calls))
+        mode = (folder / "mode").read_text()
+        if mode == "die" and calls == 1:
+            os._exit(1)
+        if mode == "raise":
+            raise ValueError("a bug in the training")
+        init(self, *args, **kwargs)
+
+    train.PackTrainer.__init__ = faulty_init
+
+
+@pytest.mark.slow
+def test_points_of_a_trial_lost_with_its_worker_train_in_another_round(tmp_path, tiny_grid,
+                                                                       monkeypatch, capsys):
+    """When a node dies, its trial's dead actor can report the loss twice and Tune ends the
+    trial for good at the second report (memgrid.tune.lost_worker), which a real cluster test
+    meets only by chance. Here the loss is made by construction: with no retries by Tune
+    (max_failures=0), the one pack's worker ends itself at its first call, Tune gives the trial
+    up, and the next round trains its points. A training that raises gets no second round."""
+    ray = pytest.importorskip("ray")
+    from memgrid.tune import run_points
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    monkeypatch.setenv("MEMGRID_TEST_FAULTS", str(faults))
+    grid = load_grid(tiny_grid)
+    points = [p for p in grid.points() if p.arch == "rnn" and p.position == 1]   # one pack
+    ray.init(num_cpus=1, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": _faulty_trainer,
+                          "env_vars": {"PYTHONPATH": os.pathsep.join(
+                              [str(ROOT), os.environ.get("PYTHONPATH", "")])}})   # the hook's module
+    try:
+        for mode, want_calls, want_done, want_failed in (("die", 2, len(points), 0),
+                                                         ("raise", 1, 0, 1)):
+            out = str(tmp_path / mode)
+            prepare_out(grid, out)
+            (faults / "calls").write_text("0")
+            (faults / "mode").write_text(mode)
+            summary = run_points(grid, points, out, address="local", max_failures=0)
+            assert int((faults / "calls").read_text()) == want_calls, mode
+            assert (summary["done"], summary["failed_trials"]) == (want_done, want_failed), mode
+            another = "[tiny] 1 trial lost its worker: another round for the 4 points left"
+            assert (another in capsys.readouterr().err) == (mode == "die")
+    finally:
+        ray.shutdown()
