@@ -592,7 +592,7 @@ class Progress:
         self.slots = max(1, slots)
         self.trials: dict[str, dict] = {}
         self.running = 0
-        self._stream = stream       # None: sys.stderr when written, and not pickled with Tune's state
+        self._stream = stream   # None: sys.stderr when written (not pickled with Tune's state)
         self.tty = self.stream.isatty()
         self.t0 = time.monotonic() if started is None else started
         self.last = -math.inf
@@ -901,8 +901,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 packs = list(groups.values())
             packs = sorted(resumed + packs, key=pack_cost, reverse=True)
             if resumed and not quiet:
-                _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an earlier "
-                     "run: continuing where they were")
+                _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an "
+                     "earlier run: continuing where they were")
             if not attempt:
                 summary["packs"] = len(packs)
             specs = [pack_spec(pk) for pk in packs]
@@ -918,10 +918,12 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 # the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5
                 # points: hours)
                 tune_config=tune.TuneConfig(
-                    search_alg=BasicVariantGenerator(points_to_evaluate=[{"pack": s} for s in specs]),
+                    search_alg=BasicVariantGenerator(
+                        points_to_evaluate=[{"pack": s} for s in specs]),
                     num_samples=len(specs), reuse_actors=True),
                 run_config=tune.RunConfig(
-                    name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{attempt}" if attempt else ""),
+                    name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+                         + (f"-{attempt}" if attempt else ""),
                     storage_path=f"{storage.rstrip('/')}/_tune",
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -937,8 +939,9 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
             if not todo or not lost or attempt == rounds - 1:
                 break
             if not quiet:   # Tune gave up on a trial whose node died (see lost_worker)
-                _say(f"[{grid.name}] {_plural(lost, 'trial')} lost {'its' if lost == 1 else 'their'} "
-                     f"worker: another round for the {_plural(len(todo), 'point')} left")
+                its = "its" if lost == 1 else "their"
+                _say(f"[{grid.name}] {_plural(lost, 'trial')} lost {its} worker: another round "
+                     f"for the {_plural(len(todo), 'point')} left")
     except BaseException:
         if progress is not None and not quiet and progress.tty:
             print(file=sys.stderr, flush=True)     # end the progress line drawn in place

@@ -422,10 +422,10 @@ def test_points_of_a_trial_lost_with_its_worker_train_in_another_round(tmp_path,
     monkeypatch.setenv("MEMGRID_TEST_FAULTS", str(faults))
     grid = load_grid(tiny_grid)
     points = [p for p in grid.points() if p.arch == "rnn" and p.position == 1]   # one pack
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # the hook's module
     ray.init(num_cpus=1, include_dashboard=False,
              runtime_env={"worker_process_setup_hook": _faulty_trainer,
-                          "env_vars": {"PYTHONPATH": os.pathsep.join(
-                              [str(ROOT), os.environ.get("PYTHONPATH", "")])}})   # the hook's module
+                          "env_vars": {"PYTHONPATH": path}})
     try:
         for mode, want_calls, want_done, want_failed in (("die", 2, len(points), 0),
                                                          ("raise", 1, 0, 1)):
