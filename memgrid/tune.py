@@ -95,14 +95,17 @@ def point_labels(points: list[Point]) -> list[str]:
 
 def pack_metrics(labels: list[str], losses: list[float], *, points_done: int, active: int,
                  epoch: int, stops: Counter, seconds: Counter | None = None,
-                 started_at: float = math.nan) -> dict:
+                 started_at: float = math.nan, epoch_start: int = 0) -> dict:
     """One report of a pack to Tune. `losses`: each point's latest evaluation MAE, in the order
     of `labels` (NaN where this attempt has none: a point stored before a retry). Every report
     has the same keys (Tune's CSV logger keeps the first report's columns); `timesteps_total`
     is the epoch, the x axis of Tune's TensorBoard curves. `seconds`: where this attempt's
     wall time went so far (PackTrainer.seconds, with `write` and `checkpoint`), reported as
     `time_<phase>_s` for every phase of PHASES; `started_at`: when the attempt began (POSIX
-    time), so that the trials' reports give the run's timeline (benchmarks/real_grid.py)."""
+    time), so that the trials' reports give the run's timeline (benchmarks/real_grid.py), and
+    `attempt_s`, the seconds since then; `epoch_start`: the epoch the attempt began at (a pack
+    continued from a checkpoint or an earlier run's saved state). Progress measures the rate
+    of work on these two: Tune's `time_total_s` starts at 0 for a pack an earlier run saved."""
     finite = [v for v in losses if math.isfinite(v)]
     nan = float("nan")
     return {"points_done": points_done, "points": len(labels), "active": active, "epoch": epoch,
@@ -114,7 +117,8 @@ def pack_metrics(labels: list[str], losses: list[float], *, points_done: int, ac
             "loss_median": statistics.median(finite) if finite else nan,
             "loss_max": max(finite, default=nan),
             **{f"time_{k}_s": (seconds or {}).get(k, 0.0) for k in PHASES},
-            "started_at": started_at,
+            "started_at": started_at, "epoch_start": epoch_start,
+            "attempt_s": time.time() - started_at if math.isfinite(started_at) else 0.0,
             "loss": dict(zip(labels, losses))}
 
 
@@ -159,6 +163,7 @@ def pack_trial(config: dict) -> None:
             except ValueError as e:
                 print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: not this pack's state ({e}): "
                       "the pack starts afresh", file=sys.stderr)
+    epoch_start = trainer.epoch
     stored = store.part_names(uri, pid + "-")
     # points stored after that checkpoint, or before a crash, in this pack's parts or (a
     # compacted or shipped folder) merged into others
@@ -194,7 +199,7 @@ def pack_trial(config: dict) -> None:
         return pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
                             points_done=n_written, active=len(trainer.active),
                             epoch=trainer.epoch, stops=stops, seconds=trainer.seconds,
-                            started_at=started_at)
+                            started_at=started_at, epoch_start=epoch_start)
 
     while True:
         if not trainer.done:
@@ -575,7 +580,10 @@ class Progress:
     their max_epochs done) say how many seconds a unit of it takes on this machine, with its
     early stops. Left: that rate times the work not done (a running pack's epochs left at the
     cost of the members it still trains), spread over the slots, and at least the longest
-    pack left.
+    pack left. Where the packs left may take much longer than that (none of them stopping
+    early), the line says so too: the same work at the seconds per unit of the epochs the
+    members trained. Only the epochs of this run count: a pack continued from an earlier
+    run's saved state reports the epoch it began at (`epoch_start`).
 
     Fed from Tune's results, of which it keeps a few numbers per trial: the driver holds counts,
     not curves.
@@ -589,6 +597,7 @@ class Progress:
         self.cost = {i: pack_cost(pk) for i, pk in by_id.items()}
         self.epochs = {i: max(p.max_epochs for p in pk) for i, pk in by_id.items()}
         self.longest = {i: max(pk, key=lambda q: q.q_hi) for i, pk in by_id.items()}
+        self.size = {i: len(pk) for i, pk in by_id.items()}
         self.slots = max(1, slots)
         self.trials: dict[str, dict] = {}
         self.running = 0
@@ -604,10 +613,17 @@ class Progress:
     def update(self, trial_id: str, result: dict, pack: str | None = None) -> None:
         """A trial's latest result."""
         t = self.trials.setdefault(trial_id, {"pack": pack, "done": False})
+        epoch, start = result.get("epoch", 0), result.get("epoch_start", 0)
+        if t.get("start") != start or epoch < t.get("epoch", start):   # a new attempt: a
+            t.update(start=start, epoch=start, work=0.0, active=None)  # retry, its checkpoint's
+        p = self.longest.get(t["pack"])
+        if p is not None and epoch > t["epoch"]:   # the model's work of the epochs since the
+            k = t["active"] if t["active"] is not None else result.get("active") or \
+                self.size[t["pack"]]                                      # last report
+            t["work"] += pack_seconds(p, k) * (epoch - t["epoch"]) / max(1, self.epochs[t["pack"]])
         t.update(stops={k[5:]: v for k, v in result.items()
                         if k.startswith("stop_") and isinstance(v, int) and v},
-                 epoch=result.get("epoch", 0), seconds=result.get("time_total_s", 0.0),
-                 active=result.get("active"))
+                 epoch=epoch, seconds=result.get("attempt_s", 0.0), active=result.get("active"))
         self.tick()
 
     def finish(self, trial_id: str) -> None:
@@ -630,27 +646,41 @@ class Progress:
         return sum(stops.values()), stops
 
     def left_s(self) -> float | None:
-        """Seconds left, or None before any pack has been measured."""
-        measured = modelled = 0.0
+        """Seconds left if the packs left stop early as often as those measured, or None before
+        any pack has been measured."""
+        both = self.left_range()
+        return None if both is None else both[0]
+
+    def left_range(self) -> tuple[float, float] | None:
+        """(seconds left at the rate of the packs measured, their early stops included; seconds
+        left if no member stops early from now on, at the rate of the members' epochs trained),
+        or None before any pack has been measured. Packs start longest first, and a grid's
+        longest packs are often its big networks, which solve early: the first figure can run
+        low for hours (the Figure 8 GRU grid at the converged protocol), the second holds as
+        long as the cost model and the machine do."""
+        measured = modelled = trained = 0.0
         left, seen = [], set()
         for t in self.trials.values():
             c = self.cost.get(t["pack"])
             if c is None:
                 continue
             seen.add(t["pack"])
-            share = 1.0 if t["done"] else min(1.0, t.get("epoch", 0) / max(1, self.epochs[t["pack"]]))
-            if share > 0 and t.get("seconds"):
+            epochs = max(1, self.epochs[t["pack"]])
+            start = min(1.0, t["start"] / epochs)
+            share = 1.0 if t["done"] else min(1.0, t["epoch"] / epochs)   # of its budget, done
+            if share > start and t["seconds"]:
                 measured += t["seconds"]
-                modelled += c * share
+                modelled += c * (share - start)
+                trained += t["work"]
             if not t["done"]:   # its epochs left cost what its members still training cost
-                active = t.get("active")
-                if active:
-                    c = pack_seconds(self.longest[t["pack"]], active)
+                if t["active"]:
+                    c = pack_seconds(self.longest[t["pack"]], t["active"])
                 left.append(c * (1 - share))
         left += [c for pid, c in self.cost.items() if pid not in seen]
-        if modelled <= 0 or not left:
+        if modelled <= 0 or trained <= 0 or not left:
             return None
-        return measured / modelled * max(sum(left) / self.slots, max(left))
+        span = max(sum(left) / self.slots, max(left))
+        return measured / modelled * span, measured / trained * span
 
     def line(self, final: bool = False) -> str:
         done, stops = self.counts()
@@ -662,9 +692,11 @@ class Progress:
         if not final:
             parts.append(f"{_plural(self.running, 'trial')} running")
         parts.append(_fmt_s(time.monotonic() - self.t0))
-        left = None if final or done >= self.total else self.left_s()
+        left = None if final or done >= self.total else self.left_range()
         if left is not None:
-            parts.append(f"~{_fmt_s(left)} left")
+            low, high = left
+            parts.append(f"~{_fmt_s(low)} left" + ("" if high < 1.2 * low + 60 else
+                                                    f" ({_fmt_s(high)} if none stops early)"))
         return "  ".join(parts)
 
     def show(self, final: bool = False) -> None:

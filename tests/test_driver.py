@@ -67,7 +67,7 @@ def test_progress_line_counts_running_trials_and_reads_as_counts():
     line = p.line()
     assert line.startswith("[g] 2/8 points (2 solved)  1 trial running  00:39")   # the clock:
     assert "~" not in line                          # from launch; no estimate before a measure
-    p.update("t1", {"stop_max_epochs": 3, "stop_solved": 0, "epoch": 40, "time_total_s": 4.0},
+    p.update("t1", {"stop_max_epochs": 3, "stop_solved": 0, "epoch": 40, "attempt_s": 4.0},
              pack_id(packs[0]))
     p.step(running=2)
     line = p.line()
@@ -85,22 +85,74 @@ def test_time_left_is_the_cost_model_scaled_by_the_packs_measured():
     p = Progress("g", 12, Counter(), packs, slots=2, stream=_Stream())
     assert p.left_s() is None                       # nothing measured yet
     # pack 0 ran 25 of its 100 epochs in 10 s: 10 s per c[0] / 4 of model work
-    p.update("a", {"epoch": 25, "time_total_s": 10.0, "active": 6}, ids[0])
+    p.update("a", {"epoch": 25, "attempt_s": 10.0, "active": 6}, ids[0])
     rate = 10.0 / (c[0] * 0.25)
     left = [c[0] * 0.75, c[1], c[2]]
     assert p.left_s() == pytest.approx(rate * max(sum(left) / 2, max(left)))
     # pack 1 finished in 2 s: measured work and seconds add up
-    p.update("b", {"epoch": 60, "time_total_s": 2.0, "active": 0}, ids[1])
+    p.update("b", {"epoch": 60, "attempt_s": 2.0, "active": 0}, ids[1])
     p.finish("b")
     rate = 12.0 / (c[0] * 0.25 + c[1])
     left = [c[0] * 0.75, c[2]]
     assert p.left_s() == pytest.approx(rate * max(sum(left) / 2, max(left)))
     # four of pack 0's six members stopped: its epochs left cost what two members cost
-    p.update("a", {"epoch": 50, "time_total_s": 16.0, "active": 2}, ids[0])
+    p.update("a", {"epoch": 50, "attempt_s": 16.0, "active": 2}, ids[0])
     rate = 18.0 / (c[0] * 0.5 + c[1])
     left = [pack_seconds(max(packs[0], key=lambda q: q.q_hi), 2) * 0.5, c[2]]
     assert left[0] < c[0] * 0.5
     assert p.left_s() == pytest.approx(rate * max(sum(left) / 2, max(left)))
+
+
+def test_time_left_counts_only_the_epochs_of_this_run():
+    """A pack continued from an earlier run's saved state (epoch 4,000 of 5,000) reports the
+    epoch it began at: its 100 epochs in 10 s are 100 epochs of work, not 4,100."""
+    pts = _points(8, max_epochs=5000)
+    packs = [pts[:4], pts[4:]]
+    c = [pack_cost(pk) for pk in packs]
+    p = Progress("g", 8, Counter(), packs, slots=1, stream=_Stream())
+    p.update("a", {"epoch": 4100, "epoch_start": 4000, "attempt_s": 10.0, "active": 4},
+             pack_id(packs[0]))
+    rate = 10.0 / (c[0] * 100 / 5000)
+    assert p.left_s() == pytest.approx(rate * (c[0] * 900 / 5000 + c[1]))
+    # Tune retries it from a checkpoint at epoch 4,050: a new attempt, measured from there
+    p.update("a", {"epoch": 4060, "epoch_start": 4050, "attempt_s": 2.0, "active": 4},
+             pack_id(packs[0]))
+    rate = 2.0 / (c[0] * 10 / 5000)
+    assert p.left_s() == pytest.approx(rate * (c[0] * 940 / 5000 + c[1]))
+
+
+def test_time_left_says_how_long_if_the_packs_left_stop_no_member_early():
+    """A pack of 6 whose members all solve by epoch 10 of 100 (in 100 s) makes the work look
+    cheap: the pack left costs c[1] at that rate. If its members train their 100 epochs, it
+    costs 10x that, and the line says so."""
+    pts = _points(12, max_epochs=100)
+    packs = [pts[:6], pts[6:]]
+    c = [pack_cost(pk) for pk in packs]
+    log = _Stream()
+    p = Progress("g", 12, Counter(), packs, slots=1, stream=log)
+    p.update("a", {"epoch": 10, "attempt_s": 100.0, "active": 0}, pack_id(packs[0]))
+    p.finish("a")
+    low, high = p.left_range()
+    assert low == pytest.approx(100.0 / c[0] * c[1])
+    assert high == pytest.approx(1000.0 / c[0] * c[1])        # 10 epochs trained, of 100
+    assert p.line().endswith(f"~{_fmt_s(low)} left ({_fmt_s(high)} if none stops early)")
+    # members that stop as the pack trains count for the epochs they trained: 6 members for
+    # 10 epochs, then 1 of them for 90
+    p = Progress("g", 12, Counter(), packs, slots=1, stream=_Stream())
+    p.update("a", {"epoch": 5, "attempt_s": 0.5, "active": 6}, pack_id(packs[0]))
+    p.update("a", {"epoch": 10, "attempt_s": 1.0, "active": 1}, pack_id(packs[0]))
+    p.update("a", {"epoch": 100, "attempt_s": 2.0, "active": 0}, pack_id(packs[0]))
+    p.finish("a")
+    one = pack_seconds(max(packs[0], key=lambda q: q.q_hi), 1)
+    low, high = p.left_range()
+    assert low == pytest.approx(2.0 / c[0] * c[1])
+    assert high == pytest.approx(2.0 / (c[0] * 0.1 + one * 0.9) * c[1])
+    # where both agree (every pack trains its budget), one figure
+    p = Progress("g", 12, Counter(), packs, slots=1, stream=_Stream())
+    p.update("a", {"epoch": 100, "attempt_s": 3.0, "active": 0}, pack_id(packs[0]))
+    p.finish("a")
+    assert p.left_range()[0] == pytest.approx(p.left_range()[1])
+    assert "if none stops early" not in p.line()
 
 
 def test_clock_starts_when_the_process_starts():
@@ -188,6 +240,10 @@ def test_pack_metrics_summarize_and_keep_the_same_keys():
     assert set(timed) == set(empty)                  # the phases are in every report, 0 or not
     assert (timed["time_train_s"], timed["time_write_s"], timed["time_mc_s"]) == (2.5, 0.5, 0.0)
     assert timed["started_at"] == 1.8e9 and math.isnan(empty["started_at"])
+    assert empty["epoch_start"] == 0 and empty["attempt_s"] == 0.0
+    resumed = pack_metrics(["a"], [0.3], points_done=0, active=1, epoch=4100, stops=Counter(),
+                           started_at=time.time() - 3, epoch_start=4000)
+    assert resumed["epoch_start"] == 4000 and 3 <= resumed["attempt_s"] < 60
 
 
 def test_pack_trial_reports_each_points_loss_as_it_trains(tmp_path, monkeypatch):

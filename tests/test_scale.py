@@ -233,13 +233,13 @@ def test_time_left_weighs_packs_by_their_cost_not_their_points():
     packs = small + [big]
     p = Progress("g", 28, Counter(), packs, slots=2, stream=_Log())
     for i, pk in enumerate(small[:4]):
-        p.update(f"t{i}", {"epoch": 100, "time_total_s": 1.0, "active": 0}, pack_id(pk))
+        p.update(f"t{i}", {"epoch": 100, "attempt_s": 1.0, "active": 0}, pack_id(pk))
         p.finish(f"t{i}")
     rate = 4.0 / (4 * c_small)                     # seconds per unit of modelled work
     assert p.left_s() == pytest.approx(rate * max((c_big + c_small) / 2, c_big))
     assert p.left_s() == pytest.approx(9.74, abs=0.005)
     # the big pack at half its epochs after 6.5 s, with 2 of its 8 members still training
-    p.update("b", {"epoch": 50, "time_total_s": 6.5, "active": 2}, pack_id(big))
+    p.update("b", {"epoch": 50, "attempt_s": 6.5, "active": 2}, pack_id(big))
     rate = (4.0 + 6.5) / (4 * c_small + c_big / 2)
     rest = pack_seconds(big[0], 2) / 2
     assert p.left_s() == pytest.approx(rate * max((rest + c_small) / 2, rest, c_small))
