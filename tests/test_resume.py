@@ -7,6 +7,7 @@ stop; the resumed run is `memgrid run` on a real embedded Ray."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -17,7 +18,7 @@ from memgrid.request import prepare_out
 from memgrid.config import load_grid
 from memgrid.packs import pack_id, pack_spec, plan_packs
 from memgrid.train import train_points
-from memgrid.tune import pack_trial
+from memgrid.tune import pack_trial, spec_points
 
 from .conftest import memgrid_cli
 
@@ -98,6 +99,14 @@ def test_a_copied_folder_resumes_elsewhere_training_only_what_is_missing(tiny_gr
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{where(there)}: 16/16 points stored ({16 - n} trained now, {n} before)" in r.stdout
     assert "1 pack saved mid-training by an earlier run: continuing" in r.stderr
+    # its trial tells the progress line the epoch it began at; the new packs began at 0
+    began = {}
+    for d in (there / "_tune").glob("*/*/"):
+        if (d / "result.json").is_file():
+            pk = json.loads((d / "params.json").read_text())["pack"]
+            first = json.loads((d / "result.json").read_text().splitlines()[0])
+            began[spec_points(pk)[0]] = first["epoch_start"]
+    assert began.pop(pid) == 20 and began and set(began.values()) == {0}
     assert not list((there / "packs").glob("*"))                # forgotten once stored
     assert "-> 1 + 1, 16 points" in r.stdout                   # and compacted once complete
     after, after_curves = read(there)
