@@ -614,12 +614,15 @@ class Progress:
         """A trial's latest result."""
         t = self.trials.setdefault(trial_id, {"pack": pack, "done": False})
         epoch, start = result.get("epoch", 0), result.get("epoch_start", 0)
-        if t.get("start") != start or epoch < t.get("epoch", start):   # a new attempt: a
-            t.update(start=start, epoch=start, work=0.0, active=None)  # retry, its checkpoint's
+        # a new attempt (the first, or a retry from its checkpoint): measured from its start
+        if t.get("start") != start or epoch < t.get("epoch", start):
+            t.update(start=start, epoch=start, work=0.0, active=None)
+        # the cost model's work of the epochs since the last report, at the members training
+        # then (before the first report: those the report says, or the whole pack)
         p = self.longest.get(t["pack"])
-        if p is not None and epoch > t["epoch"]:   # the model's work of the epochs since the
-            k = t["active"] if t["active"] is not None else result.get("active") or \
-                self.size[t["pack"]]                                      # last report
+        if p is not None and epoch > t["epoch"]:
+            k = t["active"] if t["active"] is not None else (result.get("active")
+                                                              or self.size[t["pack"]])
             t["work"] += pack_seconds(p, k) * (epoch - t["epoch"]) / max(1, self.epochs[t["pack"]])
         t.update(stops={k[5:]: v for k, v in result.items()
                         if k.startswith("stop_") and isinstance(v, int) and v},
@@ -695,8 +698,9 @@ class Progress:
         left = None if final or done >= self.total else self.left_range()
         if left is not None:
             low, high = left
-            parts.append(f"~{_fmt_s(low)} left" + ("" if high < 1.2 * low + 60 else
-                                                    f" ({_fmt_s(high)} if none stops early)"))
+            worse = high >= 1.2 * low + 60     # worth a second figure: 20 % and a minute more
+            parts.append(f"~{_fmt_s(low)} left"
+                         + (f" ({_fmt_s(high)} if none stops early)" if worse else ""))
         return "  ".join(parts)
 
     def show(self, final: bool = False) -> None:
