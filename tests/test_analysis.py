@@ -317,6 +317,30 @@ def test_plots_axes_and_save(tmp_path):
         plot_heatmaps(t, "median")
 
 
+def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
+    t = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),   # limit 1, p = 2 failed
+                   points({1: 0.01, 2: 0.01}, cells=2),            # limit >= 2: p = 3 not run
+                   points({2: 0.01, 3: 0.01}, cells=3)])           # p = 1 not run: no limit
+    axes = {"arch": ["rnn"], "layers": [1, 2], "cells": [1, 2, 3, 4], "position": [1, 2, 3],
+            "seed": [0, 1, 2]}
+    fig = plot_heatmaps(t, "mean", axes=axes)
+    assert len(fig.axes) == 2 + 1   # l = 1, 2 and the colour bar
+    l1, l2 = fig.axes[:2]
+    shown = l1.images[0].get_array()
+    assert shown.shape == (4, 3)
+    assert shown.mask.tolist() == [[False] * 3, [False, False, True], [True, False, False],
+                                   [True] * 3]
+    assert l2.images[0].get_array().mask.all() and [x.get_text() for x in l2.texts] == ["not run"]
+    drawn = [(tuple(line.get_xdata()), tuple(line.get_ydata()), line.get_linestyle())
+             for line in l1.lines]
+    assert drawn == [((0.5, 0.5), (-0.5, 0.5), "-"),    # c = 1, right of p = 1
+                     ((0.5, 1.5), (0.5, 0.5), "--"),    # to c = 2's, a lower bound
+                     ((1.5, 1.5), (0.5, 1.5), "--")]    # c = 2 right of p = 2; c = 3 none
+    assert len(fig.legends[0].get_texts()) == 2
+    alone = plot_heatmaps(t, "mean")   # without the grid: only what was run
+    assert len(alone.axes) == 2 and alone.axes[0].images[0].get_array().shape == (3, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # The report of a results folder
 

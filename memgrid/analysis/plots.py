@@ -102,30 +102,43 @@ def _ticks(ax, values: list[int], axis: str) -> None:
     getattr(ax, f"set_{axis}ticks")(idx, [str(values[i]) for i in idx])
 
 
-def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
-                  threshold: float = THRESHOLD) -> Figure:
+def _shape(points: pd.DataFrame, column: str, axes: dict | None) -> list:
+    """The values a heatmap lays out along `column`: the grid's axis when given (so a grid
+    still running shows its whole shape, the points not yet run in grey), and any value the
+    points have besides."""
+    values = set(points[column].unique()) | set((axes or {}).get(column, ()))
+    if column == "arch":
+        return [a for a in ARCH_ORDER if a in values] + sorted(a for a in values
+                                                                 if a not in ARCH_ORDER)
+    return sorted(int(v) for v in values)
+
+
+def plot_heatmaps(points: pd.DataFrame, stat: str = "mean", threshold: float = THRESHOLD,
+                  axes: dict | None = None) -> Figure:
     """Mean or standard deviation over seeds of the loss, x = position p, y = cells c, one panel
     per layer count l (columns) and architecture (rows), colour scale fixed to 0..0.25 (the
     constant-guess plateau) as in the paper's Figures 6-9. A red staircase marks each row's
     memory limit (mean loss < threshold for every p' <= p lies left of it); grey cells were not
-    run. Axes: one per panel plus the colour bar."""
+    run. `axes` (a grid's axes, as in its grid.json) lays out the whole grid, so that a grid
+    still running shows what is missing; a limit whose next position was not run (yet) is
+    dashed, a lower bound, and a row whose p = 1 was not run has none. Axes: one per panel plus
+    the colour bar."""
     if stat not in ("mean", "std"):
         raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
     if points.empty:
         raise ValueError("no points to draw")
     means = mean_losses(points, CONFIG)
     limits = memory_limits(points, threshold, CONFIG)
-    archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
-    positions = sorted(int(v) for v in points["position"].unique())
-    cells = sorted(int(v) for v in points["cells"].unique())
+    archs, layers = _shape(points, "arch", axes), _shape(points, "layers", axes)
+    positions, cells = _shape(points, "position", axes), _shape(points, "cells", axes)
     px, cy = {p: i for i, p in enumerate(positions)}, {c: i for i, c in enumerate(cells)}
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     fig = _figure(3.2 * len(layers) + 1.2, 2.9 * len(archs) + 0.8)
-    axes = fig.subplots(len(archs), len(layers), squeeze=False, sharex=True, sharey=True)
-    image = None
+    panels = fig.subplots(len(archs), len(layers), squeeze=False, sharex=True, sharey=True)
+    image, dashed = None, False
     for i, arch in enumerate(archs):
         for j, l in enumerate(layers):
-            ax = axes[i, j]
+            ax = panels[i, j]
             m = means[(means["arch"] == arch) & (means["layers"] == l)]
             grid = np.full((len(cells), len(positions)), np.nan)
             grid[m["cells"].map(cy).to_numpy(), m["position"].map(px).to_numpy()] = m[stat]
@@ -134,14 +147,20 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
             if m.empty:
                 ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center")
             lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
-            xs, ys = [], []
-            for _, r in lim.sort_values("cells").iterrows():
-                # the boundary sits right of the limit's column; limit 0 is left of p = positions[0]
-                x = px[int(r["limit"])] + 0.5 if int(r["limit"]) in px else -0.5
-                y = cy[int(r["cells"])]
-                xs += [x, x]
-                ys += [y - 0.5, y + 0.5]
-            ax.plot(xs, ys, color="red", lw=1.5)
+            # one vertical segment per row right of its limit's column (limit 0: left of the
+            # first p), joined to the next row's when the rows are neighbours
+            # (a limit is a lower bound when its next position is in the layout but not run)
+            rows = [(cy[int(r["cells"])], px[int(r["limit"])] + 0.5 if int(r["limit"]) in px
+                     else -0.5, r["stop"] != "loss" and int(r["limit"]) < positions[-1])
+                    for _, r in lim.sort_values("cells").iterrows()
+                    if not (r["stop"] == "missing" and int(r["limit"]) == 0)]
+            for k, (y, x, lower) in enumerate(rows):
+                style = dict(color="red", lw=1.5, ls="--" if lower else "-")
+                ax.plot([x, x], [y - 0.5, y + 0.5], **style)
+                if k + 1 < len(rows) and rows[k + 1][0] == y + 1:
+                    style["ls"] = "--" if lower or rows[k + 1][2] else "-"
+                    ax.plot([x, rows[k + 1][1]], [y + 0.5, y + 0.5], **style)
+                dashed |= lower
             ax.set_title(f"{arch.upper()}, l = {l}", fontsize=10)
             _ticks(ax, positions, "x")
             _ticks(ax, cells, "y")
@@ -150,11 +169,14 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean",
             if j == 0:
                 ax.set_ylabel("cells per layer c")
     what = "Mean" if stat == "mean" else "Standard deviation"
-    fig.colorbar(image, ax=axes, extend="max",
+    fig.colorbar(image, ax=panels, extend="max",
                  label=f"{'mean' if stat == 'mean' else 'std of'} evaluation MAE over seeds")
-    fig.legend(handles=[Line2D([], [], color="red", lw=1.5,
-                               label=f"memory limit (mean loss < {threshold} up to here)")],
-               loc="outside lower center", fontsize=8)
+    legend = [Line2D([], [], color="red", lw=1.5,
+                     label=f"memory limit (mean loss < {threshold} up to here)")]
+    if dashed:
+        legend.append(Line2D([], [], color="red", lw=1.5, ls="--",
+                             label="at least this far (the next position was not run)"))
+    fig.legend(handles=legend, loc="outside lower center", fontsize=8, ncols=len(legend))
     # one panel is narrower than the title: break it rather than let the edges clip it
     sep = "\n" if len(layers) < 2 else " "
     fig.suptitle(f"{what} of the loss over seeds{sep}({length_text(points)})", fontsize=11)

@@ -326,9 +326,11 @@ def _stop_section(points: pd.DataFrame) -> list[str]:
 
 
 def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
-             convs: dict[str, tuple[pd.DataFrame | None, str]]) -> list[tuple[str, str]]:
+             convs: dict[str, tuple[pd.DataFrame | None, str]],
+             axes: dict | None) -> list[tuple[str, str]]:
     """Draw what the data supports; (caption, png name) per figure. A table with several
-    training budgets is drawn at its largest (the budget figure shows the others)."""
+    training budgets is drawn at its largest (the budget figure shows the others). Heatmaps
+    lay out the grid's `axes`, so a grid still running shows its whole shape."""
     made = []
     for kind, sub in (("random", random_length(points)), ("fixed", fixed_length(points))):
         if sub.empty:
@@ -338,7 +340,7 @@ def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
         if steps.nunique() > 1:
             sub, at = sub[steps == steps.max()], f", at the largest budget ({steps.max():,} steps)"
         for stat in ("mean", "std"):
-            png = save(plot_heatmaps(sub, stat, threshold), out, f"heatmap_{stat}_{kind}")
+            png = save(plot_heatmaps(sub, stat, threshold, axes), out, f"heatmap_{stat}_{kind}")
             made.append((f"{stat} loss over seeds, {kind} length{at} (Figs. 6-9)", png.name))
         conv = convs.get(kind, (None, ""))[0]
         marks = None
@@ -435,7 +437,8 @@ def _report(uri: str, out: Path, threshold: float) -> str:
               md_table(check_claims(points, curves, threshold))]
 
     lines += ["## Figures", ""]
-    for caption, png in _figures(points, uri, out, threshold, convs):
+    for caption, png in _figures(points, uri, out, threshold, convs,
+                                  (identity or {}).get("axes")):
         pdf = png[:-4] + ".pdf"
         lines += [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
     return "\n".join(lines)
