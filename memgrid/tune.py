@@ -875,7 +875,6 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     try:
         import ray
         from ray import tune
-        from ray.tune.search.basic_variant import BasicVariantGenerator
 
         if embedded:    # this machine's workers: build the C kernels once, here
             from . import kernels
@@ -905,13 +904,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 return summary
         if res.gpus_per_trial > 0 and gpus == 0 and not quiet:
             print(f"[{grid.name}] no GPU in this Ray cluster: running on CPU", file=sys.stderr)
-        if gpus > 0:   # fractions put several packs on a GPU; Ray spreads trials over all GPUs
-            slots = max(1, min(int(cluster["GPU"] / gpus),
-                               int(cluster.get("CPU", 1) // res.cpus_per_trial)))
-            device, mem = "cuda", _gpu_bytes(local=embedded) * gpus   # see member_bytes
-        else:
-            slots = max(1, int(cluster.get("CPU", 1) // res.cpus_per_trial))
-            device, mem = "cpu", 0.5 * cluster.get("memory", 8e9) / slots
+        slots, device, mem = _slots(cluster, res.cpus_per_trial, gpus, local=embedded)
         if len(todo) >= NOTICE_POINTS and not quiet:
             _say(f"[{grid.name}] Ray is up: cutting {len(todo)} points into packs ...")
         class _Callback(tune.Callback):
@@ -928,14 +921,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         trainable = tune.with_resources(pack_trial, {"cpu": res.cpus_per_trial, "gpu": gpus})
         for attempt in range(max(1, rounds)):    # see lost_worker
             resumed, fresh = resume_saved(out, todo)   # packs a stopped run saved mid-training
-            if halving is None:
-                packs = plan_packs(fresh, res.pack, slots, device=device, mem_per_slot=mem)
-            else:   # one pack per configuration, the longest first
-                groups: dict[tuple, list[Point]] = {}
-                for p in fresh:
-                    groups.setdefault(p.pack_key, []).append(p)
-                packs = list(groups.values())
-            packs = sorted(resumed + packs, key=pack_cost, reverse=True)
+            packs = sorted(resumed + _packs(fresh, res.pack, slots, device, mem, halving),
+                           key=pack_cost, reverse=True)
             if resumed and not quiet:
                 _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an "
                      "earlier run: continuing where they were")
@@ -949,14 +936,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 param_space={"pack": None, "out": storage, "grid": grid.name,
                              "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
                              "halving": halving.to_dict() if halving else None},
-                # one trial per pack, each pack a preset config (copied alone), not a grid search:
-                # Tune deep-copies a grid search's whole list for each trial it makes, quadratic in
-                # the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5
-                # points: hours)
-                tune_config=tune.TuneConfig(
-                    search_alg=BasicVariantGenerator(
-                        points_to_evaluate=[{"pack": s} for s in specs]),
-                    num_samples=len(specs), reuse_actors=True),
+                tune_config=_one_trial_per_pack(specs),
                 run_config=tune.RunConfig(
                     name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
                          + (f"-{attempt}" if attempt else ""),
@@ -997,6 +977,42 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         progress.before = stops
         progress.show(final=True)
     return summary
+
+
+def _slots(cluster: dict, cpus_per_trial: float, gpus_per_trial: float, *,
+           local: bool) -> tuple[int, str, float]:
+    """How many packs train at once in `cluster` (ray.cluster_resources()), on which device,
+    and the memory each may use (see `packs.member_bytes`)."""
+    cpu_slots = int(cluster.get("CPU", 1) // cpus_per_trial)
+    if gpus_per_trial > 0:  # fractions put several packs on a GPU; Ray spreads them over all
+        slots = max(1, min(int(cluster["GPU"] / gpus_per_trial), cpu_slots))
+        return slots, "cuda", _gpu_bytes(local=local) * gpus_per_trial
+    slots = max(1, cpu_slots)
+    return slots, "cpu", 0.5 * cluster.get("memory", 8e9) / slots
+
+
+def _packs(points: list[Point], pack, slots: int, device: str, mem: float,
+           halving: LRTuning | None) -> list[list[Point]]:
+    """The packs of `points`: sized by `plan_packs`, or for a tuning run (`halving`) one pack per
+    configuration, where successive halving compares its candidates."""
+    if halving is None:
+        return plan_packs(points, pack, slots, device=device, mem_per_slot=mem)
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.pack_key, []).append(p)
+    return list(groups.values())
+
+
+def _one_trial_per_pack(specs: list[dict]):
+    """A TuneConfig of one trial per pack, each pack a preset config (copied alone), not a grid
+    search: Tune deep-copies a grid search's whole list for each trial it makes, quadratic in
+    the packs (fig6_rnn's 461: 76 s of the driver before its first trial; 10^5 points: hours)."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=[{"pack": s} for s in specs]),
+        num_samples=len(specs), reuse_actors=True)
 
 
 def lost_worker(error: BaseException) -> bool:
