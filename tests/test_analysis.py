@@ -7,6 +7,7 @@ import math
 import runpy
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -407,6 +408,20 @@ def test_figure_scripts(tmp_path):
     assert (tmp_path / "figs" / "fig4_curves.png").exists()
     with pytest.raises(SystemExit):  # no fixed-length points in this folder
         runpy.run_path(str(ROOT / "analysis" / "fig9_heatmap.py"))["main"]([str(res)])
+
+
+def test_figures_of_a_grid_still_running_show_the_whole_grid(tmp_path):
+    res = tmp_path / "results"
+    axes = _results(res, {(1, 1): 0.005, (1, 2): 0.2, (2, 1): 0.005})   # all of them l = 1
+    write_grid_identity(str(res), {"name": "tiny", "axes": axes | {"layers": [1, 2]},
+                                   "fixed": {"max_epochs": 50}})
+    write_report(str(res), tmp_path / "report")
+    main = runpy.run_path(str(ROOT / "analysis" / "fig6_heatmap.py"))["main"]
+    main([str(res), "--out", str(tmp_path / "figs")])
+    two_panels = round((3.2 * 2 + 1.2) * 150)   # plot_heatmaps' width at save's 150 dpi
+    for png in (tmp_path / "report" / "heatmap_mean_random.png",
+                tmp_path / "figs" / "fig6_heatmap.png"):
+        assert matplotlib.image.imread(png).shape[1] == two_panels
 
 
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):

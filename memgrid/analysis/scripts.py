@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..store import read_grid_identity
 from .plots import plot_heatmaps, plot_loss_curves, save
 from .tables import fixed_length, load_curves, load_points, random_length
 
@@ -34,7 +35,8 @@ def curves_figure(doc: str, arch: str, stem: str, argv=None) -> None:
 
 def heatmap_figure(doc: str, archs: tuple[str, ...], stat: str, fixed: bool, stem: str,
                    argv=None) -> None:
-    """Mean or standard deviation of the loss over (c, p), one panel per l (Figures 6-9)."""
+    """Mean or standard deviation of the loss over (c, p), one panel per l (Figures 6-9), laid
+    out as the folder's grid (a grid still running shows what is missing)."""
     args = _parser(doc).parse_args(argv)
     points = load_points(args.results)
     points = fixed_length(points) if fixed else random_length(points)
@@ -42,4 +44,6 @@ def heatmap_figure(doc: str, archs: tuple[str, ...], stat: str, fixed: bool, ste
     if points.empty:
         kind = "fixed" if fixed else "random"
         raise SystemExit(f"{args.results}: no {kind}-length points of {', '.join(archs)}")
-    print(save(plot_heatmaps(points, stat), args.out, stem))
+    axes = dict((read_grid_identity(args.results) or {}).get("axes") or {})
+    axes["arch"] = [a for a in axes.get("arch", ()) if a in archs]
+    print(save(plot_heatmaps(points, stat, axes=axes), args.out, stem))
