@@ -424,6 +424,28 @@ def test_figures_of_a_grid_still_running_show_the_whole_grid(tmp_path):
         assert matplotlib.image.imread(png).shape[1] == two_panels
 
 
+def test_protocols_side_by_side_compares_what_both_hold(tmp_path):
+    script = runpy.run_path(str(ROOT / "analysis" / "protocols_side_by_side.py"))
+    a = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),
+                   points({1: 0.01, 2: 0.01, 3: 0.2}, cells=2)])
+    b = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.01}, cells=1),
+                   points({1: 0.01}, cells=2),             # still running: p = 2, 3 not in
+                   points({2: [0.01, 0.01]}, cells=1).assign(seed=[0, 1], cells=3)])
+    b["mc_stream"] = [5.0] + [0.5] * (len(b) - 1)         # one network above its N = 1
+    text = script["side_by_side"](a, b, ("paper", "converged"))
+    assert "with all 3 seeds in both: **4** (paper: 6, converged: 4)" in text   # c = 3: 2 seeds
+    assert ("below 0.05: paper **2**, converged **4**; both 2, only paper 0, only converged 2"
+            in text)
+    assert "| 2 | 1 | 0 | 1 |" in text and "| 1 | 2 | 2 | 2 |" in text   # p, cells, paper, conv.
+    assert "complete in both: 1 " in text
+    assert "| rnn | 1 | 1 | 1 | 1 | 1 | 3+ | 2+ |" in text   # c = 1: limit 1 -> 3, the last p
+    assert "converged: stream MC above N in 1 of 14 networks" in text
+    res = tmp_path / "results"
+    _results(res, {(1, 1): 0.005})
+    with pytest.raises(SystemExit, match="no points"):
+        script["main"]([str(res), str(tmp_path / "nothing")])
+
+
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
     """Two points: one flat at 0.25 for 3000 epochs (the default stop, patience 2000, would end
     it at epoch 2000), one that learns (untouched)."""
