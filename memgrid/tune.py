@@ -988,7 +988,12 @@ def _slots(cluster: dict, cpus_per_trial: float, gpus_per_trial: float, *,
         slots = max(1, min(int(cluster["GPU"] / gpus_per_trial), cpu_slots))
         return slots, "cuda", _gpu_bytes(local=local) * gpus_per_trial
     slots = max(1, cpu_slots)
-    return slots, "cpu", 0.5 * cluster.get("memory", 8e9) / slots
+    return slots, "cpu", _cpu_slot_bytes(cluster.get("memory", 8e9), slots)
+
+
+def _cpu_slot_bytes(ray_memory: float, slots: int) -> float:
+    """What a pack may hold on a CPU: half of Ray's memory resource per slot."""
+    return 0.5 * ray_memory / slots
 
 
 def _packs(points: list[Point], pack, slots: int, device: str, mem: float,
@@ -1085,7 +1090,7 @@ def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "") -> list[s
     ids = {p.point_id for p in points}
     stored = store.done_ids(out) & ids
     todo = [p for p in points if p.point_id not in stored]
-    mem = 0.5 * 0.7 * _available_bytes() / slots    # as run_grid: half of Ray's memory per slot
+    mem = _cpu_slot_bytes(0.7 * _available_bytes(), slots)   # Ray's memory: 70 % of what's free
     packs = plan_packs(todo, grid.resources.pack, slots, mem_per_slot=mem) if todo else []
     res = grid.resources
     lines.append(f"  points: {len(points)}; stored in {out}: {len(stored)}; to train: {len(todo)}")
