@@ -17,6 +17,7 @@
     .venv/bin/python benchmarks/verify.py                # CPU: 1e-5 and bitwise
     .venv/bin/python benchmarks/verify.py --device cuda  # on a GPU (float rounding, see below)
     .venv/bin/python benchmarks/verify.py --results docs/data/fig4_rnn-paper --sample 5
+    .venv/bin/python benchmarks/verify.py --results docs/data/fig6_rnn --max-units 20 --max-epochs 1000
 
 On a GPU, cuBLAS may pick another kernel for another batch count, so a point alone and in a
 pack agree to float rounding there (DESIGN), not bit for bit; --device cuda reports the
@@ -104,14 +105,14 @@ MEASURED = ("epochs", "stop_reason", "loss", "best_loss", "r2", "mc_stream")
 def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threads: int = 1,
                   where=lambda row: True, batched_ok: bool = True) -> int:
     """Retrain `n` of the folder's trained points for which `where(row)` holds (drawn with
-    `seed`), each alone on `threads` threads; the number of them whose row differs from the
-    stored one (`batched_ok`: not counting a stream MC that only an earlier run's batched fit
-    rounded apart)."""
+    `seed`), each alone on `threads` threads. Returns (points retrained, how many of them
+    differ from their stored row; `batched_ok`: not counting a stream MC that only an earlier
+    run's batched fit rounded apart)."""
     torch.set_num_threads(threads)
     rows = [r for r in store.read_points(folder).to_pylist() if r["arch"] != "esn" and where(r)]
     fields = [f.name for f in dataclasses.fields(Point)]
-    bad = 0
-    for r in random.Random(seed).sample(rows, min(n, len(rows))):
+    bad, drawn = 0, random.Random(seed).sample(rows, min(n, len(rows)))
+    for r in drawn:
         p = Point(**{k: r[k] for k in fields if r.get(k) is not None})
         assert p.point_id == r["point_id"], (p.point_id, r["point_id"])
         t0 = time.perf_counter()
@@ -127,7 +128,7 @@ def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threa
                  "(fitted beside the pack's other finished networks: memgrid before session 7)"
                  if batched else
                  "differs: " + ", ".join(f"{k} {r[k]!r} -> {new[k]!r}" for k in diff)), flush=True)
-    return bad
+    return len(drawn), bad
 
 
 def main() -> int:
@@ -138,13 +139,21 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="which points (--results)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads, as the trials had (--results; default 1)")
+    ap.add_argument("--max-epochs", type=int, metavar="N",
+                    help="draw only points that trained at most N epochs (--results: quicker)")
+    ap.add_argument("--max-units", type=int, metavar="N",
+                    help="draw only networks of at most N units, c * l (--results: quicker)")
     args = ap.parse_args()
     dev = args.device
     if args.results:
+        def where(row: dict) -> bool:
+            return ((args.max_epochs is None or row["epochs"] <= args.max_epochs)
+                    and (args.max_units is None or row["units"] <= args.max_units))
+
         print(f"{args.results}: retraining {args.sample} stored points, each alone")
-        bad = check_results(args.results, args.sample, args.seed, dev, args.threads)
-        print(f"{args.sample - bad} of {args.sample} reproduce their stored rows")
-        return 1 if bad else 0
+        n, bad = check_results(args.results, args.sample, args.seed, dev, args.threads, where)
+        print(f"{n - bad} of {n} reproduce their stored rows")
+        return 1 if bad or not n else 0
     bad = 0
     for arch in ("rnn", "lstm", "gru"):
         for k in range(3):
