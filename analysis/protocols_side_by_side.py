@@ -4,9 +4,10 @@
     python analysis/protocols_side_by_side.py docs/data/fig8_gru-paper docs/data/fig8_gru
 
 Compares only what both folders hold with every seed, so a grid still running (the second
-folder, say) is compared on the part it has done. Prints markdown: the cells (arch, l, c, p)
-memorized (mean loss over seeds below the threshold) under each protocol, per position, the
-memory-distance limits of the configurations complete in both, and the stream MC above N.
+folder, say) is compared on the part it has done. Prints markdown: the (arch, l, c, p)
+memorized (mean loss over seeds below the threshold) under each protocol, in all and per
+position, the memory-distance limits of the configurations complete in both, and the stream MC
+above N.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ def side_by_side(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
     both = pd.concat(means, axis=1, join="inner")
     na, nb = names
     hit = both < threshold
-    lines = [f"Cells (arch, l, c, p) with all {seeds} seeds in both: **{len(both)}** "
+    lines = [f"(arch, l, c, p) with all {seeds} seeds in both: **{len(both)}** "
              f"({na}: {len(means[na])}, {nb}: {len(means[nb])}).", "",
              f"Mean loss below {threshold}: {na} **{int(hit[na].sum())}**, {nb} "
              f"**{int(hit[nb].sum())}**; both {int((hit[na] & hit[nb]).sum())}, only {na} "
              f"{int((hit[na] & ~hit[nb]).sum())}, only {nb} {int((~hit[na] & hit[nb]).sum())}.",
              ""]
     per_p = hit.groupby(level="position").agg(
-        **{"cells": (na, "size"), f"below {threshold}, {na}": (na, "sum"),
+        **{"configurations": (na, "size"), f"below {threshold}, {na}": (na, "sum"),
            f"below {threshold}, {nb}": (nb, "sum")})
     lines += ["Per position:", "", md_table(per_p.reset_index(), max_rows=len(per_p))]
 

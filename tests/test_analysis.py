@@ -436,7 +436,7 @@ def test_protocols_side_by_side_compares_what_both_hold(tmp_path):
     assert "with all 3 seeds in both: **4** (paper: 6, converged: 4)" in text   # c = 3: 2 seeds
     assert ("below 0.05: paper **2**, converged **4**; both 2, only paper 0, only converged 2"
             in text)
-    assert "| 2 | 1 | 0 | 1 |" in text and "| 1 | 2 | 2 | 2 |" in text   # p, cells, paper, conv.
+    assert "| 2 | 1 | 0 | 1 |" in text and "| 1 | 2 | 2 | 2 |" in text   # p, (l, c), paper, conv.
     assert "complete in both: 1 " in text
     assert "| rnn | 1 | 1 | 1 | 1 | 1 | 3+ | 2+ |" in text   # c = 1: limit 1 -> 3, the last p
     assert "converged: stream MC above N in 1 of 14 networks" in text
