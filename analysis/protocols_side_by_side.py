@@ -1,13 +1,12 @@
-"""One grid under two protocols, cell by cell: what each memorizes and where they disagree.
+"""One grid under two protocols, side by side: what each memorizes and where they disagree.
 
     python analysis/protocols_side_by_side.py docs/data/fig6_rnn-paper docs/data/fig6_rnn
     python analysis/protocols_side_by_side.py docs/data/fig8_gru-paper docs/data/fig8_gru
 
-Compares only what both folders hold with every seed, so a grid still running (the second
-folder, say) is compared on the part it has done. Prints markdown: the (arch, l, c, p)
-memorized (mean loss over seeds below the threshold) under each protocol, in all and per
-position, the memory-distance limits of the configurations complete in both, and the stream MC
-above N.
+Compares only what both folders hold with every seed (`memgrid.analysis.compare_runs`), so a
+grid still running is compared on the part it has done. Prints markdown: the (arch, l, c, p)
+memorized (mean loss over seeds below the threshold) under each, in all and per position, the
+memory-distance limits of the configurations complete in both, and the stream MC above N.
 """
 
 from __future__ import annotations
@@ -16,70 +15,41 @@ import argparse
 
 import pandas as pd
 
-from memgrid.analysis import load_points, memory_limits
+from memgrid.analysis import compare_runs, load_points
 from memgrid.analysis.report import md_table
-from memgrid.analysis.tables import CONFIG, THRESHOLD, mean_losses, units, variant_columns
-
-CELL = CONFIG + ["position"]
-
-
-def _points(folder: str) -> pd.DataFrame:
-    points = load_points(folder)
-    if points.empty:
-        raise SystemExit(f"{folder}: no points")
-    if varies := variant_columns(points):
-        raise SystemExit(f"{folder}: varies {', '.join(varies)} besides arch, l, c, p and seed: "
-                         "compare one setting at a time")
-    return points
+from memgrid.analysis.tables import THRESHOLD, units
 
 
 def side_by_side(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
                  threshold: float = THRESHOLD) -> str:
-    """The comparison of points tables `a` and `b` (one grid, two protocols) as markdown."""
-    seeds = max(a["seed"].nunique(), b["seed"].nunique())
-    means = {}
-    for name, pts in zip(names, (a, b)):
-        m = mean_losses(pts, CONFIG)
-        means[name] = m[m["seeds"] >= seeds].set_index(CELL)["mean"]
-    both = pd.concat(means, axis=1, join="inner")
+    """The comparison of points tables `a` and `b` as markdown, the runs called `names`."""
+    means, limits = compare_runs(a, b, threshold)
     na, nb = names
-    hit = both < threshold
-    lines = [f"(arch, l, c, p) with all {seeds} seeds in both: **{len(both)}** "
-             f"({na}: {len(means[na])}, {nb}: {len(means[nb])}).", "",
-             f"Mean loss below {threshold}: {na} **{int(hit[na].sum())}**, {nb} "
-             f"**{int(hit[nb].sum())}**; both {int((hit[na] & hit[nb]).sum())}, only {na} "
-             f"{int((hit[na] & ~hit[nb]).sum())}, only {nb} {int((~hit[na] & hit[nb]).sum())}.",
-             ""]
-    per_p = hit.groupby(level="position").agg(
-        **{"configurations": (na, "size"), f"below {threshold}, {na}": (na, "sum"),
-           f"below {threshold}, {nb}": (nb, "sum")})
+    ma, mb = means["memorized_a"], means["memorized_b"]
+    seeds = max(a["seed"].nunique(), b["seed"].nunique())
+    lines = [f"(arch, l, c, p) with all {seeds} seeds in both: **{len(means)}**.", "",
+             f"Mean loss below {threshold}: {na} **{int(ma.sum())}**, {nb} **{int(mb.sum())}**; "
+             f"both {int((ma & mb).sum())}, only {na} {int((ma & ~mb).sum())}, only {nb} "
+             f"{int((~ma & mb).sum())}.", ""]
+    per_p = means.groupby("position").agg(**{
+        "configurations": ("memorized_a", "size"), f"below {threshold}, {na}": ("memorized_a", "sum"),
+        f"below {threshold}, {nb}": ("memorized_b", "sum")})
     lines += ["Per position:", "", md_table(per_p.reset_index(), max_rows=len(per_p))]
+    if len(limits):
+        def text(limit: pd.Series, censored: pd.Series) -> pd.Series:   # `10+`: the last p
+            return limit.astype(str) + censored.map({True: "+", False: ""})
 
-    # limits where every position of the configuration is in both, with every seed
-    keys = both.reset_index()
-    grid_p = pd.concat([a, b])[CELL].drop_duplicates().groupby(CONFIG)["position"].nunique()
-    have = keys.groupby(CONFIG)["position"].nunique()
-    whole = have[have == grid_p.reindex(have.index)].index
-    rows = []
-    for name, pts in zip(names, (a, b)):
-        sel = pts.set_index(CONFIG).index.isin(whole)
-        rows.append(memory_limits(pts[sel], threshold, CONFIG).set_index(CONFIG))
-    if len(whole):
-        def text(r: pd.DataFrame) -> pd.Series:   # `10+`: censored at the grid's last p
-            return r["limit"].astype(str) + r["limit_censored"].map({True: "+", False: ""})
-
-        a_lim, b_lim = rows
-        moved = (b_lim["limit"] - a_lim["limit"]).astype(str)
-        lim = a_lim[["units", "bound"]].assign(**{
-            f"limit, {na}": text(a_lim), f"limit, {nb}": text(b_lim),
-            "moved": moved + (b_lim["limit_censored"] & ~a_lim["limit_censored"]).map(
-                {True: "+", False: ""})})
-        lines += [f"Memory-distance limits of the configurations complete in both: {len(lim)} "
+        moved = limits["limit_b"] - limits["limit_a"]
+        at_least = limits["censored_b"] & ~limits["censored_a"]
+        table = limits[["arch", "layers", "cells", "units", "bound"]].assign(**{
+            f"limit, {na}": text(limits["limit_a"], limits["censored_a"]),
+            f"limit, {nb}": text(limits["limit_b"], limits["censored_b"]),
+            "moved": text(moved, at_least)})
+        lines += [f"Memory-distance limits of the configurations complete in both: {len(table)} "
                   "(N = units, bound N - (l - 1); `+`: the grid's last p, so at least this):",
-                  "", md_table(lim.reset_index(), max_rows=len(lim))]
+                  "", md_table(table, max_rows=len(table))]
     else:
         lines += ["No configuration is complete in both yet: no limits to compare.", ""]
-
     for name, pts in zip(names, (a, b)):
         if "mc_stream" in pts and pts["mc_stream"].notna().any():
             above = int((pts["mc_stream"] > units(pts)).sum())
@@ -95,10 +65,17 @@ def main(argv=None) -> None:
     ap.add_argument("--threshold", type=float, default=THRESHOLD,
                     help="loss below which p is memorized")
     args = ap.parse_args(argv)
+    tables = []
+    for folder in (args.first, args.second):
+        points = load_points(folder)
+        if points.empty:
+            raise SystemExit(f"{folder}: no points")
+        tables.append(points)
     names = tuple(f.rstrip("/").rsplit("/", 1)[-1] for f in (args.first, args.second))
-    if names[0] == names[1]:
-        names = ("A", "B")
-    print(side_by_side(_points(args.first), _points(args.second), names, args.threshold))
+    try:
+        print(side_by_side(*tables, names if names[0] != names[1] else ("A", "B"), args.threshold))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims,
-                              limit_violations, memory_capacity, memory_limits, plateau_effect,
+                              compare_runs, limit_violations, memory_capacity, memory_limits,
+                              plateau_effect,
                               plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
                               write_report)
 from memgrid.analysis.tables import units_text
@@ -424,20 +425,38 @@ def test_figures_of_a_grid_still_running_show_the_whole_grid(tmp_path):
         assert matplotlib.image.imread(png).shape[1] == two_panels
 
 
-def test_protocols_side_by_side_compares_what_both_hold(tmp_path):
-    script = runpy.run_path(str(ROOT / "analysis" / "protocols_side_by_side.py"))
+def _two_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One grid twice: `a` complete (c = 1, 2, p = 1..3, 3 seeds), `b` still running."""
     a = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),
                    points({1: 0.01, 2: 0.01, 3: 0.2}, cells=2)])
     b = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.01}, cells=1),
-                   points({1: 0.01}, cells=2),             # still running: p = 2, 3 not in
-                   points({2: [0.01, 0.01]}, cells=1).assign(seed=[0, 1], cells=3)])
+                   points({1: 0.01}, cells=2),             # p = 2, 3 not in yet
+                   points({2: [0.01, 0.01]}, cells=1).assign(seed=[0, 1], cells=3)])  # 2 seeds
     b["mc_stream"] = [5.0] + [0.5] * (len(b) - 1)         # one network above its N = 1
-    text = script["side_by_side"](a, b, ("paper", "converged"))
-    assert "with all 3 seeds in both: **4** (paper: 6, converged: 4)" in text   # c = 3: 2 seeds
+    return a, b
+
+
+def test_compare_runs_on_what_both_hold():
+    a, b = _two_runs()
+    means, limits = compare_runs(a, b)
+    got = {(r.cells, r.position): (round(r.mean_a, 12), round(r.mean_b, 12), r.memorized_a,
+                                   r.memorized_b) for r in means.itertuples()}
+    assert got == {(1, 1): (0.01, 0.01, True, True), (1, 2): (0.2, 0.01, False, True),
+                   (1, 3): (0.25, 0.01, False, True), (2, 1): (0.01, 0.01, True, True)}
+    assert limits.to_dict("records") == [dict(
+        arch="rnn", layers=1, cells=1, units=1, bound=1, limit_a=1, limit_b=3,
+        censored_a=False, censored_b=True)]     # c = 2 is not complete in b
+    with pytest.raises(ValueError, match="varies lr"):
+        compare_runs(pd.concat([a, a.assign(lr=0.1)]).assign(lr=lambda d: d["lr"].fillna(0.01)), b)
+
+
+def test_protocols_side_by_side_script(tmp_path):
+    script = runpy.run_path(str(ROOT / "analysis" / "protocols_side_by_side.py"))
+    text = script["side_by_side"](*_two_runs(), ("paper", "converged"))
+    assert "with all 3 seeds in both: **4**" in text
     assert ("below 0.05: paper **2**, converged **4**; both 2, only paper 0, only converged 2"
             in text)
     assert "| 2 | 1 | 0 | 1 |" in text and "| 1 | 2 | 2 | 2 |" in text   # p, (l, c), paper, conv.
-    assert "complete in both: 1 " in text
     assert "| rnn | 1 | 1 | 1 | 1 | 1 | 3+ | 2+ |" in text   # c = 1: limit 1 -> 3, the last p
     assert "converged: stream MC above N in 1 of 14 networks" in text
     res = tmp_path / "results"

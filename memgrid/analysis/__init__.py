@@ -15,6 +15,7 @@ from .convergence import limits_by_budget as limits_by_budget
 from .convergence import score_budgets as score_budgets
 from .limits import against_state_size as against_state_size
 from .limits import bimodality as bimodality
+from .limits import compare_runs as compare_runs
 from .limits import limit_violations as limit_violations
 from .limits import memory_limits as memory_limits
 from .limits import plateau_effect as plateau_effect

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import POINT_FIELDS, units as units_of
-from .tables import POINT, THRESHOLD, group_columns, mean_losses, variant_columns
+from .tables import CONFIG, POINT, THRESHOLD, group_columns, mean_losses, variant_columns
 
 
 def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
@@ -125,6 +125,42 @@ def bimodality(points: pd.DataFrame, lo: float = THRESHOLD, hi: float = 0.2,
         "means": len(means), "means_between": means_between,
         "share_means": means_between / len(means) if len(means) else np.nan,
     }
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One grid run twice (two protocols, say), on what both hold with every seed: a grid still
+    running is compared on the part it has done. Each table must be one experiment (no variant
+    columns).
+
+    Returns ``(means, limits)``. `means`: one row per (arch, layers, cells, position) with every
+    seed in both (the most seeds either table has), columns `mean_a`, `mean_b` (loss over seeds)
+    and `memorized_a`, `memorized_b` (mean < threshold). `limits`: one row per configuration
+    whose positions (every p either table has of it) are all in `means`, columns `units`,
+    `bound` and `limit_a`, `limit_b`, `censored_a`, `censored_b` as in :func:`memory_limits`.
+    """
+    for name, table in (("a", a), ("b", b)):
+        if varies := variant_columns(table):
+            raise ValueError(f"compare_runs: {name} varies {', '.join(varies)} besides arch, l, "
+                             "c, p and seed: compare one setting at a time")
+    cell = CONFIG + ["position"]
+    seeds = max(a["seed"].nunique(), b["seed"].nunique())
+    full = []
+    for table in (a, b):
+        m = mean_losses(table, CONFIG)
+        full.append(m[m["seeds"] >= seeds].set_index(cell)["mean"])
+    means = pd.concat({"mean_a": full[0], "mean_b": full[1]}, axis=1, join="inner")
+    means = means.assign(memorized_a=means["mean_a"] < threshold,
+                         memorized_b=means["mean_b"] < threshold).reset_index()
+    positions = pd.concat([a[cell], b[cell]]).drop_duplicates().groupby(CONFIG)["position"].nunique()
+    have = means.groupby(CONFIG)["position"].nunique()
+    whole = have.index[have.to_numpy() == positions.reindex(have.index).to_numpy()]
+    lims = [memory_limits(t[t.set_index(CONFIG).index.isin(whole)], threshold, CONFIG)
+            .set_index(CONFIG) for t in (a, b)]
+    limits = lims[0][["units", "bound"]].assign(
+        limit_a=lims[0]["limit"], limit_b=lims[1]["limit"],
+        censored_a=lims[0]["limit_censored"], censored_b=lims[1]["limit_censored"])
+    return means, limits.reset_index()
 
 
 # Settings that only the plateau stop reads: with the stop off they mean nothing, so two runs
