@@ -1,11 +1,13 @@
 """Write a results folder's points as a compact folder for docs/data: its grid.json and one
-zstd Parquet part of points (POINT_SCHEMA), no curves; for a grid still running, also its
+zstd Parquet part of points (POINT_SCHEMA), no curves unless --curves (for a small run whose
+curves the analysis needs: the plateau stop's replay, the loss curves); for a grid still running, also its
 packs saved mid-training (packs/), so that a run into a copy continues them. With --rungs, a run without the plateau
 stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs): one row per point
 and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the point id (one
 point, several rows; the ids of a shorter budget's rows are not those a run at it would store).
 
     python analysis/ship_points.py results/fig4_rnn docs/data/fig4_rnn
+    python analysis/ship_points.py results/big_stack_check-noplateau docs/data/big_stack_check-noplateau --curves
     python analysis/ship_points.py results/budget_lr_search_adam docs/data/budget_lr_search_adam-rungs --rungs
 """
 
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memgrid.analysis import budget_rungs, load_curves, load_points
-from memgrid.store import PACKS, POINT_SCHEMA
+from memgrid.store import CURVE_SCHEMA, PACKS, POINT_SCHEMA
 
 
 def main(argv=None) -> None:
@@ -25,7 +27,10 @@ def main(argv=None) -> None:
     ap.add_argument("results", help="a results folder")
     ap.add_argument("dest", help="the folder to write (replaced)")
     ap.add_argument("--rungs", action="store_true", help="replay a no-plateau run at every budget")
+    ap.add_argument("--curves", action="store_true", help="ship the curves too (a small run)")
     args = ap.parse_args(argv)
+    if args.curves and args.rungs:
+        raise SystemExit("--curves and --rungs: a replayed folder's rows are not the curves' points")
     points = load_points(args.results)
     if args.rungs:
         points = budget_rungs(points, load_curves(args.results))
@@ -35,6 +40,14 @@ def main(argv=None) -> None:
         shutil.rmtree(dest)
     (dest / "points").mkdir(parents=True)
     shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
+    if args.curves:    # before the points, as memgrid writes a part
+        curves = load_curves(args.results, points["point_id"].tolist())
+        (dest / "curves").mkdir()
+        pq.write_table(pa.Table.from_pandas(curves[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
+                                            preserve_index=False),
+                       dest / "curves" / "part-0000.parquet", compression="zstd")
+        print(f"{dest}: {len(curves)} curve rows, "
+              f"{(dest / 'curves' / 'part-0000.parquet').stat().st_size} bytes")
     table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA, preserve_index=False)
     pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
     print(f"{dest}: {table.num_rows} rows, {(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")

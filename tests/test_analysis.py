@@ -17,7 +17,7 @@ from memgrid.analysis import (against_state_size, bimodality, capacity_violation
                               plateau_effect,
                               plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
                               write_report)
-from memgrid.analysis.tables import units_text
+from memgrid.analysis.tables import load_curves, load_points, units_text
 from memgrid.config import Point
 from memgrid.store import point_settings, write_grid_identity, write_points
 
@@ -463,6 +463,27 @@ def test_protocols_side_by_side_script(tmp_path):
     _results(res, {(1, 1): 0.005})
     with pytest.raises(SystemExit, match="no points"):
         script["main"]([str(res), str(tmp_path / "nothing")])
+
+
+def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
+    import pyarrow.parquet as pq
+
+    from memgrid.store import SCHEMA_VERSION, check_results, schema_version
+
+    res, dest = tmp_path / "results", tmp_path / "shipped"
+    _results(res, {(1, 1): 0.005, (1, 2): 0.2, (2, 1): 0.3})
+    main = runpy.run_path(str(ROOT / "analysis" / "ship_points.py"))["main"]
+    main([str(res), str(dest), "--curves"])
+    check_results(str(dest))
+    key = ["point_id", "epoch"]
+    assert load_points(str(dest)).sort_values("point_id", ignore_index=True).equals(
+        load_points(str(res)).sort_values("point_id", ignore_index=True))
+    assert load_curves(str(dest)).sort_values(key, ignore_index=True).equals(
+        load_curves(str(res)).sort_values(key, ignore_index=True))
+    for table in ("points", "curves"):
+        assert schema_version(pq.read_schema(dest / table / "part-0000.parquet")) == SCHEMA_VERSION
+    main([str(res), str(dest)])                      # without --curves: none
+    assert not (dest / "curves").exists() and len(load_points(str(dest))) == 6
 
 
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
