@@ -486,6 +486,19 @@ def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
     assert not (dest / "curves").exists() and len(load_points(str(dest))) == 6
 
 
+def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
+    plot = runpy.run_path(str(ROOT / "analysis" / "lr_by_size.py"))["plot_lr_by_size"]
+    t = pd.concat([points({5: 0.01 * l + lr, 10: 0.2}, layers=l, cells=c, lr=lr)
+                   for l in (1, 2) for c in (5, 10) for lr in (0.001, 0.01)])
+    fig = plot(t, "rnn")
+    assert len(fig.axes) == 2 * 2           # (p = 5, 10) x (c = 5, 10)
+    first = fig.axes[0]                     # p = 5, c = 5: one line per l, x = lr
+    assert [list(line.get_xdata()) for line in first.lines[:2]] == [[0.001, 0.01]] * 2
+    assert np.allclose(first.lines[1].get_ydata(), [0.021, 0.03])   # l = 2
+    with pytest.raises(SystemExit):
+        plot(t[t["lr"] == 0.01], "rnn")       # one rate: nothing to compare
+
+
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
     """Two points: one flat at 0.25 for 3000 epochs (the default stop, patience 2000, would end
     it at epoch 2000), one that learns (untouched)."""
