@@ -1,10 +1,12 @@
 """Write a results folder's points as a compact folder for docs/data: its grid.json and one
 zstd Parquet part of points (POINT_SCHEMA), no curves unless --curves (for a small run whose
-curves the analysis needs: the plateau stop's replay, the loss curves); for a grid still running, also its
-packs saved mid-training (packs/), so that a run into a copy continues them. With --rungs, a run without the plateau
-stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs): one row per point
-and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the point id (one
-point, several rows; the ids of a shorter budget's rows are not those a run at it would store).
+curves the analysis needs: the plateau stop's replay, the loss curves); for a grid still
+running, also its packs saved mid-training (packs/), so that a run into a copy continues them,
+and a tuned grid's tuning run (tuning/: its points and packs) likewise. With --rungs, a run
+without the plateau stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs):
+one row per point and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the
+point id (one point, several rows; the ids of a shorter budget's rows are not those a run at
+it would store).
 
     python analysis/ship_points.py results/fig4_rnn docs/data/fig4_rnn
     python analysis/ship_points.py results/big_stack_check-noplateau docs/data/big_stack_check-noplateau --curves
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 
 from memgrid.analysis import budget_rungs, load_curves, load_points
 from memgrid.store import CURVE_SCHEMA, PACKS, POINT_SCHEMA
+from memgrid.tune import TUNING
 
 
 def main(argv=None) -> None:
@@ -38,26 +41,38 @@ def main(argv=None) -> None:
     dest = Path(args.dest)
     if dest.exists():
         shutil.rmtree(dest)
-    (dest / "points").mkdir(parents=True)
+    dest.mkdir(parents=True)
     shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
-    if args.curves:    # before the points, as memgrid writes a part
-        curves = load_curves(args.results, points["point_id"].tolist())
-        (dest / "curves").mkdir()
-        pq.write_table(pa.Table.from_pandas(curves[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
+    ship(args.results, dest, points, args.curves)
+    tuning = Path(args.results) / TUNING    # a tuned grid's tuning run: its choice, and resuming it
+    if tuning.is_dir():
+        ship(str(tuning), dest / TUNING, load_points(str(tuning)), False)
+
+
+def ship(results: str, dest: Path, points, curves: bool) -> None:
+    """`points` (of the folder `results`) as one zstd part in `dest`, with their curves if
+    asked, and the packs `results` saved mid-training."""
+    if curves:    # before the points, as memgrid writes a part
+        table = load_curves(results, points["point_id"].tolist())
+        (dest / "curves").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(table[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
                                             preserve_index=False),
                        dest / "curves" / "part-0000.parquet", compression="zstd")
-        print(f"{dest}: {len(curves)} curve rows, "
+        print(f"{dest}: {len(table)} curve rows, "
               f"{(dest / 'curves' / 'part-0000.parquet').stat().st_size} bytes")
-    table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA, preserve_index=False)
-    pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
-    print(f"{dest}: {table.num_rows} rows, {(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")
-    packs = Path(args.results) / PACKS
+    if len(points):
+        table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA,
+                                     preserve_index=False)
+        (dest / "points").mkdir(parents=True)
+        pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
+        print(f"{dest}: {table.num_rows} rows, "
+              f"{(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")
+    packs = Path(results) / PACKS
     if packs.is_dir() and any(packs.glob("*.pt")):    # a grid still running: what resumes it
         shutil.copytree(packs, dest / PACKS, ignore=shutil.ignore_patterns(".tmp-*"))
         size = sum(f.stat().st_size for f in (dest / PACKS).iterdir())
         print(f"{dest / PACKS}: {len(list((dest / PACKS).glob('*.pt')))} packs saved mid-training, "
               f"{size} bytes (a run into a copy of {dest} continues them)")
-
 
 if __name__ == "__main__":
     main()

@@ -484,6 +484,10 @@ def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
         assert schema_version(pq.read_schema(dest / table / "part-0000.parquet")) == SCHEMA_VERSION
     main([str(res), str(dest)])                      # without --curves: none
     assert not (dest / "curves").exists() and len(load_points(str(dest))) == 6
+    _results(res / "tuning", {(2, 3): 0.1})          # a tuned grid's tuning run goes along
+    main([str(res), str(dest)])
+    assert load_points(str(dest / "tuning"))["point_id"].tolist() == \
+        load_points(str(res / "tuning"))["point_id"].tolist() and len(load_points(str(dest))) == 6
 
 
 def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
