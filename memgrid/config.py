@@ -663,7 +663,7 @@ def check_size(grid: Grid, max_points: int = MAX_POINTS, flag: str = "--max-poin
             f"or pass {flag} {n}")
 
 
-TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs")
+TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs", "positions")
 
 
 def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
@@ -697,12 +697,23 @@ def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
                           "the choice must not be made on the seeds it reports")
     if eta < 2 or rungs < 0:
         raise ConfigError(f"{where}: eta must be >= 2 and rungs >= 0, got eta {eta}, rungs {rungs}")
+    positions = None
+    if "positions" in raw:
+        if not isinstance(raw["positions"], list):
+            raise ConfigError(f"{where}.positions: a list of the grid's positions")
+        positions = [_check_type(source, "tune_lr.positions", v, int) for v in raw["positions"]]
+        grid_positions = set(axes.get("position", []))
+        if not positions or len(set(positions)) != len(positions) \
+                or not set(positions) <= grid_positions:
+            raise ConfigError(f"{where}.positions: distinct positions of axes.position, got "
+                              f"{positions}")
+        positions = tuple(sorted(positions))
     if "lr" in axes or "lr" in fixed:
         raise ConfigError(f"{_where(source, 'axes.lr' if 'lr' in axes else 'train.lr')}: the "
                           "learning rate is tuned (tune_lr): leave it out")
     if "esn" in axes.get("arch", []):
         raise ConfigError(f"{_where(source, 'axes.arch')}: esn has no learning rate to tune")
-    return LRTuning(tuple(cand), tuple(seeds), eta, rungs)
+    return LRTuning(tuple(cand), tuple(seeds), eta, rungs, positions)
 
 
 def check_resources(source: str, **res: Any) -> Resources:

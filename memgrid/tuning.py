@@ -37,6 +37,9 @@ class LRTuning:
     """successive halving: at each rung the best 1/eta of the candidates go on"""
     rungs: int = 2
     """halvings, at max_epochs / eta^rungs, ..., max_epochs / eta"""
+    positions: tuple[int, ...] | None = None
+    """the positions the choice is made on (None: every position of the grid); fewer make the
+    tuning run cheaper, and the ones past a network's limit are where the rates differ"""
 
     def rung_epochs(self, max_epochs: int, eval_every: int) -> list[int]:
         """Epochs of the halvings, each rounded down to an evaluation (rungs that fall on the
@@ -50,26 +53,32 @@ class LRTuning:
 
     def describe(self) -> str:
         """The `lr_source` of a measured point."""
+        at = f" at p = {', '.join(map(str, self.positions))}" if self.positions else ""
         return (f"tuned: best of lr {', '.join(f'{c:g}' for c in self.candidates)} on seeds "
-                f"{', '.join(map(str, self.seeds))} (successive halving, eta {self.eta}, "
+                f"{', '.join(map(str, self.seeds))}{at} (successive halving, eta {self.eta}, "
                 f"{self.rungs} rungs)")
 
     def to_dict(self) -> dict:
-        return {"candidates": list(self.candidates), "seeds": list(self.seeds), "eta": self.eta,
-                "rungs": self.rungs}
+        out = {"candidates": list(self.candidates), "seeds": list(self.seeds), "eta": self.eta,
+               "rungs": self.rungs}
+        if self.positions:   # absent from the grid.json of grids tuned on every position
+            out["positions"] = list(self.positions)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> LRTuning:
-        return cls(tuple(d["candidates"]), tuple(d["seeds"]), d["eta"], d["rungs"])
+        positions = d.get("positions")
+        return cls(tuple(d["candidates"]), tuple(d["seeds"]), d["eta"], d["rungs"],
+                   tuple(positions) if positions else None)
 
 
 def tuning_points(points: list[Point], tuning: LRTuning) -> list[Point]:
     """The tuning run of a grid: each (configuration, position) at each candidate and tuning
-    seed, once."""
+    seed, once (only the tuning's `positions`, where it names them)."""
     seen, out = set(), []
     for p in points:
         key = (p.pack_key, p.position)
-        if key in seen:
+        if key in seen or (tuning.positions and p.position not in tuning.positions):
             continue
         seen.add(key)
         out += [replace(p, seed=s, lr=lr) for lr in tuning.candidates for s in tuning.seeds]
@@ -80,9 +89,10 @@ def rank(losses: list[tuple[float, int, float]], threshold: float = THRESHOLD) -
     """Candidate learning rates, best first, from (lr, position, loss) of one configuration's
     members (one per seed and position; the latest evaluation loss, or the final one).
 
-    Best: the highest memory-distance limit over the tuning seeds (largest p with mean loss <
-    threshold for every p' <= p), then the lowest mean loss over all its members. A candidate
-    with a non-finite loss (diverged) ranks last."""
+    Best: the highest memory-distance limit over the tuning seeds (how many of the positions
+    tuned, from the smallest, have a mean loss < threshold: for positions 1..P, the largest p
+    with mean loss < threshold for every p' <= p), then the lowest mean loss over all its
+    members. A candidate with a non-finite loss (diverged) ranks last."""
     by_lr: dict[float, dict[int, list[float]]] = {}
     for lr, p, loss in losses:
         by_lr.setdefault(lr, {}).setdefault(p, []).append(loss)
@@ -92,7 +102,9 @@ def rank(losses: list[tuple[float, int, float]], threshold: float = THRESHOLD) -
         if not all(math.isfinite(m) for m in means.values()):
             return (1, 0, math.inf)
         limit = 0
-        while limit + 1 in means and means[limit + 1] < threshold:
+        for p in sorted(means):
+            if means[p] >= threshold:
+                break
             limit += 1
         return (0, -limit, sum(means.values()) / len(means))
 

@@ -113,6 +113,8 @@ def test_grid_section_checks():
            ({"candidates": []}, "tune_lr.candidates"),
            ({"candidates": [0.1, -1.0]}, "tune_lr.candidates"),
            ({"eta": 1}, "eta must be >= 2"),
+           ({"positions": [2, 3]}, "tune_lr.positions: distinct positions of axes.position"),
+           ({"positions": 2}, "tune_lr.positions: a list"),
            ({"speed": 1}, "tune_lr.speed: unknown key")]
     for section, msg in bad:
         with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):
@@ -121,6 +123,24 @@ def test_grid_section_checks():
         parse_grid({"name": "t", "axes": AXES, "tune_lr": True, "train": {"lr": 0.01}})
     with pytest.raises(ConfigError, match="axes.lr: the learning rate is tuned"):
         parse_grid({"name": "t", "axes": {**AXES, "lr": [0.1, 0.01]}, "tune_lr": True})
+
+
+def test_tuning_on_some_positions():
+    axes = {**AXES, "position": [1, 2, 3, 4, 5], "seed": [0]}
+    g = parse_grid({"name": "t", "axes": axes, "tune_lr": {"positions": [5, 2]}})
+    assert g.tune_lr.positions == (2, 5)
+    assert g.identity["tune_lr"]["positions"] == [2, 5]
+    assert "positions" not in parse_grid({"name": "t", "axes": axes,
+                                          "tune_lr": True}).identity["tune_lr"]
+    assert LRTuning.from_dict(g.identity["tune_lr"]) == g.tune_lr
+    assert LRTuning.from_dict(LRTuning().to_dict()) == LRTuning()
+    tuned = tuning_points(g.points(), g.tune_lr)
+    assert sorted({p.position for p in tuned}) == [2, 5] and len(tuned) == 2 * 4 * 2
+    assert "on seeds 1000, 1001 at p = 2, 5 (" in g.tune_lr.describe()
+    # the limit over the positions tuned counts them from the smallest: 0.01 passes p = 2 only
+    rows = [(0.01, 2, 0.01), (0.01, 5, 0.2), (0.1, 2, 0.2), (0.1, 5, 0.01),
+            (0.03, 2, 0.02), (0.03, 5, 0.04)]
+    assert rank(rows) == [0.03, 0.01, 0.1]
 
 
 def test_learning_rate_per_arch_and_protocols():
