@@ -503,6 +503,33 @@ def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
         plot(t[t["lr"] == 0.01], "rnn")       # one rate: nothing to compare
 
 
+def test_tuned_rates_reads_the_choice_of_a_tuning_run(tmp_path, capsys):
+    from memgrid.config import parse_grid
+    from memgrid.tuning import tuning_points
+
+    res = tmp_path / "results"
+    grid = parse_grid({"name": "tuned", "axes": {"arch": ["rnn"], "layers": [1], "cells": [2, 3],
+                                                 "position": [1, 2], "seed": [0]},
+                       "tune_lr": {"candidates": [0.01, 0.1], "seeds": [1000], "rungs": 0}})
+    write_grid_identity(str(res), grid.identity)
+    rows = []
+    for p in tuning_points(grid.points(), grid.tune_lr):
+        if p.cells == 3 and p.position == 2:
+            continue                                   # c = 3: its tuning not done yet
+        loss = 0.005 if p.lr == 0.01 else 0.2          # 0.01 memorizes, 0.1 does not
+        rows.append(point_settings(p, "tuned") | dict(
+            units=p.units, params=p.params, epochs=50, loss=loss, best_loss=loss, r2=0.5,
+            stop_reason="solved" if loss < 0.01 else "max_epochs", mc_stream=None, wall_s=1.0,
+            pack_id="pack0", device="cpu", memgrid_version="test", finished_at=None))
+    write_points(str(res / "tuning"), "pack0-0", rows, [])
+    script = runpy.run_path(str(ROOT / "analysis" / "tuned_rates.py"))
+    rates = script["chosen_rates"](str(res)).set_index("cells")["lr"]
+    assert rates[2] == 0.01 and math.isnan(rates[3])
+    script["main"]([str(res)])
+    out = capsys.readouterr().out
+    assert "(1 of 2 done)" in out and "| 1 | 0.01 | .. |" in out and "0.01 by 1" in out
+
+
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
     """Two points: one flat at 0.25 for 3000 epochs (the default stop, patience 2000, would end
     it at epoch 2000), one that learns (untouched)."""
