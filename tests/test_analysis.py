@@ -446,6 +446,8 @@ def test_compare_runs_on_what_both_hold():
     assert limits.to_dict("records") == [dict(
         arch="rnn", layers=1, cells=1, units=1, bound=1, limit_a=1, limit_b=3,
         censored_a=False, censored_b=True)]     # c = 2 is not complete in b
+    tuned = a.assign(lr=a["cells"].map({1: 0.01, 2: 0.003}))    # one rate per configuration
+    assert compare_runs(tuned, b)[1]["limit_a"].tolist() == [1]
     with pytest.raises(ValueError, match="varies lr"):
         compare_runs(pd.concat([a, a.assign(lr=0.1)]).assign(lr=lambda d: d["lr"].fillna(0.01)), b)
 
