@@ -74,5 +74,6 @@ def ship(results: str, dest: Path, points, curves: bool) -> None:
         print(f"{dest / PACKS}: {len(list((dest / PACKS).glob('*.pt')))} packs saved mid-training, "
               f"{size} bytes (a run into a copy of {dest} continues them)")
 
+
 if __name__ == "__main__":
     main()
