@@ -17,7 +17,8 @@ from memgrid.analysis import (against_state_size, bimodality, capacity_violation
                               plateau_effect,
                               plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
                               write_report)
-from memgrid.analysis.tables import load_curves, load_points, units_text
+from memgrid.analysis.tables import (load_curves, load_points, mean_losses, units_text,
+                                     variant_columns)
 from memgrid.config import Point
 from memgrid.store import point_settings, write_grid_identity, write_points
 
@@ -434,6 +435,21 @@ def _two_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
                    points({2: [0.01, 0.01]}, cells=1).assign(seed=[0, 1], cells=3)])  # 2 seeds
     b["mc_stream"] = [5.0] + [0.5] * (len(b) - 1)         # one network above its N = 1
     return a, b
+
+
+def test_variant_columns_are_settings_that_vary_inside_a_configuration():
+    a, _ = _two_runs()
+    a = a.assign(lr=0.01, q_min=10, q_max=15)
+    assert variant_columns(a) == []
+    assert variant_columns(a.assign(lr=a["cells"].map({1: 0.01, 2: 0.003}))) == []  # tuned
+    axis = pd.concat([a, a.assign(lr=0.1)])                                   # an lr axis
+    assert variant_columns(axis) == ["lr"]
+    fixed = pd.concat([a, a.assign(q_min=10, q_max=10)])                      # Figure 9's pair
+    assert variant_columns(fixed) == ["q_max"]
+    assert variant_columns(fixed.assign(lr=None)) == ["q_max"]                # nulls: one value
+    assert variant_columns(a.iloc[:0]) == []
+    # a mean over seeds never mixes the two rates of one configuration
+    assert mean_losses(axis).groupby(["cells", "position"]).size().max() == 2
 
 
 def test_compare_runs_on_what_both_hold():

@@ -3,9 +3,9 @@
 Every analysis function takes a pandas DataFrame shaped like the points table
 (:data:`memgrid.store.POINT_SCHEMA`); only the columns it uses need to be there, so hand-made
 tables in tests can be small. A *configuration* is ``(arch, layers, cells)``; a table that also
-varies another setting (an ``lr`` axis, fixed and random length, plateau stop on and off) keeps
-those apart: they are *variant* columns and are added to every grouping, so that a mean over
-seeds never mixes two different experiments.
+varies another setting inside a configuration (an ``lr`` axis, fixed and random length, plateau
+stop on and off) keeps those apart: they are *variant* columns and are added to every grouping,
+so that a mean over seeds never mixes two different experiments.
 """
 
 from __future__ import annotations
@@ -31,14 +31,19 @@ _NOT_VARIANTS = {"point_id", "grid", "q_lo", "q_hi"}
 
 def variant_columns(points: pd.DataFrame) -> list[str]:
     """Setting columns (fields of :class:`memgrid.config.Point` besides arch, l, c, p and seed)
-    that take more than one value in `points`, nulls counted as a value, in Point field order."""
-    out = []
-    for name in POINT_FIELDS:
-        if name in POINT or name in _NOT_VARIANTS or name not in points.columns:
-            continue
-        if points[name].nunique(dropna=False) > 1:
-            out.append(name)
-    return out
+    that take more than one value inside some configuration, nulls counted as a value, in Point
+    field order.
+
+    A setting that is constant inside every configuration (a rate tuned per configuration, a
+    per-arch ``lr: {rnn: .., lstm: ..}``) is part of what the configuration is, not a second
+    experiment: grouping by it would split nothing, so it is not a variant.
+    """
+    names = [n for n in POINT_FIELDS
+             if n not in POINT and n not in _NOT_VARIANTS and n in points.columns]
+    if not names or points.empty:
+        return []
+    most = points.groupby(CONFIG, dropna=False)[names].nunique(dropna=False).max()
+    return [n for n in names if most[n] > 1]
 
 
 def group_columns(points: pd.DataFrame, by: list[str] | None = None) -> list[str]:
