@@ -17,6 +17,7 @@ from memgrid.analysis import (against_state_size, bimodality, capacity_violation
                               plateau_effect,
                               plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
                               write_report)
+from memgrid.analysis.scripts import heatmap
 from memgrid.analysis.tables import (load_curves, load_points, mean_losses, units_text,
                                      variant_columns)
 from memgrid.config import Point
@@ -348,16 +349,21 @@ def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
 # The report of a results folder
 
 
-def _results(uri: Path, losses: dict[tuple[int, int], float], seeds=(0, 1)) -> dict:
-    """A tiny results folder: rnn l=1, c in {1, 2}, p in 1..3 (as axes), the given points."""
-    axes = {"arch": ["rnn"], "layers": [1], "cells": [1, 2], "position": [1, 2, 3],
+def _results(uri: Path, losses: dict[tuple[int, int], float], seeds=(0, 1), q_max=15) -> dict:
+    """A tiny results folder: rnn l=1, c and p as in `losses` (the axes: c in {1, 2}, p in 1..3
+    unless `losses` has others), the given points; random length q in 10..15, or fixed length
+    q = 10 with ``q_max=10``."""
+    axes = {"arch": ["rnn"], "layers": [1],
+            "cells": sorted({1, 2} if q_max == 15 else {c for c, _ in losses}),
+            "position": sorted({1, 2, 3} if q_max == 15 else {p for _, p in losses}),
             "seed": list(seeds)}
-    fixed = {"max_epochs": 50}
+    fixed = {"max_epochs": 50, "q_max": q_max}
     write_grid_identity(str(uri), {"name": "tiny", "axes": axes, "fixed": fixed})
     rows, curves = [], []
     for (c, p), loss in losses.items():
         for s in seeds:
-            pt = Point(arch="rnn", layers=1, cells=c, position=p, seed=s, max_epochs=50)
+            pt = Point(arch="rnn", layers=1, cells=c, position=p, seed=s, max_epochs=50,
+                       q_max=q_max)
             rows.append(point_settings(pt, "tiny") | dict(
                 units=pt.units, params=pt.params, epochs=50, loss=loss, best_loss=loss,
                 stop_reason="solved" if loss < 0.01 else "max_epochs", r2=1 - 4 * loss,
@@ -408,8 +414,20 @@ def test_figure_scripts(tmp_path):
     main = runpy.run_path(str(ROOT / "analysis" / "fig4_curves.py"))["main"]
     main([str(res), "--out", str(tmp_path / "figs"), "--cells", "2"])
     assert (tmp_path / "figs" / "fig4_curves.png").exists()
+    fig9 = runpy.run_path(str(ROOT / "analysis" / "fig9_heatmap.py"))["main"]
     with pytest.raises(SystemExit):  # no fixed-length points in this folder
-        runpy.run_path(str(ROOT / "analysis" / "fig9_heatmap.py"))["main"]([str(res)])
+        fig9([str(res)])
+    fixed = tmp_path / "fixed"
+    _results(fixed, {(1, 1): 0.005, (1, 2): 0.005}, q_max=10)      # c = 1, p = 1, 2
+    fig9([str(fixed), "--random", str(res), "--out", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "fig9_heatmap.png").exists()
+    assert (tmp_path / "figs" / "fig9_heatmap_random.png").exists()
+    # the random-length points are cut to the fixed-length grid's (l, c, p): one c, two p
+    shape = {"layers": [1], "cells": [1], "position": [1, 2]}
+    fig = heatmap(str(res), ("rnn",), "mean", False, shape=shape)
+    assert fig.axes[0].images[0].get_array().tolist() == [[0.005, 0.25]]
+    with pytest.raises(SystemExit, match="inside the grid drawn beside them"):
+        heatmap(str(res), ("rnn",), "mean", False, shape=shape | {"cells": [7]})
 
 
 def test_figures_of_a_grid_still_running_show_the_whole_grid(tmp_path):
