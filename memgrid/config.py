@@ -748,12 +748,13 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json") -> G
                 source=source, tune_lr=LRTuning.from_dict(tune_lr) if tune_lr else None)
 
 
-def protocol_name(settings: dict[str, Any]) -> str:
+def protocol_name(settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
     """The protocol whose settings `settings` (a point's, or a points-table row) has, or
-    `custom`."""
+    `custom`; the settings in `ignore` (say the lr of a grid that tunes it) are not compared."""
     for name, values in PROTOCOLS.items():
         want = for_arch({**values, "arch": settings.get("arch")})
-        if all(k in settings and settings[k] == want[k] for k in values if k in want):
+        if all(k in settings and settings[k] == want[k] for k in values
+               if k in want and k not in ignore):
             return name
     return "custom"
 

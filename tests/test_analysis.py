@@ -566,6 +566,37 @@ def test_tuned_rates_reads_the_choice_of_a_tuning_run(tmp_path, capsys):
     assert "(1 of 2 done)" in out and "| 1 | 0.01 | .. |" in out and "0.01 by 1" in out
 
 
+def test_report_of_a_tuned_grid_names_its_protocol_and_the_rates_it_chose(tmp_path):
+    import dataclasses
+
+    from memgrid.config import parse_grid
+
+    res = tmp_path / "results"
+    grid = parse_grid({"name": "tuned", "axes": {"arch": ["rnn"], "layers": [1], "cells": [2, 3],
+                                                 "position": [1, 2], "seed": [0, 1]},
+                       "tune_lr": {"candidates": [0.003, 0.01], "seeds": [1000]}})
+    write_grid_identity(str(res), grid.identity)
+    rows = []
+    for p in grid.points():
+        p = dataclasses.replace(p, lr={2: 0.01, 3: 0.003}[p.cells])    # the chosen rates
+        rows.append(point_settings(p, "tuned") | dict(
+            units=p.units, params=p.params, epochs=50, loss=0.005, best_loss=0.005, r2=0.9,
+            stop_reason="solved", mc_stream=None, wall_s=1.0, pack_id="pack0", device="cpu",
+            memgrid_version="test", finished_at=None))
+    write_points(str(res), "pack0-0", rows, [])
+    text = write_report(str(res), tmp_path / "out").read_text()
+    assert ("Learning rate tuned: best of lr 0.003, 0.01 on seeds 1000 (successive halving, "
+            "eta 2, 2 rungs); chosen: 0.01 by 1, 0.003 by 1 of 2 configurations") in text
+    assert "Protocol: `converged`, its lr tuned per configuration (Grid, above)." in text
+    assert "## Paper claims (protocol converged, lr tuned per configuration)" in text
+    assert "varies" not in text                   # one rate per configuration is no variant
+    # the same rows read without the tuning: the rate that is not the protocol's is custom
+    identity = {k: v for k, v in grid.identity.items() if k != "tune_lr"}
+    write_grid_identity(str(res), identity)
+    text = write_report(str(res), tmp_path / "out2").read_text()
+    assert "Protocol: `converged`, `custom`." in text and "Learning rate tuned" not in text
+
+
 def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
     """Two points: one flat at 0.25 for 3000 epochs (the default stop, patience 2000, would end
     it at epoch 2000), one that learns (untouched)."""

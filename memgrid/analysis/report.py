@@ -175,27 +175,45 @@ def _convergence(uri: str, points: pd.DataFrame, threshold: float
     return conv.assign(mark=limit_marks(conv)), how
 
 
-def _protocols(points: pd.DataFrame) -> list[str]:
-    """The protocols (config.PROTOCOLS, or `custom`) of the trained points' settings."""
+def _protocols(points: pd.DataFrame, tuned: bool = False) -> list[str]:
+    """The protocols (config.PROTOCOLS, or `custom`) of the trained points' settings; of a grid
+    that tunes its rate per configuration (`tuned`), on every setting but the rate."""
     from ..config import PROTOCOL_KEYS, protocol_name
 
     trained = points[points["arch"] != "esn"]
     keys = ["arch"] + [k for k in PROTOCOL_KEYS if k in trained]
-    return sorted({protocol_name(r) for r in trained.drop_duplicates(keys).to_dict("records")})
+    ignore = ("lr",) if tuned else ()
+    return sorted({protocol_name(r, ignore)
+                   for r in trained.drop_duplicates(keys).to_dict("records")})
+
+
+def _tuning_line(identity: dict, points: pd.DataFrame) -> list[str]:
+    """How a grid that tunes its rate chose it, and what it chose (one rate per configuration)."""
+    from ..tuning import LRTuning
+
+    text = "Learning rate " + LRTuning.from_dict(identity["tune_lr"]).describe()
+    if len(points) and "lr" in points:
+        chosen = points.groupby(CONFIG)["lr"].first().value_counts()
+        text += "; chosen: " + ", ".join(f"{lr:g} by {n}" for lr, n in
+                                         sorted(chosen.items(), key=lambda x: -x[0]))
+        text += f" of {int(chosen.sum())} configurations (per (l, c): `python analysis/tuned_rates.py`)"
+    return [text + ".", ""]
 
 
 def _budget_section(convs: dict[str, tuple[pd.DataFrame | None, str]], points: pd.DataFrame,
-                    out: Path) -> list[str]:
+                    out: Path, tuned: bool = False) -> list[str]:
     from ..config import PROTOCOLS
 
-    names = _protocols(points)
+    names = _protocols(points, tuned)
     if not names:
         return []
     lines = ["## Training budget and convergence", "",
-             "Protocol: " + ", ".join(f"`{n}`" for n in names) + " (named training settings: "
+             "Protocol: " + ", ".join(f"`{n}`" for n in names)
+             + (", its lr tuned per configuration (Grid, above)" if tuned else "")
+             + ". Named training settings: "
              + "; ".join(f"`{n}` = " + ", ".join(f"{k} {v}" for k, v in vals.items())
                          for n, vals in PROTOCOLS.items())
-             + "; `custom` = neither).", ""]
+             + "; `custom` = neither.", ""]
     for kind, (conv, how) in convs.items():
         if len(convs) > 1:
             lines += [f"### {kind.capitalize()} length", ""]
@@ -396,6 +414,9 @@ def _report(uri: str, out: Path, threshold: float) -> str:
              f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
              "then.", ""]
     lines += _grid_section(identity, points, uri)
+    tuned = bool((identity or {}).get("tune_lr"))
+    if tuned:
+        lines += _tuning_line(identity, points)
     if points.empty:
         return "\n".join(lines + ["No points yet: nothing to analyse.", ""])
 
@@ -411,7 +432,7 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     lines += ["## Memory-distance limits", ""]
     for name, title, sub in kinds:
         lines += _limits_section(title, sub, threshold, convs[name][0])
-    lines += _budget_section(convs, points, out)
+    lines += _budget_section(convs, points, out, tuned)
     lines += _capacity_section(points)
     lines += _state_size_section(kinds, threshold)
 
@@ -432,8 +453,9 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     curves = None
     if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
         curves = load_curves(uri, rnn_lstm["point_id"].tolist())
-    names = _protocols(points)
-    lines += ["## Paper claims" + (f" (protocol {', '.join(names)})" if names else ""), "",
+    names = _protocols(points, tuned)
+    tuned_text = ", lr tuned per configuration" if tuned else ""
+    lines += ["## Paper claims" + (f" (protocol {', '.join(names)}{tuned_text})" if names else ""), "",
               md_table(check_claims(points, curves, threshold))]
 
     lines += ["## Figures", ""]
