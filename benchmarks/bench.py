@@ -122,6 +122,34 @@ def _matmul_worker(q) -> None:
     q.put(_matmul_rate(1))
 
 
+ZEN = {23: "Zen 1/Zen 2", 25: "Zen 3/Zen 4", 26: "Zen 5"}
+"""AMD's x86 families (`cpu family` in /proc/cpuinfo); 25 with AVX-512 is a Zen 4."""
+
+
+def cpu_text(cpuinfo: str | None = None) -> str:
+    """The CPU as a benchmark's header names it: model name, and for AMD the core generation
+    from its family (a virtual machine's model name is often only "AMD EPYC"), with its widest
+    vectors: `AMD EPYC (Zen 5: cpu family 26, model 2; AVX-512)`."""
+    if cpuinfo is None:
+        if not os.path.exists("/proc/cpuinfo"):
+            return "unknown CPU"
+        cpuinfo = open("/proc/cpuinfo").read()
+    first = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    name = first.get("model name", "unknown CPU")
+    flags = set(first.get("flags", "").split())
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    family, model = first.get("cpu family"), first.get("model")
+    if first.get("vendor_id") == "AuthenticAMD" and family and family.isdigit():
+        gen = ZEN.get(int(family), "AMD")
+        if int(family) == 25:
+            gen = "Zen 4" if "avx512f" in flags else "Zen 3"
+        return f"{name} ({gen}: cpu family {family}, model {model}; {vectors})"
+    return f"{name} (cpu family {family}, model {model}; {vectors})" if family else name
+
+
 def machine_rates() -> dict:
     """fp32 matmul rate, 1024^3: one thread; all threads; one one-thread process per core at
     once. One core's rate ("core") is the larger of the first and the last per core: a lone
@@ -383,8 +411,7 @@ def main() -> None:
                     help="a sample of a real grid, end to end (benchmarks/real_grid.py; its options follow)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    cpu = cpu_text()
     c_kernels = "C kernels" if kernels.prepare() else "torch ops (no C kernels)"
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; memgrid: {c_kernels}",
           flush=True)

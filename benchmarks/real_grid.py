@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import FIG6_NETS, ROOT, _Union, machine_rates, point_epoch_flops  # noqa: E402
+from bench import FIG6_NETS, ROOT, _Union, cpu_text, machine_rates, point_epoch_flops  # noqa: E402
 from memgrid import store  # noqa: E402
 from memgrid.config import Grid, load_grid  # noqa: E402
 from memgrid.request import prepare_out  # noqa: E402
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="concurrent trials the folder's run had (--timing; default: the cores)")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    print(f"machine: {cpu_text()}, {os.cpu_count()} cores", flush=True)
     rates = machine_rates()
     print(f"fp32 matmul 1024^3: one core {rates['core'] / 1e9:.0f} GFLOP/s, the machine "
           f"{rates['machine'] / 1e9:.0f} GFLOP/s", flush=True)
