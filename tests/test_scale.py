@@ -329,3 +329,26 @@ def test_benchmark_header_names_the_core_generation():
     assert cpu_text(info("GenuineIntel", 6, 143, "sse2")) == \
         "AMD EPYC (cpu family 6, model 143; no AVX2)"
     assert cpu_text("") == "unknown CPU"
+
+
+SHIPPED_CURVES = ["fig4_rnn", "fig4_rnn-paper", "fig5_lstm", "fig5_lstm-paper",
+                  "big_stack_check-noplateau"]
+"""docs/data's folders that ship their curves (the loss-curve figures, Figures 4 and 5, and the
+plateau stop's replay need them)"""
+
+
+def test_the_shipped_curves_are_their_points_curves():
+    """Every point of a folder that ships curves has its curve, evaluated from epoch 0 to the
+    epoch it stopped at, and no curve belongs to another point."""
+    from memgrid.analysis import load_curves, load_points
+
+    for name in SHIPPED_CURVES:
+        d = str(ROOT / "docs" / "data" / name)
+        points, curves = load_points(d), load_curves(d)
+        assert set(curves["point_id"]) == set(points["point_id"]), name
+        span = curves.groupby("point_id")["epoch"].agg(["min", "max"])
+        stopped = points.set_index("point_id")["epochs"]
+        assert (span["min"] == 0).all(), name
+        assert (span["max"] == stopped.reindex(span.index)).all(), name
+    have = {p.parent.name for p in (ROOT / "docs" / "data").glob("*/curves")}
+    assert have == set(SHIPPED_CURVES)
