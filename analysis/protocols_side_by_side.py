@@ -3,8 +3,9 @@
     python analysis/protocols_side_by_side.py docs/data/fig6_rnn-paper docs/data/fig6_rnn
     python analysis/protocols_side_by_side.py docs/data/fig8_gru-paper docs/data/fig8_gru
 
-Compares only what both folders hold with every seed (`memgrid.analysis.compare_runs`), so a
-grid still running is compared on the part it has done. Prints markdown: the (arch, l, c, p)
+Compares only what both folders hold with every seed they share (`memgrid.analysis.compare_runs`),
+so a grid still running is compared on the part it has done, and a check on some of a grid's
+seeds (at another budget, say) on those seeds. Prints markdown: the (arch, l, c, p)
 memorized (mean loss over seeds below the threshold) under each, in all and per position, the
 memory-distance limits of the configurations complete in both, and the stream MC above N.
 """
@@ -20,14 +21,22 @@ from memgrid.analysis.report import md_table
 from memgrid.analysis.tables import THRESHOLD, units
 
 
+def _seeds_text(seeds: list[int]) -> str:
+    """`0..4` for a run of seeds, else the list."""
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(map(str, seeds)) or "none"
+
+
 def side_by_side(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
                  threshold: float = THRESHOLD) -> str:
     """The comparison of points tables `a` and `b` as markdown, the runs called `names`."""
     means, limits = compare_runs(a, b, threshold)
     na, nb = names
     ma, mb = means["memorized_a"], means["memorized_b"]
-    seeds = max(a["seed"].nunique(), b["seed"].nunique())
-    lines = [f"(arch, l, c, p) with all {seeds} seeds in both: **{len(means)}**.", "",
+    seeds = sorted(set(a["seed"]) & set(b["seed"]))
+    lines = [f"(arch, l, c, p) with all {len(seeds)} seeds in both (the seeds both have: "
+             f"{_seeds_text(seeds)}): **{len(means)}**.", "",
              f"Mean loss below {threshold}: {na} **{int(ma.sum())}**, {nb} **{int(mb.sum())}**; "
              f"both {int((ma & mb).sum())}, only {na} {int((ma & ~mb).sum())}, only {nb} "
              f"{int((~ma & mb).sum())}.", ""]

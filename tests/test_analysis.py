@@ -484,12 +484,19 @@ def test_compare_runs_on_what_both_hold():
     assert compare_runs(tuned, b)[1]["limit_a"].tolist() == [1]
     with pytest.raises(ValueError, match="varies lr"):
         compare_runs(pd.concat([a, a.assign(lr=0.1)]).assign(lr=lambda d: d["lr"].fillna(0.01)), b)
+    # a check on some of the seeds is compared on those, paired: b's seeds 0, 1 only
+    two = b[b["seed"] < 2]
+    means, limits = compare_runs(a, two)
+    assert round(means.set_index(["cells", "position"]).loc[(1, 2), "mean_a"], 12) == 0.2
+    a_pair = a.assign(loss=a["loss"].where(a["seed"] < 2, 0.25))   # seed 2 of a fails: unseen
+    assert compare_runs(a_pair, two)[0].equals(means)
+    assert len(means) == 4 and limits["limit_b"].tolist() == [3]
 
 
 def test_protocols_side_by_side_script(tmp_path):
     script = runpy.run_path(str(ROOT / "analysis" / "protocols_side_by_side.py"))
     text = script["side_by_side"](*_two_runs(), ("paper", "converged"))
-    assert "with all 3 seeds in both: **4**" in text
+    assert "with all 3 seeds in both (the seeds both have: 0..2): **4**" in text
     assert ("below 0.05: paper **2**, converged **4**; both 2, only paper 0, only converged 2"
             in text)
     assert "| 2 | 1 | 0 | 1 |" in text and "| 1 | 2 | 2 | 2 |" in text   # p, (l, c), paper, conv.

@@ -129,12 +129,13 @@ def bimodality(points: pd.DataFrame, lo: float = THRESHOLD, hi: float = 0.2,
 
 def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One grid run twice (two protocols, say), on what both hold with every seed: a grid still
-    running is compared on the part it has done. Each table must be one experiment (no variant
+    """One grid run twice (two protocols, or two budgets), on what both hold with every seed they
+    share: a grid still running is compared on the part it has done, and a check run on some of
+    a grid's seeds on those seeds, paired. Each table must be one experiment (no variant
     columns; a learning rate tuned per configuration is not one).
 
     Returns ``(means, limits)``. `means`: one row per (arch, layers, cells, position) with every
-    seed in both (the most seeds either table has), columns `mean_a`, `mean_b` (loss over seeds)
+    seed of both in both (the seeds either table has that the other has too), columns `mean_a`, `mean_b` (loss over seeds)
     and `memorized_a`, `memorized_b` (mean < threshold). `limits`: one row per configuration
     whose positions (every p either table has of it) are all in `means`, columns `units`,
     `bound` and `limit_a`, `limit_b`, `censored_a`, `censored_b` as in :func:`memory_limits`.
@@ -144,7 +145,9 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
             raise ValueError(f"compare_runs: {name} varies {', '.join(varies)} besides arch, l, "
                              "c, p and seed: compare one setting at a time")
     cell = CONFIG + ["position"]
-    seeds = max(a["seed"].nunique(), b["seed"].nunique())
+    shared = set(a["seed"]) & set(b["seed"])
+    a, b = a[a["seed"].isin(shared)], b[b["seed"].isin(shared)]
+    seeds = len(shared)
     full = []
     for table in (a, b):
         m = mean_losses(table, CONFIG)
