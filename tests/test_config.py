@@ -161,7 +161,9 @@ def test_shipped_grids_load_and_say_how_to_run():
         first = f.read_text().splitlines()[0]
         # the command that runs it: this file, and the flags it needs, if any
         assert first.split()[:4] == ["#", "memgrid", "run", f"tune_configs/{f.name}"], f
-        assert all(w.startswith("--") for w in first.split()[4:]), f
+        rest = first.split()[4:]            # flags, each with its value if it takes one
+        assert all(w.startswith("--") or (i and rest[i - 1].startswith("--"))
+                   for i, w in enumerate(rest)), f
         assert grid.points()
         small = grid.smoke()
         assert len(small.points()) <= 64 and all(p.max_epochs <= 200 for p in small.points())
