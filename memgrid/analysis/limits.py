@@ -135,7 +135,7 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
     columns; a learning rate tuned per configuration is not one).
 
     Returns ``(means, limits)``. `means`: one row per (arch, layers, cells, position) with every
-    seed of both in both (the seeds either table has that the other has too), columns `mean_a`, `mean_b` (loss over seeds)
+    shared seed in both, columns `mean_a`, `mean_b` (loss over those seeds)
     and `memorized_a`, `memorized_b` (mean < threshold). `limits`: one row per configuration
     whose positions (every p either table has of it) are all in `means`, columns `units`,
     `bound` and `limit_a`, `limit_b`, `censored_a`, `censored_b` as in :func:`memory_limits`.
