@@ -17,15 +17,8 @@ import argparse
 import pandas as pd
 
 from memgrid.analysis import compare_runs, load_points
-from memgrid.analysis.report import md_table
+from memgrid.analysis.report import md_table, values_text
 from memgrid.analysis.tables import THRESHOLD, units
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    """`0..4` for a run of seeds, else the list."""
-    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
-        return f"{seeds[0]}..{seeds[-1]}"
-    return ", ".join(map(str, seeds)) or "none"
 
 
 def side_by_side(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
@@ -34,9 +27,9 @@ def side_by_side(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
     means, limits = compare_runs(a, b, threshold)
     na, nb = names
     ma, mb = means["memorized_a"], means["memorized_b"]
-    seeds = sorted(set(a["seed"]) & set(b["seed"]))
+    seeds = sorted(int(s) for s in set(a["seed"]) & set(b["seed"]))
     lines = [f"(arch, l, c, p) with all {len(seeds)} seeds in both (the seeds both have: "
-             f"{_seeds_text(seeds)}): **{len(means)}**.", "",
+             f"{values_text(seeds) or 'none'}): **{len(means)}**.", "",
              f"Mean loss below {threshold}: {na} **{int(ma.sum())}**, {nb} **{int(mb.sum())}**; "
              f"both {int((ma & mb).sum())}, only {na} {int((ma & ~mb).sum())}, only {nb} "
              f"{int((~ma & mb).sum())}.", ""]

@@ -122,10 +122,6 @@ def _matmul_worker(q) -> None:
     q.put(_matmul_rate(1))
 
 
-ZEN = {23: "Zen 1/Zen 2", 25: "Zen 3/Zen 4", 26: "Zen 5"}
-"""AMD's x86 families (`cpu family` in /proc/cpuinfo); 25 with AVX-512 is a Zen 4."""
-
-
 def cpu_text(cpuinfo: str | None = None) -> str:
     """The CPU as a benchmark's header names it: model name, and for AMD the core generation
     from its family (a virtual machine's model name is often only "AMD EPYC"), with its widest
@@ -143,9 +139,9 @@ def cpu_text(cpuinfo: str | None = None) -> str:
     vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     family, model = first.get("cpu family"), first.get("model")
     if first.get("vendor_id") == "AuthenticAMD" and family and family.isdigit():
-        gen = ZEN.get(int(family), "AMD")
-        if int(family) == 25:
-            gen = "Zen 4" if "avx512f" in flags else "Zen 3"
+        # AMD's families: 23 Zen 1 and 2, 25 Zen 3 and (with AVX-512) Zen 4, 26 Zen 5
+        gen = {23: "Zen 1/Zen 2", 25: "Zen 4" if "avx512f" in flags else "Zen 3",
+               26: "Zen 5"}.get(int(family), "AMD")
         return f"{name} ({gen}: cpu family {family}, model {model}; {vectors})"
     return f"{name} (cpu family {family}, model {model}; {vectors})" if family else name
 

@@ -595,7 +595,7 @@ def test_report_of_a_tuned_grid_names_its_protocol_and_the_rates_it_chose(tmp_pa
     assert ("Learning rate tuned: best of lr 0.003, 0.01 on seeds 1000 (successive halving, "
             "eta 2, 2 rungs); chosen: 0.01 by 1, 0.003 by 1 of 2 configurations") in text
     assert "Protocol: `converged`, its lr tuned per configuration (Grid, above)." in text
-    assert "## Paper claims (protocol converged, lr tuned per configuration)" in text
+    assert "## Paper claims (protocol converged, its lr tuned per configuration)" in text
     assert "varies" not in text                   # one rate per configuration is no variant
     # the same rows read without the tuning: the rate that is not the protocol's is custom
     identity = {k: v for k, v in grid.identity.items() if k != "tune_lr"}

@@ -55,7 +55,7 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _values(vals: list) -> str:
+def values_text(vals: list) -> str:
     """[1, 2, 3, 7] -> '1..3, 7'; other lists as written."""
     if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
         runs: list[list[int]] = []
@@ -74,7 +74,7 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
                 "progress cannot be measured against it.", ""]
     axes, fixed = identity.get("axes", {}), identity.get("fixed", {})
     out = ["## Grid", "", f"Name: `{identity.get('name', '?')}`.", "",
-           md_table(pd.DataFrame([(k, _values(v), len(v)) for k, v in axes.items()],
+           md_table(pd.DataFrame([(k, values_text(v), len(v)) for k, v in axes.items()],
                                  columns=["axis", "values", "count"])),
            "Fixed settings: " + (", ".join(f"`{k} = {v}`" for k, v in sorted(fixed.items()))
                                  or "none (defaults)") + ".", ""]
@@ -200,16 +200,20 @@ def _tuning_line(identity: dict, points: pd.DataFrame) -> list[str]:
     return [text + ".", ""]
 
 
-def _budget_section(convs: dict[str, tuple[pd.DataFrame | None, str]], points: pd.DataFrame,
-                    out: Path, tuned: bool = False) -> list[str]:
+TUNED = "its lr tuned per configuration"
+"""What a report adds to the protocol's name for a grid with `tune_lr`."""
+
+
+def _budget_section(convs: dict[str, tuple[pd.DataFrame | None, str]], out: Path,
+                    names: list[str], tuned: bool) -> list[str]:
+    """The protocols `names` (:func:`_protocols`) and what the runs say of the budget."""
     from ..config import PROTOCOLS
 
-    names = _protocols(points, tuned)
     if not names:
         return []
     lines = ["## Training budget and convergence", "",
              "Protocol: " + ", ".join(f"`{n}`" for n in names)
-             + (", its lr tuned per configuration (Grid, above)" if tuned else "")
+             + (f", {TUNED} (Grid, above)" if tuned else "")
              + ". Named training settings: "
              + "; ".join(f"`{n}` = " + ", ".join(f"{k} {v}" for k, v in vals.items())
                          for n, vals in PROTOCOLS.items())
@@ -432,7 +436,8 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     lines += ["## Memory-distance limits", ""]
     for name, title, sub in kinds:
         lines += _limits_section(title, sub, threshold, convs[name][0])
-    lines += _budget_section(convs, points, out, tuned)
+    names = _protocols(points, tuned)
+    lines += _budget_section(convs, out, names, tuned)
     lines += _capacity_section(points)
     lines += _state_size_section(kinds, threshold)
 
@@ -453,9 +458,8 @@ def _report(uri: str, out: Path, threshold: float) -> str:
     curves = None
     if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
         curves = load_curves(uri, rnn_lstm["point_id"].tolist())
-    names = _protocols(points, tuned)
-    tuned_text = ", lr tuned per configuration" if tuned else ""
-    lines += ["## Paper claims" + (f" (protocol {', '.join(names)}{tuned_text})" if names else ""), "",
+    protocol = ", ".join(names) + (f", {TUNED}" if tuned else "")
+    lines += ["## Paper claims" + (f" (protocol {protocol})" if names else ""), "",
               md_table(check_claims(points, curves, threshold))]
 
     lines += ["## Figures", ""]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..store import read_grid_identity
 from matplotlib.figure import Figure
 
+from ..store import read_grid_identity
 from .plots import plot_heatmaps, plot_loss_curves, save
 from .tables import fixed_length, load_curves, load_points, random_length
 
