@@ -1,0 +1,363 @@
+"""The numbers the README and docs/REPRODUCTION.md state about the shipped data, computed from
+docs/data/ with plain pandas (no memgrid code), and written into those pages between markers.
+
+A page holds each generated block between two HTML comments::
+
+    <!-- generated: NAME (python -m memgrid.headline) -->
+    ...
+    <!-- end generated: NAME -->
+
+and :func:`blocks` renders every block from the Parquet tables. ``python -m memgrid.headline``
+rewrites the blocks in place; ``tests/test_docs.py`` fails when a page's block differs from what
+the data gives, so a stated number cannot drift from the data.
+
+Definitions (one each, used everywhere on the pages):
+
+- memorized: the MEAN evaluation loss (MAE) over seeds of a (configuration, p) is below 0.05;
+- limit of a configuration (arch, l, c): the largest p such that every p' <= p is memorized
+  (0 when p = 1 is not); `+` marks a limit censored by the grid: p = limit + 1 was not run;
+- a seed's own limit: the same walk on that seed's loss alone; the table shows min..max;
+- N: the units the points table records (c * l for the RNN, LSTM, GRU, minGRU and minLSTM;
+  2c * l for the LRU), and the paper's bound N - (l - 1);
+- converged: a shipped run of the same configuration at a larger budget (2x or 4x the steps)
+  gives the same limit on the seeds both runs share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "docs" / "data"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "REPRODUCTION.md")
+COMMAND = "python -m memgrid.headline"
+THRESHOLD = 0.05
+"""mean MAE below which a position counts as memorized"""
+BAND = (0.05, 0.2)
+"""the closed band of in-between mean losses (the paper's bimodality)"""
+WITHDRAWN = ("s6",)
+"""archs whose shipped rows are withdrawn and never shown: the `s6` of docs/data/new_cells
+(a bare SSM with a scalar input: its output is proportional to the last input, so it cannot
+read its memory at u_T = 0)"""
+KEYS = ["arch", "layers", "cells"]
+NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "mingru": "minGRU", "minlstm": "minLSTM",
+         "lru": "LRU", "s6": "S6"}
+
+CONVERGED = {"rnn": "fig6_rnn_tuned", "lstm": "fig8_lstm", "gru": "fig8_gru"}
+"""the converged protocol's full grid per paper cell (the RNN's with its rate tuned per (l, c))"""
+PAPER = {"rnn": "fig6_rnn-paper", "lstm": "fig8_lstm-paper", "gru": "fig8_gru-paper"}
+"""the paper protocol's full grid per paper cell"""
+NEW_CELLS = "new_cells"
+BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
+                 ("fig6_rnn_tuned", "fig6_tuned_budget_check_wide-2x", "2x"),
+                 ("budget_check", "budget_check-4x", "4x"))
+"""(run at the protocol's budget, the same configurations at a larger one, the factor)"""
+HEADLINE = [("rnn", 1, 2), ("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
+            ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 4), ("rnn", 5, 20),
+            ("lstm", 1, 5), ("lstm", 1, 10), ("lstm", 3, 5), ("gru", 1, 5), ("gru", 1, 10),
+            ("gru", 3, 5)]
+"""the paper cells' configurations the README's headline shows (every one is on the
+reproduction page's full tables)"""
+NEW_HEADLINE = [("mingru", 1, 5), ("mingru", 2, 5), ("minlstm", 1, 5), ("minlstm", 2, 5),
+                ("lru", 1, 5), ("lru", 2, 5)]
+
+
+def points(name: str) -> pd.DataFrame:
+    """The points table of docs/data/<name> (pyarrow), without withdrawn archs."""
+    df = pd.read_parquet(DATA / name / "points", engine="pyarrow")
+    return df[~df["arch"].isin(WITHDRAWN)].reset_index(drop=True)
+
+
+def _walk(losses: dict[int, float]) -> tuple[int, bool]:
+    """(limit, censored) of one {p: loss} mapping: p = 1, 2, ... while present and below the
+    threshold (NaN fails); censored when the position after the limit was not run."""
+    p = 1
+    while p in losses and losses[p] < THRESHOLD:
+        p += 1
+    return p - 1, p not in losses
+
+
+def limits(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arch, layers, cells): units N, bound N - (l - 1), p_max, seeds, the limit of
+    the mean over seeds and whether it is censored, and each seed's own limit (min, max) and
+    how many seeds memorize every p <= the configuration's limit (`seeds_at_limit`)."""
+    rows = []
+    for key, g in df.groupby(KEYS, sort=True):
+        mean = g.groupby("position")["loss"].mean()
+        limit, censored = _walk(dict(zip(mean.index.astype(int), mean.to_numpy(float))))
+        own = []
+        for _, s in g.groupby("seed"):
+            own.append(_walk(dict(zip(s["position"].astype(int), s["loss"].astype(float))))[0])
+        n = int(g["units"].iloc[0])
+        rows.append(dict(zip(KEYS, key), units=n, bound=n - (int(key[1]) - 1),
+                         p_max=int(g["position"].max()), seeds=g["seed"].nunique(),
+                         limit=limit, censored=censored, seed_min=min(own), seed_max=max(own),
+                         seeds_at_limit=sum(o >= limit for o in own)))
+    return pd.DataFrame(rows)
+
+
+def _fmt(limit: int, censored: bool) -> str:
+    return f"{limit}+" if censored else str(limit)
+
+
+def convergence() -> dict[tuple, str]:
+    """(arch, layers, cells) -> e.g. `yes (2x, seeds 0..2)` or `no (2x, seeds 0..2: 10 -> 13)`:
+    the limit on the seeds that a run at the protocol's budget and a shipped run at a larger
+    budget share, compared; every check of a configuration, joined by `; `."""
+    out: dict[tuple, list[str]] = {}
+    for base, check, factor in BUDGET_CHECKS:
+        more = points(check)
+        seeds = sorted(set(more["seed"]))
+        less = points(base)
+        less = less[less["seed"].isin(seeds)]
+        configs = set(map(tuple, more[KEYS].drop_duplicates().to_numpy().tolist()))
+        less = less[less[KEYS].apply(tuple, axis=1).isin(configs)]
+        a, b = limits(less).set_index(KEYS), limits(more).set_index(KEYS)
+        where = f"{factor}, seeds {seeds[0]}..{seeds[-1]}"
+        for key in a.index.intersection(b.index):
+            la = _fmt(a.loc[key, "limit"], a.loc[key, "censored"])
+            lb = _fmt(b.loc[key, "limit"], b.loc[key, "censored"])
+            out.setdefault(tuple(key), []).append(
+                f"yes ({where})" if la == lb else f"no ({where}: {la} -> {lb})")
+    return {k: "; ".join(v) for k, v in out.items()}
+
+
+def _cell(row: pd.Series | None) -> str:
+    if row is None:
+        return ""
+    return (f"{_fmt(row['limit'], row['censored'])} ({row['seed_min']}..{row['seed_max']})"
+            if row["seed_min"] != row["seed_max"] else
+            f"{_fmt(row['limit'], row['censored'])} ({row['seed_min']})")
+
+
+def headline() -> str:
+    """The README's table: limit against N for the chosen configurations, both protocols."""
+    conv = {a: limits(points(n)).set_index(KEYS) for a, n in CONVERGED.items()}
+    pap = {a: limits(points(n)).set_index(KEYS) for a, n in PAPER.items()}
+    new = limits(points(NEW_CELLS)).set_index(KEYS)
+    marks = convergence()
+    lines = ["| cell | l | c | N | N - (l - 1) | limit, converged protocol (seeds) | "
+             "limit, paper protocol (seeds) | converged? |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arch, l, c in HEADLINE:
+        a = conv[arch].loc[(arch, l, c)]
+        b = pap[arch].loc[(arch, l, c)]
+        lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
+                     f"{_cell(b)} | {marks.get((arch, l, c), 'not checked')} |")
+    for arch, l, c in NEW_HEADLINE:
+        a = new.loc[(arch, l, c)]
+        lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
+                     f"| not checked |")
+    lines.append("| S6 (Mamba block) | | | | | being measured | | |")
+    return "\n".join(lines)
+
+
+def limit_grid(name: str) -> str:
+    """Every configuration of docs/data/<name> as a table: a row per (arch, l), a column per c;
+    each cell the limit (`+`: censored) and the seeds' own limits min..max."""
+    lim = limits(points(name))
+    cs = sorted(lim["cells"].unique())
+    lines = ["| cell, l | " + " | ".join(f"c = {c}" for c in cs) + " |",
+             "| --- |" + " --- |" * len(cs)]
+    for (arch, l), g in lim.groupby(["arch", "layers"], sort=True):
+        by_c = {int(r["cells"]): r for _, r in g.iterrows()}
+        lines.append(f"| {NAMES[arch]}, {l} | "
+                     + " | ".join(_cell(by_c.get(int(c))) for c in cs) + " |")
+    return "\n".join(lines)
+
+
+def bound_counts(name: str) -> dict[str, int]:
+    """Against N - (l - 1), over the configurations whose limit the grid sees (not censored):
+    how many sit above, on and below it, and how many of those above pass it at a position
+    p <= 10 = q_min (bound < 10), before the task shifts its lengths."""
+    lim = limits(points(name))
+    seen = lim[~lim["censored"]]
+    return dict(configs=len(lim), censored=int(lim["censored"].sum()), seen=len(seen),
+                above=int((seen["limit"] > seen["bound"]).sum()),
+                on=int((seen["limit"] == seen["bound"]).sum()),
+                below=int((seen["limit"] < seen["bound"]).sum()),
+                above_within_10=int(((seen["limit"] > seen["bound"])
+                                     & (seen["bound"] < 10)).sum()))
+
+
+def one_layer_p_equals_c(name: str) -> str:
+    """Per c of the one-layer RNN: seeds with loss < 0.05 at p = c, out of all, and the limit."""
+    df = points(name)
+    df = df[(df["arch"] == "rnn") & (df["layers"] == 1)]
+    lim = limits(df).set_index("cells")
+    cs = sorted(df["cells"].unique())
+    at = df[df["position"] == df["cells"]]
+    ok = at.assign(m=at["loss"] < THRESHOLD).groupby("cells")["m"].agg(["sum", "size"])
+    return "\n".join([
+        "| c | " + " | ".join(map(str, cs)) + " |", "| --- |" + " --- |" * len(cs),
+        "| seeds memorizing p = c | " + " | ".join(
+            f"{int(ok.loc[c, 'sum'])}/{int(ok.loc[c, 'size'])}" for c in cs) + " |",
+        "| limit | " + " | ".join(_fmt(lim.loc[c, "limit"], lim.loc[c, "censored"])
+                                 for c in cs) + " |"])
+
+
+def mean_loss_rows(names: dict[str, str]) -> str:
+    """Mean loss over seeds per p for single-configuration grids (Figures 4 and 5)."""
+    tables = {label: points(n).groupby("position")["loss"].mean() for label, n in names.items()}
+    ps = sorted(set().union(*(t.index for t in tables.values())))
+    lines = ["| p | " + " | ".join(map(str, ps)) + " |", "| --- |" + " --- |" * len(ps)]
+    for label, t in tables.items():
+        lines.append(f"| {label} | " + " | ".join(f"{t[p]:.3f}" for p in ps) + " |")
+    return "\n".join(lines)
+
+
+def solves_p10(names: dict[str, str]) -> str:
+    """Figure 8's claim: configurations with mean loss < 0.05 at p = 10, and the lowest mean."""
+    lines = ["| grid | configurations memorizing p = 10 | lowest mean loss at p = 10 |",
+             "| --- | --- | --- |"]
+    for label, n in names.items():
+        df = points(n)
+        m = df[df["position"] == 10].groupby(KEYS)["loss"].mean()
+        lines.append(f"| {label} | {int((m < THRESHOLD).sum())} of {len(m)} | {m.min():.3f} |")
+    return "\n".join(lines)
+
+
+def fixed_vs_random(pairs: dict[str, tuple[str, str]]) -> str:
+    """Figure 9's claim: of the (l, c, p) memorized at random length (Figure 6's points), how
+    many are memorized at fixed length too, and how many fixed length adds."""
+    lines = ["| protocol | memorized at random length | of them at fixed length | "
+             "fixed length adds |", "| --- | --- | --- | --- |"]
+    for label, (fixed, random) in pairs.items():
+        f = points(fixed).groupby(KEYS + ["position"])["loss"].mean()
+        r = points(random).groupby(KEYS + ["position"])["loss"].mean()
+        r = r[r.index.isin(f.index)]
+        fm, rm = set(f[f < THRESHOLD].index), set(r[r < THRESHOLD].index)
+        lines.append(f"| {label} | {len(rm)} | {len(rm & fm)} | {len(fm - rm)} |")
+    return "\n".join(lines)
+
+
+def counting(names: dict[str, str]) -> str:
+    """Figure 9's counting cases at fixed length: l = 1, c = 2, p = 10; l = 2, c = 2, p = 8..10."""
+    cases = [(1, 2, 10), (2, 2, 8), (2, 2, 9), (2, 2, 10)]
+    lines = ["| grid | " + " | ".join(f"l = {l}, c = {c}, p = {p}" for l, c, p in cases) + " |",
+             "| --- |" + " --- |" * len(cases)]
+    for label, n in names.items():
+        df = points(n)
+        cells = []
+        for l, c, p in cases:
+            g = df[(df["layers"] == l) & (df["cells"] == c) & (df["position"] == p)]
+            cells.append(f"{g['loss'].mean():.3f} ({int((g['loss'] < THRESHOLD).sum())} of "
+                         f"{len(g)} seeds)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bimodality(names: dict[str, str]) -> str:
+    """Share of (configuration, p) means over seeds in the closed band [0.05, 0.2], per grid."""
+    lines = ["| grid | (configuration, p) means | in [0.05, 0.2] | share |",
+             "| --- | --- | --- | --- |"]
+    for label, n in names.items():
+        m = points(n).groupby(KEYS + ["position"])["loss"].mean()
+        k = int(m.between(*BAND).sum())
+        lines.append(f"| {label} | {len(m)} | {k} | {100 * k / len(m):.1f} % |")
+    return "\n".join(lines)
+
+
+def capacity(names: dict[str, str]) -> str:
+    """Jaeger's bound on one network: stream MC above N, and the largest share of N."""
+    lines = ["| grid | networks with a stream MC | above N | largest MC / N |",
+             "| --- | --- | --- | --- |"]
+    for label, n in names.items():
+        df = points(n).dropna(subset=["mc_stream"])
+        share = df["mc_stream"] / df["units"]
+        lines.append(f"| {label} | {len(df)} | {int((share > 1).sum())} | {share.max():.2f} |")
+    return "\n".join(lines)
+
+
+def bound_table(names: dict[str, str]) -> str:
+    lines = ["| grid | configurations | limit censored | seen: above N - (l - 1) | on it | "
+             "below it | above it, passing it at p <= 10 |", "| --- |" + " --- |" * 6]
+    for label, n in names.items():
+        b = bound_counts(n)
+        lines.append(f"| {label} | {b['configs']} | {b['censored']} | {b['above']} | {b['on']} "
+                     f"| {b['below']} | {b['above_within_10']} |")
+    return "\n".join(lines)
+
+
+def blocks() -> dict[str, str]:
+    """Every generated block by name."""
+    fig6 = {"Figure 6, converged (rate tuned)": "fig6_rnn_tuned",
+            "Figure 6, paper": "fig6_rnn-paper"}
+    fig8 = {"Figure 8 LSTM, converged": "fig8_lstm", "Figure 8 LSTM, paper": "fig8_lstm-paper",
+            "Figure 8 GRU, converged": "fig8_gru", "Figure 8 GRU, paper": "fig8_gru-paper"}
+    return {
+        "headline": headline(),
+        "fig4": mean_loss_rows({"mean loss, paper": "fig4_rnn-paper",
+                                "mean loss, converged": "fig4_rnn"}),
+        "fig5": mean_loss_rows({"mean loss, paper": "fig5_lstm-paper",
+                                "mean loss, converged": "fig5_lstm"}),
+        "p_equals_c_converged": one_layer_p_equals_c("fig6_rnn_tuned"),
+        "p_equals_c_paper": one_layer_p_equals_c("fig6_rnn-paper"),
+        "limits_fig6_converged": limit_grid("fig6_rnn_tuned"),
+        "limits_fig6_paper": limit_grid("fig6_rnn-paper"),
+        "limits_fig8_converged": limit_grid("fig8_lstm") + "\n" + limit_grid("fig8_gru")
+        .split("\n", 2)[2],
+        "limits_fig8_paper": limit_grid("fig8_lstm-paper") + "\n" + limit_grid("fig8_gru-paper")
+        .split("\n", 2)[2],
+        "limits_new_cells": limit_grid(NEW_CELLS),
+        "bound": bound_table({**fig6, **fig8, "newer cells, converged": NEW_CELLS}),
+        "p10": solves_p10(fig8),
+        "fixed_vs_random": fixed_vs_random({
+            "paper": ("fig9_rnn_fixed-paper", "fig6_rnn-paper"),
+            "converged (random length: rate tuned)": ("fig9_rnn_fixed", "fig6_rnn_tuned")}),
+        "counting": counting({"Figure 9 fixed length, paper": "fig9_rnn_fixed-paper",
+                              "Figure 9 fixed length, converged": "fig9_rnn_fixed"}),
+        "bimodality": bimodality({"Figure 6 slice, paper": "fig6_slice-paper",
+                                  "Figure 6 slice, converged": "fig6_slice", **fig6, **fig8,
+                                  "Figure 9 fixed length, paper": "fig9_rnn_fixed-paper",
+                                  "Figure 9 fixed length, converged": "fig9_rnn_fixed"}),
+        "capacity": capacity({**fig6, **fig8, "Figure 9 fixed length, converged":
+                              "fig9_rnn_fixed", "newer cells, converged": NEW_CELLS}),
+    }
+
+
+_BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) \(python -m memgrid\.headline\) -->\n)"
+                    r"(?P<body>.*?)(\n<!-- end generated: (?P=name) -->)", re.S)
+
+
+def page_blocks(text: str) -> dict[str, str]:
+    """The generated blocks a page holds, by name (their bodies as written)."""
+    return {m["name"]: m["body"] for m in _BLOCK.finditer(text)}
+
+
+def fill(text: str, rendered: dict[str, str]) -> str:
+    """`text` with every generated block's body replaced by its rendering."""
+    def sub(m: re.Match) -> str:
+        if m["name"] not in rendered:
+            raise KeyError(f"no generated block named {m['name']!r}")
+        return m.group(1) + rendered[m["name"]] + m.group(4)
+    return _BLOCK.sub(sub, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=COMMAND, description="Rewrite the generated tables of "
+                                 "README.md and docs/REPRODUCTION.md from docs/data/.")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
+    args = ap.parse_args(argv)
+    rendered = blocks()
+    stale = 0
+    for page in PAGES:
+        text = page.read_text()
+        new = fill(text, rendered)
+        if new != text:
+            stale += 1
+            if not args.check:
+                page.write_text(new)
+        print(f"{page.relative_to(ROOT)}: {len(page_blocks(text))} blocks, "
+              f"{'stale' if new != text and args.check else 'written' if new != text else 'up to date'}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
