@@ -294,44 +294,65 @@ def _lru_recur(w, pre, state):
     return y, (re, im)
 
 
-def _lru_read(out, state):
+def all_states(out, state):
+    """A :attr:`Cell.read` of every state tensor, stacked: `(K, sum of rows, B)`."""
     import torch
 
-    return torch.cat(state, 1)                     # (real, imaginary) of the c states: 2c
+    return torch.cat(state, 1)
 
 
 LRU = Cell("lru", _lru_weights, pre=_lru_pre, recur=_lru_recur, init=_lru_init,
-           state_rows=lambda c: (c, c), read=_lru_read, units=lambda c: 2 * c)
+           state_rows=lambda c: (c, c), read=all_states, units=lambda c: 2 * c)   # (re, im)
 
 
 # ---------------------------------------------------------------------------------------------
-# A selective state-space layer, S6 (Gu and Dao, "Mamba", 2023), as mambapy's MambaBlock.ssm
-# computes it, after a linear projection of the layer's input to its c channels
-# (v = W_in u; no convolution and no gate: the SSM alone). Per channel j a diagonal state of
-# S6_STATE numbers: delta = softplus(W_dt (W_x v)[:r] + b_dt), B = (W_x v)[r:r+n],
-# C = (W_x v)[r+n:], h_j' = exp(delta_j A_j) h_j + delta_j B v_j, y_j = C . h_j + D_j v_j,
-# A = -exp(A_log). Mamba's init: A_log = log(1..n) (S4D-real), D = 1, delta's bias the inverse
-# softplus of exp(U(log 0.001, log 0.1)), W_dt U(+-r^-1/2), Linear layers U(+-1/sqrt(fan in));
-# dt_rank r = ceil(c / 16). N = c * S6_STATE.
+# The selective state-space model S6 (Gu and Dao, "Mamba", 2023), as mambapy's MambaBlock.ssm
+# computes it. Per channel j of the SSM's input v (c channels), a diagonal state of S6_STATE
+# numbers: delta = softplus(W_dt (W_x v)[:r] + b_dt), B = (W_x v)[r:r+n], C = (W_x v)[r+n:],
+# h_j' = exp(delta_j A_j) h_j + delta_j B v_j, y_j = C . h_j + D_j v_j, A = -exp(A_log).
+# Mamba's init: A_log = log(1..n) (S4D-real), D = 1, delta's bias the inverse softplus of
+# exp(U(log 0.001, log 0.1)), W_dt U(+-r^-1/2), Linear and Conv1d layers U(+-1/sqrt(fan in));
+# dt_rank r = ceil(c / 16).
+#
+# Every input the SSM reads (v, delta's input, B, C) is a function of v. Fed a scalar through a
+# projection without a bias, v is proportional to the current input u_t, and so is the output:
+# y = u_T f(history), blind to its memory whenever u_T = 0. Both cells below read v through an
+# affine map:
+# - `mamba`: the block Mamba runs the SSM in (mambapy's MambaBlock with a biased input
+#   projection): [x, z] = W_in u + b_in; v = SiLU(causal depthwise conv of x, width
+#   MAMBA_CONV, with its bias); y = SSM(v) * SiLU(z). The block's output projection is left to
+#   the next layer's input projection or the readout, which read the c channels linearly. The
+#   convolution's window (the last MAMBA_CONV - 1 values of x) is state: N = c (n + 3).
+# - `s6_bare`: the SSM alone after an affine projection, v = W_in u + b_in: N = c n.
 S6_STATE = 4
-"""n: the state numbers per channel of an `s6` layer (Mamba's d_state)"""
+"""n: the state numbers per channel of the SSM (Mamba's d_state)"""
+MAMBA_CONV = 4
+"""the causal convolution's width in a `mamba` layer (Mamba's d_conv)"""
 
 
 def _dt_rank(c: int) -> int:
     return math.ceil(c / 16)
 
 
-def _s6_weights(m: int, c: int) -> Shapes:
+def _ssm_weights(c: int) -> Shapes:
     r, n = _dt_rank(c), S6_STATE
-    return {"w_in": (c, m), "w_x": (r + 2 * n, c), "w_dt": (c, r), "b_dt": (c,),
-            "a_log": (c, n), "d": (c,)}
+    return {"w_x": (r + 2 * n, c), "w_dt": (c, r), "b_dt": (c,), "a_log": (c, n), "d": (c,)}
+
+
+def _s6_weights(m: int, c: int) -> Shapes:
+    return {"w_in": (c, m), "b_in": (c,), **_ssm_weights(c)}
+
+
+def _mamba_weights(m: int, c: int) -> Shapes:
+    return {"w_in": (2 * c, m), "b_in": (2 * c,), "w_conv": (c, MAMBA_CONV), "b_conv": (c,),
+            **_ssm_weights(c)}
 
 
 def _s6_init(name, shape, m, c, draw, drawn):
     import torch
 
     n = math.prod(shape)
-    if name == "a_log":
+    if name == "a_log":                                                    # S4D-real
         a = torch.arange(1, S6_STATE + 1, dtype=drawn["w_in"].dtype).repeat(c)
         return torch.log(a).expand(drawn["w_in"].shape[0], n).clone()
     if name == "d":
@@ -340,39 +361,87 @@ def _s6_init(name, shape, m, c, draw, drawn):
         lo, hi = math.log(1e-3), math.log(1e-1)
         dt = torch.exp(draw(n) * (hi - lo) + lo).clamp_min(1e-4)
         return dt + torch.log(-torch.expm1(-dt))                       # softplus^-1
-    bound = {"w_in": 1 / math.sqrt(m), "w_x": 1 / math.sqrt(c), "w_dt": _dt_rank(c) ** -0.5}[name]
+    bound = {"w_in": 1 / math.sqrt(m), "b_in": 1 / math.sqrt(m), "w_conv": 1 / math.sqrt(MAMBA_CONV),
+             "b_conv": 1 / math.sqrt(MAMBA_CONV), "w_x": 1 / math.sqrt(c),
+             "w_dt": _dt_rank(c) ** -0.5}[name]
     return (2 * draw(n) - 1) * bound
 
 
-def _s6_pre(w, us):
+def _ssm_inputs(w, v):
+    """delta, B, C of the SSM from its input v: `(K, c, B)` -> `(K, c, B)`, `(K, n, B)` x 2
+    (one step), or `(K, T, c, B)` -> `(K, T, ...)` (every step at once)."""
     import torch.nn.functional as F
 
-    r, n = w["w_dt"].shape[2], S6_STATE
-    v = affine_steps(w["w_in"], None, us)                                # (K, T, c, B)
-    dbc = affine_steps(w["w_x"], None, v)                                # (K, T, r + 2n, B)
-    delta = F.softplus(affine_steps(w["w_dt"], w["b_dt"], dbc[:, :, :r]))   # (K, T, c, B)
-    return v, delta, dbc[:, :, r:r + n], dbc[:, :, r + n:]              # v, delta, B, C
-
-
-def _s6_recur(w, pre, state):
+    r, n = w["w_dt"].shape[-1], S6_STATE
+    if v.dim() == 4:
+        dbc = affine_steps(w["w_x"], None, v)                            # (K, T, r + 2n, B)
+        delta = F.softplus(affine_steps(w["w_dt"], w["b_dt"], dbc[:, :, :r]))
+        return delta, dbc[:, :, r:r + n], dbc[:, :, r + n:]
     import torch
 
-    (h,), (v, delta, b_sel, c_sel) = state, pre               # h: (K, c * n, B), channel-major
+    dbc = torch.bmm(w["w_x"], v)                                         # (K, r + 2n, B)
+    delta = F.softplus(affine(w["w_dt"], w["b_dt"], dbc[:, :r]))
+    return delta, dbc[:, r:r + n], dbc[:, r + n:]
+
+
+def _ssm_step(w, h, v, delta, b_sel, c_sel):
+    """One step of the SSM: h `(K, c * n, B)` (channel-major), v and delta `(K, c, B)`, B and C
+    `(K, n, B)` -> (y `(K, c, B)`, h)."""
+    import torch
+
     K, _, B = h.shape
     c, n = v.shape[1], S6_STATE
     a = -torch.exp(w["a_log"])[:, :, :, None]                            # (K, c, n, 1)
     h = h.view(K, c, n, B)
     h = torch.exp(delta[:, :, None] * a) * h + (delta * v)[:, :, None] * b_sel[:, None]
     y = (h * c_sel[:, None]).sum(2) + w["d"][:, :, None] * v
-    return y, (h.reshape(K, c * n, B),)
+    return y, h.reshape(K, c * n, B)
 
 
-S6 = Cell("s6", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init,
-          state_rows=lambda c: (c * S6_STATE,), read=lambda out, state: state[0],
-          units=lambda c: c * S6_STATE)
+def _s6_pre(w, us):
+    v = affine_steps(w["w_in"], w["b_in"], us)                          # (K, T, c, B)
+    return (v, *_ssm_inputs(w, v))
 
 
-CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, S6)}
+def _s6_recur(w, pre, state):
+    (h,), (v, delta, b_sel, c_sel) = state, pre
+    y, h = _ssm_step(w, h, v, delta, b_sel, c_sel)
+    return y, (h,)
+
+
+def _mamba_pre(w, us):
+    return (affine_steps(w["w_in"], w["b_in"], us),)                    # [x, z]: (K, T, 2c, B)
+
+
+def _mamba_recur(w, pre, state):
+    """The convolution reads the window held in the state, so that a sequence that starts
+    late (its earlier steps masked) sees zeros before its first input, as Mamba's zero-padded
+    convolution does."""
+    import torch
+    import torch.nn.functional as F
+
+    (h, win), (xz,) = state, pre                       # win: (K, c * (MAMBA_CONV - 1), B)
+    K, _, B = h.shape
+    c = xz.shape[1] // 2
+    x, z = xz[:, :c], xz[:, c:]
+    taps = torch.cat([win.view(K, c, MAMBA_CONV - 1, B), x[:, :, None]], 2)   # oldest first
+    v = F.silu((taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None])
+    y, h = _ssm_step(w, h, v, *_ssm_inputs(w, v))
+    out = y * F.silu(z)
+    return out, (h, taps[:, :, 1:].reshape(K, c * (MAMBA_CONV - 1), B))
+
+
+S6_BARE = Cell("s6_bare", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init,
+               state_rows=lambda c: (c * S6_STATE,), read=lambda out, state: state[0],
+               units=lambda c: c * S6_STATE)
+MAMBA = Cell("mamba", _mamba_weights, pre=_mamba_pre, recur=_mamba_recur, init=_s6_init,
+             state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)),
+             read=all_states,
+             units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
+
+
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, MAMBA,
+                                                S6_BARE)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

@@ -128,17 +128,72 @@ def test_lru_is_the_papers_complex_recurrence():
     assert 0 < torch.exp(init["theta_log.0"]).min() and torch.exp(init["theta_log.0"]).max() < 2 * torch.pi
 
 
+def _mamba_block(params, k, i, m, cells, pscan):
+    """Layer i of member k as mambapy's MambaBlock (float64) with a biased input projection."""
+    from mambapy.mamba import MambaBlock, MambaConfig
+
+    from memgrid.cells import MAMBA_CONV, S6_STATE
+
+    cfg = MambaConfig(d_model=m, n_layers=1, d_state=S6_STATE, expand_factor=cells // m,
+                      d_conv=MAMBA_CONV, dt_rank=1, bias=True, conv_bias=True, pscan=pscan)
+    blk = MambaBlock(cfg).double()
+    assert blk.in_proj.weight.shape == (2 * cells, m)
+    with torch.no_grad():
+        for mod, name in [(blk.in_proj.weight, "w_in"), (blk.in_proj.bias, "b_in"),
+                          (blk.conv1d.bias, "b_conv"), (blk.x_proj.weight, "w_x"),
+                          (blk.dt_proj.weight, "w_dt"), (blk.dt_proj.bias, "b_dt"),
+                          (blk.A_log, "a_log"), (blk.D, "d")]:
+            mod.copy_(params[f"{name}.{i}"][k])
+        blk.conv1d.weight.copy_(params[f"w_conv.{i}"][k][:, None])
+    return blk
+
+
 @pytest.mark.parametrize("pscan", [False, True])
-def test_s6_is_mambapys_selective_scan(pscan):
-    """A packed 2-layer S6 equals mambapy's MambaBlock.ssm (its sequential loop and its
-    parallel scan) holding the member's weights, after the layer's input projection; outputs
-    and gradients. mambapy takes A and D through float32, hence the tolerance."""
+def test_mamba_is_mambapys_block(pscan):
+    """A packed 2-layer `mamba` equals mambapy's MambaBlock (input projection with its bias,
+    causal depthwise convolution, SiLU, selective scan, SiLU gate; its sequential loop and its
+    parallel scan) holding the member's weights, up to its output projection, which memgrid
+    leaves to the next layer and the readout: outputs and every parameter's gradient. mambapy
+    takes A and D through float32, hence the tolerance."""
+    layers, cells = 2, 6
+    params, b, y = _packed("mamba", 7, 2, 8, layers, cells)
+    y.sum().backward()
+    names = ["w_in", "b_in", "w_conv", "b_conv", "w_x", "w_dt", "b_dt", "a_log", "d"]
+    for k in range(2):
+        h = b.x[k].double().unsqueeze(-1)                               # (B, T, 1)
+        blocks = []
+        for i in range(layers):
+            blk = _mamba_block({n: v.detach() for n, v in params.items()}, k, i,
+                               1 if i == 0 else cells, cells, pscan)
+            seen = []
+            blk.out_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+            blk(h)
+            h = seen[0]                                                  # (B, T, c)
+            blocks.append(blk)
+        ref = h[:, -1].sum(-1)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-5, rtol=1e-5)
+        ref.sum().backward()
+        for i, blk in enumerate(blocks):
+            got = dict(zip(names, [blk.in_proj.weight.grad, blk.in_proj.bias.grad,
+                                   blk.conv1d.weight.grad[:, 0], blk.conv1d.bias.grad,
+                                   blk.x_proj.weight.grad, blk.dt_proj.weight.grad,
+                                   blk.dt_proj.bias.grad, blk.A_log.grad, blk.D.grad]))
+            for n in names:
+                torch.testing.assert_close(params[f"{n}.{i}"].grad[k], got[n], atol=1e-5,
+                                           rtol=1e-4, msg=f"{n}.{i}")
+
+
+@pytest.mark.parametrize("pscan", [False, True])
+def test_s6_bare_is_mambapys_selective_scan(pscan):
+    """A packed 2-layer `s6_bare` equals mambapy's MambaBlock.ssm (sequential loop and
+    parallel scan) holding the member's weights, after the layer's affine input projection;
+    outputs and gradients."""
     from mambapy.mamba import MambaBlock, MambaConfig
 
     from memgrid.cells import S6_STATE
 
     layers, cells = 2, 3
-    params, b, y = _packed("s6", 7, 2, 8)
+    params, b, y = _packed("s6_bare", 7, 2, 8)
     y.sum().backward()
     for k in range(2):
         h = b.x[k].double().unsqueeze(-1)                               # (B, T, 1)
@@ -154,15 +209,29 @@ def test_s6_is_mambapys_selective_scan(pscan):
                 blk.A_log.copy_(params[f"a_log.{i}"][k])
                 blk.D.copy_(params[f"d.{i}"][k])
             w_in = params[f"w_in.{i}"][k].detach().clone().requires_grad_()
-            blocks.append((blk, w_in))
-            h = blk.ssm(h @ w_in.T, None)
+            b_in = params[f"b_in.{i}"][k].detach().clone().requires_grad_()
+            blocks.append((blk, w_in, b_in))
+            h = blk.ssm(h @ w_in.T + b_in, None)
         ref = h[:, -1].sum(-1)
         torch.testing.assert_close(y[k].detach(), ref, atol=1e-5, rtol=1e-5)
         ref.sum().backward()
-        for i, (blk, w_in) in enumerate(blocks):
+        for i, (blk, w_in, b_in) in enumerate(blocks):
             torch.testing.assert_close(params[f"w_in.{i}"].grad[k], w_in.grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(params[f"b_in.{i}"].grad[k], b_in.grad, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(params[f"w_x.{i}"].grad[k], blk.x_proj.weight.grad, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(params[f"b_dt.{i}"].grad[k], blk.dt_proj.bias.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", list(CELLS))
+def test_output_reads_the_memory_when_the_last_input_is_zero(arch):
+    """Two sequences that differ only before their last input, which is 0, give different
+    outputs: no cell's output is forced proportional to its current input (a bare SSM fed
+    through a projection without a bias gives exactly its readout's bias there)."""
+    params = {n: v.double() for n, v in init_params(arch, 2, 4, "sum", torch.tensor([0, 1])).items()}
+    x = torch.tensor([[0.9, 0.1, 0.7, 0.0], [0.2, 0.8, 0.3, 0.0]], dtype=torch.float64)
+    y = reference_forward(arch, params, x.expand(2, 2, 4).contiguous(),
+                          torch.ones(2, 2, 0, dtype=torch.bool))
+    assert (y[:, 0] - y[:, 1]).abs().min() > 1e-9, y
 
 
 @pytest.mark.parametrize("arch", [n for n, c in CELLS.items() if c.fast])
@@ -195,7 +264,9 @@ def test_fast_paths_compute_the_definition(arch, grad):
     ("mingru", 3, 4, "linear", 2 * (4 + 4) + 2 * 2 * (16 + 4) + 4 + 1),
     ("minlstm", 2, 3, "sum", 3 * (3 + 3) + 3 * (9 + 3)),
     ("lru", 2, 3, "sum", (3 * 3 + 3 * 1 * 3 + 2 * 9) + (3 * 3 + 3 * 9 + 2 * 9)),
-    ("s6", 1, 20, "sum", 20 + (2 + 8) * 20 + 20 * 2 + 20 + 20 * 4 + 20),     # dt_rank 2
+    ("s6_bare", 1, 20, "sum", 20 + 20 + (2 + 8) * 20 + 20 * 2 + 20 + 20 * 4 + 20),  # dt_rank 2
+    ("mamba", 2, 3, "linear", (6 + 6 + 12 + 3 + 9 * 3 + 3 + 3 + 12 + 3)
+                              + (18 + 6 + 12 + 3 + 9 * 3 + 3 + 3 + 12 + 3) + 3 + 1),
 ])
 def test_parameter_counts_in_closed_form(arch, layers, cells, readout, expected):
     """Point.params (from the definition's shapes) is the closed form and what init makes."""
