@@ -97,16 +97,26 @@ _POINT_RESULTS = [
     ("pack_id", pa.string()),
     ("lr_source", pa.string()),     # how lr was chosen: `grid`, or `tuned: ...` (memgrid.tuning)
     ("device", pa.string()),
+    ("kernel", pa.string()),        # the code path that trained it (KERNELS; null before version 3)
     ("memgrid_version", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ]
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The tables' version, in every part file's metadata (``memgrid.schema``). 1: parts without
-it (before session 6; `optimizer` and `lr_schedule` may be missing there and read as `sgd` and
-`constant`); 2: `lr_schedule` and the version itself. A later memgrid reads every earlier
+it (`optimizer` and `lr_schedule` may be missing there and read as `sgd` and `constant`);
+2: `lr_schedule` and the version itself; 3: `kernel`. A later memgrid reads every earlier
 version: a column a version adds reads as null in older parts, or as the value every older
 point had (config.ID_OMITTED_AT); a column is never renamed or given another meaning, so that
 a shipped dataset stays readable."""
+ADDED_IN = {"points": {"optimizer": 2, "lr_schedule": 2, "kernel": 3}, "curves": {}}
+"""{table: {column: the SCHEMA_VERSION from which a part must have it}}: a part of an earlier
+version may lack the column; every other column every part must have. A part lacking a
+column its version must have is damaged (:func:`lacking`)."""
+KERNELS = ("c-<vector instructions>", "torch", "cuda")
+"""what `kernel` holds: memgrid's C kernel (memgrid.kernels) built for the CPU's widest vector
+instructions (`c-avx512`, `c-avx2`, ...: its rounding depends on them), PyTorch ops on the
+CPU, or PyTorch ops on a GPU. The paths agree per step to float rounding but not over a
+whole training run, so a row says which trained it."""
 _VERSION_KEY = b"memgrid.schema"
 _META = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
 POINT_SCHEMA = pa.schema(_POINT_SETTINGS + _POINT_RESULTS, metadata=_META)
@@ -135,16 +145,22 @@ def point_settings(point: Point, grid_name: str) -> dict[str, Any]:
 
 def point_row(point: Point, grid_name: str, *, epochs: int, stop_reason: str, loss: float,
               best_loss: float, r2: float | None, wall_s: float, pack_id: str, device: str,
-              mc_stream: float | None = None, lr_source: str | None = None) -> dict[str, Any]:
+              mc_stream: float | None = None, lr_source: str | None = None,
+              kernel: str | None = None) -> dict[str, Any]:
     """A points row (POINT_SCHEMA) of a finished point: its settings, what its run measured,
-    and where and by which memgrid it ran. The one row builder of trained and ESN points."""
+    and where, on which code path (`kernel`, see KERNELS; default: PyTorch ops on `device`)
+    and by which memgrid it ran. The one row builder of trained and ESN points."""
     from . import __version__
+
+    if kernel is None:
+        kernel = "cuda" if device.startswith("cuda") else "torch"
 
     row = point_settings(point, grid_name)
     row.update(units=point.units, params=point.params, epochs=epochs, stop_reason=stop_reason,
                loss=loss, best_loss=best_loss,
                r2=r2 if r2 is not None and math.isfinite(r2) else None, mc_stream=mc_stream,
-               wall_s=wall_s, pack_id=pack_id, device=device, memgrid_version=__version__,
+               wall_s=wall_s, pack_id=pack_id, device=device, kernel=kernel,
+               memgrid_version=__version__,
                lr_source=lr_source, finished_at=datetime.now(timezone.utc))
     return row
 
@@ -171,15 +187,42 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 
 TABLES = {"points": POINT_SCHEMA, "curves": CURVE_SCHEMA}
 DAMAGED = "damaged"
-"""the subfolder that holds parts moved aside by :func:`repair`, under their table's name"""
+"""the subfolder that holds what :func:`repair` moved aside, under its table's name"""
+PACKS = "packs"
+"""the subfolder of the packs that have not finished (memgrid.tune.pack_trial saves them)"""
+FOLDERS = (*TABLES, DAMAGED, PACKS)
+"""the folders of a results folder that memgrid fills and reads: no other folder goes inside"""
 READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 """what reading an unreadable part raises (truncated, garbage, another schema)"""
 
 
+def lacking(schema: pa.Schema, table_name: str) -> list[str]:
+    """The columns of `table_name` that a part file of `schema` lacks though its schema
+    version must have them (ADDED_IN): such a part is damaged. ValueError where the version
+    recorded is not a number."""
+    version, added = schema_version(schema), ADDED_IN[table_name]
+    return [f.name for f in TABLES[table_name]
+            if f.name not in schema.names and added.get(f.name, 1) <= version]
+
+
+def _enclosing(fs: pafs.FileSystem, base: str) -> tuple[str, str] | None:
+    """(results folder, one of its FOLDERS) where the path `base` lies inside that folder (or
+    is it), else None. A results folder here: one with a grid.json (every run writes it
+    first)."""
+    names = base.rstrip("/").split("/")
+    for i in range(len(names) - 1, 0, -1):
+        above = "/".join(names[:i])
+        if names[i] in FOLDERS and above and _exists(fs, f"{above}/grid.json"):
+            return above, names[i]
+    return None
+
+
 def check_folder(uri: str, *, write: bool = False) -> None:
     """Raise ValueError (one line, naming the path) if `uri` cannot be a results folder: it is a
-    file, it sits under a file, its points/ or curves/ is a file, or (`write`) a local folder
-    that does not exist yet could not be made. Writes nothing."""
+    file, it sits under a file, it lies inside another results folder's points/, curves/,
+    damaged/ or packs/ (whose readers would take it for their own), its points/ or curves/ is
+    a file, or (`write`) a local folder that does not exist yet could not be made. Writes
+    nothing."""
     try:
         fs, base = resolve(uri)
         kind = fs.get_file_info(base).type
@@ -193,6 +236,15 @@ def check_folder(uri: str, *, write: bool = False) -> None:
             above = above.parent
         if not above.is_dir():
             raise ValueError(f"{uri}: cannot be a folder: {above} is a file")
+    try:
+        inside = _enclosing(fs, base)
+    except READ_ERRORS as e:
+        raise ValueError(f"{uri}: cannot open ({first_line(e)})") from None
+    if inside is not None:
+        folder, name = inside
+        raise ValueError(f"{uri}: inside {name}/ of the results folder {folder}, whose readers "
+                         f"would take it for their own; use a folder outside it")
+    if kind == pafs.FileType.NotFound and "://" not in uri:
         if write and not os.access(above, os.W_OK | os.X_OK):
             raise ValueError(f"{uri}: cannot create it: {above} is not writable")
     if kind == pafs.FileType.Directory:
@@ -225,40 +277,103 @@ def first_line(e: BaseException) -> str:
 
 
 def write_part(uri: str, table_name: str, part: str, table: pa.Table) -> str:
-    """Write `table` as `<uri>/<table_name>/<part>.parquet`, atomically (write, then rename)."""
+    """Write `table` as `<uri>/<table_name>/<part>.parquet`, atomically (write, then rename):
+    a write that fails leaves nothing behind."""
     fs, base = resolve(uri)
     folder = f"{base}/{table_name}"
     fs.create_dir(folder, recursive=True)
     tmp = f"{folder}/.tmp-{part}-{uuid.uuid4().hex[:8]}.parquet"
     final = f"{folder}/{part}.parquet"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, final)
+    try:
+        pq.write_table(table, tmp, filesystem=fs)
+        fs.move(tmp, final)
+    except BaseException:
+        if _exists(fs, tmp):
+            fs.delete_file(tmp)
+        raise
     return final
 
 
 def write_points(uri: str, part: str, rows: list[dict], curves: list[dict]) -> None:
-    """Write one part of finished points and their curves. Curves first: a points row is the
-    mark of a finished point, so it must never exist without its curve."""
+    """Write one part of finished points and their curves: each point whole or not at all.
+    Both tables are made first (a value their schema cannot hold, such as a seed past int32,
+    raises before anything is written); then the curves, since a points row is the mark of a
+    finished point and must never exist without its curve; a points part that fails to land
+    takes its new curves part with it."""
     if not rows:
         return
-    if curves:
-        write_part(uri, "curves", part, pa.Table.from_pylist(curves, schema=CURVE_SCHEMA))
-    write_part(uri, "points", part, pa.Table.from_pylist(rows, schema=POINT_SCHEMA))
-
-
-def _dataset(uri: str, table_name: str, schema: pa.Schema) -> pads.Dataset | None:
+    points = pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
+    curve_table = pa.Table.from_pylist(curves, schema=CURVE_SCHEMA) if curves else None
     fs, base = resolve(uri)
-    folder = f"{base}/{table_name}"
-    kind = fs.get_file_info(folder).type
-    if kind == pafs.FileType.NotFound:
-        return None
-    if kind != pafs.FileType.Directory:
-        raise ValueError(f"{uri}/{table_name}: a file, not the folder of {table_name} parts")
-    replaced = _replaced(fs, base, table_name)
-    if replaced:        # a compaction cut short: read its merged part, not what it replaces
-        folder = [f"{folder}/{n}.parquet" for n in _part_files(fs, folder) if n not in replaced]
-    return pads.dataset(folder, filesystem=fs, format="parquet", schema=schema,
-                        exclude_invalid_files=False)
+    written = None
+    if curve_table is not None:
+        existed = _exists(fs, f"{base}/curves/{part}.parquet")
+        path = write_part(uri, "curves", part, curve_table)
+        written = None if existed else path     # a retry's rewrite of a stored part stays
+    try:
+        write_part(uri, "points", part, points)
+    except BaseException:
+        if written is not None and not _exists(fs, f"{base}/points/{part}.parquet"):
+            fs.delete_file(written)
+        raise
+
+
+def _entries(fs: pafs.FileSystem, folder: str) -> tuple[list[str], dict[str, str]]:
+    """(part names, without .parquet, in name order; {name: why} of the other entries) of a
+    table's folder, hidden names (`.`, `_`: pyarrow and pandas skip them) left out. A part is
+    a file named *.parquet; anything else there (a folder, another file) is read by plain
+    pandas as rows of the table, but is none of its parts: damaged."""
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return [], {}
+    parts, other = [], {}
+    for i in sorted(fs.get_file_info(pafs.FileSelector(folder)), key=lambda i: i.base_name):
+        name = i.base_name
+        if name.startswith((".", "_")):
+            continue
+        if i.type == pafs.FileType.File and name.endswith(".parquet"):
+            parts.append(name[: -len(".parquet")])
+        else:
+            other[name] = ("a folder, not a part file" if i.type == pafs.FileType.Directory
+                           else "not a part file (no .parquet)")
+    return parts, other
+
+
+class _Listing:
+    """A table's parts as a reader takes them: `dataset` (None where the folder is absent) of
+    the parts that look whole, `bad` ({path: why}: other entries, parts whose footer cannot be
+    read or whose schema lacks a column, see :func:`lacking`), `gone` (a part listed is gone:
+    a compaction replaced it meanwhile, list again)."""
+
+    def __init__(self, uri: str, table_name: str):
+        schema = TABLES[table_name]
+        fs, base = resolve(uri)
+        folder = f"{base}/{table_name}"
+        self.dataset, self.bad, self.gone = None, {}, False
+        kind = fs.get_file_info(folder).type
+        if kind == pafs.FileType.NotFound:
+            return
+        if kind != pafs.FileType.Directory:
+            raise ValueError(f"{uri}/{table_name}: a file, not the folder of {table_name} parts")
+        parts, other = _entries(fs, folder)
+        self.bad = {f"{folder}/{n}": why for n, why in other.items()}
+        replaced = _replaced(fs, base, table_name)   # a compaction cut short: its merged part
+        files = [f"{folder}/{n}.parquet" for n in parts if n not in replaced]
+        good = []
+        for frag in pads.dataset(files, filesystem=fs, format="parquet", schema=schema).get_fragments():
+            try:
+                missing = lacking(frag.physical_schema, table_name)
+            except READ_ERRORS as e:
+                if not _exists(fs, frag.path):
+                    self.gone = True
+                    continue
+                self.bad[frag.path] = first_line(e)
+                continue
+            if missing:
+                self.bad[frag.path] = (f"no column {', '.join(missing)}, which a schema version "
+                                       f"{schema_version(frag.physical_schema)} part has")
+            else:
+                good.append(frag.path)
+        self.dataset = pads.dataset(good, filesystem=fs, format="parquet", schema=schema)
 
 
 def _unreadable(ds: pads.Dataset, schema: pa.Schema) -> dict[str, str]:
@@ -277,14 +392,18 @@ def _unreadable(ds: pads.Dataset, schema: pa.Schema) -> dict[str, str]:
 
 
 def _read(uri: str, table_name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-    """One table of the folder, skipping unreadable parts (found only when a read fails). A
-    read that lost parts it had listed (a compaction replaced them meanwhile) starts again."""
+    """One table of the folder, skipping damaged parts (:class:`_Listing`, and those found only
+    when a read fails). A read that lost parts it had listed (a compaction replaced them
+    meanwhile) starts again."""
     schema = TABLES[table_name]
     for attempt in range(3):
-        ds = _dataset(uri, table_name, schema)
+        listing = _Listing(uri, table_name)
+        ds = listing.dataset
         if ds is None:
             return schema.empty_table() if columns is None else pa.schema(
                 [schema.field(c) for c in columns]).empty_table()
+        if listing.gone and attempt < 2:
+            continue
         try:
             return ds.to_table(columns=columns, filter=filter)
         except READ_ERRORS:
@@ -299,21 +418,22 @@ def _read(uri: str, table_name: str, columns: list[str] | None = None, filter=No
 
 
 def damaged_parts(uri: str) -> list[tuple[str, str]]:
-    """(path as `uri/table/part.parquet`, why) of every part of points/ and curves/ that cannot
-    be read whole: readers skip them, `memgrid status` and `analyze` name them, and
-    :func:`repair` moves them aside."""
+    """(path as `uri/table/name`, why) of every entry of points/ and curves/ that is not a part
+    memgrid reads whole: an unreadable part, one lacking a column (:func:`lacking`), anything
+    else there (a folder, another file). Readers skip them, `memgrid status` and `analyze`
+    name them, and :func:`repair` moves them aside."""
     out = []
     for table_name, schema in TABLES.items():
-        ds = _dataset(uri, table_name, schema)
-        if ds is None:
-            continue
-        try:
-            for _ in ds.to_batches():    # one pass, nothing held: the common case, all readable
-                pass
-            continue
-        except READ_ERRORS:
-            pass
-        for path, why in _unreadable(ds, schema).items():
+        listing = _Listing(uri, table_name)
+        bad = dict(listing.bad)
+        ds = listing.dataset
+        if ds is not None:
+            try:
+                for _ in ds.to_batches():    # one pass, nothing held: the common case
+                    pass
+            except READ_ERRORS:
+                bad.update(_unreadable(ds, schema))
+        for path, why in sorted(bad.items()):
             out.append((f"{uri.rstrip('/')}/{table_name}/{path.rsplit('/', 1)[-1]}", why))
     return out
 
@@ -412,10 +532,6 @@ def part_names(uri: str, prefix: str) -> list[str]:
 # and `<pack_id>.pt` (its trainer's state), so that a run stopped on one machine continues each
 # pack where it was, on another.
 
-PACKS = "packs"
-"""the subfolder of the packs that have not finished (memgrid.tune.pack_trial saves them)"""
-
-
 def write_pack_state(uri: str, pack_id: str, spec: str, state: bytes) -> None:
     """Save a pack mid-training: its spec (once) and `state` (torch.save of its trainer's
     state_dict), each atomically; the spec first, so that a state never lacks one."""
@@ -478,10 +594,13 @@ def repair(uri: str) -> list[str]:
     """Make the folder one that plain pandas reads with every point once; returns one line per
     change. Nothing is deleted: parts go to `damaged/<table>/` as they were.
 
-    - an unreadable part, points or curves, goes aside with its partner of the same name (a
-      points part without its curves, or curves without its points, would store a point
-      without its curve, or a curve twice once the point is trained again): its points are
-      trained again;
+    - an unreadable part, points or curves, or one lacking a column (:func:`lacking`), goes
+      aside with its partner of the same name (a points part without its curves, or curves
+      without its points, would store a point without its curve, or a curve twice once the
+      point is trained again): its points are trained again;
+    - anything else in points/ or curves/ (a folder, such as a results folder written inside
+      this one's, or another file) goes aside as it is: plain pandas would read its rows as
+      the table's;
     - a curves part whose points part never landed (a writer killed between the two) goes
       aside: its points have no row and are trained again;
     - a point stored in two parts (two writers before the lock existed) keeps its first row;
@@ -494,20 +613,27 @@ def repair(uri: str) -> list[str]:
     fs, base = resolve(uri)
     msgs = _finish_compaction(uri, fs, base)
     parts = {t: _part_files(fs, f"{base}/{t}") for t in TABLES}
+    others = {t: _entries(fs, f"{base}/{t}")[1] for t in TABLES}
+    shown_uri = uri.rstrip("/")
     for shown, why in damaged_parts(uri):
         table, name = shown.rsplit("/", 2)[-2:]
         part = name[: -len(".parquet")]
-        if part not in parts[table]:
+        if name not in others[table] and part not in parts[table]:
             continue                      # already moved with its partner
+        if name in others[table]:
+            _move_aside(fs, base, table, name)    # not a part: alone, as it is
+            msgs.append(f"{shown}: {why}, which plain pandas reads as {table} rows: moved to "
+                        f"{shown_uri}/{DAMAGED}/")
+            continue
         for t in TABLES:
             if parts[t].pop(part, None):
-                _move_aside(fs, base, t, part)
+                _move_aside(fs, base, t, f"{part}.parquet")
         other = "curves" if table == "points" else "points"
-        msgs.append(f"{shown}: unreadable ({why}): moved to {uri.rstrip('/')}/{DAMAGED}/ with its "
+        msgs.append(f"{shown}: unreadable ({why}): moved to {shown_uri}/{DAMAGED}/ with its "
                     f"{other} part; its points will be trained again")
     for part in sorted(set(parts["curves"]) - set(parts["points"])):
         parts["curves"].pop(part)
-        _move_aside(fs, base, "curves", part)
+        _move_aside(fs, base, "curves", f"{part}.parquet")
         msgs.append(f"{uri.rstrip('/')}/curves/{part}.parquet: curves without their points part "
                     f"(a write cut short): moved to {uri.rstrip('/')}/{DAMAGED}/; its points will "
                     "be trained again")
@@ -517,23 +643,20 @@ def repair(uri: str) -> list[str]:
 
 def _part_files(fs: pafs.FileSystem, folder: str) -> dict[str, bool]:
     """Part names (without .parquet) of the visible parts of `folder`, as a dict (ordered)."""
-    if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return {}
-    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))
-                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                   and not i.base_name.startswith((".", "_")))
-    return {n[: -len(".parquet")]: True for n in names}
+    return dict.fromkeys(_entries(fs, folder)[0], True)
 
 
-def _move_aside(fs: pafs.FileSystem, base: str, table: str, part: str) -> None:
-    src = f"{base}/{table}/{part}.parquet"
+def _move_aside(fs: pafs.FileSystem, base: str, folder: str, name: str) -> None:
+    """Move `<folder>/<name>` (a part, or whatever else) to `damaged/<folder>/`, as it is."""
+    src = f"{base}/{folder}/{name}"
     if not _exists(fs, src):
         return
-    folder = f"{base}/{DAMAGED}/{table}"
-    fs.create_dir(folder, recursive=True)
-    dst = f"{folder}/{part}.parquet"
+    into = f"{base}/{DAMAGED}/{folder}"
+    fs.create_dir(into, recursive=True)
+    dst = f"{into}/{name}"
     if _exists(fs, dst):                  # damaged once before under the same name: keep both
-        dst = f"{folder}/{part}.{uuid.uuid4().hex[:8]}.parquet"
+        stem, dot, ext = name.rpartition(".") if name.endswith(".parquet") else (name, "", "")
+        dst = f"{into}/{stem}.{uuid.uuid4().hex[:8]}{dot}{ext}"
     fs.move(src, dst)
 
 
@@ -556,7 +679,7 @@ def _drop_repeated_points(uri: str, fs: pafs.FileSystem, base: str, parts: list[
                                         schema=TABLES[t]))
                   for t in TABLES if _exists(fs, f"{base}/{t}/{part}.parquet")}
         for t in TABLES:
-            _move_aside(fs, base, t, part)
+            _move_aside(fs, base, t, f"{part}.parquet")
         rest = tables["points"].num_rows
         if rest:                          # curves first, as write_points
             if "curves" in tables:
