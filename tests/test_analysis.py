@@ -102,23 +102,26 @@ def test_limit_violations():
 
 
 def test_against_state_size_known():
-    """N from the cells (lru: 2 per unit, s6: 4), yes / no / ? against the limit, the stream
-    MC's mean, largest and share of N, and the cost columns, on a table with known answers."""
+    """N from the cells (lru: 2 per unit) or, for an arch memgrid does not define (a withdrawn
+    cell's rows), from the rows' own `units`; yes / no / ? against the limit, the stream MC's
+    mean, largest and share of N, and the cost columns, on a table with known answers."""
     t = pd.concat([
         points({p: 0.01 for p in range(1, 6)} | {6: 0.2}, arch="lru", cells=2),   # 5 >= N = 4
         points({1: 0.01, 2: 0.01, 3: 0.3}, cells=4, epochs=300),                  # 2 < 4, measured
-        points({p: 0.01 for p in range(1, 4)}, arch="s6", cells=1),               # 3 < 4, censored
+        points({p: 0.01 for p in range(1, 4)}, arch="gone", cells=1).assign(units=4),  # 3 < 4, censored
     ]).assign(mc_stream=lambda d: d["position"] * 0.5, wall_s=lambda d: d["seed"] * 2.0)
     got = against_state_size(t).set_index("arch")
-    assert got["units"].to_dict() == {"lru": 4, "rnn": 4, "s6": 4}
-    assert got["limit"].to_dict() == {"lru": 5, "rnn": 2, "s6": 3}
-    assert got["reaches_n"].to_dict() == {"lru": "yes", "rnn": "no", "s6": "?"}
+    assert got["units"].to_dict() == {"lru": 4, "rnn": 4, "gone": 4}
+    assert got["limit"].to_dict() == {"lru": 5, "rnn": 2, "gone": 3}
+    assert got["reaches_n"].to_dict() == {"lru": "yes", "rnn": "no", "gone": "?"}
     assert got.loc["lru", "stream_mc"] == pytest.approx(np.mean(range(1, 7)) * 0.5)
     assert got.loc["lru", "stream_mc_max"] == 3.0
     assert got.loc["rnn", "stream_share"] == pytest.approx(1.0 / 4)
-    assert got.loc["rnn", "epochs"] == 300 and got.loc["s6", "seconds"] == 2.0   # seeds 0..2: 0, 2, 4
+    assert got.loc["rnn", "epochs"] == 300 and got.loc["gone", "seconds"] == 2.0   # seeds 0..2: 0, 2, 4
     assert against_state_size(t.drop(columns="mc_stream"))["stream_mc"].isna().all()
-    assert units_text(["rnn", "lru", "s6", "esn"]) == "N = c * l (2 c * l: lru; 4 c * l: s6)"
+    with pytest.raises(ValueError, match="arch 'gone': not a cell"):
+        against_state_size(t.drop(columns="units"))
+    assert units_text(["rnn", "lru", "gone", "esn"]) == "N = c * l (2 c * l: lru)"
     assert units_text(["rnn", "gru"]) == "N = c * l"
 
 
@@ -191,12 +194,20 @@ def test_claims_fig4():
 
 
 def test_claims_lstm_slower_from_epochs_and_curves():
-    rnn = points({1: 0.01, 2: 0.01}, cells=2, epochs=100)
-    lstm = points({1: 0.01, 2: 0.3}, arch="lstm", cells=2, epochs=400)
+    six = range(1, 7)       # six (l, c, p), all one way: a sign test's p = 2 / 2**6 < 0.05
+    rnn = points({p: 0.01 for p in six}, cells=2, epochs=100)
+    lstm = points({p: 0.01 if p == 1 else 0.3 for p in six}, arch="lstm", cells=2, epochs=400)
     assert verdicts(pd.concat([rnn, lstm]))["Fig. 5"] == "holds"
-    fast = points({1: 0.01, 2: 0.01}, arch="lstm", cells=2, epochs=50)
+    fast = points({p: 0.01 for p in six}, arch="lstm", cells=2, epochs=50)
     assert verdicts(pd.concat([rnn, fast]))["Fig. 5"] == "does not hold"
     assert verdicts(rnn)["Fig. 5"] == "not covered by this grid"
+    # slower at three positions, faster at three: a coin flip, not a finding
+    mixed = pd.concat([points({p: 0.01}, arch="lstm", cells=2, epochs=400 if p <= 3 else 50)
+                       for p in six])
+    claim = check_claims(pd.concat([rnn, mixed])).set_index("figure").loc["Fig. 5"]
+    assert claim["verdict"] == "undecided"
+    assert "slower in 3, faster in 3, tied in 0 of 6" in claim["evidence"]
+    assert "sign test p = 1.00" in claim["evidence"]
     # curves, when given, decide: the lstm crossed 0.05 at epoch 10, the rnn at epoch 90
     both = pd.concat([rnn, lstm])
     curves = pd.DataFrame([dict(point_id=pid, epoch=e, eval_loss=0.3 if e < cross else 0.01)
@@ -384,13 +395,19 @@ def test_report_partial_grid(tmp_path, capsys):
     text = path.read_text()
     assert path == tmp_path / "report" / "report.md"
     assert "Points done: **10 of 12**" in text
-    assert "| rnn | 1 | 1 | 1 | 1 | 1 | 3 | loss | no |" in text
-    assert "| rnn | 1 | 2 | 2 | 2 | 2 | 2 | end | yes |" in text
+    assert text.index("## Summary") < text.index("## Settings") < text.index("## Grid")
+    assert "| 1 | 1 |\n| 2 | >= 2 |" in text          # the summary grid: c = 2 is censored
+    assert "| rnn | 1 | 1 | 1 | 1 | 1 | 1..1 (median 1) | 2/2 | 1 | 1 | loss |" in text
+    assert "| rnn | 1 | 2 | 2 | 2 | >= 2 | 2..2 (median 2) | 2/2 | 1 | 1 | end |" in text
+    limits = pd.read_csv(tmp_path / "report" / "limits.csv")
+    assert limits["limit_text"].tolist() == ["1", ">= 2"]
+    assert limits["seeds_passing"].tolist() == ["2 0 0", "2 2"]
+    assert limits["converged"].tolist() == ["unchecked", "unchecked"]
     assert "| max_epochs | solved |" in text.replace("| arch ", "")
     for png in ("heatmap_mean_random.png", "heatmap_std_random.png",
                 "limits_vs_units_random.png", "curves_rnn_l1_c1_random.png"):
         assert f"]({png})" in text and (tmp_path / "report" / png).exists()
-    assert "## Paper claims" in text and "not covered by this grid" in text
+    assert "### Paper claims" in text and "not covered by this grid" in text
     assert "Configurations whose limit reaches N: **2 of 2** (0 censored below N)." in text   # N = c
 
 
@@ -595,7 +612,7 @@ def test_report_of_a_tuned_grid_names_its_protocol_and_the_rates_it_chose(tmp_pa
     assert ("Learning rate tuned: best of lr 0.003, 0.01 on seeds 1000 (successive halving, "
             "eta 2, 2 rungs); chosen: 0.01 by 1, 0.003 by 1 of 2 configurations") in text
     assert "Protocol: `converged`, its lr tuned per configuration (Grid, above)." in text
-    assert "## Paper claims (protocol converged, its lr tuned per configuration)" in text
+    assert "### Paper claims (protocol converged, its lr tuned per configuration)" in text
     assert "varies" not in text                   # one rate per configuration is no variant
     # the same rows read without the tuning: the rate that is not the protocol's is custom
     identity = {k: v for k, v in grid.identity.items() if k != "tune_lr"}

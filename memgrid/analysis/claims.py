@@ -1,8 +1,9 @@
-"""The paper's findings (DESIGN.md, "What the paper found"), checked against a points table.
+"""The paper's findings, checked against a points table.
 
-Each check returns a verdict computed from the data -- `holds`, `does not hold`, or `not covered
-by this grid` when the table lacks the points the claim is about -- and an evidence string with
-the numbers behind it. Claims 1-6 and 9 are about the random memorization task (Definition 1),
+Each check returns a verdict computed from the data -- `holds`, `does not hold`, `undecided`
+when a comparison's counts are what a coin flip would give, or `not covered by this grid` when
+the table lacks the points the claim is about -- and an evidence string with the numbers behind
+it. Claims 1-6 and 9 are about the random memorization task (Definition 1),
 so they read only random-length points; claim 7 compares fixed with random length, claim 8 reads
 fixed length (Definition 2).
 
@@ -14,6 +15,8 @@ something is, or is not, learned also depends on the training budget (:func:`che
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -24,6 +27,10 @@ from .tables import (THRESHOLD, budget_steps, describe, fixed_length, mean_losse
                      variant_columns)
 
 HOLDS, FAILS, NOT_COVERED = "holds", "does not hold", "not covered by this grid"
+UNDECIDED = "undecided"
+"""A comparison whose counts a fair coin would give as often (:func:`sign_test`)."""
+COIN = 0.05
+"""Two-sided sign-test p-value at or above which a comparison is `undecided`."""
 FEW = 0.2
 """Claim 7 holds when less than this share of (configuration, p) means lies in [0.05, 0.2]."""
 PAPER_STEPS = PROTOCOLS["paper"]["steps_per_epoch"] * PROTOCOLS["paper"]["max_epochs"]
@@ -87,6 +94,16 @@ def _epochs_to_threshold(points: pd.DataFrame, curves: pd.DataFrame | None,
     return t
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test: the probability that a fair coin tossed ``wins + losses`` times
+    gives a split at least as uneven (ties left out before). 1.0 for no tosses."""
+    n, k = wins + losses, max(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def _lstm_slower(points: pd.DataFrame, curves: pd.DataFrame | None,
                  threshold: float) -> tuple[str, str]:
     """Per (l, c, p) where RNN and LSTM both ran and one of them reached the threshold: is the
@@ -112,6 +129,10 @@ def _lstm_slower(points: pd.DataFrame, curves: pd.DataFrame | None,
           f"{len(cell)} (l, c, p) where either reached loss < {threshold}; median epochs to get "
           f"there: rnn {rnn.median():.0f}, lstm {lstm.median():.0f} (from {source}; "
           "never reached = max_epochs)")
+    p = sign_test(slower, faster)
+    ev += f"; sign test p = {p:.2f}"
+    if p >= COIN:
+        return UNDECIDED, ev + f" (>= {COIN}: a coin flip gives such a split)"
     return (HOLDS if slower > faster else FAILS), ev
 
 
@@ -261,8 +282,8 @@ def check_claims(points: pd.DataFrame, curves: pd.DataFrame | None = None,
                  threshold: float = THRESHOLD) -> pd.DataFrame:
     """The paper's nine claims against `points` (and `curves`, for claim 2, if given).
 
-    Returns one row per claim: `claim`, `figure`, `verdict` (holds / does not hold / not
-    covered by this grid) and `evidence` (the numbers the verdict came from).
+    Returns one row per claim: `claim`, `figure`, `verdict` (holds / does not hold /
+    undecided / not covered by this grid) and `evidence` (the numbers the verdict came from).
 
     The verdicts take the table's training budget into account: below the paper's
     :data:`PAPER_STEPS`, a claim that something is learned cannot fail and one that something

@@ -8,12 +8,16 @@ budget (or more) changes neither the limit nor, beyond :data:`LOSS_TOL`, the mea
 limit.
 
 The budget of a point is its training steps, ``steps_per_epoch * max_epochs``. A table varies it in
-one of two ways:
+one of two ways, or a second folder holds the check:
 
 - a grid with a budget axis (`max_epochs` or `steps_per_epoch`): each budget is its own point;
 - one run without the plateau stop: training is deterministic and pack-invariant, so the run
   cut at any earlier evaluation *is* the shorter run. :func:`budget_rungs` replays the stop rule
-  at shorter budgets on the recorded curves, without training again.
+  at shorter budgets on the recorded curves, without training again;
+- a *budget check*: the same configurations (all of them or some, on all seeds or some) run
+  again at twice the budget or more, into a folder of their own. :func:`budget_check` pairs the
+  two on the seeds they share and :func:`check_marks` says which limits the check leaves where
+  they were, measured against the spread of the seeds' own limits.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .limits import memory_limits, replay_stopping
+from .limits import compare_runs, memory_limits, replay_stopping
 from .tables import CONFIG, THRESHOLD, budget_steps, variant_columns
 
 BUDGET_COLUMNS = ("steps_per_epoch", "max_epochs")
@@ -206,3 +210,56 @@ def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | No
                      "converged": float((sel["mark"] == "converged").mean()) if len(sel)
                      else np.nan})
     return pd.DataFrame(rows)
+
+
+def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = THRESHOLD,
+                 min_factor: float = MIN_FACTOR) -> pd.DataFrame:
+    """A run (`points`) against its budget check (`check`: some of its configurations trained
+    again at `min_factor` times its budget or more), paired on the seeds both hold
+    (:func:`memgrid.analysis.compare_runs`).
+
+    One row per configuration (arch, layers, cells) in both, with every position in both:
+      budget, check_budget   training steps of the run and of the check
+      check_seeds            seeds both hold (the limits below are over these)
+      paired_limit           the run's limit on those seeds
+      check_limit            the check's limit on those seeds; check_censored: it is a lower bound
+      move                   check_limit - paired_limit
+    Raises ValueError where the check is not at `min_factor` times the budget or more for some
+    configuration it shares with the run, or shares none."""
+    cols = CONFIG + ["budget", "check_budget", "check_seeds", "paired_limit", "check_limit",
+                     "check_censored", "move"]
+    budget = points.assign(b=budget_steps(points)).groupby(CONFIG)["b"].max()
+    other = check.assign(b=budget_steps(check)).groupby(CONFIG)["b"].min()
+    shared = budget.index.intersection(other.index)
+    if shared.empty:
+        raise ValueError("budget check: it shares no (arch, layers, cells) with the run")
+    short = [k for k in shared if other[k] < min_factor * budget[k]]
+    if short:
+        a, l, c = short[0]
+        raise ValueError(f"budget check: {a} l={l} c={c} trains {int(other[short[0]]):,} steps, "
+                         f"not {min_factor:g}x the run's {int(budget[short[0]]):,} or more")
+    _, lim = compare_runs(points, check, threshold)
+    if lim.empty:
+        return pd.DataFrame(columns=cols)
+    seeds = len(set(points["seed"]) & set(check["seed"]))
+    keys = lim[CONFIG].itertuples(index=False, name=None)
+    out = lim[CONFIG].assign(
+        budget=[int(budget[k]) for k in keys],
+        check_budget=[int(other[k]) for k in lim[CONFIG].itertuples(index=False, name=None)],
+        check_seeds=seeds, paired_limit=lim["limit_a"], check_limit=lim["limit_b"],
+        check_censored=lim["censored_b"], move=lim["limit_b"] - lim["limit_a"])
+    return out[cols].reset_index(drop=True)
+
+
+def check_marks(limits: pd.DataFrame, check: pd.DataFrame | None) -> pd.Series:
+    """Per row of `limits` (:func:`memgrid.analysis.limits_with_seeds`): `converged` where the
+    budget check (:func:`budget_check`) moves the limit by no more than the spread of the seeds'
+    own limits (``|move| <= seed_spread``: a move the seeds already disagree by is no finding),
+    `moves` where it moves it by more, `unchecked` where the check has no such configuration."""
+    if check is None or check.empty or limits.empty:
+        return pd.Series("unchecked", index=limits.index, name="converged")
+    moved = limits[CONFIG].merge(check[CONFIG + ["move"]], on=CONFIG, how="left")["move"]
+    spread = limits["seed_spread"].to_numpy()
+    mark = np.where(moved.isna(), "unchecked",
+                    np.where(moved.abs().to_numpy() <= spread, "converged", "moves"))
+    return pd.Series(mark, index=limits.index, name="converged")

@@ -1,8 +1,10 @@
 """Memory-distance limits, the bimodality of outcomes, and what the plateau stop changes.
 
 The memory-distance limit of a configuration (arch, l, c) is the largest position p such that
-the mean evaluation loss over seeds is below a threshold (default 0.05) for *every* p' <= p
-(DESIGN.md, "Analysis"). The paper's observation to compare it with is the capacity bound
+the mean evaluation loss over seeds is below a threshold (default 0.05) for *every* p' <= p.
+Each seed has its own limit by the same walk on its own losses (:func:`seed_limits`); their
+spread says how much the limit of the mean rests on one seed (:func:`limits_with_seeds`). The
+paper's observation to compare it with is the capacity bound
 ``limit <= MC <= N - (l - 1)``, N = c * l: a network cannot reproduce more positions than it has
 units to hold them in.
 """
@@ -12,8 +14,24 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import POINT_FIELDS, units as units_of
-from .tables import CONFIG, POINT, THRESHOLD, group_columns, mean_losses, variant_columns
+from ..config import POINT_FIELDS
+from .tables import CONFIG, POINT, THRESHOLD, group_columns, mean_losses, units, variant_columns
+
+
+STRICT_THRESHOLDS = (0.05, 0.02, 0.01)
+"""Thresholds at which :func:`limits_with_seeds` also gives the limit: an MAE of 0.05 on a
+uniform [0, 1] target leaves about 2 bits per position (log2(1 / (2 * 0.05)) ~ 3.3 bits for a
+uniform error of that width, fewer for a spread-out one), 0.01 about 5: a limit that holds at
+the stricter thresholds does not rest on what the threshold lets through."""
+
+
+def walk(losses: dict[int, float], threshold: float) -> int:
+    """The walk that defines a limit: the largest p with ``losses[p'] < threshold`` for every
+    p' = 1..p (0 if p = 1 fails or is missing). NaN (a diverged seed) fails."""
+    p = 1
+    while p in losses and losses[p] < threshold:
+        p += 1
+    return p - 1
 
 
 def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
@@ -42,18 +60,17 @@ def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
     if len(points) == 0:
         return pd.DataFrame(columns=cols)
     means = mean_losses(points, keys)
+    n_of = dict(zip(points[CONFIG].astype({"layers": int, "cells": int})
+                    .itertuples(index=False, name=None), units(points)))
     rows = []
     for key, g in means.groupby(keys, dropna=False, sort=True):
         mean = dict(zip(g["position"].astype(int), g["mean"]))
         p_max = max(mean)
-        p = 1
-        # NaN (a diverged seed) compares False: it ends the walk like a failed position
-        while p in mean and mean[p] < threshold:
-            p += 1
-        limit = p - 1
+        limit = walk(mean, threshold)
+        p = limit + 1
         stop = "end" if p > p_max else ("loss" if p in mean else "missing")
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        n = units_of(row["arch"], int(row["layers"]), int(row["cells"]))
+        n = n_of[(row["arch"], int(row["layers"]), int(row["cells"]))]
         row.update(limit=limit, units=n, bound=n - (int(row["layers"]) - 1), p_max=p_max,
                    stop=stop, limit_censored=stop != "loss",
                    complete=set(range(1, p_max + 1)) <= set(mean),
@@ -61,6 +78,79 @@ def memory_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
                    min_seeds=int(g["seeds"].min()))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
+
+
+def seed_limits(points: pd.DataFrame, threshold: float = THRESHOLD,
+                by: list[str] | None = None) -> pd.DataFrame:
+    """Each seed's own limit: one row per configuration (``by`` as in :func:`memory_limits`)
+    and seed, `limit` by :func:`walk` on that seed's losses (a non-finite loss fails), `p_max`
+    the configuration's largest position and `censored` where the seed's walk ended without a
+    measured failure (at p_max, or at a position this seed did not run)."""
+    keys = group_columns(points, by)
+    cols = keys + ["seed", "limit", "p_max", "censored"]
+    if len(points) == 0:
+        return pd.DataFrame(columns=cols)
+    loss = points["loss"].astype(float).replace([np.inf, -np.inf], np.nan)
+    frame = points[keys + ["seed", "position"]].assign(loss=loss)
+    p_max = frame.groupby(keys, dropna=False)["position"].max()
+    rows = []
+    for key, g in frame.groupby(keys + ["seed"], dropna=False, sort=True):
+        losses = dict(zip(g["position"].astype(int), g["loss"]))
+        limit = walk(losses, threshold)
+        conf = key[:-1] if len(key) > 2 else key[0]
+        rows.append(dict(zip(keys + ["seed"], key), limit=limit, p_max=int(p_max[conf]),
+                         censored=limit + 1 not in losses))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def limit_text(limit: int, censored: bool) -> str:
+    """`15`, or `>= 20` for a censored limit (a lower bound: the next position was not run)."""
+    return f">= {int(limit)}" if censored else str(int(limit))
+
+
+def limits_with_seeds(points: pd.DataFrame, threshold: float = THRESHOLD,
+                      by: list[str] | None = None,
+                      thresholds: tuple[float, ...] = STRICT_THRESHOLDS) -> pd.DataFrame:
+    """:func:`memory_limits` (the limit of the mean over seeds: *the* limit) with what its seeds
+    say, one row per configuration.
+
+    Columns besides those of :func:`memory_limits`:
+      limit_text        the limit, `>= k` where it is censored (a lower bound)
+      seeds             seeds of the configuration
+      seed_limit_min, seed_limit_median, seed_limit_max   over the seeds' own limits
+                        (:func:`seed_limits`)
+      seed_spread       seed_limit_max - seed_limit_min
+      seeds_reaching    seeds whose own limit is at least the limit
+      seeds_passing     per position p = 1..p_max, how many seeds have loss < threshold
+                        there, space-separated (`5 5 5 4 1 0 ...`)
+      limit_<t>         the limit at each threshold t of `thresholds` (e.g. `limit_0.02`)
+    """
+    keys = group_columns(points, by)
+    lim = memory_limits(points, threshold, keys)
+    extra = ["limit_text", "seeds", "seed_limit_min", "seed_limit_median", "seed_limit_max",
+             "seed_spread", "seeds_reaching", "seeds_passing"] + [f"limit_{t:g}" for t in thresholds]
+    if lim.empty:
+        return pd.DataFrame(columns=list(lim.columns) + extra)
+    per_seed = seed_limits(points, threshold, keys).merge(
+        lim[keys + ["limit"]].rename(columns={"limit": "of_mean"}), on=keys)
+    agg = per_seed.groupby(keys, dropna=False, sort=True).agg(
+        seeds=("seed", "nunique"), seed_limit_min=("limit", "min"),
+        seed_limit_median=("limit", "median"), seed_limit_max=("limit", "max"),
+        seeds_reaching=("limit", lambda s: int((s >= per_seed.loc[s.index, "of_mean"]).sum())))
+    passed = points[keys + ["position"]].assign(
+        ok=points["loss"].astype(float) < threshold).groupby(
+        keys + ["position"], dropna=False, sort=True)["ok"].sum().astype(int)
+    passing = {}
+    for key, g in passed.reset_index().groupby(keys, dropna=False, sort=True):
+        counts = dict(zip(g["position"].astype(int), g["ok"]))
+        passing[key] = " ".join(str(counts.get(p, "-")) for p in range(1, max(counts) + 1))
+    agg["seeds_passing"] = pd.Series(passing)
+    out = lim.merge(agg.reset_index(), on=keys, how="left")
+    out["seed_spread"] = out["seed_limit_max"] - out["seed_limit_min"]
+    out["limit_text"] = [limit_text(l, c) for l, c in zip(out["limit"], out["limit_censored"])]
+    for t in thresholds:
+        out[f"limit_{t:g}"] = memory_limits(points, t, keys)["limit"].to_numpy()
+    return out[list(lim.columns) + extra]
 
 
 def limit_violations(points: pd.DataFrame, threshold: float = THRESHOLD,

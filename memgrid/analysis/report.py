@@ -8,6 +8,7 @@ the report reads one snapshot of what is there (parts appear atomically, see
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +21,14 @@ from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
 from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configuration_columns,
                           converged_budget, limit_marks)
-from .limits import against_state_size, bimodality, memory_limits, plateau_effect, replay_stopping
+from .limits import (STRICT_THRESHOLDS, against_state_size, bimodality, plateau_effect,
+                     replay_stopping)
 from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
                     plot_mc_vs_units, save)
-from .tables import (CONFIG, THRESHOLD, budget_steps, fixed_length, load_curves, load_points,
-                     random_length, units_text, variant_columns)
+from .summary import (TASKS, claim_sentences, count_sentence, has_variants, limits_table,
+                      reach_sentences, settings_table, summary_grid)
+from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
+                     load_points, random_length, units_text, variant_columns)
 
 MAX_ID_CHECK = 100_000
 """Grids up to this many points are expanded to point ids to count exactly which are done."""
@@ -42,8 +46,10 @@ def _cell(x) -> str:
     return str(x).replace("|", "\\|")
 
 
-def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
-    """A pipe table (no tabulate dependency); floats with 3 decimals, NaN blank."""
+def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS, full: str | None = None) -> str:
+    """A pipe table (no tabulate dependency); floats with 3 decimals, NaN blank. Longer than
+    `max_rows`, it shows the first rows and says where every row is (`full`, a CSV beside the
+    report) or how many it leaves out."""
     if df.empty:
         return "(none)\n"
     lines = ["| " + " | ".join(map(str, df.columns)) + " |",
@@ -51,7 +57,8 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
     for row in df.head(max_rows).itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     if len(df) > max_rows:
-        lines.append(f"\n({len(df) - max_rows} more rows not shown)")
+        lines.append(f"\n(the first {max_rows} of {len(df)} rows; all of them in [{full}]({full}))"
+                     if full else f"\n({len(df) - max_rows} more rows not shown)")
     return "\n".join(lines) + "\n"
 
 
@@ -104,25 +111,45 @@ def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
     return None if points is None else {p.point_id for p in points}
 
 
-def _limits_section(kind: str, sub: pd.DataFrame, threshold: float,
-                    conv: pd.DataFrame | None) -> list[str]:
-    lim = _with_marks(memory_limits(sub, threshold), sub, conv)
-    shown = [c for c in lim.columns if c not in ("complete",)]
-    lim = lim[shown].rename(columns={"limit_censored": "censored", "loss_at_limit": "loss@limit",
-                                     "loss_next": "loss@limit+1"})
+def _limits_section(kind: str, lim: pd.DataFrame, threshold: float) -> list[str]:
+    """Every limit of one task (rows of :func:`limits_table`), in full."""
+    keys = [c for c in lim.columns if c in CONFIG or c in variant_columns_of(lim)]
+    shown = lim.assign(
+        limit=lim["limit_text"],
+        seeds_own=[f"{int(a)}..{int(b)} (median {m:g})" for a, b, m in
+                   zip(lim["seed_limit_min"], lim["seed_limit_max"], lim["seed_limit_median"])],
+        reaching=[f"{int(k)}/{int(n)}" for k, n in zip(lim["seeds_reaching"], lim["seeds"])])
+    strict = [f"limit_{t:g}" for t in STRICT_THRESHOLDS if t < threshold]
+    cols = keys + ["units", "bound", "limit", "seeds_own", "reaching"] + strict + [
+        "stop", "loss_at_limit", "loss_next", "converged"]
+    shown = shown[cols].rename(columns={"units": "N", "bound": "N - (l - 1)",
+                                        "seeds_own": "seeds' own limits",
+                                        "reaching": "seeds reaching it",
+                                        "loss_at_limit": "loss@limit",
+                                        "loss_next": "loss@limit+1"})
     over = lim[lim["limit"] > lim["bound"]]
-    out = [f"### {kind}", "",
-           f"Limit: largest p with mean loss over seeds < {threshold} for every p' <= p. "
-           "`stop`: `loss` = p = limit + 1 failed; `missing` = p = limit + 1 not in the data; "
-           "`end` = limit is the largest p run (censored: the true limit may be higher). "
-           "`converged`: doubling the training budget moves neither the limit nor the loss at "
-           "it (see Training budget); `unknown`: this run cannot tell.", "",
-           md_table(lim),
-           f"Limits above the bound N - (l - 1): {len(over)}"
-           + (" (" + ", ".join(f"{r.arch} l={r.layers} c={r.cells}: {r.limit} > {r.bound}"
-                               for r in over.head(10).itertuples()) + ")" if len(over) else "")
-           + ".", ""]
-    return out
+    return [f"### {kind}", "",
+            f"Limit: largest p with mean loss over seeds < {threshold} for every p' <= p; "
+            "`>= p`: the walk ended without a measured failure (at the grid's largest p, or a "
+            "position not run), so the limit is a lower bound. Seeds' own limits: the same walk "
+            "on each seed's losses. `limit_t`: the limit at the stricter threshold t. `stop`: "
+            "`loss` = p = limit + 1 failed; `missing` = not in the data; `end` = the grid's "
+            "largest p. `converged`: a budget check at twice the budget or more moves the limit "
+            "by no more than the seeds' range (or, for a table with its own budgets, no larger "
+            "budget moves it: Training budget); `moves`: by more; `unchecked`: no such check. "
+            "The seeds passing each position are in [limits.csv](limits.csv).", "",
+            md_table(shown, max_rows=10_000),
+            f"Limits above the bound N - (l - 1): {len(over)}"
+            + (" (" + ", ".join(f"{arch_label(r.arch)} l={r.layers} c={r.cells}: {r.limit} > "
+                                f"{r.bound}" for r in over.itertuples()) + ")" if len(over)
+               else "") + ".", ""]
+
+
+def variant_columns_of(lim: pd.DataFrame) -> list[str]:
+    """The setting columns of a limits table besides arch, l and c (an lr axis, say)."""
+    from ..config import POINT_FIELDS
+
+    return [c for c in lim.columns if c in POINT_FIELDS and c not in CONFIG]
 
 
 def _with_marks(lim: pd.DataFrame, sub: pd.DataFrame, conv: pd.DataFrame | None) -> pd.DataFrame:
@@ -392,51 +419,150 @@ def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
 
 
 def write_report(results_uri: str, out_dir: str | Path | None = None,
-                 threshold: float = THRESHOLD) -> Path:
+                 threshold: float = THRESHOLD, budget_check: str | list[str] | None = None
+                 ) -> Path:
     """Analyse the results folder `results_uri` into `out_dir` (default `<results>/report` for a
-    local folder): `report.md` plus PNG and PDF figures. Returns the path of `report.md`."""
+    local folder): `report.md`, which opens with the result, the full tables beside it as CSV
+    (:data:`CSVS`), and PNG and PDF figures. Returns the path of `report.md`.
+
+    `budget_check`: one or more results folders of some of the run's configurations trained
+    again at twice its budget or more (:func:`memgrid.analysis.convergence.budget_check`); a
+    limit they leave within its seeds' spread is marked converged. A bad check folder raises
+    ValueError (one line, naming it) before anything is written."""
     if out_dir is None:
         if "://" in str(results_uri):
             raise ValueError("out_dir is required when the results are not a local folder")
         out_dir = Path(results_uri) / "report"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    uri = str(results_uri)
+    checks = [budget_check] if isinstance(budget_check, (str, Path)) else list(budget_check or [])
+    identity = read_grid_identity(uri)
+    points = load_points(uri)
     with warnings.catch_warnings():  # print nothing: empty slices, layout hints
         warnings.simplefilter("ignore")
-        text = _report(str(results_uri), out, threshold)
+        check = _load_checks([str(c) for c in checks])
+        limits = limits_table(points, threshold, check)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = _report(uri, out, threshold, identity, points, limits, [str(c) for c in checks])
     path = out / "report.md"
-    path.write_text(text)
+    write_atomic(path, text)
     return path
 
 
-def _report(uri: str, out: Path, threshold: float) -> str:
-    identity = read_grid_identity(uri)
-    points = load_points(uri)
+CSVS = {"limits.csv": "every configuration's limit with its seeds' own limits, the seeds "
+                      "passing each position, censoring, the limits at stricter thresholds and "
+                      "the budget check",
+        "capacity.csv": "task MC per (arch, l, c, seed), with its bound and margin",
+        "state_size.csv": "per configuration: limit against N, stream MC, cost",
+        "claims.csv": "the paper's claims: verdict and evidence"}
+"""The tables written beside report.md, never cut, and what each holds."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary name in the same folder and a rename, so that
+    a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load_checks(uris: list[str]) -> pd.DataFrame | None:
+    """The points of the budget-check folders, concatenated; ValueError naming a folder that
+    holds no points."""
+    parts = []
+    for uri in uris:
+        try:
+            table = load_points(uri)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{uri}: not a results folder for a budget check ({e})") from None
+        if table.empty:
+            raise ValueError(f"{uri}: no points (a budget check needs a finished run)")
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _summary(limits: pd.DataFrame, claims: pd.DataFrame, threshold: float,
+             protocol: str, tables: bool) -> list[str]:
+    """The report's opening: per task the limits against N and the seeds, per arch a grid of
+    limits, then one sentence per paper claim, and where the full tables are."""
+    lines = ["## Summary", ""]
+    for task, title, _ in TASKS:
+        lim = limits[limits["task"] == task] if len(limits) else limits
+        if lim.empty:
+            continue
+        lines += [f"### Memory-distance limits, {title}", "", count_sentence(lim, threshold), "",
+                  *reach_sentences(lim), ""]
+        if tables:
+            for arch in lim["arch"].drop_duplicates():
+                lines += [f"{arch_label(arch)}, limit per (l, c):", "",
+                          md_table(summary_grid(lim, arch), max_rows=10_000)]
+            lines += ["A cell: the limit; `>= p`: censored by the grid's largest p (a lower "
+                      "bound); **bold**: above the bound N - (l - 1) in the column's head; "
+                      "`(a..b, k/n)`: the seeds' own limits range over a..b and k of the n "
+                      "seeds reach the limit (shown only where they differ from it); ✓: a budget "
+                      "check at twice the budget or more moves it by no more than that range; ✗: "
+                      "by more; no mark: unchecked.", ""]
+        else:
+            lines += ["The table varies settings inside a configuration: the limits per "
+                      "setting are in [limits.csv](limits.csv).", ""]
+    lines += [f"### Paper claims{f' (protocol {protocol})' if protocol else ''}", "",
+              *claim_sentences(claims), "",
+              "Full tables beside this report, every row: " + "; ".join(
+                  f"[{name}]({name}) ({what})" for name, what in CSVS.items()) + ".", ""]
+    return lines
+
+
+def _settings_section(points: pd.DataFrame, threshold: float, checks: list[str]) -> list[str]:
+    from .convergence import MIN_FACTOR
+
+    return ["## Settings", "",
+            "Every setting the points were trained with, defaults included (from the points "
+            "table itself):", "", md_table(settings_table(points), max_rows=10_000),
+            f"Analysis: threshold {threshold} (a position is memorized where the mean loss over "
+            f"seeds is below it); stricter thresholds shown: "
+            f"{', '.join(f'{t:g}' for t in STRICT_THRESHOLDS)}; budget check: "
+            + (", ".join(f"`{c}`" for c in checks) + f" (at least {MIN_FACTOR}x the budget, "
+               "paired on the seeds both hold)" if checks else "none") + ".", ""]
+
+
+def _report(uri: str, out: Path, threshold: float, identity: dict | None,
+            points: pd.DataFrame, limits: pd.DataFrame, checks: list[str]) -> str:
     name = identity.get("name", "?") if identity else Path(uri).name
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# memgrid report: {name}", "",
-             f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
-             "then.", ""]
-    lines += _grid_section(identity, points, uri)
+    head = [f"# memgrid report: {name}", "",
+            f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
+            "then.", ""]
+    grid = _grid_section(identity, points, uri)
     tuned = bool((identity or {}).get("tune_lr"))
     if tuned:
-        lines += _tuning_line(identity, points)
+        grid += _tuning_line(identity, points)
     if points.empty:
-        return "\n".join(lines + ["No points yet: nothing to analyse.", ""])
+        return "\n".join(head + grid + ["No points yet: nothing to analyse.", ""])
 
+    kinds = [(name, title, sub) for name, title, sub in (
+        ("random", "Random length (Definition 1)", random_length(points)),
+        ("fixed", "Fixed length (Definition 2)", fixed_length(points))) if len(sub)]
+    convs = {name: _convergence(uri, sub, threshold) for name, _, sub in kinds}
+    limits = _ladder_marks(limits, kinds, convs)
+    names = _protocols(points, tuned)
+    rnn_lstm = points[points["arch"].isin(["rnn", "lstm"])]
+    curves = None
+    if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
+        curves = load_curves(uri, rnn_lstm["point_id"].tolist())
+    claims = check_claims(points, curves, threshold)
+    protocol = ", ".join(names) + (f", {TUNED}" if tuned else "")
+    _write_tables(out, points, limits, claims, kinds, threshold)
+
+    lines = head + _summary(limits, claims, threshold, protocol, not has_variants(points))
+    lines += _settings_section(points, threshold, checks) + grid
     pooled = [v for v in variant_columns(points) if v not in ("q_min", "q_max")]
     if pooled:
         lines += [f"This table varies {', '.join(pooled)} besides arch, l, c, p and seed: tables "
                   "keep them apart; figures pool them.", ""]
     lines += _stop_section(points)
-    kinds = [(name, title, sub) for name, title, sub in (
-        ("random", "Random length (Definition 1)", random_length(points)),
-        ("fixed", "Fixed length (Definition 2)", fixed_length(points))) if len(sub)]
-    convs = {name: _convergence(uri, sub, threshold) for name, _, sub in kinds}
     lines += ["## Memory-distance limits", ""]
-    for name, title, sub in kinds:
-        lines += _limits_section(title, sub, threshold, convs[name][0])
-    names = _protocols(points, tuned)
+    for name, title, _ in kinds:
+        lines += _limits_section(title, limits[limits["task"] == name], threshold)
     lines += _budget_section(convs, out, names, tuned)
     lines += _capacity_section(points)
     lines += _state_size_section(kinds, threshold)
@@ -454,17 +580,40 @@ def _report(uri: str, out: Path, threshold: float) -> str:
 
     lines += _plateau_section(uri, points, threshold)
 
-    rnn_lstm = points[points["arch"].isin(["rnn", "lstm"])]
-    curves = None
-    if 0 < len(rnn_lstm) <= MAX_CURVE_POINTS:
-        curves = load_curves(uri, rnn_lstm["point_id"].tolist())
-    protocol = ", ".join(names) + (f", {TUNED}" if tuned else "")
-    lines += ["## Paper claims" + (f" (protocol {protocol})" if names else ""), "",
-              md_table(check_claims(points, curves, threshold))]
-
     lines += ["## Figures", ""]
     for caption, png in _figures(points, uri, out, threshold, convs,
                                   (identity or {}).get("axes")):
         pdf = png[:-4] + ".pdf"
         lines += [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
     return "\n".join(lines)
+
+
+def _ladder_marks(limits: pd.DataFrame, kinds: list, convs: dict) -> pd.DataFrame:
+    """`limits` with `converged` filled from the table's own budgets (a budget axis, or a run
+    without the plateau stop replayed at shorter ones) where no budget check marked it."""
+    if limits.empty:
+        return limits
+    parts = []
+    for name, _, sub in kinds:
+        lim = limits[limits["task"] == name]
+        conv = convs[name][0]
+        if conv is not None and not conv.empty:
+            marks = _with_marks(lim.drop(columns="converged"), sub, conv)["converged"]
+            marks = marks.map({"converged": "converged", "not converged": "moves"}).fillna(
+                "unchecked").to_numpy()
+            lim = lim.assign(converged=np.where(lim["converged"] == "unchecked", marks,
+                                                lim["converged"]))
+        parts.append(lim)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _write_tables(out: Path, points: pd.DataFrame, limits: pd.DataFrame,
+                  claims: pd.DataFrame, kinds: list, threshold: float) -> None:
+    """The CSVs of :data:`CSVS`, every row, each written atomically."""
+    capacity = memory_capacity(points)
+    state = pd.concat([against_state_size(sub, threshold).assign(task=name)
+                       for name, _, sub in kinds], ignore_index=True)
+    for name, table in (("limits.csv", limits), ("capacity.csv", capacity),
+                        ("state_size.csv", state[["task"] + [c for c in state if c != "task"]]),
+                        ("claims.csv", claims)):
+        write_atomic(out / name, table.to_csv(index=False))

@@ -60,12 +60,38 @@ def budget_steps(points: pd.DataFrame) -> pd.Series:
 
 
 def units(points: pd.DataFrame) -> pd.Series:
-    """N per row (``memgrid.config.units``: c * l for RNN, LSTM, GRU, ESN), the paper's N
-    (DESIGN.md `units`)."""
+    """N per row, the paper's N: the numbers a network's state holds. The points table records
+    it (`units`); a row without it gets ``memgrid.config.units`` of its cell (c * l for RNN,
+    LSTM, GRU, ESN), so rows of a cell this memgrid no longer defines still read."""
     keys = points[["arch", "layers", "cells"]].astype({"layers": int, "cells": int})
-    n = {k: units_of(*k) for k in keys.drop_duplicates().itertuples(index=False, name=None)}
+    have = points["units"] if "units" in points.columns else pd.Series(np.nan, index=points.index)
+    known = {k: int(n) for k, n in zip(keys.itertuples(index=False, name=None), have)
+             if pd.notna(n)}
+    n = {k: known[k] if k in known else _units_of(*k)
+         for k in keys.drop_duplicates().itertuples(index=False, name=None)}
     return pd.Series([n[k] for k in keys.itertuples(index=False, name=None)], index=points.index,
                      dtype=int)
+
+
+def _units_of(arch: str, layers: int, cells: int) -> int:
+    try:
+        return units_of(arch, layers, cells)
+    except KeyError:
+        raise ValueError(f"arch {arch!r}: not a cell of this memgrid and its rows record no "
+                         "`units`") from None
+
+
+ARCH_LABELS = {"esn": "ESN", "s6": "S6"}
+"""Names of archs that are not cells of :data:`memgrid.cells.CELLS` (the echo state network,
+and a cell withdrawn whose rows are still read)."""
+
+
+def arch_label(arch: str) -> str:
+    """How figures and tables name `arch`: its cell's `label` (``memgrid.cells``: `minGRU` for
+    `mingru`), else :data:`ARCH_LABELS` (the ESN, a cell whose rows outlive it), else as it is."""
+    from ..cells import CELLS
+
+    return CELLS[arch].label if arch in CELLS else ARCH_LABELS.get(arch, arch)
 
 
 def units_text(archs) -> str:
@@ -74,7 +100,11 @@ def units_text(archs) -> str:
     ``N = c * l (2 c * l: lru; 4 c * l: s6)``."""
     odd: dict[int, list[str]] = {}
     for a in archs:
-        if (k := units_of(a, 1, 1)) != 1:
+        try:
+            k = units_of(a, 1, 1)
+        except KeyError:        # a cell this memgrid does not define: its rows say its N
+            continue
+        if k != 1:
             odd.setdefault(k, []).append(a)
     rest = "; ".join(f"{k} c * l: {', '.join(names)}" for k, names in sorted(odd.items()))
     return "N = c * l" + (f" ({rest})" if rest else "")

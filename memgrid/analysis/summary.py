@@ -1,0 +1,206 @@
+"""The result of a run in a few lines: each configuration's limit with its seeds, what reaches N,
+one sentence per paper claim; and the full tables behind it, as CSV.
+
+A limit is always shown with what its seeds say (:func:`memgrid.analysis.limits_with_seeds`):
+the spread of their own limits, how many reach it, whether the grid's largest p censors it (a
+lower bound, written `>= p`), its value at stricter thresholds, and whether a budget check
+leaves it where it is (:func:`memgrid.analysis.convergence.check_marks`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .claims import FAILS, HOLDS, NOT_COVERED, UNDECIDED
+from .convergence import budget_check, check_marks
+from .limits import STRICT_THRESHOLDS, limits_with_seeds
+from .tables import (CONFIG, THRESHOLD, arch_label, fixed_length, random_length,
+                     variant_columns)
+
+TASKS = (("random", "random length (Definition 1)", random_length),
+         ("fixed", "fixed length (Definition 2)", fixed_length))
+"""The two tasks a table may hold: (name, title, selection of its points)."""
+CHECK_COLUMNS = ["check_budget", "check_seeds", "paired_limit", "check_limit", "check_censored",
+                 "move"]
+
+
+def limits_table(points: pd.DataFrame, threshold: float = THRESHOLD,
+                 check: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every configuration's limit with its seeds, per task: :func:`limits_with_seeds` of the
+    random- and the fixed-length points, a `task` column first (`random`, `fixed`), then the
+    budget check's columns (:func:`memgrid.analysis.convergence.budget_check`, of the
+    random-length points; NaN where the check has no such configuration) and `converged`
+    (`converged`, `moves`, `unchecked`: :func:`memgrid.analysis.convergence.check_marks`)."""
+    parts = []
+    for task, _, select in TASKS:
+        sub = select(points)
+        if sub.empty:
+            continue
+        lim = limits_with_seeds(sub, threshold)
+        chk = None
+        if check is not None and task == "random" and not random_length(check).empty:
+            chk = budget_check(sub, random_length(check), threshold)
+        if chk is not None and len(chk):
+            lim = lim.merge(chk[CONFIG + CHECK_COLUMNS], on=CONFIG, how="left")
+        else:
+            lim = lim.assign(**{c: np.nan for c in CHECK_COLUMNS})
+        lim["converged"] = check_marks(lim, chk)
+        parts.append(lim.assign(task=task))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    return out[["task"] + [c for c in out.columns if c != "task"]]
+
+
+def _bound_text(sel: pd.DataFrame, layers: int) -> str:
+    """N - (l - 1) as a function of c for the rows `sel` of one arch and l: `c`, `2c - 1`."""
+    k = int(round((sel["units"] / sel["cells"]).iloc[0]))
+    coef = "c" if k == 1 else f"{k}c"
+    return coef + (f" - {layers - 1}" if layers > 1 else "")
+
+
+def _cell_text(r: dict) -> str:
+    """One configuration's limit in a summary grid: `15`, `>= 20` (censored), bold above the
+    bound, the seeds' own limits where they differ from it (`(11..16, 4/5)`: their range, and
+    how many reach it where not all do), a mark for the budget check."""
+    text = r["limit_text"]
+    if r["limit"] > r["bound"]:
+        text = f"**{text}**"
+    lo, hi = int(r["seed_limit_min"]), int(r["seed_limit_max"])
+    notes = []
+    if not lo == hi == r["limit"]:
+        notes.append(f"{lo}..{hi}" if hi > lo else f"{lo}")
+    if r["seeds_reaching"] < r["seeds"]:
+        notes.append(f"{int(r['seeds_reaching'])}/{int(r['seeds'])}")
+    if notes:
+        text += f" ({', '.join(notes)})"
+    return text + {"converged": " ✓", "moves": " ✗"}.get(r["converged"], "")
+
+
+def summary_grid(lim: pd.DataFrame, arch: str) -> pd.DataFrame:
+    """One arch's limits (rows of :func:`limits_table` of one task and no variant columns) as
+    a grid: a row per c, a column per l headed with its bound, cells by :func:`_cell_text`."""
+    sel = lim[lim["arch"] == arch]
+    layers = sorted(int(v) for v in sel["layers"].unique())
+    cells = sorted(int(v) for v in sel["cells"].unique())
+    text = {(int(r["layers"]), int(r["cells"])): _cell_text(r) for r in sel.to_dict("records")}
+    head = {l: f"l = {l} (bound {_bound_text(sel[sel['layers'] == l], l)})" for l in layers}
+    return pd.DataFrame([[c] + [text.get((l, c), "") for l in layers] for c in cells],
+                        columns=["c"] + [head[l] for l in layers])
+
+
+def _ranges(values) -> str:
+    vals, out = sorted(int(v) for v in values), []
+    for v in vals:
+        if out and v == out[-1][1] + 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in out)
+
+
+def _where(sel: pd.DataFrame) -> str:
+    """`l=1: c = 1..7, 10; l=2: c = 2` for the configurations in `sel` (one arch)."""
+    return "; ".join(f"l={int(l)}: c = {_ranges(g['cells'])}"
+                     for l, g in sel.groupby("layers", sort=True)) or "none"
+
+
+def reach_sentences(lim: pd.DataFrame) -> list[str]:
+    """Per arch: which configurations' limits reach N, which stay below it (and which of those
+    are censored: the grid stops before N, so they may reach it), as Markdown bullets."""
+    out = []
+    for arch in lim["arch"].drop_duplicates():
+        sel = lim[lim["arch"] == arch]
+        reach = sel[sel["limit"] >= sel["units"]]
+        below = sel[sel["limit"] < sel["units"]]
+        open_ = below[below["limit_censored"]]
+        line = (f"- **{arch_label(arch)}**: the limit reaches N in {len(reach)} of {len(sel)} "
+                f"configurations ({_where(reach)})")
+        if len(below) - len(open_):
+            line += f"; stays below N in {len(below) - len(open_)} ({_where(below[~below['limit_censored']])})"
+        if len(open_):
+            line += (f"; {len(open_)} below N are censored by the grid's largest p, so they may "
+                     f"reach it ({_where(open_)})")
+        out.append(line + ".")
+    return out
+
+
+def count_sentence(lim: pd.DataFrame, threshold: float) -> str:
+    """How the limits of one task sit against the bound, the seeds, the grid's end, stricter
+    thresholds and the budget check, in one paragraph."""
+    n = len(lim)
+    above = int((lim["limit"] > lim["bound"]).sum())
+    at = int((lim["limit"] == lim["bound"]).sum())
+    cens = int(lim["limit_censored"].sum())
+    spread = int((lim["seed_spread"] > 0).sum())
+    short = int((lim["seeds_reaching"] < lim["seeds"]).sum())
+    median = int((lim["seed_limit_median"] != lim["limit"]).sum())
+    text = (f"{n} configurations. The limit (largest p whose mean loss over seeds is below "
+            f"{threshold} at every p' <= p) equals the bound N - (l - 1) in {at}, exceeds it in "
+            f"{above}, and is censored by the grid's largest p in {cens} (a lower bound, "
+            f"`>= p`). Seeds' own limits differ from one another in {spread}; some seed falls "
+            f"short of the limit in {short}; the median seed's limit differs from it in "
+            f"{median}.")
+    stricter = [t for t in STRICT_THRESHOLDS if t < threshold and f"limit_{t:g}" in lim]
+    if stricter:
+        text += " At stricter thresholds the limit is lower in " + ", ".join(
+            f"{int((lim[f'limit_{t:g}'] < lim['limit']).sum())} (at {t:g})" for t in stricter)
+        text += f", and above the bound in " + ", ".join(
+            f"{int((lim[f'limit_{t:g}'] > lim['bound']).sum())} (at {t:g})" for t in stricter) + "."
+    marks = lim["converged"].value_counts()
+    checked = int(marks.get("converged", 0) + marks.get("moves", 0))
+    if checked:
+        text += (f" The budget check (twice the budget or more) leaves {int(marks.get('converged', 0))} "
+                 f"of {checked} checked limits within their seeds' spread (✓) and moves "
+                 f"{int(marks.get('moves', 0))} by more (✗); {n - checked} are unchecked.")
+    else:
+        text += (" No budget check: no limit is known to be converged (a run of the same "
+                 "configurations at twice the budget, `budget_check=`, tells).")
+    return text
+
+
+VERDICT_WORDS = {HOLDS: "holds", FAILS: "does not hold", UNDECIDED: "undecided",
+                 NOT_COVERED: "not covered by this grid"}
+
+
+def claim_sentences(claims: pd.DataFrame) -> list[str]:
+    """One bullet per paper claim: the claim, its figure, the verdict in bold, the numbers."""
+    return [f"- {r['claim']} ({r['figure']}): **{VERDICT_WORDS.get(r['verdict'], r['verdict'])}**"
+            f" — {r['evidence']}." for r in claims.to_dict("records")]
+
+
+def settings_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Every setting the points record (each field of :class:`memgrid.config.Point`, defaults
+    included), with its value, or its values where it varies."""
+    from ..config import POINT_FIELDS
+
+    rows = []
+    for k in POINT_FIELDS:
+        if k not in points or k in ("point_id", "grid"):
+            continue
+        counts = points[k].astype(object).where(points[k].notna(), None).value_counts(dropna=False)
+        vals = sorted(counts.index, key=lambda v: (str(type(v)), v if v is not None else ""))
+        if len(vals) == 1:
+            rows.append((k, _value(vals[0])))
+        elif len(vals) <= 12:
+            rows.append((k, ", ".join(_value(v) for v in vals)))
+        else:
+            rows.append((k, f"{len(vals)} values, {_value(vals[0])} .. {_value(vals[-1])}"))
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def _value(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):g}"
+    return str(v.item() if hasattr(v, "item") else v)
+
+
+def has_variants(points: pd.DataFrame) -> bool:
+    """True where the table varies a setting inside a configuration besides the task length:
+    the summary grid (one cell per (arch, l, c)) cannot show it, the full table does."""
+    return any(v not in ("q_min", "q_max") for v in variant_columns(points))
