@@ -87,8 +87,13 @@ class Cell:
     """c -> N of one layer: how many numbers :attr:`read` gives, what MC <= N counts"""
     fast: bool = False
     """True where memgrid.models has a hand-written backward and csrc/cells.c kernels"""
+    label: str = ""
+    """the cell's name as papers write it (minGRU, LRU), for tables and figures; its `name`
+    upper-cased where empty"""
 
     def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name.upper())
         if (self.step is None) == (self.pre is None or self.recur is None):
             raise ValueError(f"cell {self.name!r}: give its step, or its pre and recur")
         if self.step is None:
@@ -233,10 +238,10 @@ def _minlstm_recur(w, pre, state):
 
 _LINEAR_INIT = uniform_init(lambda m, c: 1 / math.sqrt(m))
 MINGRU = Cell("mingru", lambda m, c: {"w_z": (c, m), "b_z": (c,), "w_h": (c, m), "b_h": (c,)},
-              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT)
+              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT, label="minGRU")
 MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m), "b_i": (c,),
                                          "w_h": (c, m), "b_h": (c,)},
-               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT)
+               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT, label="minLSTM")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +253,10 @@ MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m
 # code's defaults). A layer of c units holds c complex states: N = 2c real numbers. Complex
 # numbers are kept as (real, imaginary) pairs of real tensors. D is (c, m): the paper's
 # diagonal skip where m = c, N(0, 1/m) entries (N(0, 1) at m = 1, as the paper's).
-LRU_RING = (0.0, 1.0, 2 * math.pi)
-"""r_min, r_max, max_phase of the LRU's ring initialisation"""
+# The ring decides what the LRU holds at the start: the paper's code's default draws r in
+# [0, 1) and phases in [0, 2 pi]; for long-range memory it starts on r_min = 0.9 with phases
+# in [0, pi / 10] (`lru_ring`). `lru_real` is the LRU with real lambda (no phase, real B and
+# C: N = c), the form minGRU, minLSTM and S6 share: a test of what the phase adds.
 
 
 def _lru_weights(m: int, c: int) -> Shapes:
@@ -257,22 +264,27 @@ def _lru_weights(m: int, c: int) -> Shapes:
             "c_re": (c, c), "c_im": (c, c), "d": (c, m)}
 
 
-def _lru_init(name, shape, m, c, draw, drawn):
-    import torch
+def lru_init(r_min: float, r_max: float, max_phase: float):
+    """The LRU's init, lambda uniform on the ring r_min <= |lambda| <= r_max with phase in
+    [0, max_phase]; B, C, D Glorot-like normal (b_re, b_im N(0, 1/2m); c_* N(0, 1/c); d
+    N(0, 1/m))."""
+    def init(name, shape, m, c, draw, drawn):
+        import torch
 
-    r_min, r_max, max_phase = LRU_RING
-    n = math.prod(shape)
-    if name == "nu_log":           # |lambda|^2 uniform on [r_min^2, r_max^2], |lambda| < 1
-        r2 = (draw(n) * (r_max ** 2 - r_min ** 2) + r_min ** 2).clamp(1e-12, 1 - 1e-7)
-        return torch.log(-0.5 * torch.log(r2))
-    if name == "gamma_log":        # sqrt(1 - |lambda|^2) of the lambda drawn above
-        mod = torch.exp(-torch.exp(drawn["nu_log"]))
-        return torch.log(torch.sqrt(1 - mod ** 2))
-    if name == "theta_log":
-        return torch.log(max_phase * draw(n).clamp_min(1e-12))
-    scale = {"b_re": 1 / math.sqrt(2 * m), "b_im": 1 / math.sqrt(2 * m),
-             "c_re": 1 / math.sqrt(c), "c_im": 1 / math.sqrt(c), "d": 1 / math.sqrt(m)}[name]
-    return normal(draw, n) * scale
+        n = math.prod(shape)
+        if name == "nu_log":           # |lambda|^2 uniform on [r_min^2, r_max^2], |lambda| < 1
+            r2 = (draw(n) * (r_max ** 2 - r_min ** 2) + r_min ** 2).clamp(1e-12, 1 - 1e-7)
+            return torch.log(-0.5 * torch.log(r2))
+        if name == "gamma_log":        # sqrt(1 - |lambda|^2) of the lambda drawn above
+            mod = torch.exp(-torch.exp(drawn["nu_log"]))
+            return torch.log(torch.sqrt(1 - mod ** 2))
+        if name == "theta_log":
+            return torch.log(max_phase * draw(n).clamp_min(1e-12))
+        scale = {"b_re": 1 / math.sqrt(2 * m), "b_im": 1 / math.sqrt(2 * m), "b": 1 / math.sqrt(m),
+                 "c_re": 1 / math.sqrt(c), "c_im": 1 / math.sqrt(c), "c": 1 / math.sqrt(c),
+                 "d": 1 / math.sqrt(m)}[name]
+        return normal(draw, n) * scale
+    return init
 
 
 def _lru_pre(w, us):
@@ -301,8 +313,28 @@ def all_states(out, state):
     return torch.cat(state, 1)
 
 
-LRU = Cell("lru", _lru_weights, pre=_lru_pre, recur=_lru_recur, init=_lru_init,
-           state_rows=lambda c: (c, c), read=all_states, units=lambda c: 2 * c)   # (re, im)
+def _lru_real_pre(w, us):
+    return affine_steps(w["b"], None, us), affine_steps(w["d"], None, us)
+
+
+def _lru_real_recur(w, pre, state):
+    import torch
+
+    (x,), (bu, du) = state, pre
+    lam = torch.exp(-torch.exp(w["nu_log"]))[:, :, None]
+    x = lam * x + torch.exp(w["gamma_log"])[:, :, None] * bu
+    return torch.bmm(w["c"], x) + du, (x,)
+
+
+_LRU = dict(weights=_lru_weights, pre=_lru_pre, recur=_lru_recur, state_rows=lambda c: (c, c),
+            read=all_states, units=lambda c: 2 * c)                         # (re, im): 2c
+LRU = Cell("lru", init=lru_init(0.0, 1.0, 2 * math.pi), label="LRU", **_LRU)
+LRU_RING = Cell("lru_ring", init=lru_init(0.9, 1.0, math.pi / 10), label="LRU (ring 0.9, pi/10)",
+                **_LRU)
+LRU_REAL = Cell("lru_real", lambda m, c: {"nu_log": (c,), "gamma_log": (c,), "b": (c, m),
+                                          "c": (c, c), "d": (c, m)},
+                pre=_lru_real_pre, recur=_lru_real_recur, init=lru_init(0.0, 1.0, 0.0),
+                label="LRU (real lambda)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,16 +464,18 @@ def _mamba_recur(w, pre, state):
 
 
 S6_BARE = Cell("s6_bare", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init,
+               label="S6 (bare)",
                state_rows=lambda c: (c * S6_STATE,), read=lambda out, state: state[0],
                units=lambda c: c * S6_STATE)
 MAMBA = Cell("mamba", _mamba_weights, pre=_mamba_pre, recur=_mamba_recur, init=_s6_init,
+             label="Mamba (S6 block)",
              state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)),
              read=all_states,
              units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
 
 
-CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, MAMBA,
-                                                S6_BARE)}
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, LRU_RING,
+                                                LRU_REAL, MAMBA, S6_BARE)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

@@ -104,11 +104,14 @@ def _lru_complex(w, u):
     return torch.stack(ys)
 
 
-def test_lru_is_the_papers_complex_recurrence():
+@pytest.mark.parametrize("arch,ring", [("lru", (0.0, 1.0, 2 * torch.pi)),
+                                       ("lru_ring", (0.9, 1.0, torch.pi / 10))])
+def test_lru_is_the_papers_complex_recurrence(arch, ring):
     """Outputs and gradients of a packed 2-layer LRU equal the paper's complex recurrence
-    (float64), and its init puts every |lambda| on the ring with gamma = sqrt(1 - |lambda|^2)."""
+    (float64), and its init puts every |lambda| on its ring (|lambda|^2 uniform on [r_min^2,
+    r_max^2]) with its phase in [0, max_phase] and gamma = sqrt(1 - |lambda|^2)."""
     layers = 2
-    params, b, y = _packed("lru", 6, 1, 8)
+    params, b, y = _packed(arch, 6, 1, 8)
     y.pow(2).sum().backward()
     for k in range(2):
         ref_w = {n: v.detach()[k].clone().requires_grad_() for n, v in params.items()}
@@ -121,11 +124,41 @@ def test_lru_is_the_papers_complex_recurrence():
         ref.pow(2).sum().backward()
         for n, v in ref_w.items():
             torch.testing.assert_close(params[n].grad[k], v.grad, atol=1e-9, rtol=1e-8)
-    init = init_params("lru", 1, 400, "sum", torch.tensor([0]))
+    r_min, r_max, max_phase = ring
+    init = init_params(arch, 1, 400, "sum", torch.tensor([0]))
     mod = torch.exp(-torch.exp(init["nu_log.0"]))
-    assert 0 < mod.min() and mod.max() < 1 and abs((mod ** 2).mean().item() - 0.5) < 0.05
+    assert r_min <= mod.min() and mod.max() < r_max
+    assert abs((mod ** 2).mean().item() - (r_min ** 2 + r_max ** 2) / 2) < 0.05
     torch.testing.assert_close(torch.exp(init["gamma_log.0"]), torch.sqrt(1 - mod ** 2))
-    assert 0 < torch.exp(init["theta_log.0"]).min() and torch.exp(init["theta_log.0"]).max() < 2 * torch.pi
+    phase = torch.exp(init["theta_log.0"])
+    assert 0 < phase.min() and phase.max() < max_phase and phase.max() > 0.9 * max_phase
+
+
+def test_lru_real_is_a_real_diagonal_recurrence():
+    """`lru_real` is x' = lambda x + gamma B u, y = C x + D u with real lambda in (0, 1): a
+    plain loop, one member, one sequence at a time (float64), outputs and gradients."""
+    layers = 2
+    params, b, y = _packed("lru_real", 6, 1, 8)
+    y.pow(2).sum().backward()
+    for k in range(2):
+        ref_w = {n: v.detach()[k].clone().requires_grad_() for n, v in params.items()}
+        outs = []
+        for j in range(b.x.shape[1]):
+            seq = [u.reshape(1) for u in b.x[k, j].double()]
+            for i in range(layers):
+                w = {n.split(".")[0]: v for n, v in ref_w.items() if n.endswith(f".{i}")}
+                lam, gamma = torch.exp(-torch.exp(w["nu_log"])), torch.exp(w["gamma_log"])
+                x, ys = torch.zeros(lam.shape[0], dtype=torch.float64), []
+                for u in seq:
+                    x = lam * x + gamma * (w["b"] @ u)
+                    ys.append(w["c"] @ x + w["d"] @ u)
+                seq = ys
+            outs.append(seq[-1].sum())
+        ref = torch.stack(outs)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-10, rtol=1e-9)
+        ref.pow(2).sum().backward()
+        for n, v in ref_w.items():
+            torch.testing.assert_close(params[n].grad[k], v.grad, atol=1e-9, rtol=1e-8)
 
 
 def _mamba_block(params, k, i, m, cells, pscan):
