@@ -1,0 +1,149 @@
+"""The pages against the code and the shipped data: docs/reference.md is what the code's
+docstrings and click options give, every generated table of README.md and docs/REPRODUCTION.md
+is what docs/data/ gives, the README's stated numbers hold on the data, and no page cites a file
+the repository lacks. Fast: reads Parquet, trains nothing."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memgrid import headline, reference
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+REPRO = ROOT / "docs" / "REPRODUCTION.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "docs" / "data" / "README.md",
+         ROOT / "benchmarks" / "README.md"]
+REGENERATE = ("regenerate with `python -m memgrid.headline` (the tables from docs/data/) and "
+              "`python -m memgrid.reference` (docs/reference.md from the code), then review "
+              "the diff")
+
+
+def test_reference_is_generated_from_the_code():
+    assert reference.PAGE.read_text() == reference.render(), (
+        f"docs/reference.md differs from memgrid/config.py, memgrid/tuning.py or "
+        f"memgrid/cli.py: {REGENERATE}")
+
+
+def test_reference_names_every_setting_and_flag():
+    from memgrid import config
+    from memgrid.cli import main
+    text = reference.PAGE.read_text()
+    for key in [*config.REQUIRED_AXES, *(k for ks in config.SECTIONS.values() for k in ks)]:
+        assert f"| `{key}` |" in text, key
+    for cmd in main.commands.values():
+        for p in cmd.params:
+            if hasattr(p, "opts") and p.param_type_name == "option":
+                assert f"`{', '.join(p.opts)}`" in text, p.opts
+
+
+def test_field_docs_reads_the_string_under_each_field():
+    from memgrid.config import Point
+    docs = reference.field_docs(Point)
+    assert docs["cells"].startswith("c: units per layer")
+    assert set(docs) >= {"arch", "layers", "cells", "position", "seed", "lr", "mc_length"}
+
+
+@pytest.mark.parametrize("page", [README, REPRO], ids=lambda p: p.name)
+def test_generated_tables_match_the_data(page):
+    rendered = headline.blocks()
+    written = headline.page_blocks(page.read_text())
+    assert written, f"{page.name} holds no generated table"
+    for name, body in written.items():
+        assert body == rendered[name], f"{page.name}: table {name!r} differs from docs/data/: " \
+            + REGENERATE
+
+
+def _limits_independently(points: pd.DataFrame) -> dict[tuple, tuple[int, bool, int, int]]:
+    """(arch, layers, cells) -> (limit, censored, seed min, seed max), by another route than
+    memgrid.headline: a pivot of positions, a cumulative product of the memorized marks."""
+    out = {}
+    mean = points.pivot_table(index=["arch", "layers", "cells"], columns="position",
+                              values="loss", aggfunc="mean", dropna=False)
+    for key, row in mean.iterrows():
+        ps = row.dropna().index
+        full = np.arange(1, int(ps.max()) + 2)
+        ok = np.array([p in ps and row[p] < 0.05 for p in full])
+        limit = int(np.cumprod(ok).sum())
+        g = points[(points["arch"] == key[0]) & (points["layers"] == key[1])
+                   & (points["cells"] == key[2])]
+        per = g.pivot_table(index="seed", columns="position", values="loss")
+        own = [int(np.cumprod([p in per.columns and s[p] < 0.05 for p in full]).sum())
+               for _, s in per.iterrows()]
+        out[key] = (limit, limit + 1 not in ps, min(own), max(own))
+    return out
+
+
+@pytest.mark.parametrize("name", ["fig6_rnn_tuned", "fig6_rnn-paper", "fig8_lstm",
+                                  "fig8_gru-paper", "new_cells"])
+def test_limits_recomputed_another_way(name):
+    pts = pd.read_parquet(headline.DATA / name / "points")
+    pts = pts[pts["arch"] != "s6"]   # withdrawn: never shown
+    assert "s6" not in set(headline.points(name)["arch"])
+    want = _limits_independently(pts)
+    got = headline.limits(headline.points(name)).set_index(headline.KEYS)
+    assert len(got) == len(want)
+    for key, (limit, censored, lo, hi) in want.items():
+        row = got.loc[key]
+        assert (row["limit"], row["censored"], row["seed_min"], row["seed_max"]) == \
+            (limit, censored, lo, hi), (name, key)
+
+
+def _limit(name, arch, l, c):
+    return headline.limits(headline.points(name)).set_index(headline.KEYS).loc[(arch, l, c)]
+
+
+def test_readme_statements_hold_on_the_data():
+    text = " ".join(README.read_text().split())
+    tuned = headline.points("fig6_rnn_tuned")
+    one = tuned[(tuned["layers"] == 1) & (tuned["position"] == tuned["cells"])]
+    every_seed = one.groupby("cells")["loss"].apply(lambda s: bool((s < 0.05).all()))
+    assert "memorizes p = c in every seed for c = 1..10" in text
+    assert every_seed.loc[1:10].all() and not every_seed.loc[11:].all()
+    assert "its limit is exactly N = c for c = 1..7" in text
+    assert [int(_limit("fig6_rnn_tuned", "rnn", 1, c)["limit"]) for c in range(1, 9)] == \
+        [1, 2, 3, 4, 5, 6, 7, 10]
+    b = headline.bound_counts("fig6_rnn_tuned")
+    assert "Of the tuned Figure 6 grid's 17 limits above N - (l - 1), 14 pass it only there" in text
+    assert (b["above"], b["above"] - b["above_within_10"]) == (17, 14)
+    paper = pd.concat([headline.limits(headline.points(n)) for n in ("fig8_lstm-paper",
+                                                                     "fig8_gru-paper")])
+    assert "hold 0-3 positions at the paper's budget whatever their size" in text
+    assert (paper["limit"].min(), paper["limit"].max()) == (0, 3)
+    gru, lstm = headline.bound_counts("fig8_gru"), headline.bound_counts("fig8_lstm")
+    assert "on N - (l - 1) in 14 of the 16 configurations" in text
+    assert (gru["on"], gru["seen"]) == (14, 16)
+    assert "the LSTM's is on or above it in all 15" in text
+    assert (lstm["seen"], lstm["below"]) == (15, 0)
+    new = headline.limits(headline.points("new_cells")).set_index("arch")
+    assert "minGRU and minLSTM** hold 1 or 2 positions at every size" in text
+    assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
+    assert "the **LRU** reaches N at every size of its grid" in text
+    assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
+
+
+def test_readme_is_the_front_door():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250
+    start = lines.index("<!-- generated: headline (python -m memgrid.headline) -->")
+    assert start < 60
+    assert any(re.fullmatch(r"    python3 -m venv \.venv && .*&& memgrid run tune_configs/smoke"
+                            r"\.yaml", ln) for ln in lines)
+    ci = [ln for ln in lines if re.fullmatch(r"    python3 -m venv \.venv && .* pytest .*", ln)]
+    assert len(ci) == 1 and ci[0].endswith("pytest -q"), "CI runs the full suite"
+    assert any(ln.startswith("![") and "docs/figures/" in ln for ln in lines[:60])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pages_cite_only_files_the_repository_has(page):
+    text = page.read_text()
+    for name in ("DESIGN.md", "PERF_NOTES", "STYLE.md"):
+        assert name not in text, f"{page.name} cites {name}, which the repository lacks"
+    assert not re.search(r"\bsessions?\b", text, re.I), f"{page.name}: 'session' wording"
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        assert (page.parent / target).exists(), f"{page.name} links {target}, not in the repository"
