@@ -181,7 +181,7 @@ def fill_stream_mc(cfg, rows: list[dict], weights: list[dict], device) -> None:
     to :func:`trained_memory_capacity` of their trained `weights`, one network at a time, so
     that a point's MC is a function of the point alone: which points finish together depends
     on the clock, and a batch's float64 products round differently from one network's (by
-    about 1e-15 at N >= 80; memgrid before session 7 fitted them in one batch). Diverged
+    about 1e-15 at N >= 80). Diverged
     networks keep None."""
     if cfg.mc_length == 0:
         return

@@ -12,7 +12,7 @@ and ``torch.nn.GRU`` (r, z, n), so member k with torch's weights computes what t
 computes. ``torch.nn.RNN`` cannot be vmapped, hence the hand-written cells.
 
 Layout: the state is ``(K, c, B)`` and the recurrence is ``W_hh @ h``, a batched matmul over K
-(5-7x faster in MKL than ``(K, B, c) @ W`` at these sizes, PERF_NOTES).
+(5-7x faster in MKL than ``(K, B, c) @ W`` at these sizes).
 
 Speed (``benchmarks/README.md``): a layer's step is ONE batched matmul ``W @ z`` of the fused
 weights ``W = [W_ih | b | W_hh]`` `(K, R, m+1+c)` and the column ``z = [x_t; 1; h_{t-1}]``,

@@ -13,7 +13,7 @@ from .cells import CELLS, GATES
 from .config import PACK_FREE, Point
 
 K_CAP = {"cpu": 256, "cuda": 4096}
-"""largest pack: throughput stops growing past K ~ 128-1024 on CPU (PERF_NOTES)"""
+"""largest pack: throughput stops growing past K ~ 128-1024 on CPU"""
 CACHE_BYTES = 12e6
 """CPU: a pack's forward activations should stay about this size. Past it a step streams from
 memory and throughput per point falls (measured on 2 cores, 2 MB L2 each: the best K keeps

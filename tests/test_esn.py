@@ -20,7 +20,7 @@ from memgrid.models import forward, init_params
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Step-by-step loops over tiny tensors: threads only add overhead (PERF_NOTES)."""
+    """Step-by-step loops over tiny tensors: threads only add overhead."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
