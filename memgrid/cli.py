@@ -17,7 +17,7 @@ import click
 from . import store
 from .config import MAX_POINTS, THRESHOLD, ConfigError, check_size, grid_from_identity
 from .lock import FolderBusy, FolderLock
-from .request import EXIT_BAD_INPUT, build_grid, check_out, prepare_out
+from .request import EXIT_BAD_INPUT, build_grid, check_machine, check_out, prepare_out
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
@@ -119,15 +119,18 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
         grid = build_grid(grid_file, smoke=smoke, pack=pack, cpus_per_trial=cpus_per_trial,
                           gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
                           no_plateau=no_plateau, protocol=protocol)
+        # how the user set the trial's resources, for a message when no node can take a trial
+        names = {k: f"command line: --{k.replace('_', '-')}" if v is not None else
+                 f"{grid_file}: resources.{k} (or --{k.replace('_', '-')})"
+                 for k, v in (("cpus_per_trial", cpus_per_trial),
+                              ("gpus_per_trial", gpus_per_trial))}
         check_size(grid, max_points)
+        check_machine(grid, here=address is None, num_cpus=num_cpus,
+                      cpus_name=names["cpus_per_trial"])
         out = out or f"results/{grid.name}"
         check_out(grid, out)
     except ConfigError as e:
         _fail(str(e))
-    # how the user set the trial's resources, for a message when no node can take a trial
-    names = {k: f"command line: --{k.replace('_', '-')}" if v is not None else
-             f"{grid_file}: resources.{k} (or --{k.replace('_', '-')})"
-             for k, v in (("cpus_per_trial", cpus_per_trial), ("gpus_per_trial", gpus_per_trial))}
     if address is None:     # the embedded Ray's CPUs, known before it starts
         from .tune import local_cpus
 

@@ -60,8 +60,8 @@ protocols"). `paper`: the budget at which memgrid reproduces the paper's figures
 a budget at which doubling it moves no memory-distance limit, so that a limit measures the
 network and not the optimizer. A grid picks one with `protocol:`; settings it names itself win."""
 THRESHOLD = 0.05
-"""Mean evaluation MAE below which a position counts as memorized (DESIGN.md): the memory
-limit's threshold, in the analysis and in the tuning's choice alike."""
+"""Mean evaluation MAE below which a position counts as memorized: the memory limit's
+threshold, in the analysis and in the tuning's choice alike."""
 DEFAULT_PROTOCOL = "converged"
 PROTOCOL_KEYS = tuple(PROTOCOLS[DEFAULT_PROTOCOL])
 _D = PROTOCOLS["paper"]
@@ -269,6 +269,54 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class LRTuning:
+    """The `tune_lr:` section of a grid file: the learning rate tuned per configuration by
+    successive halving (memgrid.tuning runs it)."""
+
+    candidates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
+    """learning rates tried for every configuration"""
+    seeds: tuple[int, ...] = (1000, 1001)
+    """tuning seeds: the choice is made on these, and no reported point uses them"""
+    eta: int = 2
+    """successive halving: at each rung the best 1/eta of the candidates go on"""
+    rungs: int = 2
+    """halvings, at max_epochs / eta^rungs, ..., max_epochs / eta"""
+    positions: tuple[int, ...] | None = None
+    """the positions the choice is made on (None: every position of the grid); fewer make the
+    tuning run cheaper, and the ones past a network's limit are where the rates differ"""
+
+    def rung_epochs(self, max_epochs: int, eval_every: int) -> list[int]:
+        """Epochs of the halvings, each rounded down to an evaluation (rungs that fall on the
+        same evaluation, or on epoch 0, merge)."""
+        out = []
+        for k in range(self.rungs, 0, -1):
+            e = (max_epochs // self.eta ** k) // eval_every * eval_every
+            if e > 0 and e not in out:
+                out.append(e)
+        return out
+
+    def describe(self) -> str:
+        """The `lr_source` of a measured point."""
+        at = f" at p = {', '.join(map(str, self.positions))}" if self.positions else ""
+        return (f"tuned: best of lr {', '.join(f'{c:g}' for c in self.candidates)} on seeds "
+                f"{', '.join(map(str, self.seeds))}{at} (successive halving, eta {self.eta}, "
+                f"{self.rungs} rungs)")
+
+    def to_dict(self) -> dict:
+        out = {"candidates": list(self.candidates), "seeds": list(self.seeds), "eta": self.eta,
+               "rungs": self.rungs}
+        if self.positions:   # absent from the grid.json of grids tuned on every position
+            out["positions"] = list(self.positions)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LRTuning:
+        positions = d.get("positions")
+        return cls(tuple(d["candidates"]), tuple(d["seeds"]), d["eta"], d["rungs"],
+                   tuple(positions) if positions else None)
+
+
+@dataclass(frozen=True)
 class Grid:
     """A loaded grid file: its points and how to run them."""
 
@@ -284,8 +332,8 @@ class Grid:
     """where it was loaded from, for error messages"""
     protocol: str = DEFAULT_PROTOCOL
     """the named training settings (PROTOCOLS) that filled what the file leaves open"""
-    tune_lr: Any = None
-    """a :class:`memgrid.tuning.LRTuning`: the learning rate is chosen per configuration on
+    tune_lr: LRTuning | None = None
+    """the `tune_lr:` section (:class:`LRTuning`): the learning rate is chosen per configuration on
     tuning seeds (the `tune_lr:` section); None: the grid's lr"""
 
     @property
@@ -489,7 +537,10 @@ def _check_value(source: str, where: str, v: Any) -> None:
             _check_value(source, where, x)
         return
     bad = None
-    if key == "arch" and v not in CELLS and v != "esn":
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT32_MAX:
+        bad = (f"at most {INT32_MAX:,} (2^31 - 1: the points table stores it as a 32-bit "
+               f"integer), got {v}")
+    elif key == "arch" and v not in CELLS and v != "esn":
         bad = f"unknown arch {v!r} (one of {', '.join((*CELLS, 'esn'))})"
     elif key == "readout" and v not in READOUTS:
         bad = f"unknown readout {v!r} (one of {', '.join(READOUTS)})"
@@ -506,6 +557,9 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"must be >= 0, got {v}"
     elif key == "mc_length" and v != 0 and v < 200:
         bad = f"0 (off) or a stream of >= 200 steps, got {v}"
+    elif key == "mc_length" and v > MC_LENGTH_MAX:
+        bad = (f"at most {MC_LENGTH_MAX:,} steps (the stream's inputs, states and delays take "
+               f"about {MC_BYTES_PER_STEP:g} bytes per step and unit), got {v:,}")
     elif key in ("mc_low", "mc_high") and not math.isfinite(v):
         bad = f"must be a finite number, got {v}"
     elif key == "lr" and not (v > 0 and math.isfinite(v)):
@@ -522,6 +576,24 @@ def _check_value(source: str, where: str, v: Any) -> None:
         bad = f"must be >= 0, got {v}"
     if bad:
         raise ConfigError(f"{_where(source, where)}: {bad}")
+
+
+INT32_MAX = 2**31 - 1
+"""largest integer setting: the points table stores them as 32-bit integers (memgrid.store)"""
+MC_LENGTH_MAX = 10**6
+"""longest stream of Jaeger's MC (mc_length; 4,000 by default)"""
+MC_BYTES_PER_STEP = 64
+"""memory of the stream MC per step and unit of the network, about (float64 states, their
+copy, the 2N delayed inputs of memgrid.capacity.stream_memory_capacity): at N = 100 and
+MC_LENGTH_MAX steps, 6.4 GB"""
+
+
+def mc_length_min(units: int) -> int:
+    """Shortest stream on which Jaeger's MC of a network of `units` can be fitted
+    (memgrid.capacity.stream_memory_capacity with its defaults: a washout of k_max = max(10, 2N)
+    delays (at least 100 steps), then half of what is left, which must exceed N, to fit)."""
+    washout = max(100, 2 * units, 10)
+    return washout + 2 * units + 2
 
 
 ESN_SCALE_MAX = 1e6
@@ -558,6 +630,15 @@ def _validate_points(grid: Grid) -> None:
             raise ConfigError(
                 f"{_where(src, 'axes.position')}: position {p_max} > q_min {min(qmins)}, and "
                 "task.long_positions is 'error' (use 'shift' to move the length range up)")
+    mc_length = merged.get("mc_length", Point.mc_length)
+    if mc_length:
+        n_max = max(units(a, l, c) for a in grid.axes["arch"] for l in grid.axes["layers"]
+                    for c in grid.axes["cells"])
+        if mc_length < mc_length_min(n_max):
+            raise ConfigError(
+                f"{_where(src, _location(grid, 'mc_length'))}: a stream of {mc_length} steps is "
+                f"too short for the MC of {n_max} units (delays 1..{max(10, 2 * n_max)}): at "
+                f"least {mc_length_min(n_max):,}, or 0 (not measured)")
     if merged.get("mc_low", Point.mc_low) >= merged.get("mc_high", Point.mc_high):
         raise ConfigError(f"{_where(src, _location(grid, 'mc_low'))}: mc_low must be below mc_high")
     archs = grid.axes.get("arch", [])
@@ -664,13 +745,14 @@ def check_size(grid: Grid, max_points: int = MAX_POINTS, flag: str = "--max-poin
 
 
 TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs", "positions")
+MAX_RUNGS = 31
+"""most halvings of a tuning run: max_epochs < 2^31 and eta >= 2 put every later rung on
+epoch 0"""
 
 
 def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
-    """The `tune_lr:` section (memgrid.tuning.LRTuning), or None where there is none. `true` or
-    an empty mapping: the defaults."""
-    from .tuning import LRTuning
-
+    """The `tune_lr:` section (:class:`LRTuning`), or None where there is none. `true` or an
+    empty mapping: the defaults."""
     if raw is None or raw is False:
         return None
     if raw is True:
@@ -697,6 +779,12 @@ def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
                           "the choice must not be made on the seeds it reports")
     if eta < 2 or rungs < 0:
         raise ConfigError(f"{where}: eta must be >= 2 and rungs >= 0, got eta {eta}, rungs {rungs}")
+    if rungs > MAX_RUNGS:
+        raise ConfigError(f"{where}.rungs: at most {MAX_RUNGS} (a rung at max_epochs / eta^rungs "
+                          f"past that falls on epoch 0), got {rungs}")
+    if eta > INT32_MAX or max(seeds) > INT32_MAX:
+        raise ConfigError(f"{where}.{'eta' if eta > INT32_MAX else 'seeds'}: at most "
+                          f"{INT32_MAX:,} (2^31 - 1)")
     positions = None
     if "positions" in raw:
         if not isinstance(raw["positions"], list):
@@ -716,33 +804,49 @@ def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
     return LRTuning(tuple(cand), tuple(seeds), eta, rungs, positions)
 
 
+CPUS_PER_TRIAL_MIN = 0.01
+"""smallest CPU share of a trial: each trial is a process of its own (a Ray worker, 150-200 MB)
+whatever its share (memgrid.request.check_machine bounds the trials at once)"""
+CPUS_PER_TRIAL_MAX = 4096.0
+GPUS_PER_TRIAL_MAX = 64.0
+
+
 def check_resources(source: str, **res: Any) -> Resources:
-    """Validate resource settings (from a grid file or the CLI)."""
+    """Validate resource settings: from a grid file (`source` its path: keys named
+    `resources.<key>`) or from the command line (`source` "command line": named as flags)."""
+    def key(k: str) -> str:
+        return f"--{k.replace('_', '-')}" if source == "command line" else f"resources.{k}"
+
     out = Resources()
     if "cpus_per_trial" in res and res["cpus_per_trial"] is not None:
-        v = _check_type(source, "resources.cpus_per_trial", res["cpus_per_trial"], float)
-        if v <= 0:
-            raise ConfigError(f"{_where(source, 'resources.cpus_per_trial')}: must be > 0, got {v}")
+        where = key("cpus_per_trial")
+        v = _check_type(source, where, res["cpus_per_trial"], float)
+        if not (CPUS_PER_TRIAL_MIN <= v <= CPUS_PER_TRIAL_MAX):
+            raise ConfigError(f"{_where(source, where)}: from {CPUS_PER_TRIAL_MIN:g} to "
+                              f"{CPUS_PER_TRIAL_MAX:g} CPU cores, got {v:g}")
         out = dataclasses.replace(out, cpus_per_trial=v)
     if "gpus_per_trial" in res and res["gpus_per_trial"] is not None:
-        v = _check_type(source, "resources.gpus_per_trial", res["gpus_per_trial"], float)
-        if v < 0 or (v > 1 and v != int(v)):
-            raise ConfigError(f"{_where(source, 'resources.gpus_per_trial')}: a fraction in [0, 1] or a whole number, got {v}")
+        where = key("gpus_per_trial")
+        v = _check_type(source, where, res["gpus_per_trial"], float)
+        if not (0 <= v <= GPUS_PER_TRIAL_MAX) or (v > 1 and v != int(v)):
+            raise ConfigError(f"{_where(source, where)}: a fraction in [0, 1] or a whole number "
+                              f"up to {GPUS_PER_TRIAL_MAX:g}, got {v:g}")
         out = dataclasses.replace(out, gpus_per_trial=v)
     if "pack" in res and res["pack"] is not None:
+        where = key("pack")
         v = res["pack"]
-        if isinstance(v, str) and v.isdigit():
+        if isinstance(v, str) and v.isascii() and v.isdigit():
             v = int(v)
-        if not (v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)):
-            raise ConfigError(f"{_where(source, 'resources.pack')}: 'auto' or an integer >= 1, got {v!r}")
+        if not (v == "auto" or (isinstance(v, int) and not isinstance(v, bool)
+                                and 1 <= v <= INT32_MAX)):
+            raise ConfigError(f"{_where(source, where)}: 'auto' or an integer from 1 to "
+                              f"{INT32_MAX:,}, got {v!r}")
         out = dataclasses.replace(out, pack=v)
     return out
 
 
 def grid_from_identity(identity: dict[str, Any], source: str = "grid.json") -> Grid:
     """The grid that a results folder's grid.json (:attr:`Grid.identity`) describes."""
-    from .tuning import LRTuning
-
     tune_lr = identity.get("tune_lr")
     return Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
                 source=source, tune_lr=LRTuning.from_dict(tune_lr) if tune_lr else None)
@@ -761,14 +865,29 @@ def protocol_name(settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> str
 
 def load_grid(path: str | Path, protocol: str | None = None) -> Grid:
     """Read and check a grid file. Raises :class:`ConfigError` with `file: key: why`."""
-    path = Path(path)
+    return parse_grid(load_yaml(read_text(path), str(path)), str(path), protocol)
+
+
+MAX_FILE_BYTES = 2**20
+"""largest grid (or cluster) file read: a grid file names its axes in a few lines (`a..b`
+ranges), and 100,000 seeds listed one by one fit in 0.7 MB; YAML parses about 0.5 MB/s"""
+
+
+def read_text(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A YAML file's text (UTF-8), read only up to `max_bytes`. Raises :class:`ConfigError`
+    naming the file: it cannot be read, is larger, or is not UTF-8 text."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            blob = f.read(max_bytes + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (UTF-8)") from None
-    return parse_grid(load_yaml(text, str(path)), str(path), protocol)
+    if len(blob) > max_bytes:
+        raise ConfigError(f"{path}: larger than {max_bytes // 2**10:,} kB: not a grid file "
+                          "(write long axes as ranges, a..b)")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {e.start})") from None
 
 
 class _GridLoader(yaml.SafeLoader):
@@ -786,23 +905,81 @@ _GridLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
     |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 
 
-def load_yaml(text: str, source: str = "<grid>") -> Any:
-    """Parse a grid file's YAML strictly. Floats are read as YAML 1.2 writes them: PyYAML reads
-    YAML 1.1, where `1e-3`, `1E5` and `-.5` are strings (ints stay ints: they resolve first). A
-    key given twice in one mapping, at any depth, is refused: YAML would keep the last one."""
-    loader = _GridLoader(text)
+MAX_YAML_DEPTH = 20
+"""deepest nesting of mappings and lists a YAML file may have (a grid file's is 4)"""
+MAX_YAML_NODES = 2_000_000
+"""most scalars, lists and mappings a YAML file may expand to, each alias counted as the
+nodes it repeats: a 500-byte file of nested aliases expands to billions"""
+
+
+def load_yaml(text: str, source: str = "<grid>", loader: type = None,
+              duplicate_keys: bool = False) -> Any:
+    """Parse a YAML file strictly (ConfigError, one line naming `source`, on whatever it
+    cannot read): no character YAML forbids (NUL, ...), at most MAX_YAML_DEPTH levels deep and
+    MAX_YAML_NODES nodes with its aliases expanded. `loader` (default: the grid files' loader)
+    reads floats as YAML 1.2 writes them: PyYAML reads YAML 1.1, where `1e-3`, `1E5` and `-.5`
+    are strings (ints stay ints: they resolve first). A key given twice in one mapping, at any
+    depth, is refused (YAML would keep the last one) unless `duplicate_keys`."""
+    made = None
     try:
-        node = loader.get_single_node()
+        made = (loader or _GridLoader)(text)    # refuses a character YAML forbids (NUL, ...)
+        node = made.get_single_node()
         if node is None:
             return None
-        _check_duplicate_keys(source, node, "", set())
-        return loader.construct_document(node)
+        _check_size(source, node)
+        if not duplicate_keys:
+            _check_duplicate_keys(source, node, "", set())
+        return made.construct_document(node)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{at}") from None
+        raise ConfigError(f"{source}: not valid YAML{_yaml_where(text, e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep") from None
     finally:
-        loader.dispose()
+        if made is not None:
+            made.dispose()
+
+
+def _yaml_where(text: str, e: yaml.YAMLError) -> str:
+    """` at line N` (and what is wrong there, for a character YAML forbids) of a YAML error."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}"
+    if isinstance(e, yaml.reader.ReaderError):
+        line = text.count("\n", 0, e.position) + 1
+        return f" at line {line}: character U+{e.character:04X} is not allowed in YAML"
+    return ""
+
+
+def _check_size(source: str, root: yaml.Node) -> None:
+    """ConfigError where the document under `root` nests more than MAX_YAML_DEPTH levels or
+    expands (aliases repeated) to more than MAX_YAML_NODES nodes. Each node is walked once (an
+    alias reuses its anchor's size and height); no recursion, so any depth is answered."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+
+    def deep(node: yaml.Node) -> ConfigError:
+        return ConfigError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (at line "
+                           f"{node.start_mark.line + 1})")
+
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_YAML_DEPTH:      # also ends an alias to a node that holds it
+            raise deep(node)
+        children = ([x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            height[id(node)] = 1 + max((height[id(c)] for c in children), default=0)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"{source}: expands to more than {MAX_YAML_NODES:,} values "
+                                  f"(at line {node.start_mark.line + 1}: aliases repeat what "
+                                  "they name)")
+            if height[id(node)] + depth - 1 > MAX_YAML_DEPTH:
+                raise deep(node)
+        elif id(node) not in size:
+            stack.append((node, depth, True))
+            stack += [(c, depth + 1, False) for c in children if id(c) not in size]
 
 
 def _check_duplicate_keys(source: str, node: yaml.Node, path: str, seen: set[int]) -> None:

@@ -47,7 +47,7 @@ import yaml
 
 from . import store
 from .config import ConfigError, Grid
-from .request import EXIT_BAD_INPUT, build_grid, check_identity
+from .request import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
 
 DEFAULT_DASHBOARD_PORT = 8265
 """Ray's default job server (dashboard) port"""
@@ -440,6 +440,7 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
         raise ConfigError(f"command line: --max-points: must be >= 1, got {max_points}")
     grid = build_grid(grid_file, **{k: v for k, v in flags.items() if k != "max_points"})
     check_size(grid, max_points or MAX_POINTS)     # as the job's memgrid run will, before it
+    check_machine(grid, here=False, driver=False)  # the cluster's machines are not this one
     root = results_root(cluster) if cluster else None
     out = out or (f"{root.rstrip('/')}/{grid.name}" if root else f"results/{grid.name}" if here else None)
     if out is None:

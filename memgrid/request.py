@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 from . import store
-from .config import ConfigError, Grid, check_resources, load_grid
+from .config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
+                     Point, check_resources, for_arch, load_grid)
+from .packs import member_bytes, pack_seconds
 
 EXIT_BAD_INPUT = 2
 """exit status of a command refused for its input (a grid file, a flag, a folder)"""
@@ -58,19 +61,22 @@ def prepare_out(grid: Grid, out: str) -> None:
 
 def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, max_epochs,
                no_plateau: bool, protocol: str | None = None) -> Grid:
+    """The grid file at `path` as a command's flags change it (each flag checked and named
+    as a flag: `command line: --max-epochs: ...`)."""
+    flags = dict(pack=pack, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+    given = check_resources("command line", **flags)       # the flags alone, named as flags
+    if max_epochs is not None and not 1 <= max_epochs <= INT32_MAX:
+        raise ConfigError(f"command line: --max-epochs: from 1 to {INT32_MAX:,} (2^31 - 1), "
+                          f"got {max_epochs}")
     grid = load_grid(path)
     if protocol is not None and protocol != grid.protocol:   # another protocol: another folder
         grid = load_grid(path, protocol)
         grid = dataclasses.replace(grid, name=f"{grid.name}-{protocol}")
-    res = check_resources(
-        "command line", pack=pack if pack is not None else grid.resources.pack,
-        cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else grid.resources.cpus_per_trial,
-        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else grid.resources.gpus_per_trial)
+    res = dataclasses.replace(grid.resources, **{k: getattr(given, k) for k, v in flags.items()
+                                                 if v is not None})
     grid = dataclasses.replace(grid, resources=res)
     overrides = {}
     if max_epochs is not None:
-        if max_epochs < 1:
-            raise ConfigError(f"command line: --max-epochs: must be >= 1, got {max_epochs}")
         overrides["max_epochs"] = max_epochs
     if no_plateau:
         overrides["plateau"] = False
@@ -79,3 +85,92 @@ def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, 
     if no_plateau:
         grid = dataclasses.replace(grid, name=grid.name + "-noplateau")
     return grid.smoke() if smoke else grid
+
+
+WORKER_BYTES = 0.2e9
+"""memory of one trial's process (a Ray worker with torch) before it trains: 150-200 MB"""
+FLOPS_PER_S = 1e10
+"""multiply-adds per second of one core at best (a fast AVX-512 core on a large matrix): the
+time bound below refuses only what no machine trains in time"""
+POINT_S_MAX = 7 * 86400.0
+"""longest a single point may train at FLOPS_PER_S: a point is never cut across trials"""
+WEIGHT_COPIES = 8
+"""float32 copies of a network's weights while it trains: weights, gradients, the optimizer's
+moments or momentum, the best weights kept and the buffers of a step"""
+
+
+def physical_memory() -> float:
+    """Bytes of memory this machine has (8 GB where it cannot be read)."""
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 8e9
+
+
+def largest_points(grid: Grid) -> list[Point]:
+    """Per arch, the point of the grid's largest values (cells, layers, position, batch size,
+    epochs, ...): it needs at least the memory and time of any point of that arch. The grid
+    is not expanded."""
+    worst = {k: max(v) if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+             else v[0] for k, v in grid.axes.items() if k != "arch"}
+    return [Point(**for_arch({**grid.fixed, **worst, "arch": a})) for a in grid.axes["arch"]]
+
+
+def point_bytes(p: Point) -> float:
+    """Memory of one point training alone, about: packs.member_bytes (activations, data, the
+    evaluation set), its weights' copies (WEIGHT_COPIES) and its stream MC."""
+    return (member_bytes(p) + 4 * WEIGHT_COPIES * p.params
+            + MC_BYTES_PER_STEP * p.mc_length * p.units)
+
+
+def point_seconds(p: Point) -> float:
+    """Seconds one point trains at least: packs.pack_seconds (the ops and activations) plus its
+    weights' multiply-adds (forward and backward, 3 per weight and step) at FLOPS_PER_S."""
+    if p.arch == "esn":
+        return pack_seconds(p, 1)
+    steps = p.max_epochs * p.steps_per_epoch
+    return pack_seconds(p, 1) + 3 * p.params * p.batch_size * p.q_hi * steps / FLOPS_PER_S
+
+
+def _days(s: float) -> str:
+    return f"{s / 86400:,.0f} days" if s >= 2 * 86400 else f"{s / 3600:,.0f} hours"
+
+
+def check_machine(grid: Grid, *, here: bool, driver: bool = True, num_cpus: int | None = None,
+                  cpus_name: str = "command line: --cpus-per-trial") -> None:
+    """ConfigError, before Ray starts, where the grid cannot run: its largest point takes more
+    than POINT_S_MAX to train; the driver (`driver`: on this machine) cannot hold its points in
+    this machine's memory; or, where its trials run on this machine's CPUs (`here`: the
+    embedded Ray of `num_cpus` or all CPUs), one point needs more memory than the machine has,
+    or the trials at once would (each a process of WORKER_BYTES). `cpus_name`: where the CPUs
+    per trial were set, for the message."""
+    mem = physical_memory()
+    here = here and grid.resources.gpus_per_trial == 0
+    need = grid.n_points * DRIVER_BYTES_PER_POINT
+    if driver and need > mem:
+        raise ConfigError(f"{grid.source}: axes: {grid.n_points:,} points: the driver would "
+                          f"need about {need / 1e9:.0f} GB, this machine has {mem / 1e9:.0f} GB; "
+                          "split the grid")
+    for p in largest_points(grid):
+        what = (f"{p.arch}, l = {p.layers}, c = {p.cells}, p = {p.position}, {p.max_epochs} "
+                f"epochs of {p.steps_per_epoch} steps of {p.batch_size} sequences")
+        s = point_seconds(p)
+        if s > POINT_S_MAX:
+            raise ConfigError(f"{grid.source}: axes: its largest point ({what}) would train for "
+                              f"{_days(s)} at the least; a point may take {_days(POINT_S_MAX)}: "
+                              "fewer cells or layers, or a smaller budget")
+        b = point_bytes(p)
+        if here and b > mem:
+            raise ConfigError(f"{grid.source}: axes: its largest point ({what}, stream MC of "
+                              f"{p.mc_length} steps) needs about {b / 1e9:,.0f} GB; this machine "
+                              f"has {mem / 1e9:.0f} GB")
+    if here:
+        from .tune import local_cpus
+
+        cpus = num_cpus or local_cpus()
+        slots = int(cpus // grid.resources.cpus_per_trial)
+        if slots * WORKER_BYTES > mem / 2:
+            most = int(mem / 2 // WORKER_BYTES)
+            raise ConfigError(f"{cpus_name}: {grid.resources.cpus_per_trial:g} makes {slots:,} "
+                              f"trials at once on {cpus} CPUs, a process each; this machine's "
+                              f"memory holds {most}: at least {cpus / most:.2g} CPUs per trial")

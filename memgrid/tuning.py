@@ -20,56 +20,12 @@ Nothing here imports Ray or torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from .config import THRESHOLD, Point
+from .config import THRESHOLD, LRTuning, Point
 
-
-@dataclass(frozen=True)
-class LRTuning:
-    """The `tune_lr:` section of a grid file."""
-
-    candidates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
-    """learning rates tried for every configuration"""
-    seeds: tuple[int, ...] = (1000, 1001)
-    """tuning seeds: the choice is made on these, and no reported point uses them"""
-    eta: int = 2
-    """successive halving: at each rung the best 1/eta of the candidates go on"""
-    rungs: int = 2
-    """halvings, at max_epochs / eta^rungs, ..., max_epochs / eta"""
-    positions: tuple[int, ...] | None = None
-    """the positions the choice is made on (None: every position of the grid); fewer make the
-    tuning run cheaper, and the ones past a network's limit are where the rates differ"""
-
-    def rung_epochs(self, max_epochs: int, eval_every: int) -> list[int]:
-        """Epochs of the halvings, each rounded down to an evaluation (rungs that fall on the
-        same evaluation, or on epoch 0, merge)."""
-        out = []
-        for k in range(self.rungs, 0, -1):
-            e = (max_epochs // self.eta ** k) // eval_every * eval_every
-            if e > 0 and e not in out:
-                out.append(e)
-        return out
-
-    def describe(self) -> str:
-        """The `lr_source` of a measured point."""
-        at = f" at p = {', '.join(map(str, self.positions))}" if self.positions else ""
-        return (f"tuned: best of lr {', '.join(f'{c:g}' for c in self.candidates)} on seeds "
-                f"{', '.join(map(str, self.seeds))}{at} (successive halving, eta {self.eta}, "
-                f"{self.rungs} rungs)")
-
-    def to_dict(self) -> dict:
-        out = {"candidates": list(self.candidates), "seeds": list(self.seeds), "eta": self.eta,
-               "rungs": self.rungs}
-        if self.positions:   # absent from the grid.json of grids tuned on every position
-            out["positions"] = list(self.positions)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LRTuning:
-        positions = d.get("positions")
-        return cls(tuple(d["candidates"]), tuple(d["seeds"]), d["eta"], d["rungs"],
-                   tuple(positions) if positions else None)
+__all__ = ["LRTuning", "choose_lr", "measured_points", "rank", "tuning_points"]
+"""LRTuning, the `tune_lr:` section, is part of the grid's data model (memgrid.config)."""
 
 
 def tuning_points(points: list[Point], tuning: LRTuning) -> list[Point]:

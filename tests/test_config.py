@@ -186,7 +186,7 @@ def test_cli_bad_flags_and_missing_file(tmp_path):
     r = memgrid_cli("run", tmp_path / "missing.yaml", "--out", out)
     assert r.returncode == 2 and "missing.yaml: cannot read" in r.stderr and not out.exists()
     r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out, "--pack", "zero")
-    assert r.returncode == 2 and "resources.pack" in r.stderr and not out.exists()
+    assert r.returncode == 2 and "command line: --pack" in r.stderr and not out.exists()
     r = memgrid_cli("run", CONFIGS / "smoke.yaml", "--out", out, "--max-epochs", "0")
     assert r.returncode == 2 and "--max-epochs" in r.stderr and not out.exists()
 
