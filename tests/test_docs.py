@@ -147,3 +147,76 @@ def test_pages_cite_only_files_the_repository_has(page):
         if "://" in target:
             continue
         assert (page.parent / target).exists(), f"{page.name} links {target}, not in the repository"
+
+
+def _means(name, **where):
+    df = headline.points(name)
+    for k, v in where.items():
+        df = df[df[k] == v]
+    return df.groupby("position")["loss"].mean()
+
+
+def test_reproduction_statements_hold_on_the_data():
+    text = " ".join(REPRO.read_text().split())
+    # Figure 4
+    assert "Under both protocols the limit is 5 = c, and p = 6..8 stay in between" in text
+    for name in ("fig4_rnn", "fig4_rnn-paper"):
+        assert int(_limit(name, "rnn", 1, 5)["limit"]) == 5
+        assert _means(name).loc[6:8].between(0.05, 0.25, inclusive="neither").all()
+    assert "At the paper's budget p = 9, 10 sit near the 0.25 plateau" in text
+    assert (_means("fig4_rnn-paper").loc[9:10] > 0.22).all()
+    assert (_means("fig4_rnn").loc[9:10] < 0.2).all()
+    # Figure 5
+    assert "At the paper's budget the 5-unit LSTM learns only p <= 2" in text
+    assert int(_limit("fig5_lstm-paper", "lstm", 1, 5)["limit"]) == 2
+    assert "memorizes every p <= 5, as the paper conjectured, and more than the RNN" in text
+    assert int(_limit("fig5_lstm", "lstm", 1, 5)["limit"]) > int(_limit("fig4_rnn", "rnn", 1, 5)
+                                                                ["limit"]) == 5
+    # Figure 6
+    assert "every seed memorizes p = c for c = 1..10, and the limit is exactly c up to c = 7" in text
+    assert "not every seed memorizes p = c at c = 2 and at every c >= 7" in text
+    paper = headline.points("fig6_rnn-paper")
+    one = paper[(paper["layers"] == 1) & (paper["position"] == paper["cells"])]
+    short = sorted(c for c, s in one.groupby("cells")["loss"] if not (s < 0.05).all())
+    assert short == [2, *range(7, 21)]
+    assert "At twice the budget" in text and "nothing up to p = 10 moves" in text
+    for check in ("fig6_tuned_budget_check-2x", "fig6_tuned_budget_check_wide-2x"):
+        more = headline.points(check)
+        less = headline.points("fig6_rnn_tuned")
+        keys = more[headline.KEYS].drop_duplicates()
+        less = less.merge(keys)[lambda d: d["seed"].isin(set(more["seed"]))]
+        key = headline.KEYS + ["position"]
+        a = less[less["position"] <= 10].groupby(key)["loss"].mean() < 0.05
+        b = more[more["position"] <= 10].groupby(key)["loss"].mean() < 0.05
+        assert a.equals(b.loc[a.index]), check
+    # Section 4
+    assert "At the paper's budget no limit passes the bound" in text
+    assert all(headline.bound_counts(n)["above"] == 0
+               for n in ("fig6_rnn-paper", "fig8_lstm-paper", "fig8_gru-paper"))
+    # Figure 8
+    assert ("Deeper gated stacks hold fewer positions at the paper's budget and more when "
+            "trained to converge") in text
+    for arch in ("lstm", "gru"):
+        for name, deeper_holds_more in ((f"fig8_{arch}-paper", False), (f"fig8_{arch}", True)):
+            lim = headline.limits(headline.points(name)).set_index(["layers", "cells"])["limit"]
+            d = lim.loc[3] - lim.loc[1]
+            assert ((d >= 0) if deeper_holds_more else (d <= 0)).all(), name
+    # Figure 9
+    assert "At the paper's budget fixed length loses two positions that random length" in text
+    f = headline.points("fig9_rnn_fixed-paper").groupby(headline.KEYS + ["position"])["loss"].mean()
+    r = headline.points("fig6_rnn-paper").groupby(headline.KEYS + ["position"])["loss"].mean()
+    lost = f[(r.reindex(f.index) < 0.05) & (f >= 0.05)]
+    assert len(lost) == 2
+    assert "stay at the plateau at the paper's budget and are learned in most seeds" in text
+    for l, c, p in [(1, 2, 10), (2, 2, 8), (2, 2, 9), (2, 2, 10)]:
+        for name, ok in (("fig9_rnn_fixed-paper", lambda s: s.mean() > 0.2),
+                         ("fig9_rnn_fixed", lambda s: (s < 0.05).sum() > len(s) / 2)):
+            df = headline.points(name)
+            assert ok(df[(df["layers"] == l) & (df["cells"] == c) & (df["position"] == p)]
+                      ["loss"]), (name, l, c, p)
+    # the newer cells
+    assert "The LRU reaches N at every size; minGRU and minLSTM hold 1 or 2 positions" in text
+    new = headline.limits(headline.points("new_cells")).set_index("arch")
+    assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
+    assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
+    assert "| S6 (Mamba block) | being measured |" in REPRO.read_text()
