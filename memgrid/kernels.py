@@ -14,11 +14,12 @@ How a C source is built, cached and loaded: :mod:`memgrid.native`.
 from __future__ import annotations
 
 import ctypes
+import platform
 from pathlib import Path
 
 import torch
 
-from .native import compile_so, load_once
+from .native import load_once, load_so
 
 SRC = Path(__file__).with_name("csrc") / "cells.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
@@ -28,8 +29,10 @@ ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
 def _build(dtype: torch.dtype, flags: list[str] | None = None) -> ctypes.CDLL:
     """The kernels for `dtype`, built with the compiler `flags` (default ``native.FLAGS``)."""
     real, suffix = _VARIANTS[dtype]
-    so = compile_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"cells_{suffix}", flags)
-    lib = ctypes.CDLL(str(so))
+    names = [f"memgrid_{n}_{suffix}" for n in ("cell_forward", "cell_backward", "act",
+                                                  "train_step", "train_scratch")]
+    lib = load_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"cells_{suffix}", names,
+                  flags)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     fwd = getattr(lib, f"memgrid_cell_forward_{suffix}")
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 6, i32
@@ -50,6 +53,31 @@ def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     if dtype not in _VARIANTS:
         return None
     return load_once(dtype, lambda: _build(dtype), "the C kernel of the cells")
+
+
+def vector_width() -> str:
+    """The widest vector instructions of this CPU that the kernel is built for (``-march=native``),
+    on which its rounding depends: avx512, avx2, avx or sse2 on x86-64; sve or neon on Arm;
+    else the machine's name."""
+    from .native import cpu_flags
+
+    flags = cpu_flags()
+    for isa in ("avx512f", "avx2", "avx", "sve", "asimd"):
+        if isa in flags:
+            return {"avx512f": "avx512", "asimd": "neon"}.get(isa, isa)
+    return "sse2" if platform.machine() in ("x86_64", "AMD64") else platform.machine().lower()
+
+
+def path_name(arch: str, device: str | torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Which code path trains a pack of `arch` on `device` (a row's `kernel`, memgrid.store
+    .KERNELS): ``c-<vector_width()>`` where this kernel computes it, ``torch`` for PyTorch ops
+    on the CPU (MEMGRID_KERNELS=0, no compiler, a cell it lacks), ``cuda`` on a GPU."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return device.type
+    if arch in ARCH and lib(dtype) is not None:
+        return f"c-{vector_width()}"
+    return "torch"
 
 
 def prepare() -> bool:

@@ -39,13 +39,22 @@ def enabled() -> bool:
     return os.environ.get("MEMGRID_KERNELS", "1") != "0"
 
 
-def _cpu_tag() -> str:
+def _cpu_flags_line() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
+            return next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
     except OSError:
-        flags = ""
-    return platform.machine() + flags
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    line = _cpu_flags_line()
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def _cpu_tag() -> str:
+    return platform.machine() + _cpu_flags_line()
 
 
 def compiler() -> str | None:
@@ -53,31 +62,78 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+def _cc() -> str:
+    cc = compiler()
+    if not cc:
+        raise RuntimeError("no C compiler (cc or gcc) on PATH")
+    return cc
+
+
 def compile_so(src: Path, defines: list[str], stem: str, flags: list[str] | None = None) -> Path:
     """The shared object of C file `src` built with `defines`, from the cache or built now
     (`flags`, default ``FLAGS``). Raises RuntimeError (no compiler, a failed build) or OSError."""
     flags = FLAGS if flags is None else flags
-    cc = compiler()
-    if not cc:
-        raise RuntimeError("no C compiler (cc or gcc) on PATH")
+    cc = _cc()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(flags + defines)).encode())
     cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
     so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
     if not so.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
+        tmp = _build(src, defines, flags, cache)
         try:
-            cmd = [cc, *flags, *defines, "-o", tmp, str(src)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
             os.replace(tmp, so)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp.exists():
+                tmp.unlink()
     return so
+
+
+def _build(src: Path, defines: list[str], flags: list[str], cache: Path) -> Path:
+    """Build `src` into a new file of the folder `cache` (a name no other build has); its path."""
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        cmd = [_cc(), *flags, *defines, "-o", tmp, str(src)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _open(so: Path, symbols: list[str]) -> tuple[ctypes.CDLL | None, str]:
+    """(the loaded object, "") where `so` loads and has every one of `symbols`, else (None, why)."""
+    try:
+        lib = ctypes.CDLL(str(so))
+    except OSError as e:
+        return None, str(e)
+    missing = [name for name in symbols if not hasattr(lib, name)]
+    return (None, f"no symbol {missing[0]}") if missing else (lib, "")
+
+
+def load_so(src: Path, defines: list[str], stem: str, symbols: list[str],
+            flags: list[str] | None = None) -> ctypes.CDLL:
+    """:func:`compile_so`, loaded, with every one of `symbols`. A cached object that does not
+    load or lacks one (a garbage file, another build under the name) is built again: under a
+    fresh name, loaded from there (a process that loaded a file keeps it under its name),
+    then put in the cache's place. RuntimeError where even that fails."""
+    so = compile_so(src, defines, stem, flags)
+    lib, why = _open(so, symbols)
+    if lib is not None:
+        return lib
+    tmp = _build(src, defines, FLAGS if flags is None else flags, so.parent)
+    try:
+        lib, again = _open(tmp, symbols)
+        if lib is None:
+            raise RuntimeError(f"{so}: {why}; built again: {again}")
+        os.replace(tmp, so)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return lib
 
 
 def load_once(key, build, what: str) -> ctypes.CDLL | None:

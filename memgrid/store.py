@@ -28,9 +28,12 @@ any moment: readers and :func:`repair` know a compaction cut short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -561,20 +564,74 @@ def read_pack_state(uri: str, pack_id: str) -> bytes | None:
         return f.read()
 
 
-def saved_packs(uri: str) -> dict[str, str]:
-    """pack_id -> spec of the packs saved mid-training in the folder (with a state)."""
-    fs, base = resolve(uri)
-    folder = f"{base}/{PACKS}"
+def _pack_points(spec: str, pid: str) -> list[str] | None:
+    """The point_ids of a saved pack's spec (memgrid.packs.pack_spec) named `pid`, or None
+    where it is not one (garbage, another pack's spec, one this memgrid cannot read)."""
+    from .packs import spec_points
+
+    try:
+        got, points = spec_points(spec)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return [p.point_id for p in points] if got == pid else None
+
+
+def _pack_files(fs: pafs.FileSystem, folder: str) -> tuple[dict[str, str], list[str]]:
+    """({pack_id: spec} of the packs saved in `folder`, names of the other visible entries
+    there: a spec that is not its pack's, a state without its spec or a spec without its
+    state, anything else)."""
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return {}
-    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))}
-    out = {}
-    for name in sorted(n for n in names if n.endswith(".json") and not n.startswith(".")):
+        return {}, []
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(folder))
+             if not i.base_name.startswith((".", "_"))}
+    packs = {}
+    for name in sorted(n for n in names if n.endswith(".json")):
         pid = name[:-len(".json")]
-        if f"{pid}.pt" in names:
+        if f"{pid}.pt" not in names:
+            continue
+        try:
             with fs.open_input_stream(f"{folder}/{name}") as f:
-                out[pid] = f.read().decode()
-    return out
+                spec = f.read().decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if _pack_points(spec, pid) is not None:
+            packs[pid] = spec
+    other = sorted(n for n in names if n.rsplit(".", 1)[0] not in packs)
+    return packs, other
+
+
+def saved_packs(uri: str) -> dict[str, str]:
+    """pack_id -> spec of the packs saved mid-training in the folder: each a spec of its pack
+    (memgrid.packs.pack_spec) beside a state."""
+    fs, base = resolve(uri)
+    return _pack_files(fs, f"{base}/{PACKS}")[0]
+
+
+def set_pack_aside(uri: str, pack_id: str) -> str:
+    """Move a saved pack (state and spec) to `damaged/packs/`, as it is (a state that is not
+    its pack's, or unreadable); the folder it went to."""
+    fs, base = resolve(uri)
+    for ext in ("pt", "json"):
+        _move_aside(fs, base, PACKS, f"{pack_id}.{ext}")
+    return f"{uri.rstrip('/')}/{DAMAGED}/{PACKS}/"
+
+
+def _tidy_packs(uri: str, fs: pafs.FileSystem, base: str) -> list[str]:
+    """packs/ holding only packs to continue: what is not a saved pack goes to damaged/packs/
+    (one line each), a pack whose points are all stored is forgotten."""
+    folder = f"{base}/{PACKS}"
+    packs, other = _pack_files(fs, folder)
+    msgs = []
+    for name in other:
+        _move_aside(fs, base, PACKS, name)
+        msgs.append(f"{uri.rstrip('/')}/{PACKS}/{name}: not a saved pack (a spec of its pack "
+                    f"beside its state): moved to {uri.rstrip('/')}/{DAMAGED}/{PACKS}/")
+    if packs:
+        done = done_ids(uri)
+        for pid, spec in packs.items():
+            if set(_pack_points(spec, pid) or ()) <= done:
+                drop_pack_state(uri, pid)
+    return msgs
 
 
 def drop_pack_state(uri: str, pack_id: str) -> None:
@@ -606,7 +663,9 @@ def repair(uri: str) -> list[str]:
     - a point stored in two parts (two writers before the lock existed) keeps its first row;
       the later part goes aside and is written again without that point and its curve;
     - first of all, a compaction cut short (:func:`compact`) is finished: the parts that its
-      merged parts already shown replace are removed, a merged part not shown is.
+      merged parts already shown replace are removed, a merged part not shown is;
+    - last, packs/ keeps only packs saved mid-training whose points are not all stored:
+      anything else there goes to `damaged/packs/`, a finished pack's state is dropped.
 
     Call it only while holding the folder's lock: a writer at work would look like the second
     case."""
@@ -638,7 +697,7 @@ def repair(uri: str) -> list[str]:
                     f"(a write cut short): moved to {uri.rstrip('/')}/{DAMAGED}/; its points will "
                     "be trained again")
     msgs += _drop_repeated_points(uri, fs, base, sorted(parts["points"]))
-    return msgs
+    return msgs + _tidy_packs(uri, fs, base)
 
 
 def _part_files(fs: pafs.FileSystem, folder: str) -> dict[str, bool]:
@@ -692,6 +751,51 @@ def _drop_repeated_points(uri: str, fs: pafs.FileSystem, base: str, parts: list[
 
 
 # ---------------------------------------------------------------------------------------------
+# Signals: a command that changes a folder ends on SIGINT, SIGTERM or SIGHUP only where it
+# leaves the folder whole.
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""the signals that end a command cleanly: Ctrl-C, `kill`, the terminal closed"""
+SIGNALS: list[int] = []
+"""the signals that interrupted this process, first first"""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal of STOP_SIGNALS ended the command, with what it had stored kept; its exit
+    status is 128 + `signum` (130, 143, 129), as a shell reports it. A KeyboardInterrupt, so
+    that code in between (Tune, Ray) lets it through as it would Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Changes of the folder (or clean-up) that a signal must not cut short: the signals of
+    STOP_SIGNALS are noted in the list this yields (and in SIGNALS) while it runs, for the
+    block to stop at a point of its choosing, and raised as :class:`Interrupted` after it,
+    unless an exception is on its way already. Outside the main thread it holds nothing."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def note(signum, frame):
+        got.append(signum)
+        SIGNALS.append(signum)
+
+    old = {s: signal.signal(s, note) for s in STOP_SIGNALS}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if got:
+        raise Interrupted(got[0])
+
+
+# ---------------------------------------------------------------------------------------------
 # Compaction: thousands of small parts (one per pack and flush) into a few, run by `memgrid
 # compact` (and by `memgrid run` once every point is stored) while it holds the folder's lock.
 
@@ -717,15 +821,23 @@ def compact(uri: str, max_rows: int = COMPACT_ROWS) -> dict:
     part its files are written under hidden names, shown (renamed: curves, then points), and
     only then are the parts it replaces removed. Meanwhile readers skip a part whose merged
     part is shown, and :func:`repair` (run by the next `memgrid run` or compaction) finishes a
-    compaction cut short; plain pandas reads those points twice until then.
+    compaction cut short (a kill); plain pandas reads those points twice until then.
+    SIGINT, SIGTERM and SIGHUP stop it between two of its steps, and it finishes what it began
+    first (as repair would), so that plain pandas reads every point once: then it raises
+    :class:`Interrupted`.
 
     Call it holding the folder's lock (memgrid.lock), as :func:`repair`."""
     started = time.monotonic()
     fs, base = resolve(uri)
-    repaired = repair(uri)
-    before = {t: len(_part_files(fs, f"{base}/{t}")) for t in TABLES}
-    for _ in _compaction(fs, base, _plan(fs, base, max_rows)):
-        pass
+    with signals_held() as got:
+        repaired = repair(uri)
+        before = {t: len(_part_files(fs, f"{base}/{t}")) for t in TABLES}
+        if not got:
+            for _ in _compaction(fs, base, _plan(fs, base, max_rows)):
+                if got:
+                    break
+        if got:
+            _finish_compaction(uri, fs, base)
     return {"parts_before": before,
             "parts_after": {t: len(_part_files(fs, f"{base}/{t}")) for t in TABLES},
             "points": len(done_ids(uri)), "repaired": repaired,

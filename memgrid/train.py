@@ -62,6 +62,19 @@ class Member:
     """(epoch, train_loss, eval_loss)"""
 
 
+def state_mismatch(state: dict, pack_id: str, point_ids: list[str]) -> str | None:
+    """Why a saved trainer state (:meth:`PackTrainer.state_dict`) is not that of pack `pack_id`
+    with points `point_ids` (in pack order), or None where it is: it carries other ids, or
+    none."""
+    if not isinstance(state, dict) or "pack_id" not in state or "point_ids" not in state:
+        return "the state carries no pack and point ids"
+    if state["pack_id"] != pack_id:
+        return f"the state is pack {state['pack_id']}'s"
+    if list(state["point_ids"]) != list(point_ids):
+        return "the state's points are not this pack's"
+    return None
+
+
 class PackTrainer:
     """Trains the points of one pack (same arch, l, c, task, batch, epochs) together.
 
@@ -86,6 +99,7 @@ class PackTrainer:
         self.arch, self.layers, self.cells, self.readout = p0.arch, p0.layers, p0.cells, p0.readout
         self.cfg = p0
         self.lr_source = lr_source                      # recorded in every row (`lr_source`)
+        self.kernel = kernels.path_name(self.arch, self.device, dtype)   # and the code path
         self.halving = halving                          # successive halving over lr (tuning)
         self.rungs = set(halving.rung_epochs(p0.max_epochs, p0.eval_every)) if halving else set()
         self.eliminated: set[float] = set()             # learning rates halving stopped
@@ -306,7 +320,8 @@ class PackTrainer:
         row = point_row(m.point, self.grid_name, epochs=self.epoch, stop_reason=reason, loss=loss,
                         best_loss=m.best if math.isfinite(m.best) else loss, r2=r2,
                         wall_s=self.wall_before + time.perf_counter() - self.started,
-                        pack_id=self.pack_id, device=str(self.device), lr_source=self.lr_source)
+                        pack_id=self.pack_id, device=str(self.device), lr_source=self.lr_source,
+                        kernel=self.kernel)
         curve = curve_rows(m.point.point_id, m.curve)
         # the weights wait for pop_finished, which measures their stream MC in one batch
         weights = {k: v[row_idx].detach().clone() for k, v in self.params.items()}
@@ -347,6 +362,8 @@ class PackTrainer:
     def state_dict(self) -> dict:
         """Everything to continue exactly: tensors and plain numbers only (weights_only loads)."""
         return {
+            "pack_id": self.pack_id,        # whose state it is (state_mismatch)
+            "point_ids": [m.point.point_id for m in self.members],
             "epoch": self.epoch,
             "active": list(self.active),
             # copies: training updates the live tensors in place
@@ -364,11 +381,15 @@ class PackTrainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` (taken at an evaluation, with nothing unflushed).
         ValueError, before anything changes, for a state that is not of this pack (other
-        parameters or shapes, other members): the C kernel trusts the shapes it is given."""
+        parameters or shapes, other members, another pack's or points' ids): the C kernel
+        trusts the shapes it is given, and a pack of the same shapes would train on."""
         lacking = {"epoch", "active", "params", "bufs", "best", "best_epoch", "curves",
                    "wall_s"} - set(state)
         if lacking:
             raise ValueError(f"the state has no {', '.join(sorted(lacking))}")
+        why = state_mismatch(state, self.pack_id, [m.point.point_id for m in self.members])
+        if why:
+            raise ValueError(why)
         active, n = state["active"], len(state["active"])
         for name, mine in (("params", self.params), ("bufs", self.bufs), ("sq", self.sq)):
             theirs = state.get(name, {})     # no "sq": a state from before Adam (SGD)

@@ -13,8 +13,8 @@ Each report to Tune carries the pack's losses as Tune users read them: a summary
 `result.json`, `progress.csv` and TensorBoard files.
 
 The driver checks what it asks of Ray before a trial starts (an address that answers, a node
-with the CPUs and GPUs a trial needs), ends on SIGINT or SIGTERM with the points stored so far
-kept (:class:`Interrupted`), and, for an embedded Ray, binds it to loopback and ends every
+with the CPUs and GPUs a trial needs), ends on SIGINT, SIGTERM or SIGHUP with the points stored so
+far kept (:class:`Interrupted`), and, for an embedded Ray, binds it to loopback and ends every
 process it started before it returns, however it ends.
 """
 
@@ -237,17 +237,47 @@ def pack_trial(config: dict) -> None:
 def _saved_state(uri: str, pid: str) -> dict | None:
     """The trainer state the results folder saved for pack `pid` (store.write_pack_state), or
     None: none saved, or one this memgrid cannot read (the pack then starts afresh)."""
+    state, why = _load_state(uri, pid)
+    if why:
+        print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: {why}: the pack starts afresh",
+              file=sys.stderr)
+    return state
+
+
+def _load_state(uri: str, pid: str) -> tuple[dict | None, str]:
+    """(the state saved for pack `pid`, "") or (None, why not: "" where none is saved)."""
     import torch
 
     blob = store.read_pack_state(uri, pid)
     if blob is None:
-        return None
+        return None, ""
     try:
-        return torch.load(io.BytesIO(blob), weights_only=True)
+        return torch.load(io.BytesIO(blob), weights_only=True), ""
     except Exception as e:       # noqa: BLE001 - any unreadable state: train the pack again
-        print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: unreadable ({_one_line(e)}): the pack "
-              "starts afresh", file=sys.stderr)
-        return None
+        return None, f"unreadable ({_one_line(e)})"
+
+
+def check_saved(out: str, packs: list[list[Point]]) -> list[list[Point]]:
+    """Those of `packs` (resume_saved's) whose saved state this memgrid reads and is theirs
+    (train.state_mismatch: their pack's and points' ids). Every other one's state goes to
+    `damaged/packs/`, said on the console in one line: that pack starts afresh."""
+    if not packs:
+        return []
+    from .train import state_mismatch
+
+    good = []
+    for pk in packs:
+        pid = pack_id(pk)
+        state, why = _load_state(out, pid)
+        if state is not None:
+            why = state_mismatch(state, pid, [p.point_id for p in pk]) or ""
+        if not why:
+            good.append(pk)
+            continue
+        where = store.set_pack_aside(out, pid)
+        _say(f"memgrid: {out.rstrip('/')}/{store.PACKS}/{pid}.pt: {why}: moved to {where}; "
+             "the pack starts afresh")
+    return good
 
 
 def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[Point]]:
@@ -279,24 +309,15 @@ def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[P
 # Signals and processes: however a run ends, it ends cleanly.
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM ended the run. What is stored stays: the same command again
-    trains what is missing. A KeyboardInterrupt, so that code between here and the driver
-    (Tune, Ray) lets it through as it would Ctrl-C; Ray may hand it on as a plain
-    KeyboardInterrupt, hence :func:`exit_status`."""
-
-    def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_SIGNALS: list[int] = []
-"""the signals that interrupted this process, first first"""
+Interrupted = store.Interrupted
+_SIGNALS = store.SIGNALS
+signals_held = store.signals_held
+"""clean-up that a second Ctrl-C must not cut short (it would leave processes behind)"""
 
 
 def exit_status() -> int:
     """128 + the first signal that interrupted the run, as a shell reports it: 130 for SIGINT
-    (also for a KeyboardInterrupt without one), 143 for SIGTERM."""
+    (also for a KeyboardInterrupt without one), 143 for SIGTERM, 129 for SIGHUP."""
     return 128 + (_SIGNALS[0] if _SIGNALS else signal.SIGINT)
 
 
@@ -306,43 +327,16 @@ def _interrupt(signum, frame):
 
 
 def catch_signals() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread. `memgrid run` calls it
-    first thing; run_grid calls it again after ray.init, which puts its own SIGTERM handler
-    (sys.exit) in place."""
+    """SIGINT, SIGTERM and SIGHUP (store.STOP_SIGNALS) raise :class:`Interrupted` in the main
+    thread. `memgrid run` calls it first thing; run_grid calls it again after ray.init, which
+    puts its own SIGTERM handler (sys.exit) in place."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _interrupt)
-        signal.signal(signal.SIGTERM, _interrupt)
+        for s in store.STOP_SIGNALS:
+            signal.signal(s, _interrupt)
 
 
 def _catching() -> bool:
     return signal.getsignal(signal.SIGINT) is _interrupt
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Clean-up that a second Ctrl-C must not cut short (it would leave processes behind):
-    SIGINT and SIGTERM are noted while it runs, and raised as :class:`Interrupted` after it,
-    unless an exception is on its way already."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def note(signum, frame):
-        got.append(signum)
-        _SIGNALS.append(signum)
-
-    old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except BaseException:
-        for s, h in old.items():
-            signal.signal(s, h)
-        raise
-    for s, h in old.items():
-        signal.signal(s, h)
-    if got:
-        raise Interrupted(got[0])
 
 
 def _process_table() -> dict[int, tuple[int, str]]:
@@ -417,11 +411,11 @@ def _subreaper(on: bool) -> None:
 
 @contextlib.contextmanager
 def interruptible(*, subreaper: bool = False):
-    """A command's whole run: SIGINT and SIGTERM raise :class:`Interrupted` (catch_signals),
+    """A command's whole run: SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (catch_signals),
     and with `subreaper` orphaned processes come back to this one to be ended; both undone
     at the end (a command run inside another process, such as a test's, leaves it as it was)."""
     main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    old = {s: signal.getsignal(s) for s in store.STOP_SIGNALS} if main else {}
     _SIGNALS.clear()
     catch_signals()
     if subreaper:
@@ -583,7 +577,9 @@ class Progress:
     pack left. Where the packs left may take much longer than that (none of them stopping
     early), the line says so too: the same work at the seconds per unit of the epochs the
     members trained. Only the epochs of this run count: a pack continued from an earlier
-    run's saved state reports the epoch it began at (`epoch_start`).
+    run's saved state reports the epoch it began at (`epoch_start`), and the stop reasons of
+    its points stored before this run, which `done_before` counts already (`stored_before`
+    takes them out again).
 
     Fed from Tune's results, of which it keeps a few numbers per trial: the driver holds counts,
     not curves.
@@ -591,8 +587,11 @@ class Progress:
 
     def __init__(self, name: str, total: int, done_before: Counter,
                  packs: list[list[Point]] | None = None, slots: int = 1,
-                 started: float | None = None, stream=None):
+                 started: float | None = None, stream=None,
+                 stored_before: dict[str, Counter] | None = None):
         self.name, self.total, self.before = name, total, done_before
+        # per pack_id: stop reasons of its points in `done_before`, which its trials count too
+        self.stored_before = stored_before or {}
         by_id = {pack_id(pk): pk for pk in packs or []}
         self.cost = {i: pack_cost(pk) for i, pk in by_id.items()}
         self.epochs = {i: max(p.max_epochs for p in pk) for i, pk in by_id.items()}
@@ -624,8 +623,10 @@ class Progress:
             k = t["active"] if t["active"] is not None else (result.get("active")
                                                               or self.size[t["pack"]])
             t["work"] += pack_seconds(p, k) * (epoch - t["epoch"]) / max(1, self.epochs[t["pack"]])
-        t.update(stops={k[5:]: v for k, v in result.items()
-                        if k.startswith("stop_") and isinstance(v, int) and v},
+        stops = Counter({k[5:]: v for k, v in result.items()
+                         if k.startswith("stop_") and isinstance(v, int) and v})
+        stops.subtract(self.stored_before.get(t["pack"], Counter()))
+        t.update(stops={k: v for k, v in stops.items() if v > 0},
                  epoch=epoch, seconds=result.get("attempt_s", 0.0), active=result.get("active"))
         self.tick()
 
@@ -726,7 +727,7 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         return
     # ray.init announces token authentication on every start; it stays on, the notice goes
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    # "local": a fresh embedded Ray, never a stale /tmp/ray cluster left by an earlier session
+    # "local": a fresh embedded Ray, never a stale /tmp/ray cluster that another run left
     kwargs = dict(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
                   configure_logging=True)
     if address is not None:
@@ -739,6 +740,7 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     # laptops get by default); a cluster of one node needs no other address.
     from ray._private import ray_constants
 
+    private_auth_token()
     kwargs.update(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1")
     cluster = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -746,6 +748,35 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         _init(ray, kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
+
+
+def private_auth_token() -> Path | None:
+    """The token file an embedded Ray authenticates its clients with (``$RAY_AUTH_TOKEN_PATH``,
+    else ``~/.ray/auth_token``), readable by its owner only: made here before Ray starts (mode
+    0600, its folder 0700; ray.init would make it readable by every user of the machine, who
+    could then submit jobs to this run's Ray), or narrowed to 0600 where it is there. Nothing
+    where the token comes from ``$RAY_AUTH_TOKEN`` or authentication is off
+    (``RAY_AUTH_MODE=disabled``). Returns the file, or None."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if path.exists():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return path
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token)
+
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_new_authentication_token())
+    except FileExistsError:         # another run made it meanwhile
+        return private_auth_token()
+    except OSError:                 # not ours to change: Ray does as it does
+        return None
+    return path
 
 
 def _init(ray, kwargs: dict) -> None:
@@ -921,16 +952,20 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         trainable = tune.with_resources(pack_trial, {"cpu": res.cpus_per_trial, "gpu": gpus})
         for attempt in range(max(1, rounds)):    # see lost_worker
             resumed, fresh = resume_saved(out, todo)   # packs a stopped run saved mid-training
+            continued = check_saved(out, resumed)      # the others start afresh
             packs = sorted(resumed + _packs(fresh, res.pack, slots, device, mem, halving),
                            key=pack_cost, reverse=True)
-            if resumed and not quiet:
-                _say(f"[{grid.name}] {_plural(len(resumed), 'pack')} saved mid-training by an "
+            if continued and not quiet:
+                _say(f"[{grid.name}] {_plural(len(continued), 'pack')} saved mid-training by an "
                      "earlier run: continuing where they were")
             if not attempt:
                 summary["packs"] = len(packs)
             specs = [pack_spec(pk) for pk in packs]
+            # a resumed pack's trial counts its points stored before this run: `before` has them
+            stored = {pack_id(pk): Counter(store.stops_of(out, [p.point_id for p in pk]).values())
+                      for pk in resumed}
             progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
-                                before, packs, slots, started)
+                                before, packs, slots, started, stored_before=stored)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"pack": None, "out": storage, "grid": grid.name,
