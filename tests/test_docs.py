@@ -220,3 +220,21 @@ def test_reproduction_statements_hold_on_the_data():
     assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
     assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
     assert "| S6 (Mamba block) | being measured |" in REPRO.read_text()
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings."""
+    out = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_section_links_land_on_a_heading(page):
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
+        dest = (page.parent / target) if target else page
+        if dest.suffix == ".md" and dest.exists():
+            assert anchor in _anchors(dest), f"{page.name} links {target}#{anchor}: no such heading"
