@@ -8,6 +8,7 @@ IMPORTED = _time.monotonic()
 """when memgrid was first imported (time.monotonic()): the earliest start the progress clock
 believes (memgrid.tune.launch_time)"""
 
+from .cells import Cell as Cell
 from .config import ConfigError as ConfigError
 from .config import Grid as Grid
 from .config import Point as Point
@@ -23,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'memgrid' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "Grid", "Point", "load_grid", "PackTrainer", "train_points", "__version__"]
+__all__ = ["Cell", "ConfigError", "Grid", "Point", "load_grid", "PackTrainer", "train_points", "__version__"]

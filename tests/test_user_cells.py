@@ -1,0 +1,141 @@
+"""Cells of the user's own (memgrid.user_cells): loaded by path, checked before anything runs,
+and a cell written for one network lifted to memgrid's packed layout."""
+
+import textwrap
+
+import pytest
+import torch
+
+from memgrid.cells import CELLS, affine
+from memgrid.config import Point
+from memgrid.models import init_params, reference_forward
+from memgrid.task import TRAIN, TaskSpec, make_batch
+from memgrid.train import PackTrainer
+from memgrid.user_cells import CellError, check, load, locate, single_network
+
+
+@pytest.fixture
+def fresh_cells():
+    """CELLS as it was: the tests' cells do not outlive them."""
+    before = dict(CELLS)
+    from memgrid import user_cells
+    sources = dict(user_cells._SOURCES)
+    yield
+    CELLS.clear()
+    CELLS.update(before)
+    user_cells._SOURCES.clear()
+    user_cells._SOURCES.update(sources)
+
+
+def _gru1_weights(m, c):
+    return {"w_z": (c, m + c), "b_z": (c,), "w_h": (c, m + c), "b_h": (c,)}
+
+
+def _gru1_one(w, x, state):
+    """One network: x `(m, B)`, h `(c, B)`."""
+    (h,) = state
+    xh = torch.cat([x, h])
+    z = torch.sigmoid(w["w_z"] @ xh + w["b_z"][:, None])
+    h = (1 - z) * h + z * torch.tanh(w["w_h"] @ xh + w["b_h"][:, None])
+    return h, (h,)
+
+
+def _gru1_packed(w, x, state):
+    """The same unit written by hand for K networks: x `(K, m, B)`, h `(K, c, B)`."""
+    (h,) = state
+    xh = torch.cat([x, h], 1)
+    z = torch.sigmoid(affine(w["w_z"], w["b_z"], xh))
+    h = (1 - z) * h + z * torch.tanh(affine(w["w_h"], w["b_h"], xh))
+    return h, (h,)
+
+
+def test_single_network_lift_is_the_packed_cell(fresh_cells):
+    """A step written for one network, lifted with vmap, computes what the same unit written
+    for the packed layout computes: outputs and gradients of a 2-layer pack of 3 (float64)."""
+    from memgrid.cells import Cell
+
+    CELLS["one"] = single_network("one", _gru1_weights, _gru1_one)
+    CELLS["hand"] = Cell("hand", _gru1_weights, _gru1_packed)
+    spec = TaskSpec.of([Point("one", 2, 4, 2, s, q_min=5, q_max=8) for s in range(3)])
+    b = make_batch(spec, TRAIN, 0, 16)
+    runs = []
+    for arch in ("one", "hand"):
+        params = {n: v.double().requires_grad_() for n, v in
+                  init_params(arch, 2, 4, "sum", spec.seed).items()}
+        y = reference_forward(arch, params, b.x.double(), b.mask)
+        y.pow(2).sum().backward()
+        runs.append((y.detach(), {n: v.grad for n, v in params.items()}))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=1e-12, rtol=1e-12)
+    for n in runs[1][1]:
+        torch.testing.assert_close(runs[0][1][n], runs[1][1][n], atol=1e-12, rtol=1e-12)
+
+
+def test_single_network_lift_is_pack_invariant(fresh_cells):
+    """The lifted cell trains a point alone and inside a pack of other positions, seeds and
+    rates to the same weights, bit for bit."""
+    CELLS["one"] = single_network("one", _gru1_weights, _gru1_one)
+    kw = dict(max_epochs=30, eval_every=10, eval_size=64, q_min=3, q_max=5, batch_size=32,
+              plateau=False, mc_length=0)
+    alone = Point("one", 2, 4, 1, 5, lr=0.03, **kw)
+    others = [Point("one", 2, 4, p, s, lr=lr, **kw) for p, s, lr in [(9, 1, 0.1), (4, 2, 0.01)]]
+    weights = []
+    for group in ([*others, alone], [alone]):
+        tr = PackTrainer(group)
+        tr.run()
+        weights.append(next(f for f in tr.finished if f[0]["seed"] == 5)[2])
+    for n in weights[1]:
+        assert torch.equal(weights[0][n], weights[1][n]), n
+
+
+def _write(tmp_path, body, name="cell.py"):
+    f = tmp_path / name
+    f.write_text(textwrap.dedent(body))
+    return f
+
+
+GOOD = """
+    import torch
+    from memgrid import Cell
+
+    def step(w, x, state):
+        (h,) = state
+        h = torch.tanh(torch.baddbmm(w["b"][:, :, None], w["w_ih"], x) + torch.bmm(w["w_hh"], h))
+        return h, (h,)
+
+    CELL = Cell("mine", lambda m, c: {"w_ih": (c, m), "w_hh": (c, c), "b": (c,)}, step)
+"""
+
+
+def test_a_cell_by_path_loads_registers_and_records_its_source(tmp_path, fresh_cells):
+    f = _write(tmp_path, GOOD)
+    src = locate("cell.py:CELL", tmp_path)
+    cell = load(src)
+    assert CELLS["mine"] is cell and src.origin == str(f)
+    import hashlib
+    assert src.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert src.text == f"{f}:CELL sha256:{src.sha256}"
+    check(cell, [(1, 3), (2, 5)], src.spec)
+    assert Point("mine", 2, 3, 1, 0).params == (3 + 9 + 3) + (9 + 9 + 3)
+    assert load(locate("cell.py:CELL", tmp_path)) is cell          # the same source: a no-op
+
+
+@pytest.mark.parametrize("body,spec,says", [
+    (GOOD, "nofile.py:CELL", "no file"),
+    (GOOD, "cell.py:OTHER", "has no OTHER"),
+    ("X = 3\n", "cell.py:X", "X is a int, not a memgrid.Cell"),
+    ("def f(:\n", "cell.py:X", "failed (line 1): SyntaxError"),
+    ("raise RuntimeError('boom')\n", "cell.py:X", "RuntimeError: boom"),
+    (GOOD.replace('"mine"', '"rnn"'), "cell.py:CELL", "'rnn' is taken by a built-in cell"),
+    (GOOD.replace('"mine"', '"My Cell"'), "cell.py:CELL", "is not lower-case"),
+    (GOOD.replace("return h, (h,)", "return h[:, :1], (h,)"), "cell.py:CELL",
+     "gave out of shape (2, 1, 3), not (K, c, B) = (2, 3, 3)"),
+    (GOOD.replace("return h, (h,)", "return h, (h, h)"), "cell.py:CELL", "gave states"),
+    (GOOD.replace('step)', 'step, units=lambda c: 2 * c)'), "cell.py:CELL", "read gave"),
+    (GOOD.replace('step)', 'step, init=lambda *a: a[4](1))'), "cell.py:CELL", "its init raised RuntimeError: shape '[2, 3, 1]' is invalid"),
+])
+def test_a_broken_cell_is_one_line_naming_file_and_name(tmp_path, fresh_cells, body, spec, says):
+    _write(tmp_path, body)
+    with pytest.raises(CellError) as e:
+        check(load(locate(spec, tmp_path)), [(1, 3), (2, 3)], spec)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(spec) and says in msg, msg
