@@ -121,7 +121,7 @@ def test_against_state_size_known():
     assert against_state_size(t.drop(columns="mc_stream"))["stream_mc"].isna().all()
     with pytest.raises(ValueError, match="arch 'gone': not a cell"):
         against_state_size(t.drop(columns="units"))
-    assert units_text(["rnn", "lru", "gone", "esn"]) == "N = c * l (2 c * l: lru)"
+    assert units_text(["rnn", "lru", "gone", "esn"]) == "N = c * l (2 c * l: LRU)"
     assert units_text(["rnn", "gru"]) == "N = c * l"
 
 
@@ -351,7 +351,10 @@ def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
     assert drawn == [((0.5, 0.5), (-0.5, 0.5), "-"),    # c = 1, right of p = 1
                      ((0.5, 1.5), (0.5, 0.5), "--"),    # to c = 2's, a lower bound
                      ((1.5, 1.5), (0.5, 1.5), "--")]    # c = 2 right of p = 2; c = 3 none
-    assert len(fig.legends[0].get_texts()) == 2
+    # every colour explained: the limit, its lower bound, and grey for what was not run
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "memory limit (mean loss < 0.05 up to here)",
+        "at least this far (the next position was not run)", "not run"]
     alone = plot_heatmaps(t, "mean")   # without the grid: only what was run
     assert len(alone.axes) == 2 and alone.axes[0].images[0].get_array().shape == (3, 3)
 

@@ -198,7 +198,7 @@ def test_plot_limits_by_budget():
     last = last.assign(r2=0.5, units=last["cells"])
     fig = plot_limits_vs_units(last, converged={("rnn", 1, 4): "converged",
                                                 ("rnn", 1, 6): "not converged"})
-    assert "converged: 1 of 2, not converged: 1" in fig.axes[0].get_title()
+    assert "budget check: 1 of 2 converged, 1 moved" in fig.axes[0].get_title()
     crosses = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and
                c.get_paths() and c.get_sizes().tolist() == [70]]
     assert [c.get_offsets().shape[0] for c in crosses] == [1]

@@ -10,6 +10,7 @@ row they are given of one (arch, l, c, p).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -18,11 +19,14 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ..config import ARCHS
 from .capacity import memory_capacity
-from .limits import memory_limits
-from .tables import CONFIG, PLATEAU, THRESHOLD, mean_losses, units, units_text, variant_columns
+from .limits import limits_with_seeds, memory_limits
+from .tables import (CONFIG, PLATEAU, THRESHOLD, arch_label, mean_losses, units, units_text,
+                     variant_columns)
 
 ARCH_ORDER = list(ARCHS)
 _PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink",
@@ -83,7 +87,7 @@ def plot_loss_curves(points: pd.DataFrame, curves: pd.DataFrame, arch: str, laye
     seeds = sel.groupby("position")["seed"].nunique()
     n_seeds = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     pooled = [k for k in variant_columns(sel) if k not in ("position", "seed")]
-    title = (f"{arch.upper()}, l = {layers}, c = {cells}: evaluation loss per position p\n"
+    title = (f"{arch_label(arch)}, l = {layers}, c = {cells}: evaluation loss per position p\n"
              f"{length_text(sel)}, {n_seeds} seeds per p (one line each)")
     if pooled:
         title += f", pooled over {', '.join(pooled)}"
@@ -113,16 +117,25 @@ def _shape(points: pd.DataFrame, column: str, axes: dict | None) -> list:
     return sorted(int(v) for v in values)
 
 
+def _heatmap_layout(n_archs: int, n_layers: int) -> int:
+    """How many archs share a row of heatmap panels (each arch a block of `n_layers` panels):
+    about as many rows of panels as columns, so that seven archs of two depths make a 3 x 6
+    grid of panels rather than a column of 14."""
+    return max(1, min(n_archs, round(math.sqrt(2 * n_archs / n_layers))))
+
+
 def plot_heatmaps(points: pd.DataFrame, stat: str = "mean", threshold: float = THRESHOLD,
                   axes: dict | None = None) -> Figure:
     """Mean or standard deviation over seeds of the loss, x = position p, y = cells c, one panel
-    per layer count l (columns) and architecture (rows), colour scale fixed to 0..0.25 (the
-    constant-guess plateau) as in the paper's Figures 6-9. A red staircase marks each row's
-    memory limit (mean loss < threshold for every p' <= p lies left of it); grey cells were not
-    run. `axes` (a grid's axes, as in its grid.json) lays out the whole grid, so that a grid
-    still running shows what is missing; a limit whose next position was not run (yet) is
-    dashed, a lower bound, and a row whose p = 1 was not run has none. Axes: one per panel plus
-    the colour bar."""
+    per architecture and layer count l (each arch a block of panels, one per l, several archs
+    to a row). The mean's colour scale is fixed to 0..0.25 (the constant-guess plateau) as in
+    the paper's Figures 6-9; the standard deviation has a scale of its own, 0 to its largest
+    value. A red staircase marks each row's memory limit (mean loss < threshold for every
+    p' <= p lies left of it); grey cells were not run; a cross marks a cell where a seed
+    diverged (non-finite loss: no mean). `axes` (a grid's axes, as in its grid.json) lays out
+    the whole grid, so that a grid still running shows what is missing; a limit whose next
+    position was not run (yet) is dashed, a lower bound, and a row whose p = 1 was not run has
+    none. Axes: one per panel (unused ones hidden) plus the colour bar."""
     if stat not in ("mean", "std"):
         raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
     if points.empty:
@@ -132,18 +145,42 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean", threshold: float = T
     archs, layers = _shape(points, "arch", axes), _shape(points, "layers", axes)
     positions, cells = _shape(points, "position", axes), _shape(points, "cells", axes)
     px, cy = {p: i for i, p in enumerate(positions)}, {c: i for i, c in enumerate(cells)}
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-    fig = _figure(3.2 * len(layers) + 1.2, 2.9 * len(archs) + 0.8)
-    panels = fig.subplots(len(archs), len(layers), squeeze=False, sharex=True, sharey=True)
-    image, dashed = None, False
+    if stat == "mean":
+        cmap, vmax = matplotlib.colormaps["viridis"], PLATEAU
+    else:
+        finite = means["std"].to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite)]
+        vmax = max(float(np.ceil(finite.max() * 100) / 100) if finite.size else 0.0, 0.01)
+        cmap = matplotlib.colormaps["magma"]
+    cmap = cmap.with_extremes(bad="0.85")
+    per_row = _heatmap_layout(len(archs), len(layers))
+    n_rows, n_cols = math.ceil(len(archs) / per_row), per_row * len(layers)
+    if len(archs) == 1:
+        width, height = 3.2 * len(layers) + 1.2, 2.9 + 0.8
+    else:
+        panel_h = 1.2 + 0.09 * len(cells)
+        width, height = 2.5 * n_cols + 1.2, panel_h * n_rows + 1.2
+    fig = _figure(width, height)
+    panels = fig.subplots(n_rows, n_cols, squeeze=False)
+    image, dashed, missing, diverged, single = None, False, False, False, False
     for i, arch in enumerate(archs):
         for j, l in enumerate(layers):
-            ax = panels[i, j]
+            r, col = i // per_row, (i % per_row) * len(layers) + j
+            ax = panels[r, col]
             m = means[(means["arch"] == arch) & (means["layers"] == l)]
             grid = np.full((len(cells), len(positions)), np.nan)
             grid[m["cells"].map(cy).to_numpy(), m["position"].map(px).to_numpy()] = m[stat]
+            run = np.zeros_like(grid, dtype=bool)
+            run[m["cells"].map(cy).to_numpy(), m["position"].map(px).to_numpy()] = True
+            missing |= not run.all()
+            single |= bool(np.isnan(grid[run]).sum() > (m["diverged"] > 0).sum())
             image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto",
-                              cmap=cmap, vmin=0.0, vmax=PLATEAU, interpolation="nearest")
+                              cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+            bad = m[m["diverged"] > 0]
+            if len(bad):
+                diverged = True
+                ax.scatter(bad["position"].map(px), bad["cells"].map(cy), marker="x", s=30,
+                           color="black", linewidths=1.2, zorder=3)
             if m.empty:
                 ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center")
             lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
@@ -161,94 +198,167 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean", threshold: float = T
                     style["ls"] = "--" if lower or rows[k + 1][2] else "-"
                     ax.plot([x, rows[k + 1][1]], [y + 0.5, y + 0.5], **style)
                 dashed |= lower
-            ax.set_title(f"{arch.upper()}, l = {l}", fontsize=10)
+            ax.set_xlim(-0.5, len(positions) - 0.5)
+            ax.set_ylim(-0.5, len(cells) - 0.5)
+            ax.set_title(f"{arch_label(arch)}, l = {l}", fontsize=10)
             _ticks(ax, positions, "x")
             _ticks(ax, cells, "y")
-            if i == len(archs) - 1:
+            last_row = r == n_rows - 1 or (r + 1) * per_row + (i % per_row) >= len(archs)
+            if last_row:
                 ax.set_xlabel("position p (p-th from last)")
-            if j == 0:
+            else:
+                ax.tick_params(labelbottom=False)
+            if col == 0:
                 ax.set_ylabel("cells per layer c")
+            else:
+                ax.tick_params(labelleft=False)
+    for k in range(len(archs) * len(layers), n_rows * n_cols):
+        panels[(k // len(layers)) // per_row, k % n_cols].set_axis_off()
+    used = [ax for ax in panels.flat if ax.axison]
     what = "Mean" if stat == "mean" else "Standard deviation"
-    fig.colorbar(image, ax=panels, extend="max",
-                 label=f"{'mean' if stat == 'mean' else 'std of'} evaluation MAE over seeds")
+    fig.colorbar(image, ax=used, extend="max" if stat == "mean" else "neither",
+                 label=("mean evaluation MAE over seeds (0.25: constant guess)" if stat == "mean"
+                        else "std of the evaluation MAE over seeds"))
     legend = [Line2D([], [], color="red", lw=1.5,
                      label=f"memory limit (mean loss < {threshold} up to here)")]
     if dashed:
         legend.append(Line2D([], [], color="red", lw=1.5, ls="--",
                              label="at least this far (the next position was not run)"))
+    if missing or single:
+        legend.append(Patch(facecolor="0.85", edgecolor="0.6", label="not run" + (
+            ", or one seed (no std)" if single else "")))
+    if diverged:
+        legend.append(Line2D([], [], color="black", marker="x", ls="",
+                             label="a seed diverged (non-finite loss): no mean"))
     fig.legend(handles=legend, loc="outside lower center", fontsize=8, ncols=len(legend))
     # one panel is narrower than the title: break it rather than let the edges clip it
-    sep = "\n" if len(layers) < 2 else " "
+    sep = "\n" if n_cols < 2 else " "
     fig.suptitle(f"{what} of the loss over seeds{sep}({length_text(points)})", fontsize=11)
     return fig
 
 
+DEPTH_DASHES = ["-", (0, (6, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 1, 1, 1, 1, 1)),
+                (0, (10, 3)), (0, (2, 3)), (0, (8, 2, 2, 2, 2, 2))]
+"""One line style per depth l (l = 1 solid), in every figure that draws the bound N - (l - 1)."""
+
+
+def _depth_style(archs: list[str], layers: list[int]):
+    """Colour and marker of a point of (arch, l), and the colour of depth l's bound line: with
+    one arch, colour and marker both follow l (so that each depth reads apart, in print too);
+    with several, colour follows the arch and the marker l."""
+    def marker(l):
+        return LAYER_MARKERS[layers.index(l) % len(LAYER_MARKERS)]
+    if len(archs) == 1:
+        cmap = matplotlib.colormaps["tab10"]
+        colors = {l: cmap(i % 10) for i, l in enumerate(layers)}
+        return (lambda a, l: colors[l]), marker, (lambda l: colors[l]), True
+    return (lambda a, l: ARCH_COLORS.get(a, "k")), marker, (lambda l: "0.4"), False
+
+
+def _bound_lines(ax, layers: list[int], n_max: int, line_color) -> None:
+    """N - (l - 1) against N for each depth l, one dash style each (l = 1: N itself)."""
+    for k, l in enumerate(layers):
+        n = np.array([l, max(l, n_max)])
+        ax.plot(n, n - (l - 1), color=line_color(l), lw=1, ls=DEPTH_DASHES[k % len(DEPTH_DASHES)],
+                zorder=1)
+
+
+def _depth_legend(archs, layers, color, marker, line_color, by_depth) -> list:
+    """Legend entries: one per depth (marker and its bound's dash), one per arch (colour)."""
+    handles = [Line2D([], [], color=color(archs[0], l) if by_depth else "0.3", marker=marker(l),
+                      ls=DEPTH_DASHES[k % len(DEPTH_DASHES)], lw=1,
+                      label=f"l = {l}; line: N - (l - 1)" if l > 1 else "l = 1; line: N")
+               for k, l in enumerate(layers)]
+    if not by_depth or len(archs) > 1:
+        handles = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=arch_label(a))
+                   for a in archs] + handles
+    return handles
+
+
 def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
                          converged: dict[tuple, str] | None = None) -> Figure:
-    """Memory limit (left) and memory capacity MC = sum_p r2_p, mean over seeds (right), against
-    N = c * l; colour = architecture, marker = l. Lines: N (Jaeger's bound for an ESN) and the
-    paper's observed N - (l - 1) for each l. A hollow marker is a censored limit (the grid ended
-    or had a hole before the loss failed). `converged`: (arch, l, c) -> the limit's mark
-    (:func:`memgrid.analysis.limit_marks`); a limit marked `not converged` gets a cross (more
-    training moves it), and the title says how many are converged. Two axes."""
+    """Memory limit (left) and memory capacity MC = sum_p r2_p (right) against the state size
+    N. Left: the limit of the mean over seeds (marker) with the range of the seeds' own limits
+    (bar); a censored limit (the walk ended at the grid's largest p, or at a position not run)
+    is a lower bound, drawn with an arrow up, and the grid's largest p is a dotted line. Right:
+    MC, mean over seeds, bar min-max. Lines: the paper's bound N - (l - 1), one dash style per
+    depth l. With one arch colour and marker follow l; with several colour is the arch.
+    `converged`: (arch, l, c) -> the limit's mark (`converged`, `moves` or `not converged`,
+    `unchecked`); a limit more training moves gets a cross, and the title counts them. Both y
+    axes end a little above the data. Two axes."""
     if points.empty:
         raise ValueError("no points to draw")
-    limits = memory_limits(points, threshold, CONFIG)
+    limits = limits_with_seeds(points, threshold, CONFIG)
     mc = memory_capacity(points, CONFIG).groupby(CONFIG, as_index=False).agg(
         mc=("mc", "mean"), lo=("mc", "min"), hi=("mc", "max"), units=("units", "first"))
     archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
-    shift = {a: 0.12 * (k - (len(archs) - 1) / 2) for k, a in enumerate(archs)}  # no overlap
-    fig = _figure(11, 4.6)
+    color, marker, line_color, by_depth = _depth_style(archs, layers)
+    groups = [(a, l) for a in archs for l in layers]
+    shift = {g: 0.5 * (k - (len(groups) - 1) / 2) / max(len(groups), 1)
+             for k, g in enumerate(groups)}             # side by side within one N
+    fig = _figure(12.5, 4.8)
     ax_lim, ax_mc = fig.subplots(1, 2, sharex=True)
     n_max = int(limits["units"].max())
+    p_top = int(limits["p_max"].max())
     for ax in (ax_lim, ax_mc):
-        ax.plot([0, n_max], [0, n_max], color="0.2", lw=1, label="N")
-        for k, l in enumerate(x for x in layers if x > 1):
-            n = np.array([l, max(l, n_max)])
-            ax.plot(n, n - (l - 1), color="0.5", lw=1, ls=("--", "-.", ":")[k % 3],
-                    label=f"N - (l - 1), l = {l}")
-    for arch in archs:
-        for mi, l in enumerate(layers):
-            marker = LAYER_MARKERS[mi % len(LAYER_MARKERS)]
-            lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
-            for censored, part in lim.groupby("limit_censored"):
-                ax_lim.scatter(part["units"] + shift[arch], part["limit"], marker=marker, s=30,
-                               edgecolors=ARCH_COLORS.get(arch, "k"), linewidths=1.2,
-                               facecolors="none" if censored else ARCH_COLORS.get(arch, "k"))
-            moving = lim.loc[np.array([(converged or {}).get((arch, l, c)) == "not converged"
-                                       for c in lim["cells"]], dtype=bool)]
-            ax_lim.scatter(moving["units"] + shift[arch], moving["limit"], marker="x", s=70,
-                           color="0.15", linewidths=1.0, zorder=4)
-            m = mc[(mc["arch"] == arch) & (mc["layers"] == l)]
-            if m.empty:
-                continue
+        _bound_lines(ax, layers, n_max, line_color)
+    ax_lim.axhline(p_top, color="0.5", lw=0.8, ls=(0, (1, 3)), zorder=1)
+    moved = 0
+    for arch, l in groups:
+        col, mk = color(arch, l), marker(l)
+        lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)]
+        if lim.empty:
+            continue
+        x = lim["units"] + shift[(arch, l)]
+        ax_lim.errorbar(x, lim["limit"], yerr=[lim["limit"] - lim["seed_limit_min"],
+                                               lim["seed_limit_max"] - lim["limit"]],
+                        fmt="none", ecolor=col, elinewidth=0.7, alpha=0.6, zorder=2)
+        ax_lim.scatter(x, lim["limit"], marker=mk, s=26, color=col, zorder=3)
+        cens = lim["limit_censored"].to_numpy(dtype=bool)
+        for xi, yi in zip(x[cens], lim["limit"][cens]):
+            ax_lim.annotate("", xy=(xi, yi + 1.3), xytext=(xi, yi), zorder=3,
+                            arrowprops=dict(arrowstyle="-|>", color=col, lw=0.9,
+                                            mutation_scale=7, shrinkA=0, shrinkB=0))
+        moving = np.array([(converged or {}).get((arch, l, c)) in ("moves", "not converged")
+                           for c in lim["cells"]], dtype=bool)
+        moved += int(moving.sum())
+        ax_lim.scatter(x[moving], lim["limit"][moving], marker="x", s=70, color="0.15",
+                       linewidths=1.0, zorder=4)
+        m = mc[(mc["arch"] == arch) & (mc["layers"] == l)]
+        if not m.empty:
             spread = [(m["mc"] - m["lo"]).clip(lower=0), (m["hi"] - m["mc"]).clip(lower=0)]
-            ax_mc.errorbar(m["units"] + shift[arch], m["mc"], yerr=spread, fmt=marker, ms=5,
-                           color=ARCH_COLORS.get(arch, "k"), elinewidth=0.8, capsize=2)
-    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
-    legend += [Line2D([], [], color="0.3", marker=LAYER_MARKERS[i % len(LAYER_MARKERS)], ls="",
-                      label=f"l = {l}") for i, l in enumerate(layers)]
-    legend += [Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
-                      label="censored limit (may be higher)")]
-    if converged:
+            ax_mc.errorbar(m["units"] + shift[(arch, l)], m["mc"], yerr=spread, fmt=mk, ms=4.5,
+                           color=col, elinewidth=0.7, capsize=1.5)
+    legend = _depth_legend(archs, layers, color, marker, line_color, by_depth)
+    legend += [Line2D([], [], color="0.3", marker=r"$\uparrow$", ls="", ms=9,
+                      label="censored limit (a lower bound)"),
+               Line2D([], [], color="0.5", lw=0.8, ls=(0, (1, 3)),
+                      label=f"largest p in the grid ({p_top})"),
+               Line2D([], [], color="0.3", marker="|", ls="", ms=9,
+                      label="bar: seeds' own limits (left),\nMC min..max over seeds (right)")]
+    if moved:
         legend += [Line2D([], [], color="0.15", marker="x", ls="",
-                          label="not converged (more training moves it)")]
-    ax_lim.legend(handles=legend + ax_lim.get_legend_handles_labels()[0], fontsize=7,
-                  loc="upper left")
+                          label="a budget check moves it (not converged)")]
+    fig.legend(handles=legend, fontsize=7.5, loc="outside right center")
     title = f"memory limit (largest p with mean loss < {threshold} for all p' <= p)"
-    if converged:
-        marks = [converged.get(k, "unknown") for k in
+    if converged and any(v != "unchecked" for v in converged.values()):
+        marks = [converged.get(k, "unchecked") for k in
                  limits[CONFIG].itertuples(index=False, name=None)]
-        title += (f"\nconverged: {marks.count('converged')} of {len(marks)}, not converged: "
-                  f"{marks.count('not converged')}")
+        title += (f"\nbudget check: {marks.count('converged')} of {len(marks)} converged, "
+                  f"{moved} moved, the rest unchecked")
     ax_lim.set_title(title, fontsize=9)
-    ax_mc.set_title("memory capacity MC = sum over p of r2 (mean, min-max over seeds)", fontsize=9)
-    ax_lim.set_ylabel("position p")
+    ax_mc.set_title("task memory capacity MC = sum over p of r2 (mean, min-max over seeds)",
+                    fontsize=9)
+    ax_lim.set_ylabel("memory limit (position p)")
     ax_mc.set_ylabel("MC")
-    for ax in (ax_lim, ax_mc):
+    top_lim = max(p_top, float(limits["seed_limit_max"].max())) + 2
+    top_mc = float(mc["hi"].max()) if len(mc) else 1.0
+    for ax, top in ((ax_lim, top_lim), (ax_mc, top_mc * 1.1 + 0.5)):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"state size {units_text(archs)}")
         ax.set_xlim(0, n_max + 1)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top)
+        ax.grid(alpha=0.25)
     fig.suptitle(f"Memory against network size ({length_text(points)})", fontsize=11)
     return fig
 
@@ -293,7 +403,7 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
         ax.set_xticks(budgets, [f"{b:,}" for b in budgets], rotation=30 if len(budgets) > 3 else 0,
                       fontsize=8)
         ax.minorticks_off()
-        ax.set_title(arch.upper(), fontsize=10)
+        ax.set_title(arch_label(arch), fontsize=10)
         ax.set_xlabel("training budget (steps)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("memory limit p")
@@ -314,15 +424,21 @@ def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
 
 
 def save(fig: Figure, out_dir: str | Path, stem: str) -> Path:
-    """Write `fig` as `<out_dir>/<stem>.png` (150 dpi) and `.pdf`; return the PNG's path."""
+    """Write `fig` as `<out_dir>/<stem>.png` (150 dpi) and `.pdf`; return the PNG's path. Each
+    file is written under a temporary name in the same folder and renamed, so that a kill
+    leaves the old file or the new one, never a part of one."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{stem}.png"
-    fig.savefig(png, dpi=150)
-    fig.savefig(out / f"{stem}.pdf")
+    for path, kw in ((png, {"dpi": 150}), (out / f"{stem}.pdf", {})):
+        tmp = out / f".{path.name}.tmp"
+        try:
+            fig.savefig(tmp, format=path.suffix[1:], **kw)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return png
 
-_MC_MARKERS = "osD^vP*X"
 _MC_RESERVOIR = ["arch", "layers", "cells", "seed", "spectral_radius", "input_scaling",
               "connectivity", "leak_rate", "ridge"]
 """what makes an ESN row's reservoir (its mc_stream is the same at every position)"""
@@ -331,8 +447,9 @@ _MC_RESERVOIR = ["arch", "layers", "cells", "seed", "spectral_radius", "input_sc
 def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
     """Memory capacity against N = c * l (one axes): Jaeger's stream MC (`mc_stream`, filled:
     mean over networks, bar: min-max) and the task-based MC (sum over positions of r2 per
-    network configuration and seed, hollow: mean over seeds), colour = arch, marker = l. Lines:
-    Jaeger's bound N and the paper's N - (l - 1) for each l > 1.
+    network configuration and seed, hollow: mean over seeds); with one arch colour and marker
+    follow l, with several colour is the arch. Lines: the paper's N - (l - 1), one dash style
+    per depth (l = 1: Jaeger's bound N). The y axis ends a little above the data.
 
     Each trained point is its own network; an ESN's rows of one reservoir (every position of a
     seed) count once. Rows without `mc_stream` only contribute to the task-based MC.
@@ -343,15 +460,14 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
     pts = points.assign(units=units(points))
     archs = _archs(pts)
     layers = sorted(int(v) for v in pts["layers"].unique())
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    color, marker, line_color, by_depth = _depth_style(archs, layers)
+    fig = _figure(8.6, 4.8)
     ax = fig.subplots()
     n_max = int(pts["units"].max())
-    ax.plot([0, n_max], [0, n_max], color="0.2", lw=1, label="N (Jaeger)")
-    for k, l in enumerate(x for x in layers if x > 1):
-        ax.plot([l, max(l, n_max)], [1, max(l, n_max) - (l - 1)], color="0.5", lw=1,
-                ls=("--", "-.", ":")[k % 3], label=f"N - (l - 1), l = {l}")
-    shift = {a: 0.12 * (i - (len(archs) - 1) / 2) for i, a in enumerate(archs)}
+    _bound_lines(ax, layers, n_max, line_color)
+    groups = [(a, l) for a in archs for l in layers]
+    shift = {g: 0.5 * (k - (len(groups) - 1) / 2) / max(len(groups), 1)
+             for k, g in enumerate(groups)}
     stream = pts[pts["mc_stream"].notna()] if "mc_stream" in pts else pts.iloc[:0]
     esn = stream[stream["arch"] == "esn"]
     cols = [c for c in _MC_RESERVOIR if c in esn.columns]
@@ -363,31 +479,31 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
             .groupby(task_keys, dropna=False)
             .agg(mc=("r2", "sum"), units=("units", "first")).reset_index()
             .groupby(["arch", "layers", "units"], as_index=False)["mc"].mean())
-    for arch in archs:
-        color = ARCH_COLORS.get(arch, "k")
-        for mi, l in enumerate(layers):
-            marker = _MC_MARKERS[mi % len(_MC_MARKERS)]
-            s = stream[(stream["arch"] == arch) & (stream["layers"] == l)]
-            if not s.empty:
-                g = s.groupby("units")["mc_stream"].agg(["mean", "min", "max"]).reset_index()
-                ax.errorbar(g["units"] + shift[arch], g["mean"], fmt=marker, ms=5, color=color,
-                            yerr=[g["mean"] - g["min"], g["max"] - g["mean"]],
-                            elinewidth=0.8, capsize=2)
-            t = task[(task["arch"] == arch) & (task["layers"] == l)]
-            ax.scatter(t["units"] + shift[arch], t["mc"], marker=marker, s=36, facecolors="none",
-                       edgecolors=color, linewidths=1.1)
-    # colour = arch as a bare line, so that no arch entry looks like a layer's marker
-    handles = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=a.upper()) for a in archs]
-    handles += [Line2D([], [], color="0.3", marker=_MC_MARKERS[i % len(_MC_MARKERS)], ls="",
-                       label=f"l = {l}") for i, l in enumerate(layers)]
+    top = 1.0
+    for arch, l in groups:
+        col, mk = color(arch, l), marker(l)
+        s = stream[(stream["arch"] == arch) & (stream["layers"] == l)]
+        if not s.empty:
+            g = s.groupby("units")["mc_stream"].agg(["mean", "min", "max"]).reset_index()
+            ax.errorbar(g["units"] + shift[(arch, l)], g["mean"], fmt=mk, ms=4.5, color=col,
+                        yerr=[g["mean"] - g["min"], g["max"] - g["mean"]],
+                        elinewidth=0.7, capsize=1.5)
+            top = max(top, float(g["max"].max()))
+        t = task[(task["arch"] == arch) & (task["layers"] == l)]
+        ax.scatter(t["units"] + shift[(arch, l)], t["mc"], marker=mk, s=30, facecolors="none",
+                   edgecolors=col, linewidths=1.0)
+        if len(t):
+            top = max(top, float(t["mc"].max()))
+    handles = _depth_legend(archs, layers, color, marker, line_color, by_depth)
     handles += [Line2D([], [], color="0.3", marker="h", ls="",
-                       label="filled: stream MC (Jaeger, k >= 1)"),
+                       label="filled: stream MC (Jaeger, k >= 1), bar min-max"),
                 Line2D([], [], color="0.3", marker="h", mfc="none", ls="",
-                       label="hollow: task MC = sum_p r2_p")]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left")
+                       label="hollow: task MC = sum_p r2_p, mean over seeds")]
+    fig.legend(handles=handles, fontsize=7.5, loc="outside right center")
     ax.set_xlabel(f"state size {units_text(archs)}")
     ax.set_ylabel("memory capacity MC")
     ax.set_xlim(0, n_max + 1)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.1 + 0.5)         # the data, not the bound lines, set the height
+    ax.grid(alpha=0.25)
     ax.set_title("Memory capacity against size: stream (Jaeger) and task", fontsize=10)
     return fig

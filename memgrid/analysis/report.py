@@ -28,7 +28,7 @@ from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, 
 from .summary import (TASKS, claim_sentences, count_sentence, has_variants, limits_table,
                       reach_sentences, settings_table, summary_grid)
 from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
-                     load_points, random_length, units_text, variant_columns)
+                     load_points, random_length, units, units_text, variant_columns)
 
 MAX_ID_CHECK = 100_000
 """Grids up to this many points are expanded to point ids to count exactly which are done."""
@@ -375,11 +375,12 @@ def _stop_section(points: pd.DataFrame) -> list[str]:
 
 
 def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
-             convs: dict[str, tuple[pd.DataFrame | None, str]],
-             axes: dict | None) -> list[tuple[str, str]]:
+             limits: pd.DataFrame, axes: dict | None) -> list[tuple[str, str]]:
     """Draw what the data supports; (caption, png name) per figure. A table with several
     training budgets is drawn at its largest (the budget figure shows the others). Heatmaps
-    lay out the grid's `axes`, so a grid still running shows its whole shape."""
+    lay out the grid's `axes`, so a grid still running shows its whole shape. Figures against
+    the state size N only where the grid has more than one N. `limits`: :func:`limits_table`,
+    whose `converged` marks the size figure draws."""
     made = []
     for kind, sub in (("random", random_length(points)), ("fixed", fixed_length(points))):
         if sub.empty:
@@ -391,15 +392,14 @@ def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
         for stat in ("mean", "std"):
             png = save(plot_heatmaps(sub, stat, threshold, axes), out, f"heatmap_{stat}_{kind}")
             made.append((f"{stat} loss over seeds, {kind} length{at} (Figs. 6-9)", png.name))
-        conv = convs.get(kind, (None, ""))[0]
-        marks = None
-        if conv is not None:
-            last = conv[conv["budget"] == steps.max()]
-            marks = {(r["arch"], r["layers"], r["cells"]): r["mark"]
-                     for r in last.to_dict("records")}
-        png = save(plot_limits_vs_units(sub, threshold, marks), out, f"limits_vs_units_{kind}")
-        made.append((f"memory limit and MC against N, {kind} length{at}", png.name))
-        if "mc_stream" in sub and sub["mc_stream"].notna().any():
+        lim = limits[limits["task"] == kind]
+        marks = {(r["arch"], r["layers"], r["cells"]): r["converged"]
+                 for r in lim.to_dict("records")} if steps.nunique() == 1 else None
+        if units(sub).nunique() >= 2:       # one size: nothing to draw against it
+            png = save(plot_limits_vs_units(sub, threshold, marks), out,
+                       f"limits_vs_units_{kind}")
+            made.append((f"memory limit and MC against N, {kind} length{at}", png.name))
+        if units(sub).nunique() >= 2 and "mc_stream" in sub and sub["mc_stream"].notna().any():
             png = save(plot_mc_vs_units(sub), out, f"mc_vs_units_{kind}")
             made.append((f"memory capacity against N: stream (Jaeger) and task, {kind} length",
                          png.name))
@@ -581,7 +581,7 @@ def _report(uri: str, out: Path, threshold: float, identity: dict | None,
     lines += _plateau_section(uri, points, threshold)
 
     lines += ["## Figures", ""]
-    for caption, png in _figures(points, uri, out, threshold, convs,
+    for caption, png in _figures(points, uri, out, threshold, limits,
                                   (identity or {}).get("axes")):
         pdf = png[:-4] + ".pdf"
         lines += [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]

@@ -97,7 +97,7 @@ def arch_label(arch: str) -> str:
 def units_text(archs) -> str:
     """How N follows from l and c for these archs, from their cells' definitions
     (``Cell.units``): ``N = c * l`` where each holds c numbers per layer, else for example
-    ``N = c * l (2 c * l: lru; 4 c * l: s6)``."""
+    ``N = c * l (2 c * l: LRU)`` (archs by :func:`arch_label`)."""
     odd: dict[int, list[str]] = {}
     for a in archs:
         try:
@@ -105,7 +105,7 @@ def units_text(archs) -> str:
         except KeyError:        # a cell this memgrid does not define: its rows say its N
             continue
         if k != 1:
-            odd.setdefault(k, []).append(a)
+            odd.setdefault(k, []).append(arch_label(a))
     rest = "; ".join(f"{k} c * l: {', '.join(names)}" for k, names in sorted(odd.items()))
     return "N = c * l" + (f" ({rest})" if rest else "")
 
