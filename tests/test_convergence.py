@@ -200,5 +200,5 @@ def test_plot_limits_by_budget():
                                                 ("rnn", 1, 6): "not converged"})
     assert "budget check: 1 of 2 converged, 1 moved" in fig.axes[0].get_title()
     crosses = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and
-               c.get_paths() and c.get_sizes().tolist() == [70]]
+               c.get_paths() and hasattr(c, "get_sizes") and c.get_sizes().tolist() == [70]]
     assert [c.get_offsets().shape[0] for c in crosses] == [1]
