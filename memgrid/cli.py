@@ -6,9 +6,13 @@ stderr naming the file and key, exit status 2, before Ray starts and before anyt
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +21,8 @@ import click
 from . import store
 from .config import MAX_POINTS, THRESHOLD, ConfigError, check_size, grid_from_identity
 from .lock import FolderBusy, FolderLock
-from .request import EXIT_BAD_INPUT, build_grid, check_machine, check_out, prepare_out
+from .request import (EXIT_BAD_INPUT, build_grid, check_driver, check_link, check_machine,
+                      check_out, prepare_out, read_identity)
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
@@ -30,7 +35,105 @@ def _warn_damaged(results: str) -> None:
                    "moves it aside and trains its points again", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """click's group, with its usage errors ("no such option", "not a valid integer", ...) and
+    an interruption outside a command's own handling as one line each: exit status 2, and
+    130 (Ctrl-C), not click's usage text or "Aborted!" (exit 1)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:     # `memgrid`, `memgrid run`: help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (`{ctx.command_path} -h`: usage)" if ctx is not None else ""
+            click.echo(f"memgrid: error: command line: {' '.join(e.format_message().split())}"
+                       f"{hint}", err=True)
+            sys.exit(EXIT_BAD_INPUT if isinstance(e, click.UsageError) else e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("memgrid: interrupted", err=True)
+            sys.exit(128 + signal.SIGINT)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def stoppable(*, subreaper: bool = False):
+    """A command's run: SIGINT, SIGTERM and SIGHUP (its terminal closed) raise a
+    KeyboardInterrupt (memgrid.tune.interruptible, with its `subreaper`), after which
+    memgrid.tune.exit_status gives 130, 143 or 129. Undone at the end."""
+    from .tune import interruptible
+
+    with interruptible(subreaper=subreaper):
+        old = signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM)) \
+            if threading.current_thread() is threading.main_thread() else None
+        try:
+            yield
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGHUP, old)
+
+
+REACH_S = 20.0
+"""how long `status` and `analyze` wait for a results folder at a URI to answer at all (a
+bucket that does not exist: gs:// retries for many minutes)"""
+
+
+def _reach(uri: str, check) -> None:
+    """check(uri), a first look at the results folder `uri`, within REACH_S seconds for an
+    object store; else one line and exit status 2 (the look cannot be stopped: it is left
+    behind with the process)."""
+    if "://" not in uri or uri.startswith("file://"):
+        check(uri)
+        return
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            check(uri)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(REACH_S)
+    if t.is_alive():
+        click.echo(f"memgrid: error: {uri}: no answer within {REACH_S:.0f} s (no such bucket, "
+                   "no network, or no credentials for it)", err=True)
+        sys.stderr.flush()
+        os._exit(EXIT_BAD_INPUT)
+    if "error" in box:
+        raise box["error"]
+
+
+def _results_grid(results: str, *, required: bool):
+    """The grid of the results folder `results` and its points (None where it has no grid.json
+    and not `required`), after checking that it is one: one line and exit status 2 where it is not,
+    cannot be reached or its grid.json cannot be read."""
+    try:
+        _reach(results, store.check_results)
+        ident = read_identity(results)
+    except ValueError as e:     # ConfigError too
+        _fail(str(e))
+    if ident is None:
+        if required:
+            _fail(f"{results}: no grid.json: not a memgrid results folder")
+        return None
+    try:
+        grid = grid_from_identity(ident, f"{results.rstrip('/')}/grid.json")
+        check_driver(grid)
+        return grid, grid.points()
+    except ConfigError as e:
+        _fail(str(e))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        _fail(f"{results.rstrip('/')}/grid.json: does not describe a grid ({type(e).__name__}: "
+              f"{' '.join(str(e).split())[:120]})")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memgrid")
 def main() -> None:
     """memgrid: how far back can a recurrent network remember?
@@ -50,10 +153,10 @@ def _ends_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .tune import exit_status, grid_points, interruptible, signals_held, stop_counts
+        from .tune import exit_status, grid_points, signals_held, stop_counts
 
         _RUNNING.clear()
-        with interruptible(subreaper=True):   # an orphaned Ray process comes back to be ended
+        with stoppable(subreaper=True):   # an orphaned Ray process comes back to be ended
             try:
                 return command(*args, **kwargs)
             except KeyboardInterrupt:
@@ -196,21 +299,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
 @click.argument("results", metavar="RESULTS")
 def status(results):
     """What a results folder holds: points done and missing, stop reasons."""
-    try:
-        store.check_folder(results)
-    except ValueError as e:
-        _fail(str(e))
-    try:
-        ident = store.read_grid_identity(results)
-    except (OSError, ValueError) as e:
-        _fail(f"{results}/grid.json: unreadable ({e})")
-    if ident is None:
-        _fail(f"{results}: no grid.json: not a memgrid results folder")
-    try:
-        grid = grid_from_identity(ident, f"{results}/grid.json")
-        points = grid.points()
-    except (ConfigError, KeyError, TypeError) as e:
-        _fail(f"{results}/grid.json: does not describe a grid ({e})")
+    grid, points = _results_grid(results, required=True)
     _warn_damaged(results)
     if grid.tune_lr is not None:     # its points' ids follow from the tuning run's choice
         from .tune import TUNING, grid_points
@@ -256,19 +345,63 @@ def status(results):
 def analyze(results, out, threshold):
     """Figures, limits, the MC check and the paper's claims from a results folder (also one
     still being written, or one covering part of a grid): writes report.md."""
-    if not (threshold > 0):
+    if not (0 < threshold < math.inf):
         _fail(f"command line: --threshold: must be > 0, got {threshold}")
     if "://" not in results and not Path(results).is_dir():
         _fail(f"{results}: no such results folder")
-    try:
-        store.check_folder(results)
-    except ValueError as e:
-        _fail(str(e))
+    _results_grid(results, required=False)
+    out = _report_folder(results, out)
     _warn_damaged(results)
     from .analysis import write_report
 
-    path = write_report(results, out, threshold=threshold)
+    with stoppable():
+        try:
+            path = write_report(results, out, threshold=threshold)
+        except KeyboardInterrupt:
+            from .tune import exit_status
+
+            click.echo(f"memgrid: interrupted: {out}: the report is not finished; run the same "
+                       "command again", err=True)
+            sys.exit(exit_status())
+        except OSError as e:
+            _fail(f"{out}: cannot write the report ({e.strerror or e}); give --out FOLDER")
     click.echo(f"report: {path}")
+
+
+def _report_folder(results: str, out: str | None) -> str:
+    """Where `analyze` writes its report: `out`, or RESULTS/report for a local folder; one line
+    and exit status 2 where it cannot (a URI without --out, a symbolic link to nothing, a
+    folder that cannot be written, one inside the results' tables)."""
+    if out is None:
+        if "://" in results:
+            _fail(f"command line: --out: required for results at a URI ({results}): the "
+                  "folder for report.md and the figures")
+        out = f"{results.rstrip('/')}/report"
+        flag = f"{results}: "
+    else:
+        flag = "command line: --out: "
+    try:
+        check_link(out)
+    except ConfigError as e:
+        _fail(str(e))
+    if "://" in out:
+        _fail(f"{flag}{out}: the report goes to a local folder")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        _fail(f"{flag}{out}: a file, not a folder")
+    above = path
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        _fail(f"{flag}{out}: cannot be a folder: {above} is a file")
+    if not os.access(above, os.W_OK | os.X_OK):
+        _fail(f"{flag}{above} is not writable: give --out FOLDER elsewhere")
+    if "://" not in results:
+        tables = [Path(results).resolve() / t for t in (*store.TABLES, store.PACKS)]
+        if any(path.resolve() == t or t in path.resolve().parents for t in tables):
+            _fail(f"{flag}{out}: inside the table folders of {results}: give --out FOLDER "
+                  "elsewhere")
+    return out
 
 
 def _compact(results: str, *, changed_only: bool = False) -> None:

@@ -46,13 +46,15 @@ import click
 import yaml
 
 from . import store
-from .config import ConfigError, Grid
+from .config import ConfigError, Grid, load_yaml, read_text
 from .request import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
 
 DEFAULT_DASHBOARD_PORT = 8265
 """Ray's default job server (dashboard) port"""
 POLL_S = 2.0
 """seconds between looks at a followed job's status and logs"""
+PROBE_S = 10.0
+"""how long a job server at --address may take to answer memgrid's first request"""
 TUNNEL_WAIT_S = 120.0
 """how long the SSH tunnel to a launched head may take to answer"""
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -78,13 +80,8 @@ def load_cluster(path: str | Path) -> dict:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    # read as `ray up` reads it (PyYAML's safe loader), within memgrid's bounds on YAML files
+    raw = load_yaml(read_text(path), str(path), loader=yaml.SafeLoader, duplicate_keys=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a Ray cluster file is a mapping (cluster_name, provider, ...)")
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -209,6 +206,25 @@ def is_loopback(address: str) -> bool:
 
 def _is_shared(out: str) -> bool:
     return "://" in out or os.path.isabs(out)
+
+
+def probe(address: str, timeout_s: float = PROBE_S) -> None:
+    """ConfigError naming --address within about 2 x `timeout_s` unless an HTTP server answers
+    there (Ray's job client would wait on a server that accepts and never answers)."""
+    import requests
+
+    url = (address if "://" in address else f"http://{address}").rstrip("/")
+    flag = f"command line: --address {address}"
+    try:
+        requests.get(f"{url}/api/version", timeout=(timeout_s, timeout_s))
+    except requests.exceptions.Timeout:
+        raise ConfigError(f"{flag}: no answer within {timeout_s:.0f} s: not a Ray job "
+                          "server") from None
+    except requests.exceptions.ConnectionError as e:
+        why = "connection refused" if "refused" in str(e).lower() else _one_line(str(e), 160)
+        raise ConfigError(f"{flag}: no job server at this address ({why})") from None
+    except (requests.exceptions.RequestException, ValueError) as e:
+        raise ConfigError(f"{flag}: {_one_line(str(e), 160)}") from None
 
 
 def connect(address: str):
@@ -343,9 +359,9 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
       memgrid launch --address ... --status JOB | --follow JOB | --stop JOB
 
     Launching the same grid into the same --out again trains only the points missing there."""
-    from .tune import interruptible
+    from .cli import stoppable
 
-    with interruptible():   # SIGTERM too ends in `except KeyboardInterrupt`: the tunnel closes
+    with stoppable():   # SIGTERM and SIGHUP too end in `except KeyboardInterrupt`: the tunnel closes
         _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
                 stop_id, dict(pack=pack, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
@@ -376,12 +392,24 @@ def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id,
 
     where = f"--cluster {cluster_file}" if cluster_file else f"--address {address}"
     close = None
+    client = None
+    if address is not None:     # an address the user gave: one that does not answer is theirs
+        try:
+            probe(address)
+            client = connect(address)
+        except ConfigError as e:
+            _fail(str(e), EXIT_BAD_INPUT)
+        except LaunchError as e:
+            _fail(f"command line: --address {address}: {str(e).split(': ', 1)[-1]}",
+                  EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            _fail("interrupted", exit_status())
     try:
         if cluster_file:
             if grid_file:
                 ray_up(cluster_file)
             address, close = open_tunnel(cluster_file, dashboard_port(cluster))
-        client = connect(address)
+            client = connect(address)
         if status_id:
             info = client.get_job_info(status_id)
             meta = info.metadata or {}

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import os
 
+import pyarrow.fs as pafs
+
 from . import store
 from .config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
                      Point, check_resources, for_arch, load_grid)
@@ -37,17 +39,67 @@ def check_identity(grid: Grid, out: str, old: dict | None) -> None:
                           f"{first_difference(old, ident)}; use another --out")
 
 
+def check_link(path: str, flag: str = "--out") -> None:
+    """ConfigError where the local `path` is a symbolic link to nothing (the folder behind it
+    would not be made; its lock could not be taken)."""
+    if "://" not in path and os.path.islink(path) and not os.path.exists(path):
+        raise ConfigError(f"command line: {flag}: {path} is a symbolic link to "
+                          f"{os.readlink(path)}, which does not exist")
+
+
+def read_identity(results: str) -> dict | None:
+    """The grid.json of the folder `results` (None: it has none). ConfigError, one line naming
+    it, where it cannot be read or is not a JSON object."""
+    try:
+        return store.read_grid_identity(results)
+    except UnicodeDecodeError:
+        why = "not text"
+    except (OSError, ValueError) as e:
+        why = store.first_line(e) if str(e) else type(e).__name__
+    raise ConfigError(f"{results.rstrip('/')}/grid.json: unreadable ({why}): not a memgrid "
+                      "results folder's")
+
+
+OWN_NAMES = ("grid.json", *store.TABLES, store.PACKS, "tuning", "report")
+"""what memgrid writes at the top of a results folder (besides hidden files: a lock, files
+being written)"""
+
+
+def foreign_content(out: str) -> str:
+    """Where the existing folder `out` has no grid.json: the first thing in it that memgrid does
+    not write ('' if none): a file or folder of another name, or a points/ whose every part is
+    unreadable as a points table (another tool's Parquet files)."""
+    fs, base = store.resolve(out)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base))
+    except (OSError, ValueError):
+        return ""
+    for info in sorted(infos, key=lambda i: i.base_name):
+        if not info.base_name.startswith(".") and info.base_name not in OWN_NAMES:
+            return info.base_name
+    parts = store.part_names(out, "")
+    if parts:
+        damaged = [p for p, _ in store.damaged_parts(out) if "/points/" in p]
+        if len(damaged) >= len(parts):
+            return f"points/{parts[0]}.parquet (not a memgrid points table)"
+    return ""
+
+
 def check_out(grid: Grid, out: str) -> dict | None:
     """Check that `out` can be this grid's results folder (a folder, or one that can be made,
-    holding no other grid); its grid.json, if any. Writes nothing."""
+    holding no other grid and nothing another program wrote); its grid.json, if any. Writes
+    nothing."""
+    check_link(out)
     try:
         store.check_folder(out, write=True)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    try:
-        old = store.read_grid_identity(out)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{out}/grid.json: unreadable ({e})") from None
+    old = read_identity(out)
+    if old is None:
+        other = foreign_content(out)
+        if other:
+            raise ConfigError(f"{out}: holds {other} and no grid.json: not a memgrid results "
+                              "folder; use another --out")
     check_identity(grid, out, old)
     return old
 
@@ -136,6 +188,17 @@ def _days(s: float) -> str:
     return f"{s / 86400:,.0f} days" if s >= 2 * 86400 else f"{s / 3600:,.0f} hours"
 
 
+def check_driver(grid: Grid) -> None:
+    """ConfigError where this machine's memory cannot hold the grid's points (the driver of a
+    run, `status` and `analyze` expand them all), before they are expanded."""
+    mem = physical_memory()
+    need = grid.n_points * DRIVER_BYTES_PER_POINT
+    if need > mem:
+        raise ConfigError(f"{grid.source}: axes: {grid.n_points:,} points: expanding them would "
+                          f"take about {need / 1e9:.0f} GB, this machine has {mem / 1e9:.0f} GB; "
+                          "split the grid")
+
+
 def check_machine(grid: Grid, *, here: bool, driver: bool = True, num_cpus: int | None = None,
                   cpus_name: str = "command line: --cpus-per-trial") -> None:
     """ConfigError, before Ray starts, where the grid cannot run: its largest point takes more
@@ -146,11 +209,8 @@ def check_machine(grid: Grid, *, here: bool, driver: bool = True, num_cpus: int 
     per trial were set, for the message."""
     mem = physical_memory()
     here = here and grid.resources.gpus_per_trial == 0
-    need = grid.n_points * DRIVER_BYTES_PER_POINT
-    if driver and need > mem:
-        raise ConfigError(f"{grid.source}: axes: {grid.n_points:,} points: the driver would "
-                          f"need about {need / 1e9:.0f} GB, this machine has {mem / 1e9:.0f} GB; "
-                          "split the grid")
+    if driver:
+        check_driver(grid)
     for p in largest_points(grid):
         what = (f"{p.arch}, l = {p.layers}, c = {p.cells}, p = {p.position}, {p.max_epochs} "
                 f"epochs of {p.steps_per_epoch} steps of {p.batch_size} sequences")
