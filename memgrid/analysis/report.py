@@ -273,7 +273,7 @@ def _budget_table(conv: pd.DataFrame | None, how: str, out: Path, stem: str) -> 
             "`(moves)` = not converged: a larger budget moves it, or it was still moving at "
             "the largest budget run; `(?)` = nothing to compare with. "
             f"Configurations converged at some budget: **{n_conv} of {n_conf}**.", "",
-            md_table(pivot.reset_index(), max_rows=200), "",
+            md_table(pivot.reset_index(), max_rows=10_000), "",
             f"![memory limit against training budget]({png.name})", ""]
 
 
@@ -294,11 +294,11 @@ def _capacity_section(points: pd.DataFrame) -> list[str]:
            f"that): {int(capacity_testable(mc).sum())}; **task MC above N - (l - 1): "
            f"{len(over)}**.", ""]
     if len(over):
-        out += [md_table(over), ""]
+        out += [md_table(over, full="capacity.csv"), ""]
     summary = mc.groupby(CONFIG + variant_columns(points), dropna=False).agg(
         mc_mean=("mc", "mean"), mc_max=("mc", "max"), bound=("bound", "first"),
         positions=("positions", "max"), seeds=("seed", "nunique")).reset_index()
-    out += ["MC per configuration (over seeds):", "", md_table(summary), ""]
+    out += ["MC per configuration (over seeds):", "", md_table(summary, max_rows=10_000), ""]
     return out + _stream_section(points, summary)
 
 
@@ -323,7 +323,7 @@ def _stream_section(points: pd.DataFrame, task: pd.DataFrame) -> list[str]:
             "sums r2 over *different* networks, one trained per position, and is not bounded by "
             "N. The stream MC leaves out delay 0 (the current input), which the task's p = 1 is.",
             "", f"Networks measured: {len(pts)}; above N (Jaeger's bound): **{len(over_n)}**; "
-            f"above N - (l - 1): {len(over_b)}.", "", md_table(both), ""]
+            f"above N - (l - 1): {len(over_b)}.", "", md_table(both, max_rows=10_000), ""]
 
 
 def _state_size_section(kinds: list, threshold: float) -> list[str]:
@@ -342,7 +342,7 @@ def _state_size_section(kinds: list, threshold: float) -> list[str]:
         reached = (table["reaches_n"] == "yes").sum()
         out += [f"### {title}", "", f"Configurations whose limit reaches N: **{reached} of "
                 f"{len(table)}** ({(table['reaches_n'] == '?').sum()} censored below N).", "",
-                md_table(table), ""]
+                md_table(table, max_rows=10_000), ""]
     return out
 
 
@@ -371,7 +371,7 @@ def _plateau_section(uri: str, points: pd.DataFrame, threshold: float) -> list[s
 def _stop_section(points: pd.DataFrame) -> list[str]:
     counts = pd.crosstab(points["arch"], points["stop_reason"]).reset_index()
     counts.columns.name = None
-    return ["## Stop reasons", "", md_table(counts)]
+    return ["## Stop reasons", "", md_table(counts, max_rows=10_000)]
 
 
 def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
