@@ -316,7 +316,8 @@ def write_points(uri: str, part: str, rows: list[dict], curves: list[dict]) -> N
     try:
         write_part(uri, "points", part, points)
     except BaseException:
-        if written is not None and not _exists(fs, f"{base}/points/{part}.parquet"):
+        landed = fs.get_file_info(f"{base}/points/{part}.parquet").type == pafs.FileType.File
+        if written is not None and not landed:
             fs.delete_file(written)
         raise
 
