@@ -25,7 +25,7 @@ from .limits import (STRICT_THRESHOLDS, against_state_size, bimodality, plateau_
                      replay_stopping)
 from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
                     plot_mc_vs_units, save)
-from .summary import (TASKS, claim_sentences, count_sentence, has_variants, limits_table,
+from .summary import (TASKS, archs_in_order, claim_sentences, count_sentence, has_variants, limits_table,
                       reach_sentences, settings_table, summary_grid)
 from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
                      load_points, random_length, units, units_text, variant_columns)
@@ -493,7 +493,7 @@ def _summary(limits: pd.DataFrame, claims: pd.DataFrame, threshold: float,
         lines += [f"### Memory-distance limits, {title}", "", count_sentence(lim, threshold), "",
                   *reach_sentences(lim), ""]
         if tables:
-            for arch in lim["arch"].drop_duplicates():
+            for arch in archs_in_order(lim):
                 lines += [f"{arch_label(arch)}, limit per (l, c):", "",
                           md_table(summary_grid(lim, arch), max_rows=10_000)]
             lines += ["A cell: the limit; `>= p`: censored by the grid's largest p (a lower "

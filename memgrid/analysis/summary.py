@@ -108,11 +108,20 @@ def _where(sel: pd.DataFrame) -> str:
                      for l, g in sel.groupby("layers", sort=True)) or "none"
 
 
+def archs_in_order(lim: pd.DataFrame) -> list[str]:
+    """The archs of a table in memgrid's order (:data:`memgrid.config.ARCHS`: RNN, LSTM, GRU,
+    then the newer cells), others after them by name."""
+    from ..config import ARCHS
+
+    seen = set(lim["arch"])
+    return [a for a in ARCHS if a in seen] + sorted(seen - set(ARCHS))
+
+
 def reach_sentences(lim: pd.DataFrame) -> list[str]:
     """Per arch: which configurations' limits reach N, which stay below it (and which of those
     are censored: the grid stops before N, so they may reach it), as Markdown bullets."""
     out = []
-    for arch in lim["arch"].drop_duplicates():
+    for arch in archs_in_order(lim):
         sel = lim[lim["arch"] == arch]
         reach = sel[sel["limit"] >= sel["units"]]
         below = sel[sel["limit"] < sel["units"]]
