@@ -217,8 +217,8 @@ def plot_heatmaps(points: pd.DataFrame, stat: str = "mean", threshold: float = T
     used = [ax for ax in panels.flat if ax.axison]
     what = "Mean" if stat == "mean" else "Standard deviation"
     fig.colorbar(image, ax=used, extend="max" if stat == "mean" else "neither",
-                 label=("mean evaluation MAE over seeds (0.25: constant guess)" if stat == "mean"
-                        else "std of the evaluation MAE over seeds"))
+                 label=("mean MAE over seeds\n(0.25: constant guess)" if stat == "mean"
+                        else "std of the MAE over seeds"))
     legend = [Line2D([], [], color="red", lw=1.5,
                      label=f"memory limit (mean loss < {threshold} up to here)")]
     if dashed:
