@@ -218,6 +218,8 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
               "has the CPUs it has")
     if max_points < 1:
         _fail(f"command line: --max-points: must be >= 1, got {max_points}")
+    if out == "":
+        _fail("command line: --out: empty; give a folder or a URI")
     try:
         grid = build_grid(grid_file, smoke=smoke, pack=pack, cpus_per_trial=cpus_per_trial,
                           gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
@@ -372,6 +374,8 @@ def _report_folder(results: str, out: str | None) -> str:
     """Where `analyze` writes its report: `out`, or RESULTS/report for a local folder; one line
     and exit status 2 where it cannot (a URI without --out, a symbolic link to nothing, a
     folder that cannot be written, one inside the results' tables)."""
+    if out == "":
+        _fail("command line: --out: empty; give a folder")
     if out is None:
         if "://" in results:
             _fail(f"command line: --out: required for results at a URI ({results}): the "

@@ -463,6 +463,8 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
     reaches (a relative path is only meaningful for a cluster on this machine)."""
     from .config import MAX_POINTS, check_size
 
+    if out == "":
+        raise ConfigError("command line: --out: empty; give a URI or an absolute path")
     max_points = flags.get("max_points")
     if max_points is not None and max_points < 1:
         raise ConfigError(f"command line: --max-points: must be >= 1, got {max_points}")
