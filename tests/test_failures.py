@@ -161,7 +161,8 @@ def test_duplicate_keys_are_refused_naming_file_line_and_key(tmp_path, text, whe
 def test_a_grid_too_large_for_the_driver_is_refused_before_it_is_expanded(tmp_path):
     # 10^12 points: expanding them would never end, so passing means not expanded
     huge = {"name": "h", "axes": {"arch": ["rnn"], "layers": [1], "cells": "1..1000",
-                                  "position": "1..1000", "seed": "0..999999"}}
+                                  "position": "1..1000", "seed": "0..999999"},
+            "capacity": {"mc_length": 0}}      # no stream MC: its length bounds N otherwise
     grid = parse_grid(huge, "h.yaml")
     assert grid.n_points == 10**12
     big = write_grid(tmp_path / "big.yaml", name="big",
