@@ -36,7 +36,7 @@ def stopped_midway(grid_file, out: str, monkeypatch, n_packs: int = 2) -> list:
     tune = pytest.importorskip("ray.tune")
     from memgrid import tune as memgrid_tune
 
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)          # no Tune session here
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)          # no Tune trial around it here
     grid = load_grid(grid_file)
     prepare_out(grid, out)
     packs = plan_packs(grid.points(), 4, slots=1)

@@ -100,7 +100,7 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
 SHIPPED_PARTLY: list[str] = ["fig6_rnn"]
-"""docs/data's folders of grids still running across sessions"""
+"""docs/data's folders of grids that hold only some of their points (runs still under way)"""
 
 
 def test_the_shipped_results_are_found_by_their_grids():
@@ -310,7 +310,7 @@ def test_an_interrupted_tuned_grid_counts_its_measured_points(tmp_path):
 
 def test_benchmark_header_names_the_core_generation():
     """A virtual machine's model name is often only "AMD EPYC": the header adds the generation
-    from cpu family and flags (session 13 called a Zen 5 a Zen 4 for want of it)."""
+    from cpu family and flags (without it a Zen 5 reads as a Zen 4)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
