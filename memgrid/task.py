@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .native import compile_so, load_once
+from .native import load_so, load_once
 
 _M32 = 0xFFFFFFFF
 # stream ids: independent sub-streams of one seed
@@ -155,7 +155,7 @@ _SRC = Path(__file__).with_name("csrc") / "task.c"
 
 
 def _build() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(compile_so(_SRC, [], "task")))
+    lib = load_so(_SRC, [], "task", ["memgrid_make_batch"])
     i64, u32, P = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
     lib.memgrid_make_batch.argtypes = [i64] * 4 + [P, u32, u32, i64] + [P] * 4
     lib.memgrid_make_batch.restype = None
