@@ -123,7 +123,7 @@ def _results_grid(results: str, *, required: bool):
             _fail(f"{results}: no grid.json: not a memgrid results folder")
         return None
     try:
-        grid = grid_from_identity(ident, f"{results.rstrip('/')}/grid.json")
+        grid = grid_from_identity(ident, f"{results.rstrip('/')}/grid.json", check=True)
         check_driver(grid)
         return grid, grid.points()
     except ConfigError as e:
@@ -458,7 +458,14 @@ def compact(results):
     except OSError as e:
         _fail(f"{results}: cannot lock ({e.strerror or e})")
     try:
-        _compact(results)
+        with stoppable():
+            _compact(results)
+    except KeyboardInterrupt:
+        from .tune import exit_status
+
+        click.echo(f"memgrid: interrupted: {results}: compaction stopped; every point reads "
+                   "as before; run it again", err=True)
+        sys.exit(exit_status())
     except store.READ_ERRORS as e:
         click.echo(f"memgrid: error: {results}: compaction stopped ({store.first_line(e)}); "
                    "every point reads as before; run it again", err=True)

@@ -845,11 +845,46 @@ def check_resources(source: str, **res: Any) -> Resources:
     return out
 
 
-def grid_from_identity(identity: dict[str, Any], source: str = "grid.json") -> Grid:
-    """The grid that a results folder's grid.json (:attr:`Grid.identity`) describes."""
+def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
+                       check: bool = False) -> Grid:
+    """The grid that a results folder's grid.json (:attr:`Grid.identity`) describes. `check`:
+    refuse (ConfigError naming `source` and the key) one that memgrid would not have written:
+    an unknown setting, a value of another type or out of bounds, an empty axis."""
     tune_lr = identity.get("tune_lr")
-    return Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
-                source=source, tune_lr=LRTuning.from_dict(tune_lr) if tune_lr else None)
+    if check:
+        for part in ("name", "axes", "fixed"):
+            if part not in identity:
+                raise ConfigError(f"{_where(source, part)}: missing")
+        _check_type(source, "name", identity["name"], str)
+        for part in ("axes", "fixed"):
+            if not isinstance(identity[part], dict):
+                raise ConfigError(f"{_where(source, part)}: not a mapping")
+            for k, v in identity[part].items():
+                where = f"{part}.{k}"
+                if k not in POINT_FIELDS:
+                    raise ConfigError(f"{_where(source, where)}: not a setting")
+                vals = v if part == "axes" else [v]
+                if not isinstance(vals, list) or not vals:
+                    raise ConfigError(f"{_where(source, where)}: not a list of values")
+                for x in vals:
+                    if k in BY_ARCH and isinstance(x, dict):
+                        _parse_by_arch(source, where, x, [])
+                    else:
+                        _check_type(source, where, x, _field_type(k))
+        for k in REQUIRED_AXES:
+            if k not in identity["axes"]:
+                raise ConfigError(f"{_where(source, 'axes.' + k)}: missing")
+        if tune_lr is not None and not isinstance(tune_lr, dict):
+            raise ConfigError(f"{_where(source, 'tune_lr')}: not a mapping")
+    try:
+        tuning = LRTuning.from_dict(tune_lr) if tune_lr else None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{_where(source, 'tune_lr')}: not a tuning ({e})") from None
+    grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
+                source=source, tune_lr=tuning)
+    if check:
+        _validate_points(grid)
+    return grid
 
 
 def protocol_name(settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
@@ -873,17 +908,17 @@ MAX_FILE_BYTES = 2**20
 ranges), and 100,000 seeds listed one by one fit in 0.7 MB; YAML parses about 0.5 MB/s"""
 
 
-def read_text(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+def read_text(path: str | Path, max_bytes: int = MAX_FILE_BYTES, what: str = "grid file") -> str:
     """A YAML file's text (UTF-8), read only up to `max_bytes`. Raises :class:`ConfigError`
-    naming the file: it cannot be read, is larger, or is not UTF-8 text."""
+    naming the file (a `what`): it cannot be read, is larger, or is not UTF-8 text."""
     try:
         with open(path, "rb") as f:
             blob = f.read(max_bytes + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     if len(blob) > max_bytes:
-        raise ConfigError(f"{path}: larger than {max_bytes // 2**10:,} kB: not a grid file "
-                          "(write long axes as ranges, a..b)")
+        hint = " (write long axes as ranges, a..b)" if what == "grid file" else ""
+        raise ConfigError(f"{path}: larger than {max_bytes // 2**10:,} kB: not a {what}{hint}")
     try:
         return blob.decode("utf-8")
     except UnicodeDecodeError as e:

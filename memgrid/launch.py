@@ -81,7 +81,8 @@ def load_cluster(path: str | Path) -> dict:
 
     path = Path(path)
     # read as `ray up` reads it (PyYAML's safe loader), within memgrid's bounds on YAML files
-    raw = load_yaml(read_text(path), str(path), loader=yaml.SafeLoader, duplicate_keys=True)
+    raw = load_yaml(read_text(path, what="cluster file"), str(path), loader=yaml.SafeLoader,
+                    duplicate_keys=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a Ray cluster file is a mapping (cluster_name, provider, ...)")
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -195,7 +196,10 @@ def open_tunnel(cluster_file: str, port: int):
 
 
 def is_loopback(address: str) -> bool:
-    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    try:
+        host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    except ValueError:      # not a URL: probe() names it
+        return False
     if host == "localhost":
         return True
     try:

@@ -73,15 +73,17 @@ def test_a_part_written_before_a_setting_existed_reads_as_its_old_value(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from memgrid.store import POINT_SCHEMA, point_settings, read_points
+    from memgrid.store import ADDED_IN, POINT_SCHEMA, point_row, read_points
 
     (tmp_path / "points").mkdir()
     for name, p in [("old", Point("rnn", 1, 5, 3, 0)), ("new", Point("rnn", 1, 5, 3, 1, optimizer="adam",
                                                                    lr_schedule="cosine"))]:
-        row = point_settings(p, "g")
-        table = pa.Table.from_pylist([row], schema=pa.schema([f for f in POINT_SCHEMA if f.name in row]))
-        if name == "old":
-            table = table.drop(["optimizer", "lr_schedule"])
+        row = point_row(p, "g", epochs=10, stop_reason="max_epochs", loss=0.2, best_loss=0.2,
+                        r2=0.1, wall_s=1.0, pack_id="pack-x", device="cpu")
+        table = pa.Table.from_pylist([row], schema=POINT_SCHEMA)
+        if name == "old":       # a part of schema version 1: none recorded, none added since
+            table = table.drop(list(ADDED_IN["points"]))   # optimizer, lr_schedule, ...
+            table = table.replace_schema_metadata(None)
         pq.write_table(table, tmp_path / "points" / f"{name}.parquet")
     got = read_points(str(tmp_path)).to_pandas().set_index("seed")[["optimizer", "lr_schedule"]]
     assert got.to_dict("index") == {0: {"optimizer": "sgd", "lr_schedule": "constant"},

@@ -230,11 +230,14 @@ FOLDERS = {
     "grid.json a list": (lambda d: (d.mkdir(), (d / "grid.json").write_text("[1, 2]")),
                          "grid.json: unreadable (a JSON list"),
     "grid.json of no grid": (lambda d: (d.mkdir(), (d / "grid.json").write_text(
-        '{"name": "x", "axes": [], "fixed": {}}')), "grid.json: does not describe a grid"),
+        '{"name": "x", "axes": [], "fixed": {}}')), "grid.json: axes: not a mapping"),
     "grid.json of 10^10 points": (lambda d: (d.mkdir(), (d / "grid.json").write_text(json.dumps(
         {"name": "x", "fixed": {}, "axes": {"arch": ["rnn"], "layers": [1], "cells": [1],
                                             "position": list(range(1, 10**5 + 1)),
                                             "seed": list(range(10**5))}}))), "10,000,000,000 points"),
+    "grid.json with a layer 'x'": (lambda d: (d.mkdir(), (d / "grid.json").write_text(json.dumps(
+        {"name": "x", "fixed": {}, "axes": {**GRID["axes"], "layers": [1, "x"]}}))),
+        "grid.json: axes.layers: expected int"),
     "not a results folder": (lambda d: (d.mkdir(), (d / "notes.txt").write_text("x")),
                              "not a memgrid results folder"),
 }
