@@ -10,7 +10,7 @@ the two tasks, side by side at the same scale.
 
 from memgrid.analysis.plots import save
 from memgrid.analysis.scripts import heatmap, parser
-from memgrid.store import read_grid_identity
+from memgrid.results import read_grid_identity
 
 
 def main(argv=None) -> None:

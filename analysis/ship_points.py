@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memgrid.analysis import budget_rungs, load_curves, load_points
-from memgrid.store import CURVE_SCHEMA, PACKS, POINT_SCHEMA
-from memgrid.tune import TUNING
+from memgrid.results import CURVE_SCHEMA, PACKS, POINT_SCHEMA
+from memgrid.results import TUNING
 
 
 def main(argv=None) -> None:

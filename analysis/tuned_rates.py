@@ -13,22 +13,22 @@ import argparse
 
 import pandas as pd
 
-from memgrid import store
+from memgrid.results import read_grid_identity, read_points
 from memgrid.analysis.report import md_table
 from memgrid.config import grid_from_identity
-from memgrid.tune import TUNING
+from memgrid.results import TUNING
 from memgrid.tuning import choose_lr, tuning_points
 
 
 def chosen_rates(results: str) -> pd.DataFrame:
     """One row per (arch, layers, cells) of the grid: `lr`, the rate chosen (NaN where its
     tuning is not complete)."""
-    identity = store.read_grid_identity(results)
+    identity = read_grid_identity(results)
     grid = grid_from_identity(identity) if identity else None
     if grid is None or grid.tune_lr is None:
         raise SystemExit(f"{results}: not a grid with tune_lr (its grid.json)")
     tuned = tuning_points(grid.points(), grid.tune_lr)
-    rows = store.read_points(f"{results.rstrip('/')}/{TUNING}").to_pylist()
+    rows = read_points(f"{results.rstrip('/')}/{TUNING}").to_pylist()
     stored = {r["point_id"] for r in rows}
     by_key: dict[tuple, list] = {}
     for p in tuned:

@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import kernels, store  # noqa: E402
+from memgrid import kernels# noqa: E402
+from memgrid.results import read_points# noqa: E402
 from memgrid.request import prepare_out  # noqa: E402
 from memgrid.cells import GATES  # noqa: E402
 from memgrid.config import Grid, Point, load_grid  # noqa: E402
@@ -284,8 +285,8 @@ def run_memgrid(grids: list[Grid], pack, out_root: str) -> dict:
     s = run_grid(union, out, address="local", quiet=True)
     summary.update(failed=s["failed_trials"], trials=s["packs"], packs=s["packs"],
                    done=s["done"], points=s["points"])
-    t = store.read_points(out, columns=["pack_id", "wall_s", "arch", "layers", "cells", "q_hi",
-                                        "batch_size", "steps_per_epoch", "epochs"]).to_pandas()
+    t = read_points(out, columns=["pack_id", "wall_s", "arch", "layers", "cells", "q_hi",
+                                  "batch_size", "steps_per_epoch", "epochs"]).to_pandas()
     summary["pack_table"] = t
     summary["busy_s"] = float(t.groupby("pack_id")["wall_s"].max().sum())
     return summary

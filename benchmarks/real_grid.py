@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import FIG6_NETS, ROOT, _Union, cpu_text, machine_rates, point_epoch_flops  # noqa: E402
-from memgrid import store  # noqa: E402
+from memgrid.results import read_points# noqa: E402
 from memgrid.config import Grid, load_grid  # noqa: E402
 from memgrid.request import prepare_out  # noqa: E402
 try:
@@ -96,7 +96,7 @@ def timing(out: str, slots: int, rates: dict, started: float | None = None) -> d
     """The timing of results folder `out` (see the module's doc). `started`: the run's start,
     a POSIX time (None: the first trial's start). A folder filled by several runs counts the
     time its trials ran, not the pauses between."""
-    t = store.read_points(out, columns=COLUMNS).to_pandas()
+    t = read_points(out, columns=COLUMNS).to_pandas()
     t = t[t.arch != "esn"]
     t["end"] = t.finished_at.map(lambda v: v.timestamp())
     T = t.groupby("pack_id").q_hi.transform("max")

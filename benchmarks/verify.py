@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from memgrid import store
+from memgrid.results import read_points
 from memgrid.config import Point
 from memgrid.models import forward, init_params
 from memgrid.task import TRAIN, TaskSpec, make_batch
@@ -109,7 +109,7 @@ def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threa
     differ from their stored row: :data:`MEASURED` bit for bit, the stream MC to
     :data:`MC_STREAM_RTOL`)."""
     torch.set_num_threads(threads)
-    rows = [r for r in store.read_points(folder).to_pylist() if r["arch"] != "esn" and where(r)]
+    rows = [r for r in read_points(folder).to_pylist() if r["arch"] != "esn" and where(r)]
     fields = [f.name for f in dataclasses.fields(Point)]
     bad, drawn = 0, random.Random(seed).sample(rows, min(n, len(rows)))
     for r in drawn:

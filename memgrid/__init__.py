@@ -6,7 +6,7 @@ import time as _time
 __version__ = "0.1.0"
 IMPORTED = _time.monotonic()
 """when memgrid was first imported (time.monotonic()): the earliest start the progress clock
-believes (memgrid.tune.launch_time)"""
+believes (memgrid.processes.launch_time)"""
 
 from .cells import Cell as Cell
 from .config import ConfigError as ConfigError

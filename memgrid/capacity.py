@@ -176,7 +176,7 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
 
 
 def fill_stream_mc(cfg, rows: list[dict], weights: list[dict], device) -> None:
-    """Set `mc_stream` of finished points rows (``memgrid.store.point_row``) of one pack, whose
+    """Set `mc_stream` of finished points rows (``memgrid.rows.point_row``) of one pack, whose
     settings `cfg` (a Point of the pack) name the stream (mc_length, mc_low, mc_high; 0: none),
     to :func:`trained_memory_capacity` of their trained `weights`, one network at a time, so
     that a point's MC is a function of the point alone: which points finish together depends

@@ -6,7 +6,6 @@ stderr naming the file and key, exit status 2, before Ray starts and before anyt
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -18,9 +17,11 @@ from pathlib import Path
 
 import click
 
-from . import store
 from .config import MAX_POINTS, THRESHOLD, ConfigError, check_size, grid_from_identity
-from .lock import FolderBusy, FolderLock
+from .processes import exit_status, launch_time, signals_held, stoppable
+from .results import (PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy, FolderLock, check_results,
+                      damaged_parts, done_ids, first_line, read_points, repair, saved_packs)
+from .results import compact as compact_folder
 from .request import (EXIT_BAD_INPUT, build_grid, check_driver, check_link, check_machine,
                       check_out, prepare_out, read_identity)
 
@@ -30,7 +31,7 @@ def _fail(msg: str) -> None:
 
 
 def _warn_damaged(results: str) -> None:
-    for path, why in store.damaged_parts(results):
+    for path, why in damaged_parts(results):
         click.echo(f"memgrid: warning: {path}: unreadable part ({why}), skipped; `memgrid run` "
                    "moves it aside and trains its points again", err=True)
 
@@ -58,23 +59,6 @@ class _Commands(click.Group):
             click.echo("memgrid: interrupted", err=True)
             sys.exit(128 + signal.SIGINT)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@contextlib.contextmanager
-def stoppable(*, subreaper: bool = False):
-    """A command's run: SIGINT, SIGTERM and SIGHUP (its terminal closed) raise a
-    KeyboardInterrupt (memgrid.tune.interruptible, with its `subreaper`), after which
-    memgrid.tune.exit_status gives 130, 143 or 129. Undone at the end."""
-    from .tune import interruptible
-
-    with interruptible(subreaper=subreaper):
-        old = signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM)) \
-            if threading.current_thread() is threading.main_thread() else None
-        try:
-            yield
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGHUP, old)
 
 
 REACH_S = 20.0
@@ -114,7 +98,7 @@ def _results_grid(results: str, *, required: bool):
     and not `required`), after checking that it is one: one line and exit status 2 where it is not,
     cannot be reached or its grid.json cannot be read."""
     try:
-        _reach(results, store.check_results)
+        _reach(results, check_results)
         ident = read_identity(results)
     except ValueError as e:     # ConfigError too
         _fail(str(e))
@@ -153,7 +137,7 @@ def _ends_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .tune import exit_status, grid_points, signals_held, stop_counts
+        from .tune import grid_points, stop_counts
 
         _RUNNING.clear()
         with stoppable(subreaper=True):   # an orphaned Ray process comes back to be ended
@@ -275,10 +259,10 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
                 prepare_out(grid, out)           # again, now that no other run can write
             except ConfigError as e:
                 _fail(str(e))
-            for line in store.repair(out):      # damaged or half-written parts go aside
+            for line in repair(out):      # damaged or half-written parts go aside
                 click.echo(f"memgrid: {line}", err=True)
 
-        from .tune import launch_time, run_grid  # Ray is imported inside, once the input is good
+        from .tune import run_grid  # Ray is imported inside, once the input is good
 
         try:
             summary = run_grid(grid, out, address=address, num_cpus=num_cpus, quiet=quiet,
@@ -304,16 +288,16 @@ def status(results):
     grid, points = _results_grid(results, required=True)
     _warn_damaged(results)
     if grid.tune_lr is not None:     # its points' ids follow from the tuning run's choice
-        from .tune import TUNING, grid_points
+        from .tune import grid_points
         from .tuning import tuning_points
 
         tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}
-        have = store.done_ids(f"{results.rstrip('/')}/{TUNING}") & tuned
+        have = done_ids(f"{results.rstrip('/')}/{TUNING}") & tuned
         click.echo(f"{results}/{TUNING}: learning rate tuned on seeds "
                    f"{', '.join(map(str, grid.tune_lr.seeds))}: {len(have)}/{len(tuned)} tuning "
                    "points done")
         points = grid_points(grid, results) or points
-    t = store.read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
+    t = read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
     reason = dict(zip(t["point_id"], t["stop_reason"]))
     by_net: dict[tuple, Counter] = {}
     for p in points:
@@ -326,9 +310,9 @@ def status(results):
     done = sum(c["done"] for c in by_net.values())
     click.echo(f"{results}: grid '{grid.name}', {done}/{len(points)} points done, "
                f"{len(points) - done} missing")
-    saved = store.saved_packs(results)
+    saved = saved_packs(results)
     if saved:
-        click.echo(f"  packs saved mid-training in {results.rstrip('/')}/{store.PACKS}/: "
+        click.echo(f"  packs saved mid-training in {results.rstrip('/')}/{PACKS}/: "
                    f"{len(saved)}; the next run continues each where it stopped")
     reasons = sorted({k for c in by_net.values() for k in c} - {"total", "done"})
     header = ["arch", "l", "c", "done", "total"] + reasons
@@ -360,7 +344,6 @@ def analyze(results, out, threshold):
         try:
             path = write_report(results, out, threshold=threshold)
         except KeyboardInterrupt:
-            from .tune import exit_status
 
             click.echo(f"memgrid: interrupted: {out}: the report is not finished; run the same "
                        "command again", err=True)
@@ -401,7 +384,7 @@ def _report_folder(results: str, out: str | None) -> str:
     if not os.access(above, os.W_OK | os.X_OK):
         _fail(f"{flag}{above} is not writable: give --out FOLDER elsewhere")
     if "://" not in results:
-        tables = [Path(results).resolve() / t for t in (*store.TABLES, store.PACKS)]
+        tables = [Path(results).resolve() / t for t in (*TABLES, PACKS)]
         if any(path.resolve() == t or t in path.resolve().parents for t in tables):
             _fail(f"{flag}{out}: inside the table folders of {results}: give --out FOLDER "
                   "elsewhere")
@@ -409,18 +392,16 @@ def _report_folder(results: str, out: str | None) -> str:
 
 
 def _compact(results: str, *, changed_only: bool = False) -> None:
-    """store.compact of `results` and of its tuning run's folder where it has one, holding the
+    """compact of `results` and of its tuning run's folder where it has one, holding the
     folder's lock: one line each on stdout (`changed_only`: where parts were merged), repair's
     lines on stderr."""
-    from .tune import TUNING
-
     for uri in (results, f"{results.rstrip('/')}/{TUNING}"):
         if uri != results:
             try:
-                store.check_results(uri)
+                check_results(uri)
             except ValueError:      # no tuning run
                 continue
-        s = store.compact(uri)
+        s = compact_folder(uri)
         for line in s["repaired"]:
             click.echo(f"memgrid: {line}", err=True)
         b, a = s["parts_before"], s["parts_after"]
@@ -434,8 +415,8 @@ def _compact_after_run(out: str) -> None:
     that fails leaves the folder as readable as before: a warning, not a failed run."""
     try:
         _compact(out, changed_only=True)
-    except store.READ_ERRORS as e:
-        click.echo(f"memgrid: warning: {out}: not compacted ({store.first_line(e)}); every point "
+    except READ_ERRORS as e:
+        click.echo(f"memgrid: warning: {out}: not compacted ({first_line(e)}); every point "
                    f"is stored; `memgrid compact {out}` tries again", err=True)
 
 
@@ -446,7 +427,7 @@ def compact(results):
     grid) into a few, the same rows. Safe to stop at any moment; refused while a `memgrid run`
     writes the folder. `memgrid run` does it itself once every point is stored."""
     try:
-        store.check_results(results)
+        check_results(results)
     except ValueError as e:
         _fail(str(e))
     folder_lock = FolderLock(results)
@@ -461,13 +442,12 @@ def compact(results):
         with stoppable():
             _compact(results)
     except KeyboardInterrupt:
-        from .tune import exit_status
 
         click.echo(f"memgrid: interrupted: {results}: compaction stopped; every point reads "
                    "as before; run it again", err=True)
         sys.exit(exit_status())
-    except store.READ_ERRORS as e:
-        click.echo(f"memgrid: error: {results}: compaction stopped ({store.first_line(e)}); "
+    except READ_ERRORS as e:
+        click.echo(f"memgrid: error: {results}: compaction stopped ({first_line(e)}); "
                    "every point reads as before; run it again", err=True)
         sys.exit(1)
     finally:

@@ -579,7 +579,7 @@ def _check_value(source: str, where: str, v: Any) -> None:
 
 
 INT32_MAX = 2**31 - 1
-"""largest integer setting: the points table stores them as 32-bit integers (memgrid.store)"""
+"""largest integer setting: the points table stores them as 32-bit integers (memgrid.results.schema)"""
 MC_LENGTH_MAX = 10**6
 """longest stream of Jaeger's MC (mc_length; 4,000 by default)"""
 MC_BYTES_PER_STEP = 64

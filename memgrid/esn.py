@@ -43,7 +43,7 @@ import torch
 from .capacity import (HIGH, LENGTH, LOW, TEST_FRAC, default_k_max, input_stream, ridge_fit,
                        squared_correlation, state_chunks, stream_memory_capacity)
 from .config import Point
-from .store import curve_rows, point_row
+from .rows import curve_rows, point_row
 from .task import TRAIN, TaskSpec, key, make_batch, make_eval_set, uniform
 
 RESERVOIR = 0x5BD1E995
@@ -244,7 +244,7 @@ def fit_task(points: list[Point], *, device: str | torch.device = "cpu",
 def fit_esn_pack(points: list[Point], *, device: str | torch.device = "cpu", grid_name: str = "",
                  pack_id: str = "", train_size: int = TRAIN_SIZE, linear: bool = False,
                  mc: bool = True) -> tuple[list[dict], list[dict]]:
-    """Fit a pack of ESN points; their points rows (``memgrid.store.POINT_SCHEMA``) and curve
+    """Fit a pack of ESN points; their points rows (``memgrid.results.schema.POINT_SCHEMA``) and curve
     rows (one per point, epoch 0: train_loss = MAE on the fit's sequences, eval_loss = loss).
 
     Stop reason `solved` where the evaluation MAE is below `solved_loss` (as for a trained

@@ -69,9 +69,10 @@ def vector_width() -> str:
 
 
 def path_name(arch: str, device: str | torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """Which code path trains a pack of `arch` on `device` (a row's `kernel`, memgrid.store
-    .KERNELS): ``c-<vector_width()>`` where this kernel computes it, ``torch`` for PyTorch ops
-    on the CPU (MEMGRID_KERNELS=0, no compiler, a cell it lacks), ``cuda`` on a GPU."""
+    """Which code path trains a pack of `arch` on `device` (a row's `kernel`,
+    memgrid.results.schema.KERNELS): ``c-<vector_width()>`` where this kernel computes it,
+    ``torch`` for PyTorch ops on the CPU (MEMGRID_KERNELS=0, no compiler, a cell it lacks),
+    ``cuda`` on a GPU."""
     device = torch.device(device)
     if device.type != "cpu":
         return device.type

@@ -45,8 +45,9 @@ from urllib.parse import urlparse
 import click
 import yaml
 
-from . import store
+from .results import read_grid_identity
 from .config import ConfigError, Grid, load_yaml, read_text
+from .processes import exit_status, stoppable
 from .request import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -284,7 +285,7 @@ def check_out(grid: Grid, out: str) -> None:
     if "://" in out and not out.startswith("file://"):
         return   # an object store may need credentials this machine does not have
     try:
-        old = store.read_grid_identity(out)
+        old = read_grid_identity(out)
     except (OSError, ValueError):
         return
     check_identity(grid, out, old)
@@ -363,7 +364,6 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
       memgrid launch --address ... --status JOB | --follow JOB | --stop JOB
 
     Launching the same grid into the same --out again trains only the points missing there."""
-    from .cli import stoppable
 
     with stoppable():   # SIGTERM and SIGHUP too end in `except KeyboardInterrupt`: the tunnel closes
         _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
@@ -375,7 +375,6 @@ def launch(grid_file, cluster_file, address, out, pack, cpus_per_trial, gpus_per
 
 def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id, status_id,
             stop_id, flags: dict) -> None:
-    from .tune import exit_status
 
     job_ops = [x for x in (follow_id, status_id, stop_id) if x]
     # a job server on this machine's loopback runs the cluster here: its Python is this one

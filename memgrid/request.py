@@ -10,7 +10,8 @@ import os
 
 import pyarrow.fs as pafs
 
-from . import store
+from .results import (PACKS, TABLES, check_folder, damaged_parts, first_line, part_names,
+                      read_grid_identity, resolve, write_grid_identity)
 from .config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
                      Point, check_resources, for_arch, load_grid)
 from .packs import member_bytes, pack_seconds
@@ -51,16 +52,16 @@ def read_identity(results: str) -> dict | None:
     """The grid.json of the folder `results` (None: it has none). ConfigError, one line naming
     it, where it cannot be read or is not a JSON object."""
     try:
-        return store.read_grid_identity(results)
+        return read_grid_identity(results)
     except UnicodeDecodeError:
         why = "not text"
     except (OSError, ValueError) as e:
-        why = store.first_line(e) if str(e) else type(e).__name__
+        why = first_line(e) if str(e) else type(e).__name__
     raise ConfigError(f"{results.rstrip('/')}/grid.json: unreadable ({why}): not a memgrid "
                       "results folder's")
 
 
-OWN_NAMES = ("grid.json", *store.TABLES, store.PACKS, "tuning", "report")
+OWN_NAMES = ("grid.json", *TABLES, PACKS, "tuning", "report")
 """what memgrid writes at the top of a results folder (besides hidden files: a lock, files
 being written)"""
 
@@ -69,7 +70,7 @@ def foreign_content(out: str) -> str:
     """Where the existing folder `out` has no grid.json: the first thing in it that memgrid does
     not write ('' if none): a file or folder of another name, or a points/ whose every part is
     unreadable as a points table (another tool's Parquet files)."""
-    fs, base = store.resolve(out)
+    fs, base = resolve(out)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base))
     except (OSError, ValueError):
@@ -77,9 +78,9 @@ def foreign_content(out: str) -> str:
     for info in sorted(infos, key=lambda i: i.base_name):
         if not info.base_name.startswith(".") and info.base_name not in OWN_NAMES:
             return info.base_name
-    parts = store.part_names(out, "")
+    parts = part_names(out, "")
     if parts:
-        damaged = [p for p, _ in store.damaged_parts(out) if "/points/" in p]
+        damaged = [p for p, _ in damaged_parts(out) if "/points/" in p]
         if len(damaged) >= len(parts):
             return f"points/{parts[0]}.parquet (not a memgrid points table)"
     return ""
@@ -91,7 +92,7 @@ def check_out(grid: Grid, out: str) -> dict | None:
     nothing."""
     check_link(out)
     try:
-        store.check_folder(out, write=True)
+        check_folder(out, write=True)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     old = read_identity(out)
@@ -106,9 +107,9 @@ def check_out(grid: Grid, out: str) -> dict | None:
 
 def prepare_out(grid: Grid, out: str) -> None:
     """check_out, then record this grid (grid.json) where the folder has none. Call it holding
-    the folder's lock (memgrid.lock)."""
+    the folder's lock (memgrid.results.lock)."""
     if check_out(grid, out) is None:
-        store.write_grid_identity(out, json.loads(json.dumps(grid.identity)))
+        write_grid_identity(out, json.loads(json.dumps(grid.identity)))
 
 
 def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, max_epochs,

@@ -23,7 +23,7 @@ from . import kernels
 from .capacity import fill_stream_mc
 from .config import Point
 from .models import Params, forward, init_params
-from .store import curve_rows, point_row
+from .rows import curve_rows, point_row
 from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
 from .tuning import LRTuning, rank

@@ -20,7 +20,6 @@ process it started before it returns, however it ends.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import math
@@ -30,15 +29,17 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from . import store
+from .results import (PACKS, TUNING, done_ids, drop_pack_state, part_names, read_pack_state, read_points,
+                      saved_packs, set_pack_aside, stops_of, write_pack_state, write_points)
 from .config import ConfigError, Grid, Point, Resources
 from .packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs,
                     spec_pack_id, spec_points)
+from .processes import (SIGNALS, Interrupted, catch_signals, catching, descendants, end_processes,
+                        signals_held)
 from .tuning import LRTuning, choose_lr, measured_points, tuning_points
 
 # torch and Ray are imported where they are used: `memgrid run` prints its first line, and
@@ -140,7 +141,7 @@ def pack_trial(config: dict) -> None:
         from .esn import fit_esn_pack   # a retried trial rewrites the same part
 
         rows, curves = fit_esn_pack(points, device=device, grid_name=config["grid"], pack_id=pid)
-        store.write_points(uri, f"{pid}-0000", rows, curves)
+        write_points(uri, f"{pid}-0000", rows, curves)
         loss = {r["point_id"]: r["loss"] for r in rows}
         tune.report(pack_metrics(labels, [loss.get(p.point_id, math.nan) for p in points],
                                  points_done=len(rows), active=0, epoch=0,
@@ -161,13 +162,13 @@ def pack_trial(config: dict) -> None:
             try:               # refused before it changes the trainer
                 trainer.load_state_dict(state)
             except ValueError as e:
-                print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: not this pack's state ({e}): "
+                print(f"memgrid: {uri}/{PACKS}/{pid}.pt: not this pack's state ({e}): "
                       "the pack starts afresh", file=sys.stderr)
     epoch_start = trainer.epoch
-    stored = store.part_names(uri, pid + "-")
+    stored = part_names(uri, pid + "-")
     # points stored after that checkpoint, or before a crash, in this pack's parts or (a
     # compacted or shipped folder) merged into others
-    stored_stops = store.stops_of(uri, [p.point_id for p in points])
+    stored_stops = stops_of(uri, [p.point_id for p in points])
     done = set(stored_stops)
     trainer.drop(done)
     trainer.finished = [f for f in trainer.finished if f[0]["point_id"] not in done]
@@ -182,7 +183,7 @@ def pack_trial(config: dict) -> None:
         nonlocal seq, n_written, last_write
         rows, curves = trainer.pop_finished()
         t0 = time.perf_counter()
-        store.write_points(uri, f"{pid}-{seq:04d}", rows, curves)
+        write_points(uri, f"{pid}-{seq:04d}", rows, curves)
         trainer.seconds["write"] += time.perf_counter() - t0
         seq += 1
         n_written += len(rows)
@@ -209,14 +210,14 @@ def pack_trial(config: dict) -> None:
         if wrote:
             write()
         if trainer.done and not trainer.finished:
-            store.drop_pack_state(uri, pid)     # every point is stored
+            drop_pack_state(uri, pid)     # every point is stored
             tune.report(metrics())
             return
         if wrote or now - last_ckpt >= CHECKPOINT_S:
             if trainer.finished:   # a checkpoint must not hold finished-but-unwritten points
                 write()
                 if trainer.done:
-                    store.drop_pack_state(uri, pid)
+                    drop_pack_state(uri, pid)
                     tune.report(metrics())
                     return
             t0 = time.perf_counter()
@@ -224,7 +225,7 @@ def pack_trial(config: dict) -> None:
             blob = io.BytesIO()
             torch.save(state, blob)
             # in the results folder, for a later run (another machine's), and for Tune's retries
-            store.write_pack_state(uri, pid, config["pack"], blob.getvalue())
+            write_pack_state(uri, pid, config["pack"], blob.getvalue())
             with tempfile.TemporaryDirectory() as d:
                 (Path(d) / "pack.pt").write_bytes(blob.getvalue())
                 tune.report(metrics(), checkpoint=tune.Checkpoint.from_directory(d))
@@ -235,11 +236,11 @@ def pack_trial(config: dict) -> None:
 
 
 def _saved_state(uri: str, pid: str) -> dict | None:
-    """The trainer state the results folder saved for pack `pid` (store.write_pack_state), or
+    """The trainer state the results folder saved for pack `pid` (write_pack_state), or
     None: none saved, or one this memgrid cannot read (the pack then starts afresh)."""
     state, why = _load_state(uri, pid)
     if why:
-        print(f"memgrid: {uri}/{store.PACKS}/{pid}.pt: {why}: the pack starts afresh",
+        print(f"memgrid: {uri}/{PACKS}/{pid}.pt: {why}: the pack starts afresh",
               file=sys.stderr)
     return state
 
@@ -248,7 +249,7 @@ def _load_state(uri: str, pid: str) -> tuple[dict | None, str]:
     """(the state saved for pack `pid`, "") or (None, why not: "" where none is saved)."""
     import torch
 
-    blob = store.read_pack_state(uri, pid)
+    blob = read_pack_state(uri, pid)
     if blob is None:
         return None, ""
     try:
@@ -274,21 +275,21 @@ def check_saved(out: str, packs: list[list[Point]]) -> list[list[Point]]:
         if not why:
             good.append(pk)
             continue
-        where = store.set_pack_aside(out, pid)
-        _say(f"memgrid: {out.rstrip('/')}/{store.PACKS}/{pid}.pt: {why}: moved to {where}; "
+        where = set_pack_aside(out, pid)
+        _say(f"memgrid: {out.rstrip('/')}/{PACKS}/{pid}.pt: {why}: moved to {where}; "
              "the pack starts afresh")
     return good
 
 
 def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[Point]]:
-    """Packs that a stopped run saved mid-training (store.saved_packs), as they were, where every
+    """Packs that a stopped run saved mid-training (saved_packs), as they were, where every
     one of their points not stored yet is in `todo`; and the points of `todo` left for new
     packs. A saved pack whose points are all stored is forgotten."""
-    saved = store.saved_packs(out)
+    saved = saved_packs(out)
     if not saved:
         return [], todo
     left = {p.point_id: p for p in todo}
-    done = store.done_ids(out)
+    done = done_ids(out)
     packs = []
     for pid, spec in saved.items():
         try:
@@ -297,162 +298,12 @@ def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[P
             continue                               # not a pack this memgrid can read
         missing = [p for p in pts if p.point_id not in done]
         if not missing:
-            store.drop_pack_state(out, pid)
+            drop_pack_state(out, pid)
         elif all(p.point_id in left for p in missing):
             packs.append(pts)
             for p in missing:
                 del left[p.point_id]
     return packs, list(left.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# Signals and processes: however a run ends, it ends cleanly.
-
-
-Interrupted = store.Interrupted
-_SIGNALS = store.SIGNALS
-signals_held = store.signals_held
-"""clean-up that a second Ctrl-C must not cut short (it would leave processes behind)"""
-
-
-def exit_status() -> int:
-    """128 + the first signal that interrupted the run, as a shell reports it: 130 for SIGINT
-    (also for a KeyboardInterrupt without one), 143 for SIGTERM, 129 for SIGHUP."""
-    return 128 + (_SIGNALS[0] if _SIGNALS else signal.SIGINT)
-
-
-def _interrupt(signum, frame):
-    _SIGNALS.append(signum)
-    raise Interrupted(signum)
-
-
-def catch_signals() -> None:
-    """SIGINT, SIGTERM and SIGHUP (store.STOP_SIGNALS) raise :class:`Interrupted` in the main
-    thread. `memgrid run` calls it first thing; run_grid calls it again after ray.init, which
-    puts its own SIGTERM handler (sys.exit) in place."""
-    if threading.current_thread() is threading.main_thread():
-        for s in store.STOP_SIGNALS:
-            signal.signal(s, _interrupt)
-
-
-def _catching() -> bool:
-    return signal.getsignal(signal.SIGINT) is _interrupt
-
-
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter) of every process (Linux /proc; empty elsewhere)."""
-    table = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
-        table[int(name)] = (int(fields[1]), fields[0])
-    return table
-
-
-def descendants(root: int | None = None, *, zombies: bool = False) -> set[int]:
-    """Processes under `root` (default: this one), children of children included; zombies
-    (ended, not yet collected) only if asked."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [os.getpid() if root is None else root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found if zombies else {p for p in found if table[p][1] != "Z"}
-
-
-LAUNCH_SLACK_S = 5.0
-"""the longest a Python start may take before it imports memgrid"""
-
-
-def launch_time() -> float:
-    """When this process started, on the time.monotonic() clock (Linux: from /proc, so that a
-    clock shown from it counts the imports too; elsewhere: when memgrid was imported), but no
-    earlier than LAUNCH_SLACK_S before memgrid was imported: a process that began as something
-    else (`bash -c "pip install ... && memgrid run ..."` execs memgrid in the shell's process)
-    or a clock that jumped would otherwise count time that was not this run's."""
-    from . import IMPORTED
-
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: starttime
-        with open("/proc/uptime") as f:
-            uptime_s = float(f.read().split()[0])
-        started = time.monotonic() - max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return IMPORTED
-    return max(started, IMPORTED - LAUNCH_SLACK_S)
-
-
-def _subreaper(on: bool) -> None:
-    """While on, processes orphaned under this one (a Ray agent whose raylet ended first)
-    become children of this process instead of init's, so that end_processes finds them.
-    Linux; elsewhere a no-op."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def interruptible(*, subreaper: bool = False):
-    """A command's whole run: SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (catch_signals),
-    and with `subreaper` orphaned processes come back to this one to be ended; both undone
-    at the end (a command run inside another process, such as a test's, leaves it as it was)."""
-    main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.getsignal(s) for s in store.STOP_SIGNALS} if main else {}
-    _SIGNALS.clear()
-    catch_signals()
-    if subreaper:
-        _subreaper(True)
-    try:
-        yield
-    finally:
-        if subreaper:
-            _subreaper(False)
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def end_processes(keep: set[int], grace_s: float = 3.0) -> None:
-    """End every process under this one except `keep` (those there before Ray started):
-    SIGTERM, then SIGKILL for what is left after `grace_s`; looked for again until none is
-    left, since a process may start another as it ends. Collects the ended children."""
-    deadline = time.monotonic() + grace_s
-    sent: dict[int, int] = {}
-    while True:
-        for pid in descendants(zombies=True) - keep:    # collect what ended (our children only)
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-        left = descendants() - keep
-        if not left or time.monotonic() > deadline + 10.0:   # SIGKILL sent 10 s ago: give up
-            return
-        sig = signal.SIGKILL if time.monotonic() > deadline else signal.SIGTERM
-        for pid in left:
-            if sent.get(pid) != sig:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-                sent[pid] = sig
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,7 +637,7 @@ def _init(ray, kwargs: dict) -> None:
         ray.init(**kwargs)
     except SystemExit as e:
         if e.code == signal.SIGTERM:
-            _SIGNALS.append(signal.SIGTERM)
+            SIGNALS.append(signal.SIGTERM)
             raise Interrupted(signal.SIGTERM) from None
         raise
 
@@ -805,10 +656,6 @@ def _gpu_bytes(local: bool, default: float = 40e9) -> float:
     return default
 
 
-TUNING = "tuning"
-"""the subfolder of a tuned grid's results folder that holds its tuning run (memgrid.tuning)"""
-
-
 def grid_points(grid: Grid, out: str) -> list[Point] | None:
     """The points `grid` stores in `out`: its own, or for a grid with `tune_lr` the same at the
     learning rate its tuning run chose per configuration (None while that run is incomplete)."""
@@ -816,7 +663,7 @@ def grid_points(grid: Grid, out: str) -> list[Point] | None:
     if grid.tune_lr is None:
         return points
     tuned = tuning_points(points, grid.tune_lr)
-    rows = store.read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
+    rows = read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
     if not {p.point_id for p in tuned} <= {r["point_id"] for r in rows}:
         return None
     return measured_points(points, choose_lr(rows, tuned))
@@ -878,7 +725,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     ids = {p.point_id for p in points}
 
     def missing() -> tuple[list[Point], Counter]:
-        done = store.done_ids(out) & ids
+        done = done_ids(out) & ids
         return [p for p in points if p.point_id not in done], stop_counts(out, ids)
 
     todo, before = missing()
@@ -912,9 +759,9 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
             kernels.prepare()
         elif address != "local" and not ray.is_initialized():
             check_address(address)
-        catching = _catching()
+        was_catching = catching()
         _start_ray(address, num_cpus)
-        if catching:
+        if was_catching:
             catch_signals()     # ray.init put sys.exit in place for SIGTERM
 
         res: Resources = grid.resources
@@ -962,7 +809,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                 summary["packs"] = len(packs)
             specs = [pack_spec(pk) for pk in packs]
             # a resumed pack's trial counts its points stored before this run: `before` has them
-            stored = {pack_id(pk): Counter(store.stops_of(out, [p.point_id for p in pk]).values())
+            stored = {pack_id(pk): Counter(stops_of(out, [p.point_id for p in pk]).values())
                       for pk in resumed}
             progress = Progress(f"{grid.name} ({label})" if label else grid.name, len(points),
                                 before, packs, slots, started, stored_before=stored)
@@ -1070,7 +917,7 @@ def lost_worker(error: BaseException) -> bool:
 
 def stop_counts(out: str, ids: set[str]) -> Counter:
     """Stop reasons of the stored points among `ids`."""
-    t = store.read_points(out, columns=["point_id", "stop_reason"])
+    t = read_points(out, columns=["point_id", "stop_reason"])
     return Counter(s for i, s in zip(t.column("point_id").to_pylist(),
                                      t.column("stop_reason").to_pylist()) if i in ids)
 
@@ -1118,12 +965,12 @@ def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "") -> list[s
     points = grid.points()
     if grid.tune_lr is not None:
         tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}
-        have = store.done_ids(f"{out.rstrip('/')}/{TUNING}") & tuned
+        have = done_ids(f"{out.rstrip('/')}/{TUNING}") & tuned
         lines.append(f"  tuning the learning rate first: {len(tuned)} points "
                      f"({grid.tune_lr.describe()}); stored: {len(have)}")
         points = grid_points(grid, out) or points
     ids = {p.point_id for p in points}
-    stored = store.done_ids(out) & ids
+    stored = done_ids(out) & ids
     todo = [p for p in points if p.point_id not in stored]
     mem = _cpu_slot_bytes(0.7 * _available_bytes(), slots)   # Ray's memory: 70 % of what's free
     packs = plan_packs(todo, grid.resources.pack, slots, mem_per_slot=mem) if todo else []

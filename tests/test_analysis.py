@@ -21,7 +21,8 @@ from memgrid.analysis.scripts import heatmap
 from memgrid.analysis.tables import (load_curves, load_points, mean_losses, units_text,
                                      variant_columns)
 from memgrid.config import Point
-from memgrid.store import point_settings, write_grid_identity, write_points
+from memgrid.results import write_grid_identity, write_points
+from memgrid.rows import point_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -531,7 +532,7 @@ def test_protocols_side_by_side_script(tmp_path):
 def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
     import pyarrow.parquet as pq
 
-    from memgrid.store import SCHEMA_VERSION, check_results, schema_version
+    from memgrid.results import SCHEMA_VERSION, check_results, schema_version
 
     res, dest = tmp_path / "results", tmp_path / "shipped"
     _results(res, {(1, 1): 0.005, (1, 2): 0.2, (2, 1): 0.3})

@@ -1,8 +1,8 @@
 """`memgrid compact`: many small parts into a few, the same rows, safe to stop at any moment.
 
-Real part files as `memgrid run` writes them (store.write_points), no Ray. A kill is simulated
+Real part files as `memgrid run` writes them (write_points), no Ray. A kill is simulated
 by construction: the compaction is a sequence of single changes of the folder
-(store._compaction), and the folder is checked after every prefix of it."""
+(_compaction), and the folder is checked after every prefix of it."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from memgrid import store
+from memgrid.results import (COMPACTING, COMPACT_ROWS, CURVE_SCHEMA, POINT_SCHEMA, compact,
+                             damaged_parts, done_ids, read_curves, read_points, repair, resolve,
+                             write_part, write_points)
+from memgrid.results import io, layout, lock, saved, upkeep
+from memgrid.results.upkeep import _compaction, _plan
 from memgrid.config import load_grid
-from memgrid.lock import LOCK_NAME, FolderLock
+from memgrid.results.lock import LOCK_NAME, FolderLock
 
 from .conftest import memgrid_cli
 from .test_failures import fake_rows, refused, stored_folder, tree
@@ -41,7 +45,7 @@ def test_compact_merges_every_part_into_one_with_the_same_rows(tmp_path, tiny_gr
     points, curves = table(out, "points"), table(out, "curves")
     assert len(points) == 16 and len(curves) == 48
 
-    s = store.compact(str(out))
+    s = compact(str(out))
     assert s["parts_before"] == {"points": 4, "curves": 4}
     assert s["parts_after"] == {"points": 1, "curves": 1}
     assert s["points"] == 16 and s["repaired"] == [] and s["seconds"] >= 0
@@ -49,13 +53,13 @@ def test_compact_merges_every_part_into_one_with_the_same_rows(tmp_path, tiny_gr
     pd.testing.assert_frame_equal(table(out, "points"), points)
     pd.testing.assert_frame_equal(table(out, "curves"), curves)
     merged = out / "points" / parts(out / "points")[0]
-    assert pq.read_schema(merged).equals(store.POINT_SCHEMA, check_metadata=True)
-    assert pq.read_schema(out / "curves" / merged.name).equals(store.CURVE_SCHEMA)
-    assert pads.dataset(out / "points").schema.equals(store.POINT_SCHEMA)
+    assert pq.read_schema(merged).equals(POINT_SCHEMA, check_metadata=True)
+    assert pq.read_schema(out / "curves" / merged.name).equals(CURVE_SCHEMA)
+    assert pads.dataset(out / "points").schema.equals(POINT_SCHEMA)
     assert tree(out) == ["curves", f"curves/{merged.name}", "grid.json", "points",
                          f"points/{merged.name}"]                      # nothing else left
     mtime = merged.stat().st_mtime_ns
-    again = store.compact(str(out))                                   # nothing to merge
+    again = compact(str(out))                                   # nothing to merge
     assert again["parts_before"] == again["parts_after"] == {"points": 1, "curves": 1}
     assert merged.stat().st_mtime_ns == mtime                         # and not rewritten
 
@@ -70,13 +74,13 @@ def test_compact_keeps_each_files_schema_metadata_and_bounds_part_size(tmp_path,
     for i in range(6):
         rows, curves = fake_rows(pts[2 * i: 2 * i + 2], "tiny", f"pack-{i}")
         meta = v2 if i % 2 == 0 else None
-        store.write_part(str(out), "curves", f"pack-{i}-0000", pa.Table.from_pylist(
-            curves, schema=store.CURVE_SCHEMA.with_metadata(meta)))
-        store.write_part(str(out), "points", f"pack-{i}-0000", pa.Table.from_pylist(
-            rows, schema=store.POINT_SCHEMA.with_metadata(meta)))
+        write_part(str(out), "curves", f"pack-{i}-0000", pa.Table.from_pylist(
+            curves, schema=CURVE_SCHEMA.with_metadata(meta)))
+        write_part(str(out), "points", f"pack-{i}-0000", pa.Table.from_pylist(
+            rows, schema=POINT_SCHEMA.with_metadata(meta)))
     points, curves = table(out, "points"), table(out, "curves")
 
-    s = store.compact(str(out), max_rows=16)
+    s = compact(str(out), max_rows=16)
     assert s["parts_after"] == {"points": 4, "curves": 4} and s["points"] == 12
     names = parts(out / "points")
     assert names == parts(out / "curves")
@@ -97,8 +101,8 @@ def test_compact_keeps_each_files_schema_metadata_and_bounds_part_size(tmp_path,
 
 
 def _steps(out: Path) -> list[str]:
-    fs, base = store.resolve(str(out))
-    return list(store._compaction(fs, base, store._plan(fs, base, store.COMPACT_ROWS)))
+    fs, base = resolve(str(out))
+    return list(_compaction(fs, base, _plan(fs, base, COMPACT_ROWS)))
 
 
 def test_a_compaction_stopped_after_any_step_loses_and_repeats_nothing(tmp_path, tiny_grid):
@@ -118,29 +122,29 @@ def test_a_compaction_stopped_after_any_step_loses_and_repeats_nothing(tmp_path,
     for k in range(len(steps) + 1):
         out = tmp_path / f"cut{k}" / "res"
         shutil.copytree(original, out)
-        fs, base = store.resolve(str(out))
-        plan = store._plan(fs, base, store.COMPACT_ROWS)
+        fs, base = resolve(str(out))
+        plan = _plan(fs, base, COMPACT_ROWS)
         assert list(plan.values()) == [written]
-        list(itertools.islice(store._compaction(fs, base, plan), k))
+        list(itertools.islice(_compaction(fs, base, plan), k))
         # what `memgrid analyze` and `status` read, as the kill left it
-        got = store.read_points(str(out)).to_pandas().sort_values("point_id").reset_index(drop=True)
+        got = read_points(str(out)).to_pandas().sort_values("point_id").reset_index(drop=True)
         pd.testing.assert_frame_equal(got, points, obj=f"points after {k} steps")
-        got = store.read_curves(str(out)).to_pandas().sort_values(["point_id", "epoch"])
+        got = read_curves(str(out)).to_pandas().sort_values(["point_id", "epoch"])
         pd.testing.assert_frame_equal(got.reset_index(drop=True), curves,
                                       obj=f"curves after {k} steps")
-        assert store.done_ids(str(out)) == ids and store.damaged_parts(str(out)) == []
+        assert done_ids(str(out)) == ids and damaged_parts(str(out)) == []
         # what `memgrid run` does first
-        msgs = store.repair(str(out))
+        msgs = repair(str(out))
         cut = 0 < k < len(steps)
         assert len(msgs) == cut and all("a compaction was cut short: finished" in x for x in msgs)
         kept = k > steps.index(f"showed points/{m}")
         assert parts(out / "points") == parts(out / "curves") == \
             ([f"{next(iter(plan))}.parquet"] if kept else [f"{p}.parquet" for p in written])
-        assert not (out / "damaged").exists() and not (out / store.COMPACTING).exists()
+        assert not (out / "damaged").exists() and not (out / COMPACTING).exists()
         assert not [p for p in out.rglob(".tmp-*")]
         pd.testing.assert_frame_equal(table(out, "points"), points, obj=f"pandas after {k} steps")
         pd.testing.assert_frame_equal(table(out, "curves"), curves, obj=f"pandas after {k} steps")
-        assert store.compact(str(out))["parts_after"] == {"points": 1, "curves": 1}
+        assert compact(str(out))["parts_after"] == {"points": 1, "curves": 1}
 
 
 class Passthrough(pafs.FileSystemHandler):
@@ -204,10 +208,11 @@ class Passthrough(pafs.FileSystemHandler):
 @pytest.fixture
 def passthrough(tmp_path, monkeypatch):
     """`mem://res` is `tmp_path/res` seen through a Passthrough filesystem."""
-    handler, resolve = Passthrough(tmp_path), store.resolve
+    handler, local = Passthrough(tmp_path), resolve
     fs = pafs.PyFileSystem(handler)
-    monkeypatch.setattr(store, "resolve", lambda uri: (fs, uri[len("mem://"):])
-                        if uri.startswith("mem://") else resolve(uri))
+    for module in (layout, io, saved, upkeep, lock):    # every reader and writer of the folder
+        monkeypatch.setattr(module, "resolve", lambda uri: (fs, uri[len("mem://"):])
+                            if uri.startswith("mem://") else local(uri))
     return handler
 
 
@@ -216,23 +221,23 @@ def test_compact_and_readers_on_any_pyarrow_filesystem(tmp_path, tiny_grid, pass
     listed the parts just before a compaction replaced them reads every point all the same."""
     out, _ = stored_folder(tmp_path, tiny_grid, n_parts=4)
     points, curves = table(out, "points"), table(out, "curves")
-    assert store.damaged_parts("mem://res") == []
-    s = store.compact("mem://res", max_rows=40)      # 4 points and 12 curve rows a part
+    assert damaged_parts("mem://res") == []
+    s = compact("mem://res", max_rows=40)      # 4 points and 12 curve rows a part
     assert s["parts_before"] == {"points": 4, "curves": 4}
     assert s["parts_after"] == {"points": 2, "curves": 2} and s["points"] == 16
     pd.testing.assert_frame_equal(table(out, "points"), points)
     pd.testing.assert_frame_equal(table(out, "curves"), curves)
 
     local = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
-    reads = {"points": (store.read_points, 16), "curves": (store.read_curves, 48),
-             "damaged": (store.damaged_parts, 0)}          # a part gone is not a damaged part
+    reads = {"points": (read_points, 16), "curves": (read_curves, 48),
+             "damaged": (damaged_parts, 0)}          # a part gone is not a damaged part
     for what, (read, rows) in reads.items():
         table_name = "curves" if what == "curves" else "points"
         out, _ = stored_folder(tmp_path / what, tiny_grid, n_parts=4)
         passthrough.watch = f"{what}/res/{table_name}"
         base = f"{what}/res"
-        passthrough.after_listing = lambda: list(store._compaction(
-            local, base, store._plan(local, base, store.COMPACT_ROWS)))
+        passthrough.after_listing = lambda: list(_compaction(
+            local, base, _plan(local, base, COMPACT_ROWS)))
         got = read(f"mem://{what}/res")
         assert passthrough.after_listing is None                # it happened
         assert len(parts(out / table_name)) == 1
@@ -250,7 +255,7 @@ def test_compact_command_merges_a_folder_and_its_tuning_run(tmp_path, tiny_grid)
     pts = load_grid(tiny_grid).points()
     for i in range(3):
         rows, curves = fake_rows(pts[i::3], "tiny", f"pack-{i}")
-        store.write_points(str(out / "tuning"), f"pack-{i}-0000", rows, curves)
+        write_points(str(out / "tuning"), f"pack-{i}-0000", rows, curves)
     r = memgrid_cli("compact", out)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     lines = r.stdout.strip().splitlines()

@@ -73,7 +73,8 @@ def test_a_part_written_before_a_setting_existed_reads_as_its_old_value(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from memgrid.store import ADDED_IN, POINT_SCHEMA, point_row, read_points
+    from memgrid.results import ADDED_IN, POINT_SCHEMA, read_points
+    from memgrid.rows import point_row
 
     (tmp_path / "points").mkdir()
     for name, p in [("old", Point("rnn", 1, 5, 3, 0)), ("new", Point("rnn", 1, 5, 3, 1, optimizer="adam",
@@ -97,7 +98,7 @@ def test_parts_carry_the_schema_version(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from memgrid.store import SCHEMA_VERSION, read_points, schema_version, write_points
+    from memgrid.results import SCHEMA_VERSION, read_points, schema_version, write_points
     from memgrid.train import train_points
 
     from .conftest import ROOT

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from memgrid import store
+from memgrid.results import (done_ids, read_pack_state, read_points, saved_packs,
+                             write_pack_state, write_points)
+from memgrid.rows import point_row, point_settings
 from memgrid.config import ConfigError, Point, load_grid
 from memgrid.packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs)
 from memgrid.tune import (Progress, _fmt_s, check_fits, describe_plan, pack_metrics,
@@ -156,13 +158,13 @@ def test_time_left_says_how_long_if_the_packs_left_stop_no_member_early():
 
 
 def test_clock_starts_when_the_process_starts():
-    code = ("import time; time.sleep(1.5); from memgrid.tune import launch_time; "
+    code = ("import time; time.sleep(1.5); from memgrid.processes import launch_time; "
             "print(time.monotonic() - launch_time())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert float(r.stdout) >= 1.5                   # counts what came before the import
     # ... but not a process that was something else long before memgrid was imported
     # (5 s before the import began, which took `took`: however loaded the machine)
-    code = ("import time; time.sleep(7); t0 = time.monotonic(); from memgrid.tune import "
+    code = ("import time; time.sleep(7); t0 = time.monotonic(); from memgrid.processes import "
             "launch_time; t1 = time.monotonic(); print(t1 - launch_time(), t1 - t0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     since, took = map(float, r.stdout.split())
@@ -178,16 +180,16 @@ def test_saved_packs_are_continued_as_they_were_or_forgotten(tmp_path):
     pts = [Point("rnn", 1, 2, p, s) for p in (1, 2, 3) for s in range(4)]
     a, b, c = pts[0:4], pts[4:8], pts[8:12]
     for pk in (a, b, c):
-        store.write_pack_state(out, pack_id(pk), pack_spec(pk), b"state")
-    rows = [store.point_row(p, "g", epochs=1, stop_reason="solved", loss=0.0, best_loss=0.0, r2=1.0,
-                            wall_s=0.0, pack_id="x", device="cpu") for p in b + a[:1]]
-    store.write_points(out, "x-0000", rows, [])
+        write_pack_state(out, pack_id(pk), pack_spec(pk), b"state")
+    rows = [point_row(p, "g", epochs=1, stop_reason="solved", loss=0.0, best_loss=0.0, r2=1.0,
+                      wall_s=0.0, pack_id="x", device="cpu") for p in b + a[:1]]
+    write_points(out, "x-0000", rows, [])
     todo = a[1:] + c[:2] + pts[12:]                 # c[2:] is not this run's
     resumed, fresh = resume_saved(out, todo)
     assert [pack_id(pk) for pk in resumed] == [pack_id(a)]     # whole, stored point included
     assert {p.point_id for p in fresh} == {p.point_id for p in c[:2]}
-    assert set(store.saved_packs(out)) == {pack_id(a), pack_id(c)}    # b's is gone
-    assert store.read_pack_state(out, pack_id(a)) == b"state"
+    assert set(saved_packs(out)) == {pack_id(a), pack_id(c)}    # b's is gone
+    assert read_pack_state(out, pack_id(a)) == b"state"
 
 
 def test_a_saved_state_of_another_pack_is_not_loaded(tmp_path, monkeypatch, capfd):
@@ -207,10 +209,10 @@ def test_a_saved_state_of_another_pack_is_not_loaded(tmp_path, monkeypatch, capf
     pts = [Point("rnn", 1, 2, p, 0, max_epochs=40, eval_every=20) for p in (1, 2)]
     blob = io.BytesIO()
     torch.save(PackTrainer([Point("rnn", 2, 3, 1, 0)]).state_dict(), blob)
-    store.write_pack_state(out, pack_id(pts), pack_spec(pts), blob.getvalue())
+    write_pack_state(out, pack_id(pts), pack_spec(pts), blob.getvalue())
     pack_trial({"pack": pack_spec(pts), "out": out, "grid": "g", "cpus": 1, "gpus": 0})
     assert "not this pack's state" in capfd.readouterr().err
-    assert store.done_ids(out) == {p.point_id for p in pts} and not store.saved_packs(out)
+    assert done_ids(out) == {p.point_id for p in pts} and not saved_packs(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_pack_trial_reports_each_points_loss_as_it_trains(tmp_path, monkeypatch)
     pack_trial(config)
     assert reports and all(set(r) == set(reports[0]) for r in reports)
     last = reports[-1]
-    stored = store.read_points(str(tmp_path)).to_pandas().set_index("point_id")
+    stored = read_points(str(tmp_path)).to_pandas().set_index("point_id")
     assert sorted(last["loss"]) == ["p1_s0", "p1_s1", "p3_s0", "p3_s1"]
     for p, label in zip(pts, point_labels(pts)):
         assert last["loss"][label] == pytest.approx(stored.loss[p.point_id])
@@ -370,8 +372,8 @@ def test_dry_run_shows_points_stored_packs_and_time_and_writes_nothing(tiny_grid
 
     # with points stored: counted, and left out of the packs
     stored = grid.points()[:5]
-    store.write_points(str(out), "pack-x-0000",
-                       [dict(store.point_settings(p, "tiny"), stop_reason="solved", loss=0.0,
+    write_points(str(out), "pack-x-0000",
+                 [dict(point_settings(p, "tiny"), stop_reason="solved", loss=0.0,
                              epochs=1) for p in stored],
                        [dict(point_id=p.point_id, epoch=1, train_loss=0.0, eval_loss=0.0)
                         for p in stored])

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from memgrid.store import CURVE_SCHEMA, POINT_SCHEMA
+from memgrid.results import CURVE_SCHEMA, POINT_SCHEMA
 
 from .conftest import ROOT, memgrid_cli, write_grid
 

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from memgrid import store
+from memgrid.results import POINT_SCHEMA, part_names, read_curves, read_points, write_points
+from memgrid.rows import point_settings
 from memgrid.analysis import plot_mc_vs_units
 from memgrid.capacity import (input_stream, network_states, ridge_fit,
                               stream_memory_capacity, trained_memory_capacity)
@@ -206,9 +207,9 @@ def test_esn_fit_rows(tmp_path):
         assert r["best_loss"] == r["loss"] and 0 <= r["r2"] <= 1 and 0 < r["mc_stream"] < 10
     assert by[1, 0, 15]["mc_stream"] == by[12, 0, 15]["mc_stream"]       # one reservoir per seed
     assert [c["epoch"] for c in curves] == [0] * len(pts)
-    pa.Table.from_pylist(rows, schema=store.POINT_SCHEMA)                 # the schema holds them
-    store.write_points(str(tmp_path), "pack-x-0000", rows, curves)
-    back = store.read_points(str(tmp_path)).to_pandas()
+    pa.Table.from_pylist(rows, schema=POINT_SCHEMA)                 # the schema holds them
+    write_points(str(tmp_path), "pack-x-0000", rows, curves)
+    back = read_points(str(tmp_path)).to_pandas()
     assert len(back) == len(pts) and set(back["stop_reason"]) == {"solved", "fitted"}
 
 
@@ -271,7 +272,7 @@ def test_plot_mc_vs_units(tmp_path):
         rows += fit_esn_pack([p for p in pts if p.cells == c], train_size=1024)[0]
     for l, c in ((1, 4), (2, 4)):                                         # stand-in trained rows
         for p in (1, 2, 3):
-            rows.append({**store.point_settings(Point("rnn", l, c, p, 0), "g"), "units": c * l,
+            rows.append({**point_settings(Point("rnn", l, c, p, 0), "g"), "units": c * l,
                          "r2": 0.9 if p <= c else 0.1, "mc_stream": 0.8 * c * l - l, "loss": 0.01})
     import pandas as pd
     fig = plot_mc_vs_units(pd.DataFrame(rows))
@@ -292,12 +293,12 @@ def test_pack_trial_fits_esn_packs(tmp_path, monkeypatch):
     pid = pack_id(pts)
     config = {"pack": pack_spec(pts), "out": str(tmp_path), "grid": "mixed", "cpus": 1, "gpus": 0}
     pack_trial(config)
-    got = store.read_points(str(tmp_path)).to_pandas()
+    got = read_points(str(tmp_path)).to_pandas()
     assert sorted(got["position"]) == [1, 2, 14] and set(got["grid"]) == {"mixed"}
     assert (got["epochs"] == 0).all() and got["mc_stream"].notna().all()
-    assert len(store.read_curves(str(tmp_path))) == 3
+    assert len(read_curves(str(tmp_path))) == 3
     assert reports[-1]["points_done"] == 3 and reports[-1]["active"] == 0
     assert sum(v for k, v in reports[-1].items() if k.startswith("stop_")) == 3
     pack_trial(config)                                                    # a retry: same part
-    assert len(store.read_points(str(tmp_path))) == 3
-    assert store.part_names(str(tmp_path), pid) == [f"{pid}-0000"]
+    assert len(read_points(str(tmp_path))) == 3
+    assert part_names(str(tmp_path), pid) == [f"{pid}-0000"]

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from memgrid import __version__, store
+from memgrid import __version__
+from memgrid.results import damaged_parts, done_ids, repair, write_grid_identity, write_points
+from memgrid.rows import point_settings
 from memgrid.request import prepare_out
 from memgrid.config import ConfigError, load_grid, parse_grid
-from memgrid.lock import LOCK_NAME, FolderBusy, FolderLock
+from memgrid.results.lock import LOCK_NAME, FolderBusy, FolderLock
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -80,7 +82,7 @@ def test_a_results_subfolder_that_is_a_file_is_refused(tmp_path, sub):
     (out / sub).write_text("not a folder")
     refused(memgrid_cli("run", grid, "--out", out), f"res/{sub}", "not the folder")
     assert tree(out) == [sub]
-    store.write_grid_identity(str(out), load_grid(grid).identity)   # so that status reads on
+    write_grid_identity(str(out), load_grid(grid).identity)   # so that status reads on
     refused(memgrid_cli("status", out), f"res/{sub}", "not the folder")
     refused(memgrid_cli("analyze", out), f"res/{sub}", "not the folder")
     assert tree(out) == sorted(["grid.json", sub])
@@ -211,7 +213,7 @@ def test_lock_is_exclusive_and_released(tmp_path):
 def test_lock_of_a_killed_holder_is_free(tmp_path):
     out = tmp_path / "res"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from memgrid.lock import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from memgrid.results.lock import FolderLock; "
          "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(out)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -240,7 +242,7 @@ def test_best_effort_lock_on_an_object_store(tmp_path, monkeypatch):
     """Where there is no flock (s3://, ...): a lock object; stale when its holder on this host
     is gone, respected when it is elsewhere."""
     import pyarrow.fs as pafs
-    import memgrid.lock as lock_mod
+    import memgrid.results.lock as lock_mod
     fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())   # not a LocalFileSystem
     monkeypatch.setattr(lock_mod, "resolve", lambda uri: (fs, "res"))
     path = tmp_path / "res" / LOCK_NAME
@@ -267,7 +269,7 @@ def test_best_effort_lock_on_an_object_store(tmp_path, monkeypatch):
 def fake_rows(points, grid_name, pack_id):
     rows, curves = [], []
     for p in points:
-        row = store.point_settings(p, grid_name)
+        row = point_settings(p, grid_name)
         row.update(units=p.units, params=p.params, epochs=40, stop_reason="max_epochs",
                    loss=0.01 * p.position, best_loss=0.01 * p.position, r2=0.5, mc_stream=None,
                    wall_s=0.1, pack_id=pack_id, device="cpu", memgrid_version=__version__,
@@ -287,7 +289,7 @@ def stored_folder(tmp_path: Path, grid_file: Path, n_parts: int = 4) -> tuple[Pa
     for i in range(n_parts):
         part = f"pack-{i:012d}-0000"
         rows, curves = fake_rows(pts[i::n_parts], grid.name, part[:-5])
-        store.write_points(str(out), part, rows, curves)
+        write_points(str(out), part, rows, curves)
         parts.append(part)
     return out, parts
 
@@ -322,12 +324,12 @@ def test_repair_moves_damaged_and_orphaned_parts_aside_and_drops_repeats(tmp_pat
     (out / "points" / f"{parts[2]}.parquet").unlink()                       # a write cut short
     lost = {p.point_id for p in pts[0::4] + pts[1::4] + pts[2::4]}
     # two writers before the lock: one part with only points stored before, one with one more
-    store.write_points(str(out), "pack-8-0000", *fake_rows(pts[3::4][:2], "tiny", "pack-8"))
-    store.write_points(str(out), "pack-9-0000", *fake_rows([pts[3], pts[2]], "tiny", "pack-9"))
-    msgs = store.repair(str(out))
+    write_points(str(out), "pack-8-0000", *fake_rows(pts[3::4][:2], "tiny", "pack-8"))
+    write_points(str(out), "pack-9-0000", *fake_rows([pts[3], pts[2]], "tiny", "pack-9"))
+    msgs = repair(str(out))
     assert len(msgs) == 5 and all("\n" not in m for m in msgs)
     assert "written again with the other 1 only" in msgs[-1]
-    assert store.damaged_parts(str(out)) == []
+    assert damaged_parts(str(out)) == []
     both = lambda part: [f"curves/{part}.parquet", f"points/{part}.parquet"]  # noqa: E731
     assert tree(out / "damaged") == sorted(
         ["curves", "points", f"curves/{parts[2]}.parquet", *both(parts[0]), *both(parts[1]),
@@ -338,8 +340,8 @@ def test_repair_moves_damaged_and_orphaned_parts_aside_and_drops_repeats(tmp_pat
     assert set(points.point_id) == {p.point_id for p in pts} - lost | {pts[2].point_id}
     assert set(curves.point_id) == set(points.point_id)
     assert points.set_index("point_id").loc[pts[3].point_id, "pack_id"] == parts[3][:-5]
-    assert store.done_ids(str(out)) == set(points.point_id)               # the rest is trained
-    assert store.repair(str(out)) == []                                    # nothing left to do
+    assert done_ids(str(out)) == set(points.point_id)               # the rest is trained
+    assert repair(str(out)) == []                                    # nothing left to do
 
 
 @pytest.mark.slow

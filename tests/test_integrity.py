@@ -21,9 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from memgrid import kernels, native, store
+from memgrid import kernels, native
+from memgrid.processes import Interrupted, STOP_SIGNALS
+from memgrid.results import (COMPACTING, SCHEMA_VERSION, check_folder, check_results, compact,
+                             damaged_parts, done_ids, read_curves, read_points, repair,
+                             saved_packs, write_pack_state, write_points)
+from memgrid.results import upkeep
+from memgrid.results.upkeep import _compaction
+from memgrid.rows import point_row
 from memgrid.config import Point, load_grid
-from memgrid.lock import LOCK_NAME
+from memgrid.results.lock import LOCK_NAME
 from memgrid.packs import pack_id, pack_spec
 from memgrid.train import PackTrainer, state_mismatch
 from memgrid.tune import Progress, check_saved, private_auth_token
@@ -43,8 +50,8 @@ def test_a_results_folder_inside_another_ones_tables_is_refused(tmp_path, tiny_g
     refused(r, str(out / sub), f"inside {sub.split('/')[0]}/ of the results folder {out}")
     assert tree(out) == before                                   # nothing written
     with pytest.raises(ValueError, match="inside"):
-        store.check_results(str(out / sub))
-    store.check_folder(str(tmp_path / "elsewhere" / "points"), write=True)   # no grid.json above
+        check_results(str(out / sub))
+    check_folder(str(tmp_path / "elsewhere" / "points"), write=True)   # no grid.json above
 
 
 def test_a_folder_inside_points_is_damage_moved_aside_not_read_as_points(tmp_path, tiny_grid):
@@ -58,18 +65,18 @@ def test_a_folder_inside_points_is_damage_moved_aside_not_read_as_points(tmp_pat
     shutil.move(str(inner), str(out / "points" / "nested"))         # ... that the nested holds
     pts = load_grid(tiny_grid).points()
     mine = {p.point_id for p in pts} - {p.point_id for p in pts[0::4]}
-    assert store.done_ids(str(out)) == mine
-    assert len(store.read_curves(str(out))) == 3 * len(mine)
-    assert store.damaged_parts(str(out)) == [(f"{out}/points/nested", "a folder, not a part file")]
+    assert done_ids(str(out)) == mine
+    assert len(read_curves(str(out))) == 3 * len(mine)
+    assert damaged_parts(str(out)) == [(f"{out}/points/nested", "a folder, not a part file")]
     r = memgrid_cli("status", out)
     assert r.returncode == 0 and "12/16 points done, 4 missing" in r.stdout, r.stderr
     assert "points/nested: unreadable part (a folder, not a part file)" in r.stderr
-    msgs = store.repair(str(out))
+    msgs = repair(str(out))
     assert len(msgs) == 1 and msgs[0].startswith(f"{out}/points/nested: a folder"), msgs
     assert (out / "damaged" / "points" / "nested" / "grid.json").exists()   # kept as it was
     points = pd.read_parquet(out / "points")
     assert set(points.point_id) == mine and points.point_id.is_unique
-    assert store.damaged_parts(str(out)) == [] and store.repair(str(out)) == []
+    assert damaged_parts(str(out)) == [] and repair(str(out)) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ def _rewrite(path: Path, drop: list[str], version: int | None = None) -> None:
     meta = dict(t.schema.metadata or {})
     meta.pop(b"memgrid.schema", None)
     if version != 1:
-        meta[b"memgrid.schema"] = str(version or store.SCHEMA_VERSION).encode()
+        meta[b"memgrid.schema"] = str(version or SCHEMA_VERSION).encode()
     pq.write_table(t.replace_schema_metadata(meta), path)
 
 
@@ -92,13 +99,13 @@ def test_a_part_lacking_a_column_its_version_has_is_damaged_and_moved_aside(tmp_
     pts = load_grid(tiny_grid).points()
     _rewrite(out / "points" / f"{parts[1]}.parquet", ["stop_reason"])
     lost = {p.point_id for p in pts[1::4]}
-    assert store.done_ids(str(out)) == {p.point_id for p in pts} - lost     # never read as done
-    assert set(store.read_points(str(out)).column("stop_reason").to_pylist()) == {"max_epochs"}
-    [(path, why)] = store.damaged_parts(str(out))
+    assert done_ids(str(out)) == {p.point_id for p in pts} - lost     # never read as done
+    assert set(read_points(str(out)).column("stop_reason").to_pylist()) == {"max_epochs"}
+    [(path, why)] = damaged_parts(str(out))
     assert path == f"{out}/points/{parts[1]}.parquet" and "stop_reason" in why
     r = memgrid_cli("status", out)
     assert "12/16 points done, 4 missing" in r.stdout and "stop_reason" in r.stderr, r.stderr
-    msgs = store.repair(str(out))
+    msgs = repair(str(out))
     assert len(msgs) == 1 and "stop_reason" in msgs[0] and "with its curves part" in msgs[0]
     assert tree(out / "damaged") == ["curves", f"curves/{parts[1]}.parquet", "points",
                                      f"points/{parts[1]}.parquet"]
@@ -116,9 +123,9 @@ def test_a_column_is_required_from_the_version_that_added_it(tmp_path, tiny_grid
                                                              damaged):
     out, parts = stored_folder(tmp_path, tiny_grid, n_parts=2)
     _rewrite(out / "points" / f"{parts[0]}.parquet", drop, version)
-    got = store.read_points(str(out)).to_pandas().set_index("point_id")
+    got = read_points(str(out)).to_pandas().set_index("point_id")
     assert len(got) == (8 if damaged else 16)
-    assert [p for p, _ in store.damaged_parts(str(out))] == (
+    assert [p for p, _ in damaged_parts(str(out))] == (
         [f"{out}/points/{parts[0]}.parquet"] if damaged else [])
     if not damaged:
         old = got[got.pack_id == parts[0][:-5]]
@@ -134,8 +141,8 @@ def test_the_shipped_folders_read_whole():
     folders = sorted(p.parent for p in data.glob("*/grid.json"))
     assert folders
     for d in folders:
-        assert store.damaged_parts(str(d)) == [], d.name
-        assert store.read_points(str(d), columns=["point_id", "kernel"]).num_rows > 0
+        assert damaged_parts(str(d)) == [], d.name
+        assert read_points(str(d), columns=["point_id", "kernel"]).num_rows > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +155,7 @@ def test_a_value_the_schema_cannot_hold_writes_nothing(tmp_path, tiny_grid):
     p = Point("rnn", 1, 2, 1, 2**31)
     rows, curves = fake_rows([p], "tiny", "pack-x")
     with pytest.raises(pa.ArrowException):
-        store.write_points(str(out), "pack-x-0000", rows, curves)
+        write_points(str(out), "pack-x-0000", rows, curves)
     assert tree(out) == before
 
 
@@ -160,7 +167,7 @@ def test_a_points_part_that_fails_to_land_takes_its_curves_with_it(tmp_path, tin
     (blocker / "x").write_text("x")
     pts = load_grid(tiny_grid).points()[:2]
     with pytest.raises(OSError):
-        store.write_points(str(out), "pack-y-0000", *fake_rows(pts, "tiny", "pack-y"))
+        write_points(str(out), "pack-y-0000", *fake_rows(pts, "tiny", "pack-y"))
     assert tree(out) == sorted(before + ["points/pack-y-0000.parquet",
                                          "points/pack-y-0000.parquet/x"])   # no curves, no tmp
 
@@ -190,18 +197,18 @@ def test_a_saved_state_carries_its_ids_and_another_packs_is_refused(tmp_path, ca
         tb.load_state_dict(state)                               # refused before it changes
     assert tb.epoch == 0
     out = str(tmp_path / "res")
-    store.write_pack_state(out, pack_id(a), pack_spec(a), _blob(tb))   # swapped
-    store.write_pack_state(out, pack_id(b), pack_spec(b), _blob(ta))
-    store.write_pack_state(out, pack_id(c), pack_spec(c), b"\x80garbage")
+    write_pack_state(out, pack_id(a), pack_spec(a), _blob(tb))   # swapped
+    write_pack_state(out, pack_id(b), pack_spec(b), _blob(ta))
+    write_pack_state(out, pack_id(c), pack_spec(c), b"\x80garbage")
     d = _pack((7, 8))
-    store.write_pack_state(out, pack_id(d), pack_spec(d),
-                           _blob(PackTrainer(d, pack_id=pack_id(d))))
+    write_pack_state(out, pack_id(d), pack_spec(d),
+                     _blob(PackTrainer(d, pack_id=pack_id(d))))
     capfd.readouterr()
     assert check_saved(out, [a, b, c, d]) == [d]
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.endswith("the pack starts afresh") for line in err), err
     assert "unreadable" in err[2] and "continuing" not in " ".join(err)
-    assert set(store.saved_packs(out)) == {pack_id(d)}
+    assert set(saved_packs(out)) == {pack_id(d)}
     assert sorted(p.name for p in (tmp_path / "res" / "damaged" / "packs").iterdir()) == sorted(
         f"{pack_id(pk)}.{e}" for pk in (a, b, c) for e in ("json", "pt"))
 
@@ -210,14 +217,14 @@ def test_garbage_and_finished_packs_are_tidied_so_status_announces_none(tmp_path
     out, _ = stored_folder(tmp_path, tiny_grid)                      # every point stored
     pts = load_grid(tiny_grid).points()
     packs = out / "packs"
-    store.write_pack_state(str(out), pack_id(pts[:2]), pack_spec(pts[:2]), b"state")  # finished
+    write_pack_state(str(out), pack_id(pts[:2]), pack_spec(pts[:2]), b"state")  # finished
     (packs / "pack-000000000000.json").write_text("{not json")
     (packs / "pack-000000000000.pt").write_bytes(b"state")
     (packs / "pack-111111111111.pt").write_bytes(b"state")          # no spec
-    assert set(store.saved_packs(str(out))) == {pack_id(pts[:2])}   # garbage never counted
-    msgs = store.repair(str(out))
+    assert set(saved_packs(str(out))) == {pack_id(pts[:2])}   # garbage never counted
+    msgs = repair(str(out))
     assert len(msgs) == 3 and all("not a saved pack" in m for m in msgs), msgs
-    assert list(packs.iterdir()) == [] and store.saved_packs(str(out)) == {}
+    assert list(packs.iterdir()) == [] and saved_packs(str(out)) == {}
     r = memgrid_cli("status", out)
     assert r.returncode == 0 and "saved mid-training" not in r.stdout, r.stdout
 
@@ -245,8 +252,8 @@ def test_a_compaction_stopped_by_a_signal_leaves_every_point_once(tmp_path, tiny
     the parts it replaces not yet removed): it stops there, finishes what it began, and plain
     pandas reads every point and curve row once; then Interrupted with the signal."""
     original, _ = stored_folder(tmp_path / "original", tiny_grid, n_parts=4)
-    steps, compaction = [], store._compaction
-    monkeypatch.setattr(store, "_compaction", lambda fs, base, plan: (
+    steps, compaction = [], _compaction
+    monkeypatch.setattr(upkeep, "_compaction", lambda fs, base, plan: (
         steps.append(step) or step for step in compaction(fs, base, plan)))
     points = pd.read_parquet(original / "points").sort_values("point_id").reset_index(drop=True)
 
@@ -261,24 +268,24 @@ def test_a_compaction_stopped_by_a_signal_leaves_every_point_once(tmp_path, tiny
 
     whole = tmp_path / "whole"
     shutil.copytree(original, whole)
-    store.compact(str(whole), max_rows=40)            # two merged parts: plan, 2 x (2 written, 2 shown, 4 removed), done
+    compact(str(whole), max_rows=40)            # two merged parts: plan, 2 x (2 written, 2 shown, 4 removed), done
     n = len(steps)
     assert n == 18 and steps[-1] == "done"
-    handlers = {s: signal.getsignal(s) for s in store.STOP_SIGNALS}
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for k in range(n):
         out = tmp_path / f"cut{k}"
         shutil.copytree(original, out)
         steps.clear()
-        monkeypatch.setattr(store, "_compaction", signalled_at(k))
-        with pytest.raises(store.Interrupted) as e:
-            store.compact(str(out), max_rows=40)
+        monkeypatch.setattr(upkeep, "_compaction", signalled_at(k))
+        with pytest.raises(Interrupted) as e:
+            compact(str(out), max_rows=40)
         assert e.value.signum == sig and steps[-1] == ("done" if k == n - 1 else steps[k])
-        assert {s: signal.getsignal(s) for s in store.STOP_SIGNALS} == handlers
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == handlers
         got = pd.read_parquet(out / "points").sort_values("point_id").reset_index(drop=True)
         pd.testing.assert_frame_equal(got, points, obj=f"signal at step {k}")
         curves = pd.read_parquet(out / "curves")
         assert len(curves) == 48 and not curves.duplicated(["point_id", "epoch"]).any()
-        assert not (out / store.COMPACTING).exists()
+        assert not (out / COMPACTING).exists()
         assert not list(out.rglob(".tmp-*"))
 
 
@@ -304,17 +311,17 @@ def test_every_row_records_the_path_that_trained_it(tmp_path, monkeypatch):
     if kernels.lib(torch.float32) is None:
         pytest.skip("no C compiler: no C kernel")
     assert {r["kernel"] for r in rows} == {f"c-{_widest()}"}
-    store.write_points(str(tmp_path), "pack-a-0000", rows, curves)
+    write_points(str(tmp_path), "pack-a-0000", rows, curves)
     monkeypatch.setenv("MEMGRID_KERNELS", "0")                   # the PyTorch path
     t = PackTrainer(pts)
     t.run()
     rows, curves = t.pop_finished()
     assert {r["kernel"] for r in rows} == {"torch"}
-    store.write_points(str(tmp_path), "pack-b-0000", rows, curves)
+    write_points(str(tmp_path), "pack-b-0000", rows, curves)
     got = pd.read_parquet(tmp_path / "points")
     assert sorted(got.kernel) == sorted([f"c-{_widest()}"] * 2 + ["torch"] * 2)
-    row = store.point_row(pts[0], "g", epochs=0, stop_reason="fitted", loss=0.1, best_loss=0.1,
-                          r2=None, wall_s=0.0, pack_id="p", device="cuda:0")
+    row = point_row(pts[0], "g", epochs=0, stop_reason="fitted", loss=0.1, best_loss=0.1,
+                    r2=None, wall_s=0.0, pack_id="p", device="cuda:0")
     assert row["kernel"] == "cuda"                               # an ESN's fit on a GPU
 
 

@@ -17,11 +17,11 @@ from collections import Counter
 import pytest
 import torch
 
-from memgrid import store
+from memgrid.results import TUNING, done_ids, read_grid_identity
 from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point, grid_from_identity, parse_grid
 from memgrid.packs import (pack_cost, pack_id, pack_seconds, pack_spec, plan_packs, spec_pack_id,
                            spec_points)
-from memgrid.tune import NOTICE_POINTS, TUNING, Progress, grid_points
+from memgrid.tune import NOTICE_POINTS, Progress, grid_points
 from memgrid.tuning import tuning_points
 
 from .conftest import ROOT, memgrid_cli, write_grid
@@ -108,17 +108,17 @@ def test_the_shipped_results_are_found_by_their_grids():
     the grid is stored (of a grid still running: some)."""
     for name in SHIPPED + SHIPPED_PARTLY:
         d = ROOT / "docs" / "data" / name
-        grid = grid_from_identity(store.read_grid_identity(str(d)))
+        grid = grid_from_identity(read_grid_identity(str(d)))
         if grid.tune_lr is not None:    # its tuning run: some or all of its points
             tuned = {p.point_id for p in tuning_points(grid.points(), grid.tune_lr)}
-            have = store.done_ids(str(d / TUNING))
+            have = done_ids(str(d / TUNING))
             assert have and have <= tuned, d.name
             if grid_points(grid, str(d)) is None:   # still tuning: nothing measured yet
-                assert name in SHIPPED_PARTLY and not store.done_ids(str(d)), d.name
+                assert name in SHIPPED_PARTLY and not done_ids(str(d)), d.name
                 continue
         ids = [p.point_id for p in grid_points(grid, str(d))]
         assert len(set(ids)) == len(ids) == grid.n_points, d.name
-        done = store.done_ids(str(d))
+        done = done_ids(str(d))
         assert (done < set(ids) and done) if name in SHIPPED_PARTLY else done == set(ids), d.name
 
 
@@ -293,10 +293,11 @@ def test_an_interrupted_tuned_grid_counts_its_measured_points(tmp_path):
     shutil.copytree(ROOT / "docs" / "data" / "tuned_lr_check", out)
     assert (out / TUNING).is_dir()
     code = ("import sys\n"
-            "from memgrid import cli, store\n"
+            "from memgrid import cli\n"
+            "from memgrid.results import read_grid_identity\n"
             "from memgrid.config import grid_from_identity\n"
             f"out = {str(out)!r}\n"
-            "grid = grid_from_identity(store.read_grid_identity(out))\n"
+            "grid = grid_from_identity(read_grid_identity(out))\n"
             "def run():\n"
             "    cli._RUNNING.update(grid=grid, out=out)\n"
             "    raise KeyboardInterrupt\n"

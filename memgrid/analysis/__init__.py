@@ -1,6 +1,6 @@
 """Analysis of a results folder: memory limits, memory capacity, the paper's claims, figures.
 
-Pure functions over pandas DataFrames shaped like the points table (``memgrid.store``) and the
+Pure functions over pandas DataFrames shaped like the points table (``memgrid.results.schema``) and the
 curves table; :func:`write_report` turns a results folder into ``report.md`` and figures.
 """
 

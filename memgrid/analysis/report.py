@@ -2,7 +2,7 @@
 
 The folder may be complete, still being written, cover part of a grid, or hold no points yet:
 the report reads one snapshot of what is there (parts appear atomically, see
-:mod:`memgrid.store`) and says what it covers. It prints nothing; the CLI prints the path.
+:mod:`memgrid.results`) and says what it covers. It prints nothing; the CLI prints the path.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..store import read_grid_identity
+from ..results import read_grid_identity
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
 from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configuration_columns,

@@ -7,7 +7,7 @@ import argparse
 
 from matplotlib.figure import Figure
 
-from ..store import read_grid_identity
+from ..results import read_grid_identity
 from .plots import plot_heatmaps, plot_loss_curves, save
 from .tables import fixed_length, load_curves, load_points, random_length
 

@@ -1,8 +1,8 @@
 """Shared views of the points table: which columns make a configuration, seed means, loading.
 
 Every analysis function takes a pandas DataFrame shaped like the points table
-(:data:`memgrid.store.POINT_SCHEMA`); only the columns it uses need to be there, so hand-made
-tables in tests can be small. A *configuration* is ``(arch, layers, cells)``; a table that also
+(:data:`memgrid.results.schema.POINT_SCHEMA`); only the columns it uses need to be there, so
+hand-made tables in tests can be small. A *configuration* is ``(arch, layers, cells)``; a table that also
 varies another setting inside a configuration (an ``lr`` axis, fixed and random length, plateau
 stop on and off) keeps those apart: they are *variant* columns and are added to every grouping,
 so that a mean over seeds never mixes two different experiments.
@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..config import POINT_FIELDS, THRESHOLD  # noqa: F401 - THRESHOLD: re-exported
 from ..config import units as units_of
-from ..store import read_curves, read_points
+from ..results import read_curves, read_points
 
 CONFIG = ["arch", "layers", "cells"]
 """A network configuration: architecture, layers l, cells per layer c."""

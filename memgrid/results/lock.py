@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from .store import resolve
+from .layout import resolve
 
 LOCK_NAME = ".memgrid-lock"
 """the lock file inside a results folder (hidden: pyarrow and pandas skip it)"""
