@@ -3,7 +3,7 @@
     python analysis/tuned_rates.py docs/data/fig6_rnn_tuned
 
 Reads the grid's tuning run (`<results>/tuning/`) and makes the choice `memgrid run` makes
-(`memgrid.tuning.choose_lr`); a configuration whose tuning points are not all stored yet shows
+(`memgrid.lr_tuning.choose_lr`); a configuration whose tuning points are not all stored yet shows
 `..` (the run has not chosen for it).
 """
 
@@ -17,7 +17,7 @@ from memgrid.results import read_grid_identity, read_points
 from memgrid.analysis.report import md_table
 from memgrid.config import grid_from_identity
 from memgrid.results import TUNING
-from memgrid.tuning import choose_lr, tuning_points
+from memgrid.lr_tuning import choose_lr, tuning_points
 
 
 def chosen_rates(results: str) -> pd.DataFrame:

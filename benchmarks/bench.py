@@ -12,7 +12,7 @@ stops early, so the work is equal), in one process tree with one embedded Ray st
                LSTM/GRU, torch.optim.SGD, a batch drawn with torch.rand per step (lengths
                per sequence, packed with pack_padded_sequence), the same evaluation set size
                and interval, 1 CPU and 1 thread per trial, reuse_actors=True;
-  (b) pack 1:  memgrid, one point per trial (``memgrid.tune.run_grid``, pack = 1);
+  (b) pack 1:  memgrid, one point per trial (``memgrid.run.driver.run_grid``, pack = 1);
   (c) auto:    memgrid with its default packing (pack = auto).
 
 It prints point-epochs per second (one epoch of one point, data generation included, over
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memgrid import kernels# noqa: E402
 from memgrid.results import read_points# noqa: E402
-from memgrid.request import prepare_out  # noqa: E402
+from memgrid.run.preflight import prepare_out  # noqa: E402
 from memgrid.cells import GATES  # noqa: E402
 from memgrid.config import Grid, Point, load_grid  # noqa: E402
 from memgrid.packs import member_bytes  # noqa: E402
@@ -271,7 +271,7 @@ def run_torch(points: list[Point], storage: str) -> dict:
 
 
 def run_memgrid(grids: list[Grid], pack, out_root: str) -> dict:
-    from memgrid.tune import run_grid
+    from memgrid.run.driver import run_grid
 
     summary = {}
     # one run_grid per (l, c) grid of the slice would serialize them; the union runs as one
@@ -318,7 +318,7 @@ class _Union:
 
 
 def bench_slice(name: str, epochs: int, rates: dict, work: str) -> dict:
-    from memgrid.tune import _start_ray
+    from memgrid.run.driver import start_ray
 
     base, grids = slice_points(name, epochs)
     points = [p for g in grids for p in g.points()]
@@ -326,7 +326,7 @@ def bench_slice(name: str, epochs: int, rates: dict, work: str) -> dict:
     pe = sum(p.max_epochs for p in points)
     print(f"\n== {name}: {len(points)} points x {epochs} epochs = {pe} point-epochs, "
           f"{flops / 1e9:.0f} GFLOP (training and evaluation)", flush=True)
-    _start_ray(None, None)
+    start_ray(None, None)
     rows = {}
     for label, run in [("(a) torch, 1 trial/point", lambda d: run_torch(points, d)),
                        ("(b) memgrid --pack 1", lambda d: run_memgrid(grids, 1, d)),

@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import FIG6_NETS, ROOT, _Union, cpu_text, machine_rates, point_epoch_flops  # noqa: E402
 from memgrid.results import read_points# noqa: E402
 from memgrid.config import Grid, load_grid  # noqa: E402
-from memgrid.request import prepare_out  # noqa: E402
+from memgrid.run.preflight import prepare_out  # noqa: E402
 try:
-    from memgrid.tune import PHASES  # noqa: E402
+    from memgrid.run.trial import PHASES  # noqa: E402
 except ImportError:     # a memgrid before its trials reported their phases: wall times only
     PHASES = ()
 
@@ -80,7 +80,7 @@ def sample(grid: Grid, nets: list[tuple[int, int]] | int, seed_list: list[int]) 
 
 def trials(out: str) -> list[dict]:
     """Each trial's last report of every Tune run in `out`: its `time_<phase>_s`, Tune's
-    `time_total_s` and `started_at` (memgrid.tune.pack_metrics)."""
+    `time_total_s` and `started_at` (memgrid.run.trial.pack_metrics)."""
     found = []
     for path in glob.glob(os.path.join(out, "_tune", "*", "*", "result.json")):
         lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         d = timing(args.timing, args.slots, rates)
         report(d, args.slots)
     else:
-        from memgrid.tune import local_slots, run_grid
+        from memgrid.run.driver import run_grid
+        from memgrid.run.plan import local_slots
 
         grid = load_grid(args.grid, args.protocol)
         nets = FIG6_NETS if grid.name == "fig6_rnn" else args.nets

@@ -22,7 +22,7 @@ from .processes import exit_status, launch_time, signals_held, stoppable
 from .results import (PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy, FolderLock, check_results,
                       damaged_parts, done_ids, first_line, read_points, repair, saved_packs)
 from .results import compact as compact_folder
-from .request import (EXIT_BAD_INPUT, build_grid, check_driver, check_link, check_machine,
+from .run.preflight import (EXIT_BAD_INPUT, build_grid, check_driver, check_link, check_machine,
                       check_out, prepare_out, read_identity)
 
 def _fail(msg: str) -> None:
@@ -137,7 +137,8 @@ def _ends_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .tune import grid_points, stop_counts
+        from .lr_tuning import grid_points
+        from .results import stop_counts
 
         _RUNNING.clear()
         with stoppable(subreaper=True):   # an orphaned Ray process comes back to be ended
@@ -221,7 +222,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
     except ConfigError as e:
         _fail(str(e))
     if address is None:     # the embedded Ray's CPUs, known before it starts
-        from .tune import local_cpus
+        from .run.plan import local_cpus
 
         cpus, whose = (num_cpus, f"--num-cpus gives the embedded Ray {num_cpus}") if num_cpus \
             else (local_cpus(), f"this machine has {local_cpus()}")
@@ -229,7 +230,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
             _fail(f"{names['cpus_per_trial']}: a trial asks for "
                   f"{grid.resources.cpus_per_trial:g} CPUs; {whose}")
     if dry_run:
-        from .tune import NOTICE_POINTS, describe_plan, local_slots
+        from .run.plan import NOTICE_POINTS, describe_plan, local_slots
 
         if grid.n_points >= NOTICE_POINTS:     # the plan takes a second or more
             click.echo(f"[{grid.name}] {grid.n_points} points: expanding the grid, planning "
@@ -262,7 +263,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
             for line in repair(out):      # damaged or half-written parts go aside
                 click.echo(f"memgrid: {line}", err=True)
 
-        from .tune import run_grid  # Ray is imported inside, once the input is good
+        from .run.driver import run_grid  # Ray is imported inside, once the input is good
 
         try:
             summary = run_grid(grid, out, address=address, num_cpus=num_cpus, quiet=quiet,
@@ -288,8 +289,8 @@ def status(results):
     grid, points = _results_grid(results, required=True)
     _warn_damaged(results)
     if grid.tune_lr is not None:     # its points' ids follow from the tuning run's choice
-        from .tune import grid_points
-        from .tuning import tuning_points
+        from .lr_tuning import grid_points
+        from .lr_tuning import tuning_points
 
         tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}
         have = done_ids(f"{results.rstrip('/')}/{TUNING}") & tuned
@@ -454,7 +455,7 @@ def compact(results):
         folder_lock.release()
 
 
-from .launch import launch as _launch  # noqa: E402 - registered last: `memgrid launch`
+from .run.launch import launch as _launch  # noqa: E402 - registered last: `memgrid launch`
 
 main.add_command(_launch)
 

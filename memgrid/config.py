@@ -271,7 +271,7 @@ class Resources:
 @dataclass(frozen=True)
 class LRTuning:
     """The `tune_lr:` section of a grid file: the learning rate tuned per configuration by
-    successive halving (memgrid.tuning runs it)."""
+    successive halving (memgrid.lr_tuning runs it)."""
 
     candidates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     """learning rates tried for every configuration"""
@@ -806,7 +806,7 @@ def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
 
 CPUS_PER_TRIAL_MIN = 0.01
 """smallest CPU share of a trial: each trial is a process of its own (a Ray worker, 150-200 MB)
-whatever its share (memgrid.request.check_machine bounds the trials at once)"""
+whatever its share (memgrid.run.preflight.check_machine bounds the trials at once)"""
 CPUS_PER_TRIAL_MAX = 4096.0
 GPUS_PER_TRIAL_MAX = 64.0
 

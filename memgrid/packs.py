@@ -1,6 +1,6 @@
 """Packs: which points train together, how large a pack may be, and what it costs. A cost
 model of memory and CPU seconds per pack, Ray-free and torch-free: the driver plans with it
-(``memgrid.tune``), `memgrid run --dry-run` shows its plan, and the benchmarks check it.
+(``memgrid.run``), `memgrid run --dry-run` shows its plan, and the benchmarks check it.
 """
 
 from __future__ import annotations

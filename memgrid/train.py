@@ -2,7 +2,7 @@
 on K independent networks at once, per-point early stopping.
 
 Nothing here knows about Ray: :class:`PackTrainer` is driven by the Tune trainable in
-``tune.py``, by the benchmark, and by the tests alike.
+``memgrid.run.trial``, by the benchmark, and by the tests alike.
 
 A member that stops (solved, plateau, diverged, max_epochs) is taken out of the stacked tensors
 at the evaluation where it stopped: frozen, and no longer costing compute. The members left
@@ -26,7 +26,8 @@ from .models import Params, forward, init_params
 from .rows import curve_rows, point_row
 from .stopping import stop_check
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
-from .tuning import LRTuning, rank
+from .config import LRTuning
+from .lr_tuning import rank
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 """Adam's second-moment decay and epsilon (Kingma and Ba's, torch.optim.Adam's defaults); its

@@ -569,7 +569,7 @@ def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
 
 def test_tuned_rates_reads_the_choice_of_a_tuning_run(tmp_path, capsys):
     from memgrid.config import parse_grid
-    from memgrid.tuning import tuning_points
+    from memgrid.lr_tuning import tuning_points
 
     res = tmp_path / "results"
     grid = parse_grid({"name": "tuned", "axes": {"arch": ["rnn"], "layers": [1], "cells": [2, 3],

@@ -30,7 +30,7 @@ import requests
 import yaml
 from click.testing import CliRunner
 
-from memgrid import launch as launch_mod
+from memgrid.run import launch as launch_mod
 from memgrid.cli import main
 from memgrid.config import load_grid
 
@@ -482,7 +482,7 @@ def test_stopped_job_is_finished_by_launching_again(cluster, tmp_path):
 PATCH = """
 import sys
 from pathlib import Path
-import memgrid.launch as L
+import memgrid.run.launch as L
 
 log = Path(sys.argv.pop(1))
 address = sys.argv.pop(1)

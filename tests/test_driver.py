@@ -30,8 +30,10 @@ from memgrid.results import (done_ids, read_pack_state, read_points, saved_packs
 from memgrid.rows import point_row, point_settings
 from memgrid.config import ConfigError, Point, load_grid
 from memgrid.packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs)
-from memgrid.tune import (Progress, _fmt_s, check_fits, describe_plan, pack_metrics,
-                          point_labels, resume_saved)
+from memgrid.run.address import check_fits
+from memgrid.run.plan import describe_plan
+from memgrid.run.progress import Progress, fmt_s
+from memgrid.run.trial import pack_metrics, point_labels, resume_saved
 
 from .conftest import ROOT, memgrid_cli, write_grid
 
@@ -137,7 +139,7 @@ def test_time_left_says_how_long_if_the_packs_left_stop_no_member_early():
     low, high = p.left_range()
     assert low == pytest.approx(100.0 / c[0] * c[1])
     assert high == pytest.approx(1000.0 / c[0] * c[1])        # 10 epochs trained, of 100
-    assert p.line().endswith(f"~{_fmt_s(low)} left ({_fmt_s(high)} if none stops early)")
+    assert p.line().endswith(f"~{fmt_s(low)} left ({fmt_s(high)} if none stops early)")
     # members that stop as the pack trains count for the epochs they trained: 6 members for
     # 10 epochs, then 1 of them for 90
     p = Progress("g", 12, Counter(), packs, slots=1, stream=_Stream())
@@ -169,7 +171,7 @@ def test_clock_starts_when_the_process_starts():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     since, took = map(float, r.stdout.split())
     assert 5.0 <= since <= 5.0 + took + 0.01
-    assert _fmt_s(39.9) == "00:39" and _fmt_s(3725) == "1:02:05"
+    assert fmt_s(39.9) == "00:39" and fmt_s(3725) == "1:02:05"
 
 
 def test_saved_packs_are_continued_as_they_were_or_forgotten(tmp_path):
@@ -201,7 +203,7 @@ def test_a_saved_state_of_another_pack_is_not_loaded(tmp_path, monkeypatch, capf
     import torch
     tune = pytest.importorskip("ray.tune")
     from memgrid.train import PackTrainer
-    from memgrid.tune import pack_trial
+    from memgrid.run.trial import pack_trial
 
     monkeypatch.setattr(tune, "report", lambda metrics, **kw: None)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
@@ -250,7 +252,7 @@ def test_pack_metrics_summarize_and_keep_the_same_keys():
 
 def test_pack_trial_reports_each_points_loss_as_it_trains(tmp_path, monkeypatch):
     tune = pytest.importorskip("ray.tune")
-    from memgrid.tune import pack_trial
+    from memgrid.run.trial import pack_trial
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, **kw: reports.append(metrics))
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
@@ -366,7 +368,7 @@ def test_dry_run_shows_points_stored_packs_and_time_and_writes_nothing(tiny_grid
     assert lines[4].split() == ["gru", "1", "2", "8", "3", "3", "x2,", "2", "x1"]
     grid = load_grid(tiny_grid)
     packs = plan_packs(grid.points(), 3, 2)
-    assert f"~{_fmt_s(makespan_s(packs, 2))} by the cost model" in lines[6]
+    assert f"~{fmt_s(makespan_s(packs, 2))} by the cost model" in lines[6]
     assert lines[-1] == "imported:"                 # neither Ray nor torch
     assert not out.exists()
 

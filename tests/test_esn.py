@@ -286,7 +286,7 @@ def test_plot_mc_vs_units(tmp_path):
 def test_pack_trial_fits_esn_packs(tmp_path, monkeypatch):
     tune = pytest.importorskip("ray.tune")
     from memgrid.packs import pack_id, pack_spec
-    from memgrid.tune import pack_trial
+    from memgrid.run.trial import pack_trial
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, **kw: reports.append(metrics))
     pts = [esn_point(cells=6, position=p, seed=0, eval_size=256) for p in (1, 2, 14)]

@@ -19,7 +19,7 @@ import torch
 from memgrid import __version__
 from memgrid.results import damaged_parts, done_ids, repair, write_grid_identity, write_points
 from memgrid.rows import point_settings
-from memgrid.request import prepare_out
+from memgrid.run.preflight import prepare_out
 from memgrid.config import ConfigError, load_grid, parse_grid
 from memgrid.results.lock import LOCK_NAME, FolderBusy, FolderLock
 
@@ -413,12 +413,12 @@ def _faulty_trainer():
 def test_points_of_a_trial_lost_with_its_worker_train_in_another_round(tmp_path, tiny_grid,
                                                                        monkeypatch, capsys):
     """When a node dies, its trial's dead actor can report the loss twice and Tune ends the
-    trial for good at the second report (memgrid.tune.lost_worker), which a real cluster test
+    trial for good at the second report (memgrid.run.driver.lost_worker), which a real cluster test
     meets only by chance. Here the loss is made by construction: with no retries by Tune
     (max_failures=0), the one pack's worker ends itself at its first call, Tune gives the trial
     up, and the next round trains its points. A training that raises gets no second round."""
     ray = pytest.importorskip("ray")
-    from memgrid.tune import run_points
+    from memgrid.run.driver import run_points
 
     faults = tmp_path / "faults"
     faults.mkdir()

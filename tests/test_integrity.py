@@ -33,7 +33,9 @@ from memgrid.config import Point, load_grid
 from memgrid.results.lock import LOCK_NAME
 from memgrid.packs import pack_id, pack_spec
 from memgrid.train import PackTrainer, state_mismatch
-from memgrid.tune import Progress, check_saved, private_auth_token
+from memgrid.run.driver import private_auth_token
+from memgrid.run.progress import Progress
+from memgrid.run.trial import check_saved
 
 from .conftest import ROOT, memgrid_cli
 from .test_failures import fake_rows, refused, stored_folder, tree

@@ -2,7 +2,7 @@
 reached through a pyarrow URI, and `memgrid run` there trains exactly what is missing.
 
 The stopped run is made without Ray and without timing: the first packs' trials, run by the
-trainable itself (memgrid.tune.pack_trial), write their parts as they would have before a
+trainable itself (memgrid.run.trial.pack_trial), write their parts as they would have before a
 stop; the resumed run is `memgrid run` on a real embedded Ray."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from memgrid.request import prepare_out
+from memgrid.run.preflight import prepare_out
 from memgrid.config import load_grid
-from memgrid.packs import pack_id, pack_spec, plan_packs
+from memgrid.packs import pack_id, pack_spec, plan_packs, spec_points
 from memgrid.train import train_points
-from memgrid.tune import pack_trial, spec_points
+from memgrid.run.trial import pack_trial
 
 from .conftest import memgrid_cli
 
@@ -34,7 +34,7 @@ def stopped_midway(grid_file, out: str, monkeypatch, n_packs: int = 2) -> list:
     middle of the next one leaves it: grid.json, those packs' parts, written by their trials,
     and the next pack's state, saved by its trial at its first evaluation. Returns that pack."""
     tune = pytest.importorskip("ray.tune")
-    from memgrid import tune as memgrid_tune
+    from memgrid.run import trial as memgrid_trial
 
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)          # no Tune trial around it here
     grid = load_grid(grid_file)
@@ -51,8 +51,8 @@ def stopped_midway(grid_file, out: str, monkeypatch, n_packs: int = 2) -> list:
             raise Stopped
 
     monkeypatch.setattr(tune, "report", stop_at_checkpoint)
-    monkeypatch.setattr(memgrid_tune, "REPORT_S", 0.0)       # report at the first evaluation,
-    monkeypatch.setattr(memgrid_tune, "CHECKPOINT_S", 0.0)   # with a checkpoint
+    monkeypatch.setattr(memgrid_trial, "REPORT_S", 0.0)       # report at the first evaluation,
+    monkeypatch.setattr(memgrid_trial, "CHECKPOINT_S", 0.0)   # with a checkpoint
     with pytest.raises(Stopped):
         pack_trial({"pack": pack_spec(packs[n_packs]), **config})
     return packs[n_packs]

@@ -21,8 +21,10 @@ from memgrid.results import TUNING, done_ids, read_grid_identity
 from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point, grid_from_identity, parse_grid
 from memgrid.packs import (pack_cost, pack_id, pack_seconds, pack_spec, plan_packs, spec_pack_id,
                            spec_points)
-from memgrid.tune import NOTICE_POINTS, Progress, grid_points
-from memgrid.tuning import tuning_points
+from memgrid.lr_tuning import grid_points
+from memgrid.run.plan import NOTICE_POINTS
+from memgrid.run.progress import Progress
+from memgrid.lr_tuning import tuning_points
 
 from .conftest import ROOT, memgrid_cli, write_grid
 

@@ -10,7 +10,7 @@ import pytest
 
 from memgrid.config import ConfigError, Point, parse_grid
 from memgrid.train import PackTrainer, train_points
-from memgrid.tuning import LRTuning, choose_lr, measured_points, rank, tuning_points
+from memgrid.lr_tuning import LRTuning, choose_lr, measured_points, rank, tuning_points
 
 AXES = {"arch": ["rnn"], "layers": [1], "cells": [2], "position": [1, 2], "seed": [0, 1]}
 

@@ -103,7 +103,7 @@ def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
     if not 0 < expected <= MAX_ID_CHECK:
         return None
     from ..config import grid_from_identity
-    from ..tune import grid_points
+    from ..lr_tuning import grid_points
     try:
         points = grid_points(grid_from_identity(identity), uri)
     except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
@@ -216,7 +216,7 @@ def _protocols(points: pd.DataFrame, tuned: bool = False) -> list[str]:
 
 def _tuning_line(identity: dict, points: pd.DataFrame) -> list[str]:
     """How a grid that tunes its rate chose it, and what it chose (one rate per configuration)."""
-    from ..tuning import LRTuning
+    from ..config import LRTuning
 
     text = "Learning rate " + LRTuning.from_dict(identity["tune_lr"]).describe()
     if len(points) and "lr" in points:

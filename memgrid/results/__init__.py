@@ -11,6 +11,7 @@ from .io import done_ids as done_ids
 from .io import part_names as part_names
 from .io import read_curves as read_curves
 from .io import read_points as read_points
+from .io import stop_counts as stop_counts
 from .io import stops_of as stops_of
 from .io import write_part as write_part
 from .io import write_points as write_points

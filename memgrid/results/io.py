@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from typing import Iterable
 
 import pyarrow as pa
@@ -233,6 +234,13 @@ def stops_of(uri: str, point_ids: Iterable[str]) -> dict[str, str]:
     t = _read(uri, "points", ["point_id", "stop_reason"],
               filter=pads.field("point_id").isin(list(point_ids)))
     return dict(zip(t.column("point_id").to_pylist(), t.column("stop_reason").to_pylist()))
+
+
+def stop_counts(out: str, ids: set[str]) -> Counter:
+    """Stop reasons of the stored points among `ids`."""
+    t = read_points(out, columns=["point_id", "stop_reason"])
+    return Counter(s for i, s in zip(t.column("point_id").to_pylist(),
+                                     t.column("stop_reason").to_pylist()) if i in ids)
 
 
 def read_curves(uri: str, point_ids: Iterable[str] | None = None) -> pa.Table:

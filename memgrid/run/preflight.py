@@ -1,6 +1,6 @@
 """A grid as a command asks for it: the grid file with the command line's settings, and the
 results folder it may go to. Shared by `memgrid run` (``memgrid.cli``) and `memgrid launch`
-(``memgrid.launch``)."""
+(``memgrid.run.launch``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import os
 
 import pyarrow.fs as pafs
 
-from .results import (PACKS, TABLES, check_folder, damaged_parts, first_line, part_names,
-                      read_grid_identity, resolve, write_grid_identity)
-from .config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
-                     Point, check_resources, for_arch, load_grid)
-from .packs import member_bytes, pack_seconds
+from ..config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
+                      Point, check_resources, for_arch, load_grid)
+from ..packs import member_bytes, pack_seconds
+from ..results import (PACKS, TABLES, check_folder, damaged_parts, first_line, part_names,
+                       read_grid_identity, resolve, write_grid_identity)
+from .plan import local_cpus
 
 EXIT_BAD_INPUT = 2
 """exit status of a command refused for its input (a grid file, a flag, a folder)"""
@@ -226,8 +227,6 @@ def check_machine(grid: Grid, *, here: bool, driver: bool = True, num_cpus: int 
                               f"{p.mc_length} steps) needs about {b / 1e9:,.0f} GB; this machine "
                               f"has {mem / 1e9:.0f} GB")
     if here:
-        from .tune import local_cpus
-
         cpus = num_cpus or local_cpus()
         slots = int(cpus // grid.resources.cpus_per_trial)
         if slots * WORKER_BYTES > mem / 2:

@@ -2,7 +2,7 @@
 candidates trained side by side, the hopeless ones eliminated early, the choice made on tuning
 seeds and the limit then measured on other seeds.
 
-How a grid with a `tune_lr:` section runs (``memgrid.tune.run_grid``):
+How a grid with a `tune_lr:` section runs (``memgrid.run.driver.run_grid``):
 
 1. *Tuning.* Every configuration of the grid (its points up to position and seed) is trained
    at every candidate learning rate on the tuning seeds, all candidates of a configuration in
@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .config import THRESHOLD, LRTuning, Point
+from .config import THRESHOLD, Grid, LRTuning, Point
+from .results import TUNING, read_points
 
-__all__ = ["LRTuning", "choose_lr", "measured_points", "rank", "tuning_points"]
+__all__ = ["LRTuning", "choose_lr", "grid_points", "measured_points", "rank", "tuning_points"]
 """LRTuning, the `tune_lr:` section, is part of the grid's data model (memgrid.config)."""
 
 
@@ -89,3 +90,16 @@ def choose_lr(rows: list[dict], tuned: list[Point], threshold: float = THRESHOLD
 def measured_points(points: list[Point], chosen: dict[tuple, float]) -> list[Point]:
     """The grid's points at their configuration's chosen learning rate."""
     return [replace(p, lr=chosen[p.pack_key]) for p in points]
+
+
+def grid_points(grid: Grid, out: str) -> list[Point] | None:
+    """The points `grid` stores in `out`: its own, or for a grid with `tune_lr` the same at the
+    learning rate its tuning run chose per configuration (None while that run is incomplete)."""
+    points = grid.points()
+    if grid.tune_lr is None:
+        return points
+    tuned = tuning_points(points, grid.tune_lr)
+    rows = read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
+    if not {p.point_id for p in tuned} <= {r["point_id"] for r in rows}:
+        return None
+    return measured_points(points, choose_lr(rows, tuned))

@@ -16,7 +16,7 @@ the driver never reads a worker's local disk.
 
 Fault tolerance is Ray's and memgrid's own, unchanged: a trial that dies with its node is retried
 from its last Tune checkpoint (``FailureConfig``), and one that Tune gives up on for a lost worker
-is trained in another round (``tune.lost_worker``); a job that dies is resumed by launching the
+is trained in another round (``memgrid.run.driver.lost_worker``); a job that dies is resumed by launching the
 same grid into the same ``OUT`` again, which trains only the points missing there.
 
 Token authentication stays on. Ray's job client sends the token when ``RAY_AUTH_MODE=token``;
@@ -45,10 +45,11 @@ from urllib.parse import urlparse
 import click
 import yaml
 
-from .results import read_grid_identity
-from .config import ConfigError, Grid, load_yaml, read_text
-from .processes import exit_status, stoppable
-from .request import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
+from ..config import ConfigError, Grid, load_yaml, read_text
+from ..processes import exit_status, stoppable
+from ..results import read_grid_identity
+from .preflight import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
+from .progress import one_line
 
 DEFAULT_DASHBOARD_PORT = 8265
 """Ray's default job server (dashboard) port"""
@@ -95,9 +96,9 @@ def load_cluster(path: str | Path) -> dict:
         validate_config(prepare_config(copy.deepcopy(raw)))
     except jsonschema.ValidationError as e:
         key = ".".join(str(k) for k in e.absolute_path) or "(top level)"
-        raise ConfigError(f"{path}: {key}: {_one_line(e.message)}") from None
+        raise ConfigError(f"{path}: {key}: {one_line(e.message, 300)}") from None
     except (ValueError, KeyError, TypeError, NotImplementedError) as e:
-        raise ConfigError(f"{path}: {_one_line(str(e))}") from None
+        raise ConfigError(f"{path}: {one_line(str(e), 300)}") from None
 
     meta = (raw.get("metadata") or {}).get("memgrid", {})
     if not isinstance(meta, dict) or set(meta) - {"results"}:
@@ -112,11 +113,6 @@ def load_cluster(path: str | Path) -> dict:
                     if "auth_token" in str(local) else "")
             raise ConfigError(f"{path}: file_mounts.{remote}: {local} does not exist here{hint}")
     return raw
-
-
-def _one_line(msg: str, limit: int = 300) -> str:
-    msg = " ".join(msg.split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def dashboard_port(cluster: dict) -> int:
@@ -143,7 +139,7 @@ def check_provider(cluster_file: str, cluster: dict) -> None:
     try:
         _get_node_provider_cls(cluster["provider"])
     except ImportError as e:
-        raise ConfigError(f"{cluster_file}: provider.type: {_one_line(str(e))}") from None
+        raise ConfigError(f"{cluster_file}: provider.type: {one_line(str(e), 300)}") from None
 
 
 def _ray_cli(*args: str) -> list[str]:
@@ -226,10 +222,10 @@ def probe(address: str, timeout_s: float = PROBE_S) -> None:
         raise ConfigError(f"{flag}: no answer within {timeout_s:.0f} s: not a Ray job "
                           "server") from None
     except requests.exceptions.ConnectionError as e:
-        why = "connection refused" if "refused" in str(e).lower() else _one_line(str(e), 160)
+        why = "connection refused" if "refused" in str(e).lower() else one_line(str(e), 160)
         raise ConfigError(f"{flag}: no job server at this address ({why})") from None
     except (requests.exceptions.RequestException, ValueError) as e:
-        raise ConfigError(f"{flag}: {_one_line(str(e), 160)}") from None
+        raise ConfigError(f"{flag}: {one_line(str(e), 160)}") from None
 
 
 def connect(address: str):
@@ -253,7 +249,7 @@ def connect(address: str):
 
 
 def _auth_hint(e: Exception) -> str:
-    msg = _one_line(str(e).split("\n\n")[0])
+    msg = one_line(str(e).split("\n\n")[0], 300)
     if type(e).__name__ == "AuthenticationError":
         msg += (" (token authentication: set RAY_AUTH_MODE=token and give the cluster's token as "
                 "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
@@ -274,7 +270,7 @@ def job_spec(grid_file: str, grid: Grid, out: str, flags: dict, python: str) -> 
         entrypoint=" ".join(shlex.quote(a) for a in [python, "-m", "memgrid.cli", *args]),
         submission_id=f"memgrid-{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         metadata={"memgrid_grid": grid.name, "memgrid_out": out},
-        runtime_env={"py_modules": [str(Path(__file__).parent)],
+        runtime_env={"py_modules": [str(Path(__file__).parents[1])],
                      "excludes": ["__pycache__", "*.pyc"]},
     )
 
@@ -418,7 +414,7 @@ def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id,
             meta = info.metadata or {}
             click.echo(f"{status_id}: {_value(info.status)}"
                        + (f"; results in {meta['memgrid_out']}" if "memgrid_out" in meta else "")
-                       + (f"; {_one_line(info.message.splitlines()[0])}" if info.message else ""))
+                       + (f"; {one_line(info.message.splitlines()[0], 300)}" if info.message else ""))
             return
         if stop_id:
             stopping = client.stop_job(stop_id)
@@ -446,7 +442,7 @@ def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id,
         else:
             info = client.get_job_info(job_id)
             click.echo(f"memgrid: job {job_id} {final.lower()}"
-                       + (f": {_one_line(info.message.splitlines()[0])}" if info.message else "")
+                       + (f": {one_line(info.message.splitlines()[0], 300)}" if info.message else "")
                        + f"; launch the same grid again to finish the points missing in {out}", err=True)
             sys.exit(1)
     except LaunchError as e:
@@ -464,7 +460,7 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
                   here: bool) -> tuple[Grid, str]:
     """The grid as `memgrid run` will build it, and where its results go: storage every node
     reaches (a relative path is only meaningful for a cluster on this machine)."""
-    from .config import MAX_POINTS, check_size
+    from ..config import MAX_POINTS, check_size
 
     if out == "":
         raise ConfigError("command line: --out: empty; give a URI or an absolute path")
