@@ -41,8 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import kernels# noqa: E402
-from memgrid.results import read_points# noqa: E402
+from memgrid.fast import kernels  # noqa: E402
+from memgrid.results import read_points  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
 from memgrid.cells import GATES  # noqa: E402
 from memgrid.config import Grid, Point, load_grid  # noqa: E402

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import FIG6_NETS, ROOT, _Union, cpu_text, machine_rates, point_epoch_flops  # noqa: E402
-from memgrid.results import read_points# noqa: E402
+from memgrid.results import read_points  # noqa: E402
 from memgrid.config import Grid, load_grid  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
 try:

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import kernels, native, train  # noqa: E402
+from memgrid import train  # noqa: E402
+from memgrid.fast import kernels, native  # noqa: E402
 from memgrid.config import Point  # noqa: E402
 from memgrid.train import PackTrainer  # noqa: E402
 from memgrid.packs import best_k  # noqa: E402

@@ -86,7 +86,7 @@ class Cell:
     units: Callable[[int], int] = lambda c: c
     """c -> N of one layer: how many numbers :attr:`read` gives, what MC <= N counts"""
     fast: bool = False
-    """True where memgrid.models has a hand-written backward and csrc/cells.c kernels"""
+    """True where memgrid.fast has a hand-written backward and C kernels"""
     label: str = ""
     """the cell's name as papers write it (minGRU, LRU), for tables and figures; its `name`
     upper-cased where empty"""

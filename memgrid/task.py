@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .native import load_so, load_once
+from .fast.native import load_once, load_so
 
 _M32 = 0xFFFFFFFF
 # stream ids: independent sub-streams of one seed
@@ -151,7 +151,7 @@ def _as_i32(h: torch.Tensor) -> torch.Tensor:
     return (h - ((h >> 31) << 32)).to(torch.int32)
 
 
-_SRC = Path(__file__).with_name("csrc") / "task.c"
+_SRC = Path(__file__).parent / "fast" / "csrc" / "task.c"
 
 
 def _build() -> ctypes.CDLL:
@@ -163,7 +163,7 @@ def _build() -> ctypes.CDLL:
 
 
 def _lib() -> ctypes.CDLL | None:
-    """The C batch generator (``csrc/task.c``), built once per process; None where it cannot be
+    """The C batch generator (``fast/csrc/task.c``), built once per process; None where it cannot be
     used (MEMGRID_KERNELS=0; no compiler: then a warning, once)."""
     return load_once("task", _build, "the C batch generator")
 
@@ -178,7 +178,7 @@ def make_batch(spec: TaskSpec, stream: int, step: torch.Tensor | int, batch_size
     seen as `(K, B, T)`/`(K, B, P)` (same values; not contiguous): the packed cells read one
     step `(K, B)` at a time, and there a step is one contiguous block.
 
-    On the CPU with an int `step`, the C generator (``csrc/task.c``) computes the same bits;
+    On the CPU with an int `step`, the C generator (``fast/csrc/task.c``) computes the same bits;
     else, or outside its domain (int64 step, 0 <= P <= T, positions in 1..T),
     :func:`_make_batch_torch`."""
     if spec.seed.device.type == "cpu" and isinstance(step, int) and (lib := _lib()) is not None:

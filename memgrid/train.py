@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import kernels
+from .fast import kernels
 from .capacity import fill_stream_mc
 from .config import Point
 from .models import Params, forward, init_params
@@ -216,7 +216,7 @@ class PackTrainer:
         torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(m, denom), step))
 
     def _kernel_step(self, batch, t: int) -> torch.Tensor | None:
-        """The whole step in one call of the C kernel (memgrid/kernels.py), where it can run:
+        """The whole step in one call of the C kernel (memgrid.fast.kernels), where it can run:
         bitwise :meth:`_autograd_step` for the `sum` readout. The loss `(K,)`, or None where it
         cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from memgrid import kernels, native
+from memgrid.fast import kernels, native
 from memgrid.processes import Interrupted, STOP_SIGNALS
 from memgrid.results import (COMPACTING, SCHEMA_VERSION, check_folder, check_results, compact,
                              damaged_parts, done_ids, read_curves, read_points, repair,
@@ -331,8 +331,8 @@ def test_a_cached_kernel_with_other_symbols_is_built_again(tmp_path):
     """A shared object that loads but lacks the kernel's symbols (here: the task's, under the
     kernel's name) is built again like a garbage one, in a fresh process."""
     env = dict(os.environ, MEMGRID_KERNEL_CACHE=str(tmp_path), MEMGRID_KERNELS="1")
-    code = ("import warnings, torch; warnings.simplefilter('error'); from memgrid import kernels,"
-            " task; assert kernels.lib(torch.float32) is not None and task._lib() is not None")
+    code = ("import warnings, torch; warnings.simplefilter('error'); from memgrid import task;"
+            " from memgrid.fast import kernels; assert kernels.lib(torch.float32) is not None and task._lib() is not None")
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT).returncode == 0
     [cells] = tmp_path.glob("cells_f32_*.so")
     [other] = tmp_path.glob("task_*.so")

@@ -1,4 +1,4 @@
-"""The C kernel of the cells (memgrid/kernels.py): its tanh and sigmoid, the same function and
+"""The C kernel of the cells (memgrid/fast/kernels.py): its tanh and sigmoid, the same function and
 gradients as the PyTorch path, its whole training step bitwise the step through autograd,
 bitwise pack invariance, and the fallback when it cannot be built."""
 
@@ -10,7 +10,8 @@ import warnings
 import pytest
 import torch
 
-from memgrid import kernels, native, task, train
+from memgrid import task, train
+from memgrid.fast import kernels, native
 from memgrid.config import Point
 from memgrid.models import forward, init_params, kernel_states
 from memgrid.task import TRAIN, TaskSpec, make_batch

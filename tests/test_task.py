@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from memgrid import native, task
+from memgrid import task
+from memgrid.fast import native
 from memgrid.config import Point
 from memgrid.task import EVAL, TRAIN, TaskSpec, hash32, make_batch, make_eval_set
 

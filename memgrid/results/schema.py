@@ -78,7 +78,7 @@ ADDED_IN = {"points": {"optimizer": 2, "lr_schedule": 2, "kernel": 3}, "curves":
 version may lack the column; every other column every part must have. A part lacking a
 column its version must have is damaged (:func:`lacking`)."""
 KERNELS = ("c-<vector instructions>", "torch", "cuda")
-"""what `kernel` holds: memgrid's C kernel (memgrid.kernels) built for the CPU's widest vector
+"""what `kernel` holds: memgrid's C kernel (memgrid.fast.kernels) built for the CPU's widest vector
 instructions (`c-avx512`, `c-avx2`, ...: its rounding depends on them), PyTorch ops on the
 CPU, or PyTorch ops on a GPU. The paths agree per step to float rounding but not over a
 whole training run, so a row says which trained it."""

@@ -264,7 +264,7 @@ def _ray_up(res: Resources, address: str | None, num_cpus: int | None,
 
     embedded = address is None
     if embedded:    # this machine's workers: build the C kernels once, here
-        from .. import kernels
+        from ..fast import kernels
         kernels.prepare()
     elif address != "local" and not ray.is_initialized():
         check_address(address)

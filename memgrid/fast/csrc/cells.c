@@ -1,6 +1,6 @@
 /* The packed RNN, LSTM and GRU stacks on the CPU, forward and backward through time, one call
- * for all members, layers and steps (memgrid/kernels.py builds and loads this file;
- * memgrid/models.py calls it).
+ * for all members, layers and steps (memgrid/fast/kernels.py builds and loads this file;
+ * memgrid/fast/stack.py calls it).
  *
  * Why: at c = 5..20 a step of a layer is a (R x m+1+c) @ (m+1+c x B) product per member, too
  * small for MKL to run near the machine's rate, and eager PyTorch pays ~5 us of dispatch per op
@@ -11,7 +11,7 @@
  *
  * Layouts (all contiguous; REAL is float or double, one build each; R = c rows for rnn, 4c for
  * lstm and gru, see "The cells" below):
- *   W    (K, sum_i R * cols_i)   fused [W_ih | b | W_hh] of layer i (memgrid.models._fuse),
+ *   W    (K, sum_i R * cols_i)   fused [W_ih | b | W_hh] of layer i (memgrid/fast/layout.py),
  *                                cols_i = m_i + 1 + c, m_0 = 1, m_i = c; layers one after another
  *   x    (T, K, B)               inputs, right-aligned, time-major (as memgrid.task makes them)
  *   mask (P, K, B) uint8         1 where a sequence has started, for the first P steps
@@ -311,9 +311,9 @@ static void wgrad(int nr, int nj, const REAL *const *G, const REAL *const *Z, RE
 }
 
 /* ------------------------------------------------------------------------------------------
- * The cells. arch 0: rnn, R = c rows (h); 1: lstm, R = 4c (i, f, o, g); 2: gru, R = 4c (r, z,
- * xn, hn: xn = W_in x + b_in and hn = W_hn h + b_hn kept apart, n = tanh(xn + r * hn); the
- * fused weights hold zero blocks for W_in's h columns and W_hn's input columns). */
+ * The cells, numbered and with their fused rows as the table of memgrid/fast/layout.py says
+ * (FUSED): arch 0 rnn, R = c rows (h); 1 lstm, R = 4c (i, f, o, g); 2 gru, R = 4c (r, z, xn,
+ * hn, with the zero blocks described there). */
 enum { RNN = 0, LSTM = 1, GRU = 2 };
 
 static int rows_of(int arch, int c) { return arch == RNN ? c : 4 * c; }
@@ -342,7 +342,7 @@ static void transpose_A(REAL *Sp, int i, int R, int c) {
         for (int j = 0; j < n; j++) At[(int64_t)j * R + r] = A[(int64_t)r * n + j];
 }
 
-/* from a member's fused weights Wk (the layout of memgrid.models._fuse) */
+/* from a member's fused weights Wk (the layout of memgrid/fast/layout.py) */
 static void split_fused(const REAL *Wk, int L, int R, int c, REAL *Sp) {
     for (int i = 0; i < L; i++) {
         const int m = i ? c : 1, cols = m + 1 + c, n = m + c;
@@ -596,7 +596,7 @@ int NAME(memgrid_cell_backward)(int arch, int K, int L, int T, int P, int B, int
  * One training step of every member, in one call: forward, the readout, the gradient of the
  * mean absolute error, backward, and SGD with momentum on the parameters in place, member by
  * member (its states stay in L2). This is what memgrid.train.PackTrainer's step does with
- * torch ops (the forward and backward above, memgrid.models._fuse/_unfuse_grad, the loss's
+ * torch ops (the forward and backward above, memgrid/fast/layout.py's fuse/unfuse_grad, the loss's
  * autograd and torch._foreach SGD or Adam), bitwise for the `sum` readout: the same products in
  * the same order, and the update's products and sums rounded one by one as torch's are (no
  * FMA). */

@@ -1,14 +1,15 @@
 """The C kernel of the packed RNN, LSTM and GRU (``csrc/cells.c``): built on first use with the
-machine's C compiler for its own CPU (:data:`memgrid.native.FLAGS`), cached, loaded with ctypes.
+machine's C compiler for its own CPU (:data:`memgrid.fast.native.FLAGS`), cached, loaded with
+ctypes. Its weights are the fused weights of memgrid.fast.layout.
 
-It computes what :class:`memgrid.models._Stack` computes, on the CPU, 1.6-2.9x faster
+It computes what :class:`memgrid.fast.stack._Stack` computes, on the CPU, 1.6-2.9x faster
 (``benchmarks/README.md``), and bitwise the same for a member alone and in any pack; and
 :func:`train_step` runs a whole training step of a pack in one call (1.3-1.6x faster again
 than the kernel inside torch autograd, and bitwise the same for the `sum` readout).
 Without a compiler, or with ``MEMGRID_KERNELS=0``, memgrid uses the PyTorch path; the
 results agree to float rounding.
 
-How a C source is built, cached and loaded: :mod:`memgrid.native`.
+How a C source is built, cached and loaded: :mod:`memgrid.fast.native`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import torch
 
+from .layout import ARCH, fused_rows
 from .native import load_once, load_so
 
 SRC = Path(__file__).with_name("csrc") / "cells.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
-ARCH = {"rnn": 0, "lstm": 1, "gru": 2}
 
 
 def _build(dtype: torch.dtype, flags: list[str] | None = None) -> ctypes.CDLL:
@@ -85,7 +86,7 @@ def prepare() -> bool:
     """Build the C kernels (or load them from the cache) in this process, so that the workers
     started after it load them instead of each building them at once. True where they are
     available."""
-    from . import task
+    from .. import task
     return lib(torch.float32) is not None and task._lib() is not None
 
 
@@ -109,11 +110,6 @@ def activation(a: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
     out = torch.empty_like(a)
     lib(a.dtype).act(int(sigmoid), _p(a), _p(out), a.numel())
     return out
-
-
-def fused_rows(arch: str, c: int) -> int:
-    """Rows of a layer's fused weights (memgrid.models._fuse): rnn c; lstm, gru 4c."""
-    return c if arch == "rnn" else 4 * c
 
 
 def buffers(arch: str, x: torch.Tensor, L: int, c: int, keep: bool) -> tuple:
