@@ -5,7 +5,7 @@ Everything else is derived from these definitions: the packed parameters and the
 initialisation (``memgrid.models.init_params``), the autograd forward that trains and evaluates
 a cell without a fast path and that every fast path is tested against
 (``memgrid.models.reference_forward``), the states the stream MC reads
-(``memgrid.capacity``), the parameter count (``Point.params``), the units N that Jaeger's bound
+(``memgrid.stream_mc``), the parameter count (``Point.params``), the units N that Jaeger's bound
 counts (``Point.units``), pack sizing (``memgrid.packs``) and the lists of the CLI, the report
 and the figures.
 

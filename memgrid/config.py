@@ -588,12 +588,23 @@ copy, the 2N delayed inputs of memgrid.capacity.stream_memory_capacity): at N = 
 MC_LENGTH_MAX steps, 6.4 GB"""
 
 
+def default_k_max(units: int) -> int:
+    """Delays of Jaeger's MC measured by default (memgrid.stream_mc): 2N (reservoirpy's rule
+    of thumb), at least 10."""
+    return max(10, 2 * units)
+
+
+def default_washout(k_max: int) -> int:
+    """Steps of the MC's stream that only feed the delays (memgrid.stream_mc): k_max, at least
+    100."""
+    return max(k_max, 100)
+
+
 def mc_length_min(units: int) -> int:
     """Shortest stream on which Jaeger's MC of a network of `units` can be fitted
-    (memgrid.capacity.stream_memory_capacity with its defaults: a washout of k_max = max(10, 2N)
-    delays (at least 100 steps), then half of what is left, which must exceed N, to fit)."""
-    washout = max(100, 2 * units, 10)
-    return washout + 2 * units + 2
+    (memgrid.stream_mc.stream_memory_capacity with its defaults: the washout, then half of
+    what is left, which must exceed N, to fit)."""
+    return default_washout(default_k_max(units)) + 2 * units + 2
 
 
 ESN_SCALE_MAX = 1e6
@@ -637,7 +648,7 @@ def _validate_points(grid: Grid) -> None:
         if mc_length < mc_length_min(n_max):
             raise ConfigError(
                 f"{_where(src, _location(grid, 'mc_length'))}: a stream of {mc_length} steps is "
-                f"too short for the MC of {n_max} units (delays 1..{max(10, 2 * n_max)}): at "
+                f"too short for the MC of {n_max} units (delays 1..{default_k_max(n_max)}): at "
                 f"least {mc_length_min(n_max):,}, or 0 (not measured)")
     if merged.get("mc_low", Point.mc_low) >= merged.get("mc_high", Point.mc_high):
         raise ConfigError(f"{_where(src, _location(grid, 'mc_low'))}: mc_low must be below mc_high")

@@ -24,7 +24,7 @@ Weights are a pure function of the point's seed (``memgrid.task``'s counter-base
 - w_in: dense, uniform on [-input_scaling, input_scaling].
 
 The readout of a point (position p) is y = w . h(T) + b on the final state, fitted by ridge
-regression (``memgrid.capacity.ridge_fit``: `ridge` on the centred Gram matrix, bias not
+regression (``memgrid.stream_mc.ridge_fit``: `ridge` on the centred Gram matrix, bias not
 penalised) on :data:`TRAIN_SIZE` sequences of the point's TRAIN stream, against x[T - p]; it is
 evaluated on the point's fixed evaluation set like a trained point (loss = MAE, r2 = squared
 correlation). Points of a pack with the same seed and length range share sequences and reservoir:
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .capacity import (HIGH, LENGTH, LOW, TEST_FRAC, default_k_max, input_stream, ridge_fit,
-                       squared_correlation, state_chunks, stream_memory_capacity)
-from .config import Point
+from .config import Point, default_k_max
+from .stream_mc import (HIGH, LENGTH, LOW, TEST_FRAC, input_stream, ridge_fit, squared_correlation,
+                        state_chunks, stream_memory_capacity)
 from .rows import curve_rows, point_row
 from .task import TRAIN, TaskSpec, key, make_batch, make_eval_set, uniform
 
@@ -174,7 +174,7 @@ def reservoir_memory_capacity(res: Reservoirs, seed: torch.Tensor, *, k_max: int
                               ridge: float = 1e-6, washout: int | None = None,
                               test_frac: float = TEST_FRAC, k_min: int = 1, linear: bool = False,
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jaeger's MC of K reservoirs on the streams of `seed` `(K,)` (``memgrid.capacity``).
+    """Jaeger's MC of K reservoirs on the streams of `seed` `(K,)` (``memgrid.stream_mc``).
     `k_max` defaults to 2N (at least 10). Returns `mc` `(K,)`, `mc_k` `(K, k_max - k_min + 1)`."""
     K, N = res.w.shape[0], res.units
     k_max = default_k_max(N) if k_max is None else k_max

@@ -2,7 +2,8 @@
 
 The trainer (memgrid.train) and the ESN fit (memgrid.esn) hand up what they measured; the rows
 built here are what the results folder stores (memgrid.results.schema: POINT_SCHEMA and
-CURVE_SCHEMA).
+CURVE_SCHEMA). A trained point's row gets its stream MC here too (:func:`stored_rows`, by
+memgrid.stream_mc), measured on its trained weights once it has finished.
 """
 
 from __future__ import annotations
@@ -48,3 +49,34 @@ def point_row(point: Point, grid_name: str, *, epochs: int, stop_reason: str, lo
 def curve_rows(point_id: str, curve) -> list[dict[str, Any]]:
     """Curve rows (CURVE_SCHEMA) of one point from its (epoch, train_loss, eval_loss)."""
     return [dict(point_id=point_id, epoch=e, train_loss=t, eval_loss=v) for e, t, v in curve]
+
+
+def stored_rows(cfg: Point, finished: list[tuple[dict, list[dict], dict]],
+                device) -> tuple[list[dict], list[dict]]:
+    """The points rows and curve rows of a pack's finished points, as the results folder stores
+    them. `finished`: per point, its row (:func:`point_row`, without `mc_stream`), its curve
+    rows and its trained weights (one member's, `{name: tensor}`); `cfg`: a Point of the pack,
+    whose settings name the MC's stream (mc_length, mc_low, mc_high; 0: none).
+
+    Each row's `mc_stream` is memgrid.stream_mc.trained_memory_capacity of its weights, one
+    network at a time, so that a point's MC is a function of the point alone: which points
+    finish together depends on the clock, and a batch's float64 products round differently
+    from one network's (by about 1e-15 at N >= 80). Diverged networks keep None."""
+    rows = [dict(r) for r, _, _ in finished]
+    curves = [c for _, cs, _ in finished for c in cs]
+    if cfg.mc_length == 0:
+        return rows, curves
+    import torch
+
+    from .stream_mc import trained_memory_capacity
+
+    for r, (_, _, w) in zip(rows, finished):
+        if r["stop_reason"] == "diverged":
+            continue
+        with torch.no_grad():
+            mc, _ = trained_memory_capacity(cfg.arch, {k: v.unsqueeze(0) for k, v in w.items()},
+                                            torch.tensor([r["seed"]], device=device),
+                                            length=cfg.mc_length, low=cfg.mc_low, high=cfg.mc_high)
+        v = mc.item()
+        r["mc_stream"] = v if math.isfinite(v) else None
+    return rows, curves

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .fast import kernels
-from .capacity import fill_stream_mc
 from .config import Point
 from .models import Params, forward, init_params
-from .rows import curve_rows, point_row
+from .rows import curve_rows, point_row, stored_rows
 from .stopping import stop_check
+from .stream_mc import squared_correlation
 from .task import TRAIN, TaskSpec, make_batch, make_eval_set
 from .config import LRTuning
 from .lr_tuning import rank
@@ -40,16 +40,6 @@ the C kernel's forward and backward inside torch autograd (the tests compare the
 def _mae(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The training loss: mean absolute error per member, `(K, B)` -> `(K,)`."""
     return (y - target).abs().mean(1)
-
-
-def r2_score(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared Pearson correlation per member (Jaeger's MC_p for delay p). `(K, B)` -> `(K,)`;
-    0 where the output is constant."""
-    y = y - y.mean(1, keepdim=True)
-    t = target - target.mean(1, keepdim=True)
-    cov = (y * t).mean(1)
-    var = (y * y).mean(1) * (t * t).mean(1)
-    return torch.where(var > 0, cov * cov / var.clamp_min(1e-30), torch.zeros_like(cov))
 
 
 @dataclass
@@ -269,7 +259,7 @@ class PackTrainer:
         """Evaluation MAE and r2 per stacked member, `(K,)` each."""
         ev = self.eval_set
         y = forward(self.arch, {k: v.detach() for k, v in self.params.items()}, ev.x, ev.mask)
-        return (y - ev.y).abs().mean(1), r2_score(y, ev.y)
+        return (y - ev.y).abs().mean(1), squared_correlation(y, ev.y, dim=1, clip=False)
 
     def _evaluate_and_stop(self) -> None:
         loss_t, r2_t = self.evaluate()
@@ -350,12 +340,10 @@ class PackTrainer:
     def pop_finished(self) -> tuple[list[dict], list[dict]]:
         """Rows and curve rows of the points finished since the last call, with Jaeger's MC of
         each network on a stationary stream (`mc_stream`), measured for each alone
-        (:func:`memgrid.capacity.fill_stream_mc`)."""
+        (:func:`memgrid.rows.stored_rows`)."""
         t0 = time.perf_counter()
         done, self.finished = self.finished, []
-        rows = [r for r, _, _ in done]
-        curves = [c for _, cs, _ in done for c in cs]
-        fill_stream_mc(self.cfg, rows, [w for _, _, w in done], self.device)
+        rows, curves = stored_rows(self.cfg, done, self.device)
         self.seconds["mc"] += time.perf_counter() - t0
         return rows, curves
 

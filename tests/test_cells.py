@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from memgrid.capacity import trained_memory_capacity
+from memgrid.stream_mc import trained_memory_capacity
 from memgrid.cells import CELLS
 from memgrid.config import Point
 from memgrid.models import count_params, forward, init_params, reference_forward

@@ -157,10 +157,11 @@ def test_a_setting_past_what_the_types_and_machine_hold_is_refused_at_load(tmp_p
 
 def test_the_shortest_mc_stream_is_the_one_the_mc_can_be_fitted_on():
     """mc_length_min(N) against the MC itself: a stream that long is fitted; 2 steps shorter
-    is not (memgrid.capacity refuses it)."""
+    is not (memgrid.stream_mc refuses it)."""
     import torch
 
-    from memgrid.capacity import default_k_max, stream_memory_capacity
+    from memgrid.config import default_k_max
+    from memgrid.stream_mc import stream_memory_capacity
 
     for n in (1, 7, 50, 120):
         t = mc_length_min(n)

@@ -11,7 +11,7 @@ import torch
 from memgrid.results import POINT_SCHEMA, part_names, read_curves, read_points, write_points
 from memgrid.rows import point_settings
 from memgrid.analysis import plot_mc_vs_units
-from memgrid.capacity import (input_stream, network_states, ridge_fit,
+from memgrid.stream_mc import (input_stream, network_states, ridge_fit,
                               stream_memory_capacity, trained_memory_capacity)
 from memgrid.config import Point
 from memgrid.esn import (Reservoirs, fit_esn_pack, init_reservoirs, reservoir_memory_capacity,
@@ -41,7 +41,7 @@ def esn_point(**kw) -> Point:
 
 
 # ---------------------------------------------------------------------------------------------
-# Jaeger's MC: a plain numpy reference, written from the definition, independent of capacity.py.
+# Jaeger's MC: a plain numpy reference, written from the definition, independent of stream_mc.py.
 
 
 def reference_mc(w, w_in, u, k_max, washout, test_frac=0.5, linear=False):

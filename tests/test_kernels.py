@@ -231,7 +231,7 @@ def test_kernel_step_pack_invariance_is_bitwise(arch, monkeypatch):
 def test_stream_states_by_the_kernel(arch, monkeypatch):
     """Jaeger's MC reads every layer's states on a stream from the kernel: the PyTorch path's
     states (float64, both reads), and a network's MC bitwise the same alone or beside others."""
-    from memgrid.capacity import input_stream, network_states, trained_memory_capacity
+    from memgrid.stream_mc import input_stream, network_states, trained_memory_capacity
     seed = torch.arange(12)              # the PyTorch path's MKL differs at K = 12 and K = 1
     params = init_params(arch, 3, 4, "sum", seed)
     u = input_stream(seed, 300, 0.0, 1.0)
@@ -271,19 +271,18 @@ def test_without_a_compiler_memgrid_falls_back_to_pytorch(monkeypatch, tmp_path)
 
 
 def test_a_points_stream_mc_is_its_own_whatever_finished_beside_it():
-    """fill_stream_mc gives each network the MC it gets alone, bit for bit: which points finish
+    """stored_rows gives each network the MC it gets alone, bit for bit: which points finish
     at the same evaluation depends on the clock, and three networks of N = 95 fitted in one
     batch round differently (by ~1e-14) from each fitted alone."""
-    from memgrid.capacity import fill_stream_mc
+    from memgrid.rows import stored_rows
 
     torch.set_num_threads(1)              # as in a trial
     cfg = Point("rnn", 5, 19, 1, 0, mc_length=4000)
     seeds = [3, 4, 5]
     params = init_params("rnn", 5, 19, "sum", torch.tensor(seeds))
     weights = [{n: v[i] for n, v in params.items()} for i in range(3)]
-    rows = [{"seed": s, "stop_reason": "max_epochs"} for s in seeds]
-    fill_stream_mc(cfg, rows, weights, "cpu")
+    finished = [({"seed": s, "stop_reason": "max_epochs"}, [], w) for s, w in zip(seeds, weights)]
+    rows, _ = stored_rows(cfg, finished, "cpu")
     for i, s in enumerate(seeds):
-        alone = [{"seed": s, "stop_reason": "max_epochs"}]
-        fill_stream_mc(cfg, alone, weights[i:i + 1], "cpu")
+        alone, _ = stored_rows(cfg, finished[i:i + 1], "cpu")
         assert rows[i]["mc_stream"] == alone[0]["mc_stream"] and 0 < alone[0]["mc_stream"] <= 95

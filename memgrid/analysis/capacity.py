@@ -5,10 +5,14 @@ of the squared correlation between the input k steps back and the output trained
 
     MC = sum_k MC_k,   MC_k = cov^2(x(t - k), y_k(t)) / (Var(x(t)) Var(y_k(t))).
 
-Here each point (arch, l, c, p, seed) is the output trained for delay k = p, and its `r2` column
-is MC_p measured on the point's held-out evaluation set. Summing over the positions of the grid
-gives a lower bound of Jaeger's sum to infinity (positions the grid does not ask for add
-nothing). Jaeger showed MC <= N for an echo state network with linear readout; the paper observed
+Here each point (arch, l, c, p, seed) is the output trained to recall the p-th element from the
+end of its sequence (memgrid.task): the element p - 1 steps before the last input, delay
+k = p - 1 (p = 1 is the current input, delay 0). Its `r2` column is that delay's MC_{p-1},
+measured on the point's held-out evaluation set, so summing over positions 1..P gives
+MC_0 + ... + MC_{P-1}: memgrid.stream_mc's classical MC (delays k >= 1) plus MC_0 (close to 1
+for most networks), as stream_mc's ``k_min=0, k_max=P-1`` measures it. Summing over the
+positions of the grid gives a lower bound of Jaeger's sum to infinity (positions the grid does
+not ask for add nothing). Jaeger showed MC <= N for an echo state network with linear readout; the paper observed
 MC <= N - (l - 1) for stacked, trained networks (section 4). An r2 measured on n samples of
 unrelated output and target is about 1 / (n - 1) on average, not 0: the `noise` column adds that
 up, so a margin below it is within measurement noise.

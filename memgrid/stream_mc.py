@@ -1,4 +1,5 @@
-"""Jaeger's memory capacity, the classical way: on a long stationary input stream, for any arch.
+"""Jaeger's memory capacity of trained networks (and reservoirs), the classical way: on a long
+stationary input stream, for any arch.
 
 Jaeger (2001, "Short term memory in echo state networks"; eq. 3 of the paper): drive the
 network with an i.i.d. stream u(t), fit one linear readout y_k(t) = w_k . h(t) + b_k per delay k
@@ -32,7 +33,7 @@ import math
 
 import torch
 
-from .config import units
+from .config import default_k_max, default_washout, units
 from .models import Params, cells_of, forward, kernel_states, n_layers
 from .task import key, uniform
 
@@ -46,11 +47,6 @@ TEST_FRAC = 0.5
 """share of the steps after the washout that measure MC_k (the rest fit the readouts)"""
 
 
-def default_k_max(units: int) -> int:
-    """Delays measured by default: 2N (reservoirpy's rule of thumb), at least 10."""
-    return max(10, 2 * units)
-
-
 def input_stream(seed: torch.Tensor, length: int, low: float = LOW, high: float = HIGH,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """i.i.d. uniform [low, high] inputs `(K, length)`, a pure function of each seed `(K,)`."""
@@ -59,14 +55,17 @@ def input_stream(seed: torch.Tensor, length: int, low: float = LOW, high: float 
     return low + (high - low) * uniform(k, t).to(dtype)
 
 
-def squared_correlation(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Squared Pearson correlation along `dim`, clipped into [0, 1]; 0 where either is constant."""
+def squared_correlation(a: torch.Tensor, b: torch.Tensor, dim: int = -1, *,
+                        clip: bool = True) -> torch.Tensor:
+    """Squared Pearson correlation along `dim`; 0 where either is constant. `clip`: into
+    [0, 1] (rounding may take it a little past 1). A trained point's `r2` (MC_p of its delay,
+    memgrid.train) is taken unclipped, the MC_k of a stream clipped."""
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
     cov = (a * b).mean(dim)
     var = (a * a).mean(dim) * (b * b).mean(dim)
-    r2 = torch.where(var > 0, cov * cov / var.clamp_min(1e-300), torch.zeros_like(cov))
-    return r2.clamp(0.0, 1.0)
+    r2 = torch.where(var > 0, cov * cov / var.clamp_min(1e-30), torch.zeros_like(cov))
+    return r2.clamp(0.0, 1.0) if clip else r2
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +95,12 @@ def stream_memory_capacity(states: torch.Tensor, inputs: torch.Tensor, k_max: in
     """Jaeger's MC of K networks from their states on a stream.
 
     `states` `(K, T, N)`: h(t), after the network has read `inputs[:, t]`; `inputs` `(K, T)`.
-    Steps t < `washout` (default: max(k_max, 100)) only feed the delays; the remaining steps are
+    Steps t < `washout` (default: config.default_washout) only feed the delays; the remaining steps are
     split, the first `1 - test_frac` fit one readout per delay, the rest measure it.
     Returns `mc` `(K,)` and `mc_k` `(K, k_max - k_min + 1)`, delays k_min..k_max, each in [0, 1].
     """
     K, T, N = states.shape
-    washout = max(k_max, 100) if washout is None else washout
+    washout = default_washout(k_max) if washout is None else washout
     if washout < k_max:
         raise ValueError(f"washout {washout} < k_max {k_max}: u(t - k) would not exist")
     n_fit = T - washout - round((T - washout) * test_frac)
@@ -173,24 +172,3 @@ def trained_memory_capacity(arch: str, params: Params, seed: torch.Tensor, *,
         mcs.append(mc)
         mcks.append(mc_k)
     return torch.cat(mcs), torch.cat(mcks)
-
-
-def fill_stream_mc(cfg, rows: list[dict], weights: list[dict], device) -> None:
-    """Set `mc_stream` of finished points rows (``memgrid.rows.point_row``) of one pack, whose
-    settings `cfg` (a Point of the pack) name the stream (mc_length, mc_low, mc_high; 0: none),
-    to :func:`trained_memory_capacity` of their trained `weights`, one network at a time, so
-    that a point's MC is a function of the point alone: which points finish together depends
-    on the clock, and a batch's float64 products round differently from one network's (by
-    about 1e-15 at N >= 80). Diverged
-    networks keep None."""
-    if cfg.mc_length == 0:
-        return
-    for r, w in zip(rows, weights):
-        if r["stop_reason"] == "diverged":
-            continue
-        with torch.no_grad():
-            mc, _ = trained_memory_capacity(cfg.arch, {k: v.unsqueeze(0) for k, v in w.items()},
-                                            torch.tensor([r["seed"]], device=device),
-                                            length=cfg.mc_length, low=cfg.mc_low, high=cfg.mc_high)
-        v = mc.item()
-        r["mc_stream"] = v if math.isfinite(v) else None
