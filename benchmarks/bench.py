@@ -3,7 +3,6 @@
     .venv/bin/python benchmarks/bench.py                 # both slices, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench.py --slice fig4    # one slice
     .venv/bin/python benchmarks/bench.py --json out.json # also write the numbers
-    .venv/bin/python benchmarks/bench.py --real          # a real grid instead (real_grid.py)
 
 For each grid slice, with the same points and settings (fixed epochs, stopping off: nothing
 stops early, so the work is equal), in one process tree with one embedded Ray started once:
@@ -44,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memgrid.fast import kernels  # noqa: E402
 from memgrid.results import read_points  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
-from memgrid.cells import GATES  # noqa: E402
 from memgrid.config import Grid, Point, load_grid  # noqa: E402
-from memgrid.packs import member_bytes  # noqa: E402
+from memgrid.fast.native import cpu_text  # noqa: E402
+from memgrid.packs import member_bytes, point_epoch_flops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_OFF = dict(solved_loss=0.0, plateau=False, mc_length=0)
@@ -96,16 +95,6 @@ def slice_points(name: str, epochs: int) -> tuple[Grid, list[Grid]]:
 # FLOPs and the machine's matmul rate.
 
 
-def point_epoch_flops(p: Point, T: int | None = None) -> float:
-    """Matmul FLOPs of one point-epoch: training, 3x the forward's (forward, and the two
-    products of backward), plus its share of the evaluation (a forward of the evaluation set
-    every `eval_every` epochs); W_ih and W_hh of every layer, over the T steps of a batch."""
-    T = T or p.q_hi
-    g = GATES[p.arch]
-    fwd = sum(2 * g * p.cells * ((1 if i == 0 else p.cells) + p.cells) for i in range(p.layers))
-    return fwd * T * (3.0 * p.batch_size * p.steps_per_epoch + p.eval_size / p.eval_every)
-
-
 def _matmul_rate(threads: int, n: int = 1024, reps: int = 10, rounds: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -121,30 +110,6 @@ def _matmul_rate(threads: int, n: int = 1024, reps: int = 10, rounds: int = 5) -
 
 def _matmul_worker(q) -> None:
     q.put(_matmul_rate(1))
-
-
-def cpu_text(cpuinfo: str | None = None) -> str:
-    """The CPU as a benchmark's header names it: model name, and for AMD the core generation
-    from its family (a virtual machine's model name is often only "AMD EPYC"), with its widest
-    vectors: `AMD EPYC (Zen 5: cpu family 26, model 2; AVX-512)`."""
-    if cpuinfo is None:
-        if not os.path.exists("/proc/cpuinfo"):
-            return "unknown CPU"
-        cpuinfo = open("/proc/cpuinfo").read()
-    first = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        first.setdefault(key.strip(), value.strip())
-    name = first.get("model name", "unknown CPU")
-    flags = set(first.get("flags", "").split())
-    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    family, model = first.get("cpu family"), first.get("model")
-    if first.get("vendor_id") == "AuthenticAMD" and family and family.isdigit():
-        # AMD's families: 23 Zen 1 and 2, 25 Zen 3 and (with AVX-512) Zen 4, 26 Zen 5
-        gen = {23: "Zen 1/Zen 2", 25: "Zen 4" if "avx512f" in flags else "Zen 3",
-               26: "Zen 5"}.get(int(family), "AMD")
-        return f"{name} ({gen}: cpu family {family}, model {model}; {vectors})"
-    return f"{name} (cpu family {family}, model {model}; {vectors})" if family else name
 
 
 def machine_rates() -> dict:
@@ -277,7 +242,7 @@ def run_memgrid(grids: list[Grid], pack, out_root: str) -> dict:
     # one run_grid per (l, c) grid of the slice would serialize them; the union runs as one
     # Tune experiment instead: a Grid whose points() is the union (run_grid only needs
     # points(), name and resources)
-    union = _Union(grids, pack)
+    union = Union(grids, pack)
     out = os.path.join(out_root, union.name)
     prepare_out(union, out)
     # address: Ray is already up (started once for all three runs); a non-None address keeps
@@ -292,7 +257,7 @@ def run_memgrid(grids: list[Grid], pack, out_root: str) -> dict:
     return summary
 
 
-class _Union:
+class Union:
     """Several grids' points as one experiment, for run_grid (which needs name, resources,
     points(), n_points and, for the results folder, identity)."""
 
@@ -395,17 +360,11 @@ def _per_net(t, points: list[Point], rates: dict) -> dict:
 
 
 def main() -> None:
-    if "--real" in sys.argv[1:]:      # the real-grid mode: benchmarks/real_grid.py
-        import real_grid
-        real_grid.main([a for a in sys.argv[1:] if a != "--real"])
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slice", choices=["fig4", "fig6", "all"], default="all")
     ap.add_argument("--fig4-epochs", type=int, default=500)
     ap.add_argument("--fig6-epochs", type=int, default=200)
     ap.add_argument("--json", help="write the numbers to this file")
-    ap.add_argument("--real", action="store_true",
-                    help="a sample of a real grid, end to end (benchmarks/real_grid.py; its options follow)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
     cpu = cpu_text()

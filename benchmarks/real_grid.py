@@ -5,7 +5,6 @@ computed: each member's steps up to its own longest sequence (the C kernel skips
 leading steps where none of its sequences has started, the padding to the pack's longest).
 
     .venv/bin/python benchmarks/real_grid.py                       # Figure 6's sample, ~1 min on 2 cores
-    .venv/bin/python benchmarks/bench.py --real                    # the same
     .venv/bin/python benchmarks/real_grid.py tune_configs/fig8_lstm.yaml --nets 6 --seeds 0..1
     .venv/bin/python benchmarks/real_grid.py --timing results/fig6_rnn   # a results folder, no training
 
@@ -15,22 +14,15 @@ draw `--nets` at random (seeded), the largest always among them. It runs at the 
 unless `--protocol` says otherwise (`paper`, the default here, is the budget the speed targets
 were set at; `converged` is 8x its steps).
 
-It prints, for the run or for any results folder (`--timing`, e.g. a full grid's):
-  - the end-to-end rate: matmul FLOPs (training, 3x the forward's, and evaluation) over the
-    wall time, against the machine's fp32 matmul rate; and what padding every member to its
-    pack's longest sequence would have added;
-  - where the slots' seconds went: before the first pack started (Ray and the driver), inside
-    the packs by phase (trainer start, training steps, evaluation and stopping, stream MC, part
-    writes, checkpoints; the rest of a trial's time is Tune's), and slots idle (between packs
-    and while the last packs end);
-  - per network, the rate inside its packs against one core's matmul rate.
+It prints, for the run or for any results folder (`--timing`, e.g. a full grid's), its timing
+(memgrid.run.timing: the end-to-end rate against the machine's matmul rate, where the slots'
+seconds went, per network the rate inside its packs).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import random
@@ -43,19 +35,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import FIG6_NETS, ROOT, _Union, cpu_text, machine_rates, point_epoch_flops  # noqa: E402
-from memgrid.results import read_points  # noqa: E402
+from bench import FIG6_NETS, ROOT, Union, machine_rates  # noqa: E402
 from memgrid.config import Grid, load_grid  # noqa: E402
+from memgrid.fast.native import cpu_text  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
-try:
-    from memgrid.run.trial import PHASES  # noqa: E402
-except ImportError:     # a memgrid before its trials reported their phases: wall times only
-    PHASES = ()
-
-COLUMNS = ["pack_id", "arch", "layers", "cells", "q_hi", "batch_size", "steps_per_epoch",
-           "eval_size", "eval_every", "epochs", "wall_s", "finished_at"]
-
-
+from memgrid.run.timing import timing  # noqa: E402
 def seeds(text: str) -> list[int]:
     """`a` or `a..b` (inclusive)."""
     lo, _, hi = text.partition("..")
@@ -76,64 +60,6 @@ def sample(grid: Grid, nets: list[tuple[int, int]] | int, seed_list: list[int]) 
     return [dataclasses.replace(grid, name=f"{grid.name}_l{l}c{c}",
                                 axes={**grid.axes, "layers": [l], "cells": [c], "seed": seed_list})
             for l, c in nets]
-
-
-def trials(out: str) -> list[dict]:
-    """Each trial's last report of every Tune run in `out`: its `time_<phase>_s`, Tune's
-    `time_total_s` and `started_at` (memgrid.run.trial.pack_metrics)."""
-    found = []
-    for path in glob.glob(os.path.join(out, "_tune", "*", "*", "result.json")):
-        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-        if lines:
-            r = json.loads(lines[-1])
-            at = r.get("started_at")
-            if isinstance(at, float) and at == at:      # not NaN: a memgrid pack trial
-                found.append({k: v for k, v in r.items() if k.startswith(("time_", "started_at"))})
-    return found
-
-
-def timing(out: str, slots: int, rates: dict, started: float | None = None) -> dict:
-    """The timing of results folder `out` (see the module's doc). `started`: the run's start,
-    a POSIX time (None: the first trial's start). A folder filled by several runs counts the
-    time its trials ran, not the pauses between."""
-    t = read_points(out, columns=COLUMNS).to_pandas()
-    t = t[t.arch != "esn"]
-    t["end"] = t.finished_at.map(lambda v: v.timestamp())
-    T = t.groupby("pack_id").q_hi.transform("max")
-    t["flops"] = [point_epoch_flops(r) * r.epochs for r in t.itertuples()]
-    padded = sum(point_epoch_flops(r, T=tp) * r.epochs for r, tp in zip(t.itertuples(), T))
-    packs = t.groupby("pack_id").agg(s=("wall_s", "max"), flops=("flops", "sum"),
-                                     arch=("arch", "first"), layers=("layers", "first"),
-                                     cells=("cells", "first"))
-    tr = trials(out)
-    if tr:   # the trials' intervals; else (Tune's files gone) the packs' own
-        spans = [(r["started_at"], r["started_at"] + r["time_total_s"]) for r in tr]
-    else:
-        spans = list(zip(t.groupby("pack_id").end.max() - packs.s, t.groupby("pack_id").end.max()))
-    first = min(s for s, _ in spans)
-    # the wall: from the run's start (or the first trial's) through the union of the trials'
-    # intervals, so that a resumed folder counts its runs, not the pauses between them
-    wall, reach = 0.0, first
-    for s, e in sorted(spans):
-        if e > reach:
-            wall += e - max(s, reach)
-            reach = e
-    before = 0.0 if started is None else max(0.0, first - started)
-    wall += before
-    busy = sum(e - s for s, e in spans)
-    phases = {k: sum(r.get(f"time_{k}_s", 0.0) for r in tr) for k in PHASES}
-    flops = float(packs.flops.sum())
-    d = {"points": len(t), "packs": len(packs), "trials": len(tr), "wall_s": wall,
-         "flops": flops, "padding": padded / flops - 1, "gflops": flops / wall / 1e9,
-         "of_machine": flops / wall / rates["machine"], "slot_s": slots * wall,
-         "before_s": slots * before, "trials_s": busy,
-         "tune_s": max(0.0, busy - sum(phases.values())) if tr else 0.0,
-         "idle_s": max(0.0, slots * wall - slots * before - busy), "phases": phases, "nets": {}}
-    for (arch, l, c), g in packs.groupby(["arch", "layers", "cells"]):
-        d["nets"][f"{arch} {l},{c}"] = {
-            "packs": len(g), "s": float(g.s.sum()), "gflops": float(g.flops.sum() / g.s.sum() / 1e9),
-            "of_core": float(g.flops.sum() / g.s.sum() / rates["core"]), "cells": int(c)}
-    return d
 
 
 def report(d: dict, slots: int) -> None:
@@ -188,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         grid = load_grid(args.grid, args.protocol)
         nets = FIG6_NETS if grid.name == "fig6_rnn" else args.nets
         parts = sample(grid, nets, seeds(args.seeds))
-        union = _Union(parts, grid.resources.pack)
+        union = Union(parts, grid.resources.pack)
         union.name = f"{grid.name}-sample"
         n = sum(g.n_points for g in parts)
         print(f"== {grid.name} at the {args.protocol} protocol, stopping on: {len(parts)} networks "

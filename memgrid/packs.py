@@ -207,3 +207,13 @@ def makespan_s(packs: list[list[Point]], slots: int) -> float:
         i = ends.index(min(ends))
         ends[i] += c
     return max(ends)
+
+
+def point_epoch_flops(p: Point, T: int | None = None) -> float:
+    """Matmul FLOPs of one point-epoch: training, 3x the forward's (forward, and the two
+    products of backward), plus its share of the evaluation (a forward of the evaluation set
+    every `eval_every` epochs); W_ih and W_hh of every layer, over the T steps of a batch."""
+    T = T or p.q_hi
+    g = GATES[p.arch]
+    fwd = sum(2 * g * p.cells * ((1 if i == 0 else p.cells) + p.cells) for i in range(p.layers))
+    return fwd * T * (3.0 * p.batch_size * p.steps_per_epoch + p.eval_size / p.eval_every)

@@ -39,8 +39,7 @@ def test_run_writes_one_row_per_point_and_rerun_trains_nothing(tiny_grid, tmp_pa
     assert curves.groupby("point_id").epoch.max().to_dict() == points.set_index("point_id").epochs.to_dict()
 
     # the real-grid benchmark's timing of this folder, from its rows and Tune's reports
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from real_grid import timing
+    from memgrid.run.timing import timing
     d = timing(str(out), 2, {"core": 1e11, "machine": 2e11}, started=t0)
     assert d["points"] == 16 and d["trials"] == d["packs"] == points.pack_id.nunique()
     assert 0 < d["wall_s"] <= wall and d["phases"]["train"] > 0 and d["phases"]["mc"] > 0

@@ -130,10 +130,7 @@ def test_shipped_points_retrain_to_their_rows(name):
     stored rows (epochs, stop reason, losses and r2 bit for bit, the stream MC's float64 fit to
     1e-12): what the kernel or the task changes must not change them (small networks, so that
     it takes seconds)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from verify import check_results
+    from memgrid.verify import check_results
 
     threads = torch.get_num_threads()
     try:
@@ -314,10 +311,7 @@ def test_an_interrupted_tuned_grid_counts_its_measured_points(tmp_path):
 def test_benchmark_header_names_the_core_generation():
     """A virtual machine's model name is often only "AMD EPYC": the header adds the generation
     from cpu family and flags (without it a Zen 5 reads as a Zen 4)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench import cpu_text
+    from memgrid.fast.native import cpu_text
 
     def info(vendor, family, model, flags):
         return (f"processor : 0\nvendor_id : {vendor}\ncpu family : {family}\nmodel : {model}\n"

@@ -151,3 +151,27 @@ def load_once(key, build, what: str) -> ctypes.CDLL | None:
                                   RuntimeWarning, stacklevel=3)
                     _libs[key] = None
     return _libs[key]
+
+
+def cpu_text(cpuinfo: str | None = None) -> str:
+    """The CPU as a benchmark's header names it: model name, and for AMD the core generation
+    from its family (a virtual machine's model name is often only "AMD EPYC"), with its widest
+    vectors: `AMD EPYC (Zen 5: cpu family 26, model 2; AVX-512)`."""
+    if cpuinfo is None:
+        if not os.path.exists("/proc/cpuinfo"):
+            return "unknown CPU"
+        cpuinfo = open("/proc/cpuinfo").read()
+    first = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    name = first.get("model name", "unknown CPU")
+    flags = set(first.get("flags", "").split())
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    family, model = first.get("cpu family"), first.get("model")
+    if first.get("vendor_id") == "AuthenticAMD" and family and family.isdigit():
+        # AMD's families: 23 Zen 1 and 2, 25 Zen 3 and (with AVX-512) Zen 4, 26 Zen 5
+        gen = {23: "Zen 1/Zen 2", 25: "Zen 4" if "avx512f" in flags else "Zen 3",
+               26: "Zen 5"}.get(int(family), "AMD")
+        return f"{name} ({gen}: cpu family {family}, model {model}; {vectors})"
+    return f"{name} (cpu family {family}, model {model}; {vectors})" if family else name
