@@ -584,7 +584,7 @@ MC_LENGTH_MAX = 10**6
 """longest stream of Jaeger's MC (mc_length; 4,000 by default)"""
 MC_BYTES_PER_STEP = 64
 """memory of the stream MC per step and unit of the network, about (float64 states, their
-copy, the 2N delayed inputs of memgrid.capacity.stream_memory_capacity): at N = 100 and
+copy, the 2N delayed inputs of memgrid.stream_mc.stream_memory_capacity): at N = 100 and
 MC_LENGTH_MAX steps, 6.4 GB"""
 
 

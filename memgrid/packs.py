@@ -40,8 +40,8 @@ def _autograd_rows(p: Point) -> tuple[int, int]:
 
 
 def _activation_bytes(p: Point) -> int:
-    """Forward buffers kept for backward, per member and step (``models._Stack``; a cell
-    without a fast path: autograd's saved tensors, about three per row computed)."""
+    """Forward buffers kept for backward, per member and step (``memgrid.fast.stack._Stack``;
+    a cell without a fast path: autograd's saved tensors, about three per row computed)."""
     if p.arch in CELLS and not CELLS[p.arch].fast:
         rows, states = _autograd_rows(p)
         return 4 * p.batch_size * p.q_hi * p.layers * (3 * rows + 2 * states)

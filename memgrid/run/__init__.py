@@ -4,9 +4,9 @@
 (:mod:`.preflight`), the dry-run plan (:mod:`.plan`), the driver (:mod:`.driver`: Ray started or
 joined, one Tune trial per pack, rounds after a lost worker), the trainable that runs in a Ray
 worker (:mod:`.trial`), the progress line (:mod:`.progress`), the checks of a Ray address
-(:mod:`.address`) and `memgrid launch` (:mod:`.launch`). Ray and torch are imported where they
-are used: `memgrid run` prints its first line, and `--dry-run` plans a grid, without paying for
-either.
+(:mod:`.address`), a run's timeline (:mod:`.timing`) and `memgrid launch` (:mod:`.launch`).
+Ray and torch are imported where they are used: `memgrid run` prints its first line, and
+`--dry-run` plans a grid, without paying for either.
 """
 
 import os
