@@ -277,7 +277,7 @@ def test_plot_mc_vs_units(tmp_path):
     import pandas as pd
     fig = plot_mc_vs_units(pd.DataFrame(rows))
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_ydata()) == [0, 8]                       # the bound N
+    assert list(ax.lines[0].get_ydata()) == [1, 8]       # the bound N, from N = l = 1 up
     assert any("l = 2" in t.get_text() for t in ax.get_legend().get_texts())
     fig.savefig(tmp_path / "mc.png")
     assert (tmp_path / "mc.png").stat().st_size > 10_000
