@@ -278,7 +278,8 @@ def test_plot_mc_vs_units(tmp_path):
     fig = plot_mc_vs_units(pd.DataFrame(rows))
     ax = fig.axes[0]
     assert list(ax.lines[0].get_ydata()) == [1, 8]       # the bound N, from N = l = 1 up
-    assert any("l = 2" in t.get_text() for t in ax.get_legend().get_texts())
+    legends = [*fig.legends, *filter(None, [a.get_legend() for a in fig.axes])]
+    assert any("l = 2" in t.get_text() for lg in legends for t in lg.get_texts())
     fig.savefig(tmp_path / "mc.png")
     assert (tmp_path / "mc.png").stat().st_size > 10_000
 
