@@ -75,7 +75,9 @@ def compile_so(src: Path, defines: list[str], stem: str, flags: list[str] | None
     flags = FLAGS if flags is None else flags
     cc = _cc()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    tag = hashlib.sha256(src.read_bytes() + (version + _cpu_tag() + " ".join(flags + defines)).encode())
+    headers = b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))   # it includes
+    tag = hashlib.sha256(src.read_bytes() + headers +
+                         (version + _cpu_tag() + " ".join(flags + defines)).encode())
     cache = Path(os.environ.get("MEMGRID_KERNEL_CACHE") or Path.home() / ".cache" / "memgrid")
     so = cache / f"{stem}_{tag.hexdigest()[:16]}.so"
     if not so.exists():
