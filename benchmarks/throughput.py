@@ -7,6 +7,11 @@ GPU) for packs of K points, per network.
     .venv/bin/python benchmarks/throughput.py rnn,1,5 --device cuda --k 256 1024 4096
     .venv/bin/python benchmarks/throughput.py rnn,3,10 --k 20 --compare   # the three CPU paths
     .venv/bin/python benchmarks/throughput.py --k 20 --vectors   # AVX2: the 64-byte vectors' halves
+    .venv/bin/python benchmarks/throughput.py --cells            # every cell against the RNN
+
+`--cells` trains one pack of 32 points of every cell at l = 1, c = 5 and at l = 2, c = 10 and
+prints its member-steps per second (one training step of one network on a batch of 128), the
+ratio to the RNN's of the same size, and the code path that trained it (a row's `kernel`).
 
 This is what `memgrid.packs.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
@@ -23,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid import train  # noqa: E402
+from memgrid import fast, train  # noqa: E402
+from memgrid.cells import CELLS  # noqa: E402
 from memgrid.fast import kernels, native  # noqa: E402
 from memgrid.config import Point  # noqa: E402
 from memgrid.train import PackTrainer  # noqa: E402
@@ -65,8 +71,18 @@ def main() -> None:
                     help="on the CPU, side by side: the C kernel as built (on AVX2 without AVX-512 its "
                          "64-byte vectors held as halves by hand) and built with -DMEMGRID_NO_HALVES "
                          "(the vectors left to the compiler); the same bits, and the ratio")
+    ap.add_argument("--cells", action="store_true",
+                    help="every cell beside the RNN: one pack of 32 at l = 1, c = 5 and l = 2, c = 10")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cells:
+        print(f"{native.cpu_text()}, {args.threads} thread(s); member-steps/s, one pack of 32")
+        for l, c in ((1, 5), (2, 10)):
+            rates = {a: throughput(a, l, c, 32, args.device) for a in CELLS}
+            for a, r in rates.items():
+                print(f"l={l} c={c:2d}  {CELLS[a].label:24s} {r:8.0f}  {r / rates['rnn']:5.2f}x RNN  "
+                      f"({fast.path_name(a, args.device)})", flush=True)
+        return
     dev = args.device.split(":")[0]
     builds = {}
     if args.vectors:

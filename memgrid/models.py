@@ -15,7 +15,7 @@ import math
 import torch
 
 from .cells import CELLS
-from .fast import stack
+from .fast import diagonal, stack
 from .task import INIT, key, uniform
 
 Params = dict[str, torch.Tensor]
@@ -89,13 +89,19 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     in backward), so a point's gradients are bitwise those it gets alone, in any pack.
 
     A cell with a fast path (``Cell.fast``) runs it (memgrid.fast.stack.hidden: the C kernel on
-    the CPU, elsewhere PyTorch ops with backward by hand); it computes what
-    :func:`reference_forward` (the cell's definition under autograd, op by op) computes, to
-    float rounding. Any other cell runs :func:`reference_forward`. Gradients of gradients
+    the CPU, elsewhere PyTorch ops with backward by hand); minGRU and minLSTM run theirs on the
+    CPU (memgrid.fast.diagonal); each computes what :func:`reference_forward` (the cell's
+    definition under autograd, op by op) computes, to float rounding. Any other cell runs
+    :func:`reference_forward`. Gradients of gradients
     are not supported (nothing in memgrid takes them).
     """
     if not CELLS[arch].fast:
-        return reference_forward(arch, params, x, mask, tbptt, return_states)
+        layers = [v for n, v in params.items() if "." in n]       # param_shapes' order
+        lib = None if return_states else diagonal.usable(arch, x, *layers)
+        if lib is None:
+            return reference_forward(arch, params, x, mask, tbptt, return_states)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in layers)
+        return _readout(params, diagonal.hidden(lib, arch, layers, x, mask, tbptt, grad))
     flat = cell_params(params)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in flat))
     if return_states and grad:

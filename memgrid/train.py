@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .fast import kernels
+from . import fast
 from .config import Point
 from .models import Params, forward, init_params
 from .rows import curve_rows, point_row, stored_rows
@@ -90,7 +90,7 @@ class PackTrainer:
         self.arch, self.layers, self.cells, self.readout = p0.arch, p0.layers, p0.cells, p0.readout
         self.cfg = p0
         self.lr_source = lr_source                      # recorded in every row (`lr_source`)
-        self.kernel = kernels.path_name(self.arch, self.device, dtype)   # and the code path
+        self.kernel = fast.path_name(self.arch, self.device, dtype)   # and the code path
         self.halving = halving                          # successive halving over lr (tuning)
         self.rungs = set(halving.rung_epochs(p0.max_epochs, p0.eval_every)) if halving else set()
         self.eliminated: set[float] = set()             # learning rates halving stopped
@@ -206,12 +206,14 @@ class PackTrainer:
         torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(m, denom), step))
 
     def _kernel_step(self, batch, t: int) -> torch.Tensor | None:
-        """The whole step in one call of the C kernel (memgrid.fast.kernels), where it can run:
-        bitwise :meth:`_autograd_step` for the `sum` readout. The loss `(K,)`, or None where it
-        cannot run."""
+        """The whole step in one call of the C kernel (memgrid.fast.kernels; minGRU and minLSTM:
+        memgrid.fast.diagonal), where it can run: :meth:`_autograd_step`'s numbers to float
+        rounding (for RNN, LSTM and GRU with the `sum` readout, bitwise). The loss `(K,)`, or
+        None where it cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())
         sqs = list(self.sq.values())
-        lib = kernels.usable(self.arch, *params, *bufs, *sqs) if FUSED_STEP else None
+        kernels = fast.kernel_of(self.arch) if FUSED_STEP else None
+        lib = kernels.usable(self.arch, *params, *bufs, *sqs) if kernels else None
         if lib is None or not all(v.is_contiguous() for v in params + bufs + sqs):
             return None
         dt = params[0].dtype

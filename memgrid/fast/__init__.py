@@ -1,4 +1,5 @@
-"""The fast paths of the paper's cells, RNN, LSTM and GRU.
+"""The fast paths: of the paper's cells, RNN, LSTM and GRU, and of the diagonal recurrences
+minGRU and minLSTM.
 
 One layout of their fused weights (:mod:`.layout`), the stack over layers and steps with
 backward through time by hand in PyTorch ops (:mod:`.stack`), the C kernel of the same
@@ -6,4 +7,35 @@ backward through time by hand in PyTorch ops (:mod:`.stack`), the C kernel of th
 (:mod:`.native`, which also builds the task's generator, ``csrc/task.c``). Every fast path
 computes what the cell's definition (memgrid.cells, run by memgrid.models.reference_forward)
 computes, to float rounding.
+
+The diagonal recurrences have their own C kernel (:mod:`.diagonal`, ``csrc/diagonal.c``),
+with the paper cells' products, activations and optimizer (``csrc/common.h``).
 """
+
+
+def kernel_of(arch: str):
+    """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
+    :mod:`.diagonal`: mingru, minlstm), or None. Both give ``usable``, ``train_scratch`` and
+    ``train_step`` alike."""
+    from . import diagonal, kernels
+    from .layout import ARCH
+
+    return kernels if arch in ARCH else diagonal if arch in diagonal.ARCH else None
+
+
+def path_name(arch: str, device, dtype=None) -> str:
+    """Which code path trains a pack of `arch` on `device` (a row's `kernel`,
+    memgrid.results.schema.KERNELS): ``c-<vector width>`` where a C kernel computes it,
+    ``torch`` for PyTorch ops on the CPU (MEMGRID_KERNELS=0, no compiler, a cell without a
+    kernel), ``cuda`` on a GPU. `dtype`: float32 unless given."""
+    import torch
+
+    from . import kernels
+
+    device = torch.device(device)
+    if device.type != "cpu":
+        return device.type
+    mod = kernel_of(arch)
+    if mod is not None and mod.lib(dtype or torch.float32) is not None:
+        return f"c-{kernels.vector_width()}"
+    return "torch"

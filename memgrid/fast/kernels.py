@@ -69,25 +69,14 @@ def vector_width() -> str:
     return "sse2" if platform.machine() in ("x86_64", "AMD64") else platform.machine().lower()
 
 
-def path_name(arch: str, device: str | torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """Which code path trains a pack of `arch` on `device` (a row's `kernel`,
-    memgrid.results.schema.KERNELS): ``c-<vector_width()>`` where this kernel computes it,
-    ``torch`` for PyTorch ops on the CPU (MEMGRID_KERNELS=0, no compiler, a cell it lacks),
-    ``cuda`` on a GPU."""
-    device = torch.device(device)
-    if device.type != "cpu":
-        return device.type
-    if arch in ARCH and lib(dtype) is not None:
-        return f"c-{vector_width()}"
-    return "torch"
-
-
 def prepare() -> bool:
     """Build the C kernels (or load them from the cache) in this process, so that the workers
     started after it load them instead of each building them at once. True where they are
     available."""
     from .. import task
-    return lib(torch.float32) is not None and task._lib() is not None
+    from . import diagonal
+    return (lib(torch.float32) is not None and diagonal.lib(torch.float32) is not None
+            and task._lib() is not None)
 
 
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:

@@ -13,7 +13,7 @@ Layout: the state is ``(K, c, B)`` and the recurrence is ``W_hh @ h``, a batched
 Speed (``benchmarks/README.md``): a layer's step (:func:`_step`) is ONE batched matmul ``W @ z``
 of the fused weights ``W = [W_ih | b | W_hh]`` `(K, R, m+1+c)` (their layout:
 memgrid.fast.layout) and the column ``z = [x_t; 1; h_{t-1}]``, written in place into per-step
-buffers that are reused from step to step (:class:`_Pool`), and backpropagation through time
+buffers that are reused from step to step (:class:`BufferPool`), and backpropagation through time
 is written by hand (:class:`_Stack`): per step one matmul for the weight gradient, one for the
 state gradient and a few in-place elementwise ops, instead of autograd's graph of ~10 nodes
 per step.
@@ -56,7 +56,7 @@ def _tanh(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return _tanh_from_sigmoid_(out.sigmoid_(), out)
 
 
-class _Pool:
+class BufferPool:
     """Free buffer sets of one shape, handed to the next call of that shape. A step's buffers
     are large; fresh ones cost page faults every step (a 20 MB copy: 10-30 ms instead of ~2), and
     reusing them keeps a pack's memory at what one step needs. Holds one shape's sets at a time."""
@@ -79,12 +79,8 @@ class _Pool:
                 self.free.append(bufs)
 
 
-_FWD, _BWD, _INF = _Pool(), _Pool(), _Pool()
-_KFWD, _KINF = _Pool(), _Pool()            # the C kernel's buffers, training and evaluation
-
-
-_FWD, _BWD, _INF = _Pool(), _Pool(), _Pool()
-_KFWD, _KINF = _Pool(), _Pool()            # the C kernel's buffers, training and evaluation
+_FWD, _BWD, _INF = BufferPool(), BufferPool(), BufferPool()
+_KFWD, _KINF = BufferPool(), BufferPool()      # the C kernel's buffers, training and evaluation
 
 
 # ---------------------------------------------------------------------------------------------

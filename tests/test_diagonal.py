@@ -1,0 +1,83 @@
+"""The C kernel of minGRU and minLSTM (memgrid.fast.diagonal) against the cells' definitions,
+and its whole training step against the kernel inside autograd."""
+
+import pytest
+import torch
+
+from memgrid import train
+from memgrid.config import Point
+from memgrid.fast import diagonal
+from memgrid.models import forward, init_params, reference_forward
+from memgrid.task import TRAIN, TaskSpec, make_batch
+from memgrid.train import PackTrainer
+
+ARCHS = sorted(diagonal.ARCH)
+pytestmark = pytest.mark.skipif(diagonal.lib(torch.float64) is None, reason="no C compiler")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layers,readout,tbptt", [(1, "sum", 0), (2, "linear", 0), (3, "sum", 4)])
+def test_kernel_computes_the_definition(arch, layers, readout, tbptt):
+    """Outputs and every parameter's gradient of a pack of three (sequences of 3..8 steps, so
+    that some start late and are masked; a pack member whose position sets a longer T) equal
+    the definition's under autograd in float64, with truncated backpropagation too."""
+    pts = [Point(arch, layers, 4, p, s, q_min=3, q_max=8) for p, s in [(1, 0), (3, 1), (9, 2)]]
+    spec = TaskSpec.of(pts)
+    b = make_batch(spec, TRAIN, 5, 32)
+    assert b.mask.shape[2] > 0
+    runs = []
+    for f in (forward, reference_forward):
+        params = {n: v.double().requires_grad_() for n, v in
+                  init_params(arch, layers, 4, readout, spec.seed).items()}
+        y = f(arch, params, b.x.double(), b.mask, tbptt)
+        y.pow(2).sum().backward()
+        runs.append((y.detach(), {n: v.grad for n, v in params.items()}))
+    (y_fast, g_fast), (y_def, g_def) = runs
+    torch.testing.assert_close(y_fast, y_def, atol=1e-13, rtol=1e-12)
+    for n in g_def:
+        torch.testing.assert_close(g_fast[n], g_def[n], atol=1e-12, rtol=1e-10, msg=n)
+    with torch.no_grad():                                    # evaluation: two state slots
+        params = {n: v.double() for n, v in init_params(arch, layers, 4, readout, spec.seed).items()}
+        torch.testing.assert_close(forward(arch, params, b.x.double(), b.mask), y_def,
+                                   atol=1e-13, rtol=1e-12)
+
+
+def _train(arch, readout, fused, monkeypatch, optimizer):
+    monkeypatch.setattr(train, "FUSED_STEP", fused)
+    pts = [Point(arch, 2, 3, p, s, q_min=3, q_max=6, lr=0.01, optimizer=optimizer,
+                 readout=readout, max_epochs=30, eval_every=10, eval_size=64, batch_size=32,
+                 plateau=False, mc_length=0) for p, s in [(1, 0), (2, 1)]]
+    tr = PackTrainer(pts)
+    tr.run()
+    return sorted(tr.finished, key=lambda f: f[0]["seed"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("readout,optimizer", [("sum", "adam"), ("linear", "sgd")])
+def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monkeypatch):
+    """Training a pack for 30 epochs by the whole step in C and by the kernel's forward and
+    backward inside torch autograd (torch's optimizer) ends at the same weights and curves: bit
+    for bit with the `sum` readout (the same products and roundings), to float rounding with
+    the linear one (its gradient is summed in another order)."""
+    whole = _train(arch, readout, True, monkeypatch, optimizer)
+    inside = _train(arch, readout, False, monkeypatch, optimizer)
+    for (row_w, curve_w, w_w), (row_i, curve_i, w_i) in zip(whole, inside):
+        assert row_w["kernel"] == row_i["kernel"] and row_w["kernel"].startswith("c-")
+        for n in w_i:
+            if readout == "sum":
+                assert torch.equal(w_w[n], w_i[n]), n
+            torch.testing.assert_close(w_w[n], w_i[n], atol=1e-6, rtol=1e-5, msg=n)
+        assert [c["epoch"] for c in curve_w] == [c["epoch"] for c in curve_i]
+        for a, b in zip(curve_w, curve_i):
+            assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-6
+
+
+def test_without_kernels_the_definition_trains(monkeypatch):
+    """MEMGRID_KERNELS=0's path (no C kernel): the rows say `torch`; with the kernel, `c-...`."""
+    from memgrid import fast
+
+    assert fast.path_name("mingru", "cpu").startswith("c-")
+    monkeypatch.setattr(diagonal, "usable", lambda *a: None)
+    monkeypatch.setattr(diagonal, "lib", lambda dtype: None)
+    assert fast.path_name("mingru", "cpu") == "torch"
+    assert fast.path_name("lru", "cpu") == "torch"
