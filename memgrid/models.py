@@ -89,8 +89,8 @@ def forward(arch: str, params: Params, x: torch.Tensor, mask: torch.Tensor, tbpt
     in backward), so a point's gradients are bitwise those it gets alone, in any pack.
 
     A cell with a fast path (``Cell.fast``) runs it (memgrid.fast.stack.hidden: the C kernel on
-    the CPU, elsewhere PyTorch ops with backward by hand); minGRU and minLSTM run theirs on the
-    CPU (memgrid.fast.diagonal); each computes what :func:`reference_forward` (the cell's
+    the CPU, elsewhere PyTorch ops with backward by hand); minGRU, minLSTM and the LRU run
+    theirs on the CPU (memgrid.fast.diagonal); each computes what :func:`reference_forward` (the cell's
     definition under autograd, op by op) computes, to float rounding. Any other cell runs
     :func:`reference_forward`. Gradients of gradients
     are not supported (nothing in memgrid takes them).

@@ -206,8 +206,8 @@ class PackTrainer:
         torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(m, denom), step))
 
     def _kernel_step(self, batch, t: int) -> torch.Tensor | None:
-        """The whole step in one call of the C kernel (memgrid.fast.kernels; minGRU and minLSTM:
-        memgrid.fast.diagonal), where it can run: :meth:`_autograd_step`'s numbers to float
+        """The whole step in one call of the C kernel (memgrid.fast.kernels; minGRU, minLSTM and
+        the LRU: memgrid.fast.diagonal), where it can run: :meth:`_autograd_step`'s numbers to float
         rounding (for RNN, LSTM and GRU with the `sum` readout, bitwise). The loss `(K,)`, or
         None where it cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())

@@ -1,5 +1,5 @@
-"""The C kernel of minGRU and minLSTM (memgrid.fast.diagonal) against the cells' definitions,
-and its whole training step against the kernel inside autograd."""
+"""The C kernel of the diagonal cells, minGRU, minLSTM and the LRU (memgrid.fast.diagonal),
+against the cells' definitions, and its whole training step against the kernel inside autograd."""
 
 import pytest
 import torch
@@ -73,11 +73,13 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
 
 
 def test_without_kernels_the_definition_trains(monkeypatch):
-    """MEMGRID_KERNELS=0's path (no C kernel): the rows say `torch`; with the kernel, `c-...`."""
+    """The code path a row records: `c-...` for a cell this kernel runs, `torch` for one it does
+    not (Mamba's block) and for every cell without a kernel (MEMGRID_KERNELS=0, no compiler)."""
     from memgrid import fast
 
     assert fast.path_name("mingru", "cpu").startswith("c-")
-    monkeypatch.setattr(diagonal, "usable", lambda *a: None)
+    assert fast.path_name("lru", "cpu").startswith("c-")
+    assert fast.path_name("mamba", "cpu") == "torch"
     monkeypatch.setattr(diagonal, "lib", lambda dtype: None)
     assert fast.path_name("mingru", "cpu") == "torch"
     assert fast.path_name("lru", "cpu") == "torch"

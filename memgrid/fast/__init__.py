@@ -1,5 +1,5 @@
 """The fast paths: of the paper's cells, RNN, LSTM and GRU, and of the diagonal recurrences
-minGRU and minLSTM.
+minGRU, minLSTM and the LRU.
 
 One layout of their fused weights (:mod:`.layout`), the stack over layers and steps with
 backward through time by hand in PyTorch ops (:mod:`.stack`), the C kernel of the same
@@ -15,7 +15,7 @@ with the paper cells' products, activations and optimizer (``csrc/common.h``).
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm), or None. Both give ``usable``, ``train_scratch`` and
+    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring), or None. Both give ``usable``, ``train_scratch`` and
     ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH

@@ -1,6 +1,6 @@
-"""The C kernel of the diagonal recurrences minGRU and minLSTM (``csrc/diagonal.c``): a layer's
-state is c numbers, h_t = a_t * h_{t-1} + b_t, with a_t and b_t from gates that read the input
-alone (memgrid.cells defines both cells). Built, cached and loaded as the paper cells' kernel
+"""The C kernel of the diagonal recurrences minGRU, minLSTM and the LRU (``csrc/diagonal.c``): a
+layer's state evolves as h_t = a_t * h_{t-1} + b_t, elementwise (complex for the LRU), with a_t
+and b_t from the inputs alone (memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
 (:mod:`memgrid.fast.native`), with the same products, activations and optimizer
 (``csrc/common.h``).
 
@@ -10,9 +10,8 @@ backward of :class:`_Diagonal` inside torch autograd, or as a whole training ste
 one call (:func:`train_step`). ``benchmarks/throughput.py --cells`` measures it against the RNN's
 kernel. Without a compiler, or with ``MEMGRID_KERNELS=0``, these cells run their definition.
 
-Weights, per member: each layer's parameters in the cell's order, one after another (per gate
-``w`` `(c, m)` then ``b`` `(c)`: minGRU z, h; minLSTM f, i, h), i.e. the flattened parameters of
-memgrid.models.param_shapes' order.
+Weights, per member: each layer's parameters in the cell's order, one after another: the
+flattened parameters of memgrid.models.param_shapes' order.
 """
 
 from __future__ import annotations
@@ -29,9 +28,10 @@ from .stack import BufferPool
 
 SRC = Path(__file__).with_name("csrc") / "diagonal.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
-ARCH = {"mingru": 0, "minlstm": 1}
-"""the cells this kernel runs, by their number in csrc/diagonal.c"""
-AUX = {"mingru": 2, "minlstm": 5}
+ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2}
+"""the cells this kernel runs, by their number in csrc/diagonal.c (lru_ring: the LRU's
+computation, another init)"""
+AUX = {"mingru": 2, "minlstm": 5, "lru": 5, "lru_ring": 5}
 """rows per unit that forward keeps for backward, per layer and step (csrc/diagonal.c)"""
 
 
@@ -59,11 +59,12 @@ def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     """The kernel for `dtype` (float32 or float64), see :func:`memgrid.fast.native.load_once`."""
     if dtype not in _VARIANTS:
         return None
-    return load_once(("diagonal", dtype), lambda: _build(dtype), "the C kernel of minGRU and minLSTM")
+    return load_once(("diagonal", dtype), lambda: _build(dtype), "the C kernel of the diagonal cells")
 
 
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The kernel, if this call can use it: minGRU or minLSTM, CPU tensors of one float dtype."""
+    """The kernel, if this call can use it: a cell of :data:`ARCH`, CPU tensors of one float
+    dtype."""
     if arch not in ARCH or any(t.device.type != "cpu" for t in tensors):
         return None
     dtype = tensors[0].dtype
