@@ -15,7 +15,7 @@ import pandas as pd
 
 from memgrid.results import read_grid_identity, read_points
 from memgrid.analysis.report import md_table
-from memgrid.config import grid_from_identity
+from memgrid.grid_file import grid_from_identity
 from memgrid.results import TUNING
 from memgrid.lr_tuning import choose_lr, tuning_points
 

@@ -12,7 +12,7 @@ from .cells import Cell as Cell
 from .config import ConfigError as ConfigError
 from .config import Grid as Grid
 from .config import Point as Point
-from .config import load_grid as load_grid
+from .grid_file import load_grid as load_grid
 
 
 def __getattr__(name: str):

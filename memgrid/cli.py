@@ -17,13 +17,14 @@ from pathlib import Path
 
 import click
 
-from .config import MAX_POINTS, THRESHOLD, ConfigError, check_size, grid_from_identity
+from .config import THRESHOLD, ConfigError
+from .grid_file import grid_from_identity
 from .processes import exit_status, launch_time, signals_held, stoppable
 from .results import (PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy, FolderLock, check_results,
                       damaged_parts, done_ids, first_line, read_points, repair, saved_packs)
 from .results import compact as compact_folder
-from .run.preflight import (EXIT_BAD_INPUT, build_grid, check_driver, check_link, check_machine,
-                      check_out, prepare_out, read_identity)
+from .run.preflight import (EXIT_BAD_INPUT, MAX_POINTS, build_grid, check_driver, check_link,
+                            check_machine, check_out, check_size, prepare_out, read_identity)
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)

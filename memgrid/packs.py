@@ -1,6 +1,8 @@
-"""Packs: which points train together, how large a pack may be, and what it costs. A cost
-model of memory and CPU seconds per pack, Ray-free and torch-free: the driver plans with it
-(``memgrid.run``), `memgrid run --dry-run` shows its plan, and the benchmarks check it.
+"""Packs: which points train together, how large a pack may be, and what it costs. The one
+cost model of memory and CPU seconds, per pack member and per point, Ray-free and torch-free:
+the driver plans with it (``memgrid.run``), `memgrid run --dry-run` shows its plan, the checks
+before a run refuse with it a point no machine trains (``memgrid.run.preflight``), and the
+benchmarks check it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import math
 
 from .cells import CELLS, GATES
-from .config import PACK_FREE, Point
+from .config import MC_BYTES_PER_STEP, PACK_FREE, Point
 
 K_CAP = {"cpu": 256, "cuda": 4096}
 """largest pack: throughput stops growing past K ~ 128-1024 on CPU"""
@@ -24,6 +26,12 @@ MEMBER_BYTES_PER_S = 1.6e9
 at the best K (within 20% for rnn/lstm/gru, l = 1..5, c = 1..20, measured)"""
 OP_S = 5e-6
 """CPU cost model: fixed cost of one op (dispatch), whatever K"""
+WEIGHT_COPIES = 8
+"""float32 copies of a network's weights while it trains: weights, gradients, the optimizer's
+moments or momentum, the best weights kept and the buffers of a step"""
+FLOPS_PER_S = 1e10
+"""multiply-adds per second of one core at best (a fast AVX-512 core on a large matrix): the
+time bound of :func:`point_seconds` refuses only what no machine trains in time"""
 
 
 def _layer_rows(p: Point) -> list[int]:
@@ -52,12 +60,18 @@ def _activation_bytes(p: Point) -> int:
 
 
 def member_bytes(p: Point) -> int:
-    """Peak memory of one pack member while training, an upper bound (measured RSS per member:
-    70-90 % of it on the PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 14-35 % with the C
-    kernel's step, which keeps one member's states at a time; benchmarks/README.md): forward
-    buffers kept for backward, backward buffers, data generation, the evaluation set and its
-    forward. A pack of K members
-    needs K times this; plan_packs never puts more members in a pack than its memory allows."""
+    """Peak memory of one pack member while training, an upper bound: its buffers
+    (:func:`_buffer_bytes`) and its weights' WEIGHT_COPIES float32 copies. A pack of K members
+    needs K times this, and one stream MC at a time (:func:`stream_mc_bytes`); plan_packs never
+    puts more members in a pack than its memory allows."""
+    return _buffer_bytes(p) + 4 * WEIGHT_COPIES * p.params
+
+
+def _buffer_bytes(p: Point) -> int:
+    """A member's buffers while it trains (measured RSS per member: 70-90 % of this on the
+    PyTorch path, rnn/lstm/gru, l = 1..5, c = 1..20; 14-35 % with the C kernel's step, which
+    keeps one member's states at a time; benchmarks/README.md): forward buffers kept for
+    backward, backward buffers, data generation, the evaluation set and its forward."""
     if p.arch == "esn":   # states and ridge fit in float64 (memgrid.esn.fit_task, which also
         return 32 * max(8192, p.eval_size) * (p.cells + p.q_hi)    # caps them per chunk)
     T, B, E = p.q_hi, p.batch_size, p.eval_size
@@ -74,11 +88,23 @@ def member_bytes(p: Point) -> int:
     return int(1.3 * (_activation_bytes(p) + backward + data + eval_set + eval_fwd))
 
 
+def stream_mc_bytes(p: Point) -> int:
+    """Memory of the stream MC of one trained point (measured once it has finished, one point
+    of a pack at a time): MC_BYTES_PER_STEP per step of its stream and unit; 0 where
+    mc_length is 0."""
+    return MC_BYTES_PER_STEP * p.mc_length * p.units
+
+
+def point_bytes(p: Point) -> int:
+    """Memory of one point training alone, about: :func:`member_bytes` and its stream MC."""
+    return member_bytes(p) + stream_mc_bytes(p)
+
+
 def pack_seconds(p: Point, k: int) -> float:
     """Rough CPU seconds to train a pack of k members like `p` to max_epochs (cost model, for
     balancing packs across slots; relative values matter)."""
     if p.arch == "esn":
-        return k * member_bytes(p) / MEMBER_BYTES_PER_S
+        return k * _buffer_bytes(p) / MEMBER_BYTES_PER_S
     if CELLS[p.arch].fast:
         per_step = {"rnn": 10, "gru": 22, "lstm": 24}[p.arch]
     else:           # autograd: about 8 ops forward and backward per weight matrix, 8 more
@@ -86,6 +112,18 @@ def pack_seconds(p: Point, k: int) -> float:
     n_ops = per_step * p.q_hi * p.layers + 80
     per_epoch = p.steps_per_epoch * (n_ops * OP_S + k * _activation_bytes(p) / MEMBER_BYTES_PER_S)
     return p.max_epochs * per_epoch
+
+
+def point_seconds(p: Point) -> float:
+    """Seconds one point trains at the least, to max_epochs: :func:`pack_seconds` of a pack of
+    one (the ops and activations) plus its weights' multiply-adds (forward and backward, 3 per
+    weight and step) at FLOPS_PER_S. pack_seconds is fitted on measured packs of small
+    networks, whose multiply-adds it holds; past a few hundred units they dominate, and this
+    bound says so (a point is never cut across trials)."""
+    if p.arch == "esn":
+        return pack_seconds(p, 1)
+    steps = p.max_epochs * p.steps_per_epoch
+    return pack_seconds(p, 1) + 3 * p.params * p.batch_size * p.q_hi * steps / FLOPS_PER_S
 
 
 def best_k(p: Point, device: str = "cpu") -> int:
@@ -150,7 +188,8 @@ def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str 
     """Cut points into packs of points that may share one (same `pack_key`), longest first.
 
     `pack`: an int caps the pack size (1 = one trial per point); `auto` sizes packs from the
-    networks: as large as `mem_per_slot` (bytes a trial may use, see member_bytes) and K_CAP
+    networks: as large as `mem_per_slot` (bytes a trial may use: K member_bytes and one
+    stream_mc_bytes) and K_CAP
     allow and, on CPU, near the size where throughput per point peaks (best_k); then cuts
     groups into more packs while that ends the grid sooner on `slots` concurrent trials (cost
     model pack_seconds). Whatever `pack`, no pack needs more than `mem_per_slot`. Packs come
@@ -163,8 +202,9 @@ def plan_packs(points: list[Point], pack: int | str, slots: int, *, device: str 
     members = list(groups.values())
     n_packs = []
     for ms in members:     # members differ in memory by their length range only (position)
-        k_mem = max(1, int(mem_per_slot // max(member_bytes(p) for p in
-                                               {p.q_hi: p for p in ms}.values())))
+        longest = {p.q_hi: p for p in ms}.values()
+        k_mem = max(1, int((mem_per_slot - stream_mc_bytes(ms[0]))
+                           // max(member_bytes(p) for p in longest)))
         k = min(K_CAP.get(dev, 256), k_mem, best_k(ms[0], dev)) if pack == "auto" else min(int(pack), k_mem)
         n_packs.append(math.ceil(len(ms) / k))
 

@@ -568,7 +568,7 @@ def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
 
 
 def test_tuned_rates_reads_the_choice_of_a_tuning_run(tmp_path, capsys):
-    from memgrid.config import parse_grid
+    from memgrid.grid_file import parse_grid
     from memgrid.lr_tuning import tuning_points
 
     res = tmp_path / "results"
@@ -597,7 +597,7 @@ def test_tuned_rates_reads_the_choice_of_a_tuning_run(tmp_path, capsys):
 def test_report_of_a_tuned_grid_names_its_protocol_and_the_rates_it_chose(tmp_path):
     import dataclasses
 
-    from memgrid.config import parse_grid
+    from memgrid.grid_file import parse_grid
 
     res = tmp_path / "results"
     grid = parse_grid({"name": "tuned", "axes": {"arch": ["rnn"], "layers": [1], "cells": [2, 3],

@@ -32,7 +32,7 @@ from click.testing import CliRunner
 
 from memgrid.run import launch as launch_mod
 from memgrid.cli import main
-from memgrid.config import load_grid
+from memgrid.grid_file import load_grid
 
 from .conftest import ROOT, write_grid
 

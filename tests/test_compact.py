@@ -23,7 +23,7 @@ from memgrid.results import (COMPACTING, COMPACT_ROWS, CURVE_SCHEMA, POINT_SCHEM
                              write_part, write_points)
 from memgrid.results import io, layout, lock, saved, upkeep
 from memgrid.results.upkeep import _compaction, _plan
-from memgrid.config import load_grid
+from memgrid.grid_file import load_grid
 from memgrid.results.lock import LOCK_NAME, FolderLock
 
 from .conftest import memgrid_cli

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memgrid.config import ConfigError, Point, load_grid, parse_grid
+from memgrid.config import ConfigError, Point
+from memgrid.grid_file import load_grid, parse_grid
 
 from .conftest import CONFIGS, memgrid_cli
 

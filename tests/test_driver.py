@@ -28,7 +28,8 @@ import pytest
 from memgrid.results import (done_ids, read_pack_state, read_points, saved_packs,
                              write_pack_state, write_points)
 from memgrid.rows import point_row, point_settings
-from memgrid.config import ConfigError, Point, load_grid
+from memgrid.config import ConfigError, Point
+from memgrid.grid_file import load_grid
 from memgrid.packs import (makespan_s, pack_cost, pack_id, pack_seconds, pack_spec, plan_packs)
 from memgrid.run.address import check_fits
 from memgrid.run.plan import describe_plan

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memgrid.config import (INT32_MAX, MAX_FILE_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,
-                            ConfigError, load_yaml, mc_length_min)
+from memgrid.config import INT32_MAX, ConfigError, mc_length_min
+from memgrid.grid_file import MAX_FILE_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, load_yaml
 
 from .conftest import ROOT, memgrid_cli
 

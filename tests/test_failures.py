@@ -20,7 +20,8 @@ from memgrid import __version__
 from memgrid.results import damaged_parts, done_ids, repair, write_grid_identity, write_points
 from memgrid.rows import point_settings
 from memgrid.run.preflight import prepare_out
-from memgrid.config import ConfigError, load_grid, parse_grid
+from memgrid.config import ConfigError
+from memgrid.grid_file import load_grid, parse_grid
 from memgrid.results.lock import LOCK_NAME, FolderBusy, FolderLock
 
 from .conftest import ROOT, memgrid_cli, write_grid

@@ -29,7 +29,8 @@ from memgrid.results import (COMPACTING, SCHEMA_VERSION, check_folder, check_res
 from memgrid.results import upkeep
 from memgrid.results.upkeep import _compaction
 from memgrid.rows import point_row
-from memgrid.config import Point, load_grid
+from memgrid.config import Point
+from memgrid.grid_file import load_grid
 from memgrid.results.lock import LOCK_NAME
 from memgrid.packs import pack_id, pack_spec
 from memgrid.train import PackTrainer, state_mismatch

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from memgrid.run.preflight import prepare_out
-from memgrid.config import load_grid
+from memgrid.grid_file import load_grid
 from memgrid.packs import pack_id, pack_spec, plan_packs, spec_points
 from memgrid.train import train_points
 from memgrid.run.trial import pack_trial

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from memgrid.results import TUNING, done_ids, read_grid_identity
-from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point, grid_from_identity, parse_grid
+from memgrid.config import ID_OMITTED_AT, POINT_FIELDS, Grid, Point
+from memgrid.grid_file import grid_from_identity, parse_grid
 from memgrid.packs import (pack_cost, pack_id, pack_seconds, pack_spec, plan_packs, spec_pack_id,
                            spec_points)
 from memgrid.lr_tuning import grid_points
@@ -294,7 +295,7 @@ def test_an_interrupted_tuned_grid_counts_its_measured_points(tmp_path):
     code = ("import sys\n"
             "from memgrid import cli\n"
             "from memgrid.results import read_grid_identity\n"
-            "from memgrid.config import grid_from_identity\n"
+            "from memgrid.grid_file import grid_from_identity\n"
             f"out = {str(out)!r}\n"
             "grid = grid_from_identity(read_grid_identity(out))\n"
             "def run():\n"

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from memgrid.config import ConfigError, Point, parse_grid
+from memgrid.config import ConfigError, Point
+from memgrid.grid_file import parse_grid
 from memgrid.train import PackTrainer, train_points
 from memgrid.lr_tuning import LRTuning, choose_lr, measured_points, rank, tuning_points
 
@@ -171,7 +172,7 @@ def test_tuned_grid_end_to_end(tmp_path):
     import pandas as pd
 
     from .conftest import memgrid_cli, write_grid
-    from memgrid.config import load_grid
+    from memgrid.grid_file import load_grid
 
     grid = write_grid(
         tmp_path / "tuned.yaml", name="tuned", protocol="paper",

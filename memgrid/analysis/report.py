@@ -102,7 +102,7 @@ def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
     """point_ids of the grid's points, or None if the grid is too big or will not expand."""
     if not 0 < expected <= MAX_ID_CHECK:
         return None
-    from ..config import grid_from_identity
+    from ..grid_file import grid_from_identity
     from ..lr_tuning import grid_points
     try:
         points = grid_points(grid_from_identity(identity), uri)

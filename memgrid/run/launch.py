@@ -45,7 +45,8 @@ from urllib.parse import urlparse
 import click
 import yaml
 
-from ..config import ConfigError, Grid, load_yaml, read_text
+from ..config import ConfigError, Grid
+from ..grid_file import load_yaml, read_text
 from ..processes import exit_status, stoppable
 from ..results import read_grid_identity
 from .preflight import EXIT_BAD_INPUT, build_grid, check_identity, check_machine
@@ -460,7 +461,7 @@ def _grid_and_out(grid_file: str, flags: dict, out: str | None, cluster: dict | 
                   here: bool) -> tuple[Grid, str]:
     """The grid as `memgrid run` will build it, and where its results go: storage every node
     reaches (a relative path is only meaningful for a cluster on this machine)."""
-    from ..config import MAX_POINTS, check_size
+    from .preflight import MAX_POINTS, check_size
 
     if out == "":
         raise ConfigError("command line: --out: empty; give a URI or an absolute path")

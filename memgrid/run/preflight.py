@@ -1,6 +1,7 @@
-"""A grid as a command asks for it: the grid file with the command line's settings, and the
-results folder it may go to. Shared by `memgrid run` (``memgrid.cli``) and `memgrid launch`
-(``memgrid.run.launch``)."""
+"""A grid as a command asks for it, checked before Ray starts: the grid file with the command
+line's settings, its size for the driver (MAX_POINTS, what the driver holds per point), what
+this machine can train (the cost model of memgrid.packs), and the results folder it may go to.
+Shared by `memgrid run` (``memgrid.cli``) and `memgrid launch` (``memgrid.run.launch``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import os
 
 import pyarrow.fs as pafs
 
-from ..config import (DRIVER_BYTES_PER_POINT, INT32_MAX, MC_BYTES_PER_STEP, ConfigError, Grid,
-                      Point, check_resources, for_arch, load_grid)
-from ..packs import member_bytes, pack_seconds
+from ..config import INT32_MAX, ConfigError, Grid, Point, for_arch
+from ..grid_file import check_grid, check_resources, load_grid
+from ..packs import point_bytes, point_seconds
 from ..results import (PACKS, TABLES, check_folder, damaged_parts, first_line, part_names,
                        read_grid_identity, resolve, write_grid_identity)
 from .plan import local_cpus
@@ -136,6 +137,7 @@ def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, 
         overrides["plateau"] = False
     if overrides:
         grid = grid.with_overrides(**overrides)
+        check_grid(grid)
     if no_plateau:
         grid = dataclasses.replace(grid, name=grid.name + "-noplateau")
     return grid.smoke() if smoke else grid
@@ -143,14 +145,32 @@ def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, 
 
 WORKER_BYTES = 0.2e9
 """memory of one trial's process (a Ray worker with torch) before it trains: 150-200 MB"""
-FLOPS_PER_S = 1e10
-"""multiply-adds per second of one core at best (a fast AVX-512 core on a large matrix): the
-time bound below refuses only what no machine trains in time"""
 POINT_S_MAX = 7 * 86400.0
-"""longest a single point may train at FLOPS_PER_S: a point is never cut across trials"""
-WEIGHT_COPIES = 8
-"""float32 copies of a network's weights while it trains: weights, gradients, the optimizer's
-moments or momentum, the best weights kept and the buffers of a step"""
+"""longest a single point may train at packs.FLOPS_PER_S (packs.point_seconds): a point is
+never cut across trials"""
+MAX_POINTS = 100_000
+"""points `memgrid run` expands without being asked (`--max-points`): the driver holds every
+point and pack and hands them to Tune, about DRIVER_BYTES_PER_POINT and DRIVER_S_PER_POINT each
+before the first trial starts (fig6_rnn.yaml, the largest paper grid, has 10,000)"""
+DRIVER_BYTES_PER_POINT = 2.3e3
+"""driver memory per point of a grid (measured: 2.3 GB for 10^6 points, 0.8 GB for 10^5, its
+embedded Ray's client included; each Point holds its ~32 settings in a dict of its own)"""
+DRIVER_S_PER_POINT = 5e-5
+"""driver seconds per point before Tune starts its trials (measured on 2 loaded cores: 51 s for
+10^6 points, 16-23 s for 10^5, Ray's start included)"""
+
+
+def check_size(grid: Grid, max_points: int = MAX_POINTS, flag: str = "--max-points") -> None:
+    """Refuse a grid of more than `max_points` points before it is expanded, with what it would
+    cost the driver."""
+    n = grid.n_points
+    if n > max_points:
+        gb, s = n * DRIVER_BYTES_PER_POINT / 1e9, n * DRIVER_S_PER_POINT
+        wait = f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f} s"
+        raise ConfigError(
+            f"{grid.source}: axes: {n:,} points, more than {max_points:,}: the driver "
+            f"would need about {gb:.1f} GB and {wait} before the first trial; split the grid, "
+            f"or pass {flag} {n}")
 
 
 def physical_memory() -> float:
@@ -168,22 +188,6 @@ def largest_points(grid: Grid) -> list[Point]:
     worst = {k: max(v) if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
              else v[0] for k, v in grid.axes.items() if k != "arch"}
     return [Point(**for_arch({**grid.fixed, **worst, "arch": a})) for a in grid.axes["arch"]]
-
-
-def point_bytes(p: Point) -> float:
-    """Memory of one point training alone, about: packs.member_bytes (activations, data, the
-    evaluation set), its weights' copies (WEIGHT_COPIES) and its stream MC."""
-    return (member_bytes(p) + 4 * WEIGHT_COPIES * p.params
-            + MC_BYTES_PER_STEP * p.mc_length * p.units)
-
-
-def point_seconds(p: Point) -> float:
-    """Seconds one point trains at least: packs.pack_seconds (the ops and activations) plus its
-    weights' multiply-adds (forward and backward, 3 per weight and step) at FLOPS_PER_S."""
-    if p.arch == "esn":
-        return pack_seconds(p, 1)
-    steps = p.max_epochs * p.steps_per_epoch
-    return pack_seconds(p, 1) + 3 * p.params * p.batch_size * p.q_hi * steps / FLOPS_PER_S
 
 
 def _days(s: float) -> str:
