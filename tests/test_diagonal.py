@@ -74,12 +74,12 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
 
 def test_without_kernels_the_definition_trains(monkeypatch):
     """The code path a row records: `c-...` for a cell this kernel runs, `torch` for one it does
-    not (Mamba's block) and for every cell without a kernel (MEMGRID_KERNELS=0, no compiler)."""
+    not (the LRU with real lambda) and for every cell without one (MEMGRID_KERNELS=0)."""
     from memgrid import fast
 
     assert fast.path_name("mingru", "cpu").startswith("c-")
     assert fast.path_name("lru", "cpu").startswith("c-")
-    assert fast.path_name("mamba", "cpu") == "torch"
+    assert fast.path_name("lru_real", "cpu") == "torch"
     monkeypatch.setattr(diagonal, "lib", lambda dtype: None)
     assert fast.path_name("mingru", "cpu") == "torch"
     assert fast.path_name("lru", "cpu") == "torch"

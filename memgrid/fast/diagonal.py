@@ -22,17 +22,23 @@ from pathlib import Path
 
 import torch
 
-from ..cells import CELLS
+from ..cells import CELLS, MAMBA_CONV, S6_STATE, _dt_rank
 from .native import load_once, load_so
 from .stack import BufferPool
 
 SRC = Path(__file__).with_name("csrc") / "diagonal.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
-ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2}
+ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4}
 """the cells this kernel runs, by their number in csrc/diagonal.c (lru_ring: the LRU's
 computation, another init)"""
-AUX = {"mingru": 2, "minlstm": 5, "lru": 5, "lru_ring": 5}
-"""rows per unit that forward keeps for backward, per layer and step (csrc/diagonal.c)"""
+
+
+def aux_rows(arch: str, c: int) -> int:
+    """Rows that forward keeps for backward, per layer and step (csrc/diagonal.c: aux_of)."""
+    if arch in ("mamba", "s6_bare"):
+        r, n, mamba = _dt_rank(c), S6_STATE, arch == "mamba"
+        return (5 * c if mamba else c) + r + 2 * n + 2 * c + c * n + c
+    return {"mingru": 2, "minlstm": 5, "lru": 5, "lru_ring": 5}[arch] * c
 
 
 def _layers(arch: str, params: list[torch.Tensor]) -> int:
@@ -40,11 +46,18 @@ def _layers(arch: str, params: list[torch.Tensor]) -> int:
     return len(params) // len(CELLS[arch].weights(1, 1))
 
 
+def _cells(arch: str, params: list[torch.Tensor]) -> int:
+    """c, from the first parameter's rows (a multiple of c, memgrid.cells)."""
+    return params[0].shape[1] // next(iter(CELLS[arch].weights(1, 1).values()))[0]
+
+
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
     real, suffix = _VARIANTS[dtype]
     names = [f"memgrid_diag_{n}_{suffix}" for n in ("forward", "backward", "train_step",
                                                      "train_scratch")]
-    lib = load_so(SRC, [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}"], f"diagonal_{suffix}", names)
+    defines = [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
+               f"-DCONVW={MAMBA_CONV}"]                    # the SSM's sizes, from memgrid.cells
+    lib = load_so(SRC, defines, f"diagonal_{suffix}", names)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     fwd, bwd, step, scratch = (getattr(lib, n) for n in names)
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 5, i32
@@ -92,12 +105,12 @@ class _Diagonal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, arch, tbptt, x, mask, *params):
         K, B, T = x.shape
-        L, c = _layers(arch, params), params[1].shape[-1]
+        L, c = _layers(arch, params), _cells(arch, params)
         W = torch.cat([p.detach().reshape(K, -1) for p in params], 1)
         xt = x.detach().permute(2, 0, 1).contiguous()                      # (T, K, B)
         key = (arch, xt.shape, L, c, xt.dtype)
         bufs = _FWD.take(key, lambda: (xt.new_empty(K, L, T + 1, c, B),
-                                       xt.new_empty(K, L, T, AUX[arch] * c, B)))
+                                       xt.new_empty(K, L, T, aux_rows(arch, c), B)))
         H, A = bufs
         _check(lib.fwd(ARCH[arch], K, L, T, mask.shape[0], B, c, T + 1, _p(W), _p(xt),
                        _p(mask), _p(H), _p(A)))
@@ -125,7 +138,7 @@ class _Diagonal(torch.autograd.Function):
 @torch.no_grad()
 def _infer(lib, arch: str, params: list[torch.Tensor], x: torch.Tensor, mask: torch.Tensor):
     K, B, T = x.shape
-    L, c = _layers(arch, params), params[1].shape[-1]
+    L, c = _layers(arch, params), _cells(arch, params)
     W = torch.cat([p.reshape(K, -1) for p in params], 1)
     xt = x.permute(2, 0, 1).contiguous()
     key = (arch, xt.shape, L, c, xt.dtype)
@@ -161,7 +174,7 @@ def train_step(lib, arch: str, tbptt: int, params: list[torch.Tensor], bufs: lis
     it (params and bufs in memgrid.models.param_shapes' order, `w_out`, `b_out` last for a
     linear readout; x `(T, K, B)`, mask `(P, K, B)`); returns the outputs `(K, B)`."""
     T, K, B = x.shape
-    c = params[1].shape[-1]
+    c = _cells(arch, params)
     L = _layers(arch, params)
     linear = len(params) > L * len(CELLS[arch].weights(1, 1))
     yhat = y.new_empty(K, B)

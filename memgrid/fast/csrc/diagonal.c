@@ -27,7 +27,20 @@
 
 #include "common.h"
 
-enum { MINGRU = 0, MINLSTM = 1, LRU = 2 };
+/* Decays far below 1 (exp(delta A) of the selective SSM, |lambda|^t) make products below the
+ * smallest normal number, which x86 computes 100 times slower: each exported function flushes
+ * them to zero while it runs (FTZ, DAZ), a difference of less than 1e-38 from the definition. */
+#if defined(__x86_64__) && defined(__SSE__)
+#include <xmmintrin.h>
+#define FLUSH_BEGIN unsigned int csr_ = _mm_getcsr(); _mm_setcsr(csr_ | 0x8040)
+#define FLUSH_END _mm_setcsr(csr_)
+#else
+#define FLUSH_BEGIN (void)0
+#define FLUSH_END (void)0
+#endif
+
+enum { MINGRU = 0, MINLSTM = 1, LRU = 2, MAMBA = 3, S6_BARE = 4 };
+#define IS_SSM(arch) ((arch) == MAMBA || (arch) == S6_BARE)
 
 static int dgroups(int arch) { return arch == MINGRU ? 2 : 3; }
 /* rows kept per layer and step for backward: mingru z, signed g; minlstm a = f / (f + i),
@@ -453,44 +466,505 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
 }
 
 /* ------------------------------------------------------------------------------------------
+ * The selective SSM (Gu and Dao 2023; memgrid/cells.py: `mamba`, Mamba's block around it, and
+ * `s6_bare`, the SSM behind an affine input projection). n = S6N state numbers per channel,
+ * r = ceil(c / 16) (memgrid.cells._dt_rank), a convolution of CONVW taps (mamba), all from
+ * memgrid/cells.py (the build's -D flags). A layer's parameters, in the cell's order:
+ *   mamba    w_in (2c, m), b_in (2c), w_conv (c, CONVW), b_conv (c), then the SSM's
+ *   s6_bare  w_in (c, m), b_in (c), then the SSM's
+ *   SSM's    w_x (r + 2n, c), w_dt (c, r), b_dt (c), a_log (c, n), d (c)
+ * Per step: P = W_in u + b_in; mamba: x, z = P, v = silu(conv(window, x) + b_conv), the
+ * window (the last CONVW - 1 x's, zero before a sequence starts) its state; s6_bare: v = P.
+ * dbc = W_x v; delta = softplus(W_dt dbc[:r] + b_dt); B, C = dbc[r:r+n], dbc[r+n:];
+ * h_js = exp(delta_j A_js) h_js + delta_j v_j B_s, A = -exp(a_log); y_j = C . h_j + D_j v_j;
+ * out = y * silu(z) (mamba) or y. Aux keeps per layer and step the rows of SSM_ROWS. */
+#ifndef S6N
+#define S6N 4
+#endif
+#ifndef CONVW
+#define CONVW 4
+#endif
+static int ssm_rank(int c) { return (c + 15) / 16; }
+static int ssm_in(int arch, int c) { return arch == MAMBA ? 2 * c : c; }   /* P's rows */
+
+/* Aux's rows per layer and step, as offsets in units of B: P (mamba: x then z), xm = x masked
+ * (what enters the window) and pv (the convolution's pre-activation) for mamba, v (s6_bare:
+ * P itself), dbc, dt (delta's pre-activation), delta, h (c n, channel-major), y */
+typedef struct { int P, xm, pv, v, dbc, dt, delta, h, y, rows; } SsmRows;
+static SsmRows ssm_rows(int arch, int c) {
+    SsmRows o;
+    const int mb = arch == MAMBA;
+    o.P = 0;
+    o.xm = o.P + ssm_in(arch, c);             /* mamba only, as pv */
+    o.pv = o.xm + c;
+    o.v = mb ? o.pv + c : o.P;                /* s6_bare: v is P */
+    o.dbc = o.v + c;
+    o.dt = o.dbc + ssm_rank(c) + 2 * S6N;
+    o.delta = o.dt + c;
+    o.h = o.delta + c;
+    o.y = o.h + c * S6N;
+    o.rows = o.y + c;
+    return o;
+}
+
+static int64_t ssm_layer_size(int arch, int m, int c) {
+    const int r = ssm_rank(c), pin = ssm_in(arch, c);
+    return (int64_t)pin * (m + 1) + (arch == MAMBA ? (int64_t)c * (CONVW + 1) : 0) +
+           (int64_t)(r + 2 * S6N) * c + (int64_t)c * r + c + (int64_t)c * S6N + c;
+}
+static int64_t ssm_layer_offset(int arch, int i, int c) {
+    return i == 0 ? 0 : ssm_layer_size(arch, 1, c) + (int64_t)(i - 1) * ssm_layer_size(arch, c, c);
+}
+
+/* split weights of a layer (sized for m = c): Ain (pin, m), bias (pin), Aint (m, pin), Wx
+ * (r + 2n, c), Wxt (c, r + 2n), Wdt (c, r), bdt (c), Wdtt (r, c), A = -exp(a_log) (c, n),
+ * D (c), wconv (c, CONVW), bconv (c) */
+typedef struct { REAL *Ain, *bias, *Aint, *Wx, *Wxt, *Wdt, *bdt, *Wdtt, *A, *D, *wconv, *bconv; } SsmSplit;
+static int64_t ssm_split_size(int arch, int c) {
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+    return (int64_t)pin * c * 2 + pin + (int64_t)nx * c * 2 + (int64_t)c * r * 2 + c +
+           (int64_t)c * S6N + c + (int64_t)c * CONVW + c;
+}
+static SsmSplit ssm_at(REAL *Sp, int arch, int i, int c) {
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+    SsmSplit s;
+    s.Ain = Sp + i * ssm_split_size(arch, c);
+    s.bias = s.Ain + (int64_t)pin * c;
+    s.Aint = s.bias + pin;
+    s.Wx = s.Aint + (int64_t)c * pin;
+    s.Wxt = s.Wx + (int64_t)nx * c;
+    s.Wdt = s.Wxt + (int64_t)c * nx;
+    s.bdt = s.Wdt + (int64_t)c * r;
+    s.Wdtt = s.bdt + c;
+    s.A = s.Wdtt + (int64_t)r * c;
+    s.D = s.A + (int64_t)c * S6N;
+    s.wconv = s.D + c;
+    s.bconv = s.wconv + (int64_t)c * CONVW;
+    return s;
+}
+
+static void ssm_split(int arch, const REAL *Wk, int L, int c, REAL *Sp) {
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+    for (int i = 0; i < L; i++) {
+        const int m = i ? c : 1;
+        const REAL *W = Wk + ssm_layer_offset(arch, i, c);
+        SsmSplit s = ssm_at(Sp, arch, i, c);
+        const REAL *win = W, *bin = win + (int64_t)pin * m, *p = bin + pin;
+        for (int q = 0; q < pin; q++) {
+            s.bias[q] = bin[q];
+            for (int j = 0; j < m; j++) {
+                s.Ain[(int64_t)q * m + j] = win[(int64_t)q * m + j];
+                s.Aint[(int64_t)j * pin + q] = win[(int64_t)q * m + j];
+            }
+        }
+        if (arch == MAMBA) {
+            memcpy(s.wconv, p, sizeof(REAL) * c * CONVW);
+            memcpy(s.bconv, p + (int64_t)c * CONVW, sizeof(REAL) * c);
+            p += (int64_t)c * (CONVW + 1);
+        }
+        for (int q = 0; q < nx; q++)
+            for (int j = 0; j < c; j++) {
+                s.Wx[(int64_t)q * c + j] = p[(int64_t)q * c + j];
+                s.Wxt[(int64_t)j * nx + q] = p[(int64_t)q * c + j];
+            }
+        p += (int64_t)nx * c;
+        for (int q = 0; q < c; q++)
+            for (int j = 0; j < r; j++) {
+                s.Wdt[(int64_t)q * r + j] = p[(int64_t)q * r + j];
+                s.Wdtt[(int64_t)j * c + q] = p[(int64_t)q * r + j];
+            }
+        p += (int64_t)c * r;
+        memcpy(s.bdt, p, sizeof(REAL) * c);
+        p += c;
+        for (int e = 0; e < c * S6N; e++) s.A[e] = -(REAL)exp((double)p[e]);
+        p += (int64_t)c * S6N;
+        memcpy(s.D, p, sizeof(REAL) * c);
+    }
+}
+
+static inline REAL silu_(REAL a) { return a * sigm_(a); }
+/* log(1 + u) for u in [0, 1], in plain arithmetic (the compiler vectorizes it): 2 atanh(s),
+ * s = u / (2 + u) <= 1/3, by its series to s^35 (double) or s^17 (float) */
+static inline REAL log1p_unit(REAL u) {
+    const REAL s = u / (2 + u), s2 = s * s;
+    REAL p = 0;
+    for (int k = sizeof(REAL) == 8 ? 17 : 8; k >= 1; k--) p = p * s2 + (REAL)1 / (2 * k + 1);
+    return 2 * s * (p * s2 + 1);
+}
+static inline REAL softplus_(REAL a) {    /* torch's: the identity above 20, else log(1 + e^a) */
+    const REAL na = a > 0 ? -a : a;                       /* -|a| */
+    return a > 20 ? a : (a > 0 ? a : 0) + log1p_unit(exp_(na < -80 ? -80 : na));
+}
+
+/* lane l of acc += u[b] v[b] over b = l, l + VL, ... in order (v NULL: ones) */
+static inline void lanes_dot(REAL *acc, const REAL *u, const REAL *v, int B) {
+    int b0 = 0;
+    if (v) {
+        for (; b0 + VL <= B; b0 += VL) { SIMD for (int l = 0; l < VL; l++) acc[l] += u[b0 + l] * v[b0 + l]; }
+        for (int b = b0; b < B; b++) acc[b % VL] += u[b] * v[b];
+    } else {
+        for (; b0 + VL <= B; b0 += VL) { SIMD for (int l = 0; l < VL; l++) acc[l] += u[b0 + l]; }
+        for (int b = b0; b < B; b++) acc[b % VL] += u[b];
+    }
+}
+static inline REAL lanes_total(const REAL *acc) {
+    REAL s = 0;
+    for (int l = 0; l < VL; l++) s += acc[l];
+    return s;
+}
+
+/* Forward of one member: Hk (L, S, c, B) the outputs; Ak (L, T, rows, B) with S = T + 1, else
+ * NULL and scratch holds (L, 2, rows, B): two steps' rows per layer, and the window's last
+ * CONVW - 1 masked x's are those steps' and a ring of (L, CONVW, c, B). */
+static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int c, int S,
+                               REAL *Sp, const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak,
+                               REAL *scratch, const REAL **X, REAL **O) {
+    const SsmRows o = ssm_rows(arch, c);
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+    const int64_t cb = (int64_t)c * B, rb = (int64_t)o.rows * B;
+    const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
+    REAL *ring = Ak ? NULL : scratch + (int64_t)L * 2 * rb;       /* evaluation: xm's ring */
+    for (int i = 0; i < L; i++) memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
+    if (!Ak) memset(scratch, 0, sizeof(REAL) * (L * 2 * rb + (int64_t)L * CONVW * cb));
+    for (int t = t0; t < T; t++) {
+        int so = S == 2 ? (t + 1) % 2 : t + 1;
+        const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+        for (int i = 0; i < L; i++) {
+            const int m = i == 0 ? 1 : c;
+            const SsmSplit s = ssm_at(Sp, arch, i, c);
+            const REAL *in = i == 0 ? xk + (int64_t)t * K * B : slot(Hk, i - 1, so, S, cb);
+            REAL *out = slot(Hk, i, so, S, cb);
+            REAL *a = Ak ? Ak + ((int64_t)i * T + t) * rb : scratch + ((int64_t)i * 2 + (t + 1) % 2) * rb;
+            const REAL *ap = Ak ? (t > t0 ? a - rb : NULL) : scratch + ((int64_t)i * 2 + t % 2) * rb;
+            for (int j = 0; j < m; j++) X[j] = in + (int64_t)j * B;
+            for (int q = 0; q < pin; q++) O[q] = a + (int64_t)(o.P + q) * B;
+            gemm(pin, m, s.Ain, s.bias, X, O, B);
+            REAL *v = a + (int64_t)o.v * B;
+            if (arch == MAMBA) {
+                const REAL *x = a + (int64_t)o.P * B;
+                REAL *xm = a + (int64_t)o.xm * B, *pv = a + (int64_t)o.pv * B;
+                const REAL *tap[CONVW];                         /* oldest first; NULL: zeros */
+                for (int j = 0; j < c; j++) {
+                    for (int k = 0; k < CONVW - 1; k++) {
+                        const int tt = t - (CONVW - 1) + k;
+                        const REAL *src = NULL;
+                        if (tt >= t0)
+                            src = Ak ? Ak + ((int64_t)i * T + tt) * rb + (int64_t)o.xm * B
+                                     : ring + ((int64_t)i * CONVW + tt % CONVW) * cb;
+                        tap[k] = src ? src + (int64_t)j * B : NULL;
+                    }
+                    tap[CONVW - 1] = x + (int64_t)j * B;
+                    const REAL *w = s.wconv + (int64_t)j * CONVW, bc = s.bconv[j];
+                    REAL *pj = pv + (int64_t)j * B, *vj = v + (int64_t)j * B, *xmj = xm + (int64_t)j * B;
+                    const REAL *xj = x + (int64_t)j * B;
+                    SIMD for (int b = 0; b < B; b++) pj[b] = 0;
+                    for (int k = 0; k < CONVW; k++)                 /* summed over k from 0 */
+                        if (tap[k]) { SIMD for (int b = 0; b < B; b++) pj[b] += w[k] * tap[k][b]; }
+                    SIMD for (int b = 0; b < B; b++) {
+                        pj[b] += bc;
+                        vj[b] = silu_(pj[b]);
+                        xmj[b] = mk ? xj[b] * mk[b] : xj[b];
+                    }
+                }
+                if (!Ak) memcpy(ring + ((int64_t)i * CONVW + t % CONVW) * cb, xm, sizeof(REAL) * cb);
+            }
+            /* dbc = W_x v; delta = softplus(W_dt dbc[:r] + b_dt) */
+            REAL *dbc = a + (int64_t)o.dbc * B, *dt = a + (int64_t)o.dt * B, *de = a + (int64_t)o.delta * B;
+            for (int j = 0; j < c; j++) X[j] = v + (int64_t)j * B;
+            for (int q = 0; q < nx; q++) O[q] = dbc + (int64_t)q * B;
+            gemm(nx, c, s.Wx, NULL, X, O, B);
+            for (int j = 0; j < r; j++) X[j] = dbc + (int64_t)j * B;
+            for (int q = 0; q < c; q++) O[q] = dt + (int64_t)q * B;
+            gemm(c, r, s.Wdt, s.bdt, X, O, B);
+            SIMD for (int64_t e = 0; e < cb; e++) de[e] = softplus_(dt[e]);
+            /* the scan, y, the gate */
+            const REAL *Bs = dbc + (int64_t)r * B, *Cs = Bs + (int64_t)S6N * B;
+            REAL *h = a + (int64_t)o.h * B, *y = a + (int64_t)o.y * B;
+            const REAL *hp = ap ? ap + (int64_t)o.h * B : NULL;
+            for (int j = 0; j < c; j++) {
+                const REAL *dj = de + (int64_t)j * B, *vj = v + (int64_t)j * B;
+                REAL *yj = y + (int64_t)j * B;
+                SIMD for (int b = 0; b < B; b++) yj[b] = s.D[j] * vj[b];
+                for (int q = 0; q < S6N; q++) {
+                    const REAL A = s.A[j * S6N + q];
+                    const REAL *hpq = hp ? hp + (int64_t)(j * S6N + q) * B : NULL;
+                    const REAL *Bq = Bs + (int64_t)q * B, *Cq = Cs + (int64_t)q * B;
+                    REAL *hq = h + (int64_t)(j * S6N + q) * B;
+                    SIMD for (int b = 0; b < B; b++) {
+                        REAL da = dj[b] * A;
+                        REAL e = exp_(da < -80 ? -80 : da);
+                        REAL hv = e * (hpq ? hpq[b] : 0) + dj[b] * vj[b] * Bq[b];
+                        hv = mk ? hv * mk[b] : hv;
+                        hq[b] = hv;
+                        yj[b] += Cq[b] * hv;
+                    }
+                }
+                REAL *oj = out + (int64_t)j * B;
+                const REAL *zj = arch == MAMBA ? a + (int64_t)(o.P + c + j) * B : NULL;
+                SIMD for (int b = 0; b < B; b++) {
+                    REAL ov = zj ? yj[b] * silu_(zj[b]) : yj[b];
+                    oj[b] = mk ? ov * mk[b] : ov;
+                }
+            }
+        }
+    }
+}
+
+static int64_t ssm_backward_scratch(int arch, int T, int B, int c) {
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+    const int64_t cb = (int64_t)c * B;
+    return 2 * T * cb + (int64_t)pin * B + 4 * cb + (int64_t)nx * B + 2 * (int64_t)S6N * cb +
+           (int64_t)CONVW * cb + B +
+           ((int64_t)pin * (c + 1) + (int64_t)nx * c + (int64_t)c * (r + 1) + (int64_t)c * S6N + c +
+            (int64_t)c * (CONVW + 1)) * VL;
+}
+
+/* Backward of one member (see dbackward_member), from ssm_forward_member's Hk and Ak. The
+ * convolution's taps of earlier steps pass their gradient back through `pend`, a ring of
+ * CONVW steps' (c, B), each added to that step's x where it is reached. */
+static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
+                                REAL *Sp, const REAL *xk, const uint8_t *mkk, const REAL *Hk,
+                                const REAL *Ak, const REAL *g_outk, REAL *gWk, REAL *Gs,
+                                const REAL **Z, REAL **O) {
+    const SsmRows o = ssm_rows(arch, c);
+    const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N, mb = arch == MAMBA;
+    const int64_t cb = (int64_t)c * B, S = T + 1, rb = (int64_t)o.rows * B, hb = (int64_t)S6N * cb;
+    REAL *Gab = Gs, *Gbe = Gs + T * cb;
+    REAL *gP = Gbe + T * cb, *gy = gP + (int64_t)pin * B, *gv = gy + cb, *gdt = gv + cb;
+    REAL *tmp = gdt + cb, *gdbc = tmp + cb, *gh = gdbc + (int64_t)nx * B, *grec = gh + hb;
+    REAL *pend = grec + hb, *ones = pend + (int64_t)CONVW * cb;
+    REAL *acc_in = ones + B, *acc_x = acc_in + (int64_t)pin * (c + 1) * VL;
+    REAL *acc_dt = acc_x + (int64_t)nx * c * VL, *acc_A = acc_dt + (int64_t)c * (r + 1) * VL;
+    REAL *acc_D = acc_A + (int64_t)c * S6N * VL, *acc_conv = acc_D + (int64_t)c * VL;
+    const REAL **Gp = Z + c + 1;
+    for (int b = 0; b < B; b++) ones[b] = 1;
+    const int t0 = first_step(K, P, B, mkk);
+    for (int i = L - 1; i >= 0; i--) {
+        const int m = i == 0 ? 1 : c;
+        const SsmSplit s = ssm_at(Sp, arch, i, c);
+        const REAL *Hin = i > 0 ? Hk + (int64_t)(i - 1) * S * cb : NULL;
+        memset(acc_in, 0, sizeof(REAL) * (acc_conv - acc_in + (int64_t)c * (CONVW + 1) * VL));
+        memset(pend, 0, sizeof(REAL) * CONVW * cb);
+        int have_rec = 0;
+        for (int t = T - 1; t >= t0; t--) {
+            const REAL *ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
+            const REAL *go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
+            REAL *gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
+            if (!ga && !go && !have_rec) {
+                if (gbt) memset(gbt, 0, sizeof(REAL) * cb);
+                continue;
+            }
+            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > t0;
+            const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+            const REAL *a = Ak + ((int64_t)i * T + t) * rb, *ap = t > t0 ? a - rb : NULL;
+            const REAL *v = a + (int64_t)o.v * B, *dbc = a + (int64_t)o.dbc * B;
+            const REAL *de = a + (int64_t)o.delta * B, *dt = a + (int64_t)o.dt * B;
+            const REAL *h = a + (int64_t)o.h * B, *hp = ap ? ap + (int64_t)o.h * B : NULL;
+            const REAL *y = a + (int64_t)o.y * B;
+            const REAL *Bs = dbc + (int64_t)r * B, *Cs = Bs + (int64_t)S6N * B;
+            /* the output: y (gated by silu(z) in mamba) */
+            for (int j = 0; j < c; j++) {
+                const REAL *ga_ = ga ? ga + (int64_t)j * B : NULL, *go_ = go ? go + (int64_t)j * B : NULL;
+                const REAL *yj = y + (int64_t)j * B, *vj = v + (int64_t)j * B;
+                const REAL *zj = mb ? a + (int64_t)(o.P + c + j) * B : NULL;
+                REAL *gyj = gy + (int64_t)j * B, *gzj = mb ? gP + (int64_t)(c + j) * B : NULL;
+                REAL *gvj = gv + (int64_t)j * B;
+                SIMD for (int b = 0; b < B; b++) {
+                    REAL g = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
+                    if (mk) g *= mk[b];
+                    if (zj) {
+                        REAL sz = sigm_(zj[b]);
+                        gyj[b] = g * (zj[b] * sz);
+                        gzj[b] = g * yj[b] * (sz * (1 + zj[b] * (1 - sz)));
+                    } else {
+                        gyj[b] = g;
+                    }
+                    gvj[b] = gyj[b] * s.D[j];
+                }
+                lanes_dot(acc_D + (int64_t)j * VL, gyj, vj, B);
+            }
+            /* the scan: h_jq = e h'_jq + delta_j v_j B_q, e = exp(delta_j A_jq); y_j += C_q h_jq */
+            memset(gdbc + (int64_t)r * B, 0, sizeof(REAL) * 2 * S6N * B);
+            memset(tmp, 0, sizeof(REAL) * cb);                       /* tmp: delta's gradient */
+            for (int j = 0; j < c; j++) {
+                const REAL *dj = de + (int64_t)j * B, *vj = v + (int64_t)j * B, *gyj = gy + (int64_t)j * B;
+                REAL *gdj = tmp + (int64_t)j * B, *gvj = gv + (int64_t)j * B;
+                for (int q = 0; q < S6N; q++) {
+                    const int jq = j * S6N + q;
+                    const REAL A = s.A[jq];
+                    const REAL *hq = h + (int64_t)jq * B, *hpq = hp ? hp + (int64_t)jq * B : NULL;
+                    const REAL *Bq = Bs + (int64_t)q * B, *Cq = Cs + (int64_t)q * B;
+                    REAL *gB = gdbc + (int64_t)(r + q) * B, *gC = gdbc + (int64_t)(r + S6N + q) * B;
+                    REAL *ghq = gh + (int64_t)jq * B, *rq = grec + (int64_t)jq * B;
+                    SIMD for (int b = 0; b < B; b++) {
+                        REAL gv_ = gyj[b] * Cq[b] + (have_rec ? rq[b] : 0);
+                        if (mk) gv_ *= mk[b];
+                        REAL da = dj[b] * A;
+                        REAL e = exp_(da < -80 ? -80 : da), h0 = hpq ? hpq[b] : 0;
+                        gC[b] += gyj[b] * hq[b];
+                        gdj[b] += gv_ * (h0 * e * A + vj[b] * Bq[b]);
+                        gvj[b] += gv_ * dj[b] * Bq[b];
+                        gB[b] += gv_ * dj[b] * vj[b];
+                        ghq[b] = gv_ * h0 * e;                      /* A's gradient / delta */
+                        rq[b] = gv_ * e;                             /* to h_{t-1} */
+                    }
+                    lanes_dot(acc_A + (int64_t)jq * VL, ghq, dj, B);
+                }
+            }
+            /* delta = softplus(dt), dt = W_dt dbc[:r] + b_dt; dbc = W_x v */
+            SIMD for (int64_t e = 0; e < cb; e++) gdt[e] = tmp[e] * (dt[e] > 20 ? 1 : sigm_(dt[e]));
+            for (int j = 0; j < r; j++) Z[j] = dbc + (int64_t)j * B;
+            Z[r] = ones;
+            for (int q = 0; q < c; q++) Gp[q] = gdt + (int64_t)q * B;
+            wgrad(c, r + 1, Gp, Z, acc_dt, B);
+            for (int j = 0; j < r; j++) O[j] = gdbc + (int64_t)j * B;
+            gemm(r, c, s.Wdtt, NULL, Gp, O, B);
+            for (int j = 0; j < c; j++) Z[j] = v + (int64_t)j * B;
+            for (int q = 0; q < nx; q++) Gp[q] = gdbc + (int64_t)q * B;
+            wgrad(nx, c, Gp, Z, acc_x, B);
+            for (int j = 0; j < c; j++) O[j] = tmp + (int64_t)j * B;
+            gemm(c, nx, s.Wxt, NULL, Gp, O, B);
+            SIMD for (int64_t e = 0; e < cb; e++) gv[e] += tmp[e];
+            /* v: mamba's convolution (its taps of earlier steps through `pend`), or P itself */
+            if (mb) {
+                const REAL *pv = a + (int64_t)o.pv * B, *x = a + (int64_t)o.P * B;
+                REAL *cur = pend + (int64_t)(t % CONVW) * cb;
+                for (int j = 0; j < c; j++) {
+                    const REAL *w = s.wconv + (int64_t)j * CONVW, *pj = pv + (int64_t)j * B;
+                    REAL *gvj = gv + (int64_t)j * B, *gxj = gP + (int64_t)j * B, *cj = cur + (int64_t)j * B;
+                    SIMD for (int b = 0; b < B; b++) {
+                        REAL sp = sigm_(pj[b]);
+                        gvj[b] *= sp * (1 + pj[b] * (1 - sp));      /* now the pre-activation's */
+                        gxj[b] = gvj[b] * w[CONVW - 1] + (mk ? cj[b] * mk[b] : cj[b]);
+                        cj[b] = 0;
+                    }
+                    lanes_dot(acc_conv + ((int64_t)c * CONVW + j) * VL, gvj, NULL, B);   /* b_conv */
+                    lanes_dot(acc_conv + ((int64_t)j * CONVW + CONVW - 1) * VL, gvj, x + (int64_t)j * B, B);
+                    for (int k = 0; k < CONVW - 1; k++) {
+                        const int tt = t - (CONVW - 1) + k;
+                        if (tt < t0) continue;
+                        const REAL *xm = Ak + ((int64_t)i * T + tt) * rb + (int64_t)(o.xm + j) * B;
+                        REAL *pk = pend + (int64_t)(tt % CONVW) * cb + (int64_t)j * B;
+                        lanes_dot(acc_conv + ((int64_t)j * CONVW + k) * VL, gvj, xm, B);
+                        SIMD for (int b = 0; b < B; b++) pk[b] += gvj[b] * w[k];
+                    }
+                }
+            } else {
+                memcpy(gP, gv, sizeof(REAL) * cb);
+            }
+            /* P = W_in u + b_in */
+            const REAL *in = i == 0 ? xk + (int64_t)t * K * B : Hin + (int64_t)(t + 1) * cb;
+            for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
+            Z[m] = ones;
+            for (int q = 0; q < pin; q++) Gp[q] = gP + (int64_t)q * B;
+            wgrad(pin, m + 1, Gp, Z, acc_in, B);
+            if (gbt) {
+                for (int j = 0; j < m; j++) O[j] = gbt + (int64_t)j * B;
+                gemm(m, pin, s.Aint, NULL, Gp, O, B);
+            }
+            if (cut) memset(pend, 0, sizeof(REAL) * CONVW * cb);   /* the window's gradient too */
+            have_rec = rec;
+        }
+        /* lane sums, written in the cell's parameter order */
+        REAL *gW = gWk + ssm_layer_offset(arch, i, c);
+        for (int q = 0; q < pin; q++)
+            for (int j = 0; j <= m; j++) {
+                REAL sum = lanes_total(acc_in + ((int64_t)q * (m + 1) + j) * VL);
+                if (j < m) gW[(int64_t)q * m + j] = sum;
+                else gW[(int64_t)pin * m + q] = sum;
+            }
+        gW += (int64_t)pin * (m + 1);
+        if (mb) {
+            for (int e = 0; e < c * CONVW; e++) gW[e] = lanes_total(acc_conv + (int64_t)e * VL);
+            for (int j = 0; j < c; j++) gW[c * CONVW + j] = lanes_total(acc_conv + ((int64_t)c * CONVW + j) * VL);
+            gW += (int64_t)c * (CONVW + 1);
+        }
+        for (int e = 0; e < nx * c; e++) gW[e] = lanes_total(acc_x + (int64_t)e * VL);
+        gW += (int64_t)nx * c;
+        for (int q = 0; q < c; q++)
+            for (int j = 0; j <= r; j++) {
+                REAL sum = lanes_total(acc_dt + ((int64_t)q * (r + 1) + j) * VL);
+                if (j < r) gW[(int64_t)q * r + j] = sum;
+                else gW[(int64_t)c * r + q] = sum;
+            }
+        gW += (int64_t)c * r + c;
+        for (int e = 0; e < c * S6N; e++) gW[e] = lanes_total(acc_A + (int64_t)e * VL) * s.A[e];
+        gW += (int64_t)c * S6N;
+        for (int j = 0; j < c; j++) gW[j] = lanes_total(acc_D + (int64_t)j * VL);
+        if (i > 0) { REAL *t_ = Gab; Gab = Gbe; Gbe = t_; }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
  * Every cell of this file behind one interface: a member's weights, split weights, the rows
  * Aux keeps per layer and step, and the scratch of forward (evaluation) and backward. */
 static int64_t layer_offset_of(int arch, int i, int c) {
-    return arch == LRU ? lru_layer_offset(i, c) : dlayer_offset(arch, i, c);
+    return arch == LRU ? lru_layer_offset(i, c) : IS_SSM(arch) ? ssm_layer_offset(arch, i, c)
+                                                               : dlayer_offset(arch, i, c);
 }
-static int aux_of(int arch, int c) { return arch == LRU ? 5 * c : aux_rows(arch, c); }
+static int aux_of(int arch, int c) {
+    return arch == LRU ? 5 * c : IS_SSM(arch) ? ssm_rows(arch, c).rows : aux_rows(arch, c);
+}
 static int64_t split_of(int arch, int c) {
-    return arch == LRU ? lru_split_size(c) : dsplit_size(dgroups(arch) * c, c);
+    return arch == LRU ? lru_split_size(c) : IS_SSM(arch) ? ssm_split_size(arch, c)
+                                                          : dsplit_size(dgroups(arch) * c, c);
 }
 static int64_t fwd_scratch_of(int arch, int L, int B, int c) {
-    return arch == LRU ? (int64_t)(4 * L + 3) * c * B : (int64_t)aux_rows(arch, c) * B;
+    if (arch == LRU) return (int64_t)(4 * L + 3) * c * B;
+    if (IS_SSM(arch)) return (int64_t)L * (2 * ssm_rows(arch, c).rows + CONVW * c) * B;
+    return (int64_t)aux_rows(arch, c) * B;
 }
 static int64_t bwd_scratch_of(int arch, int T, int B, int c) {
-    return arch == LRU ? lru_backward_scratch(T, B, c) : dbackward_scratch(arch, T, B, c);
+    return arch == LRU ? lru_backward_scratch(T, B, c) : IS_SSM(arch) ? ssm_backward_scratch(arch, T, B, c)
+                                                                   : dbackward_scratch(arch, T, B, c);
 }
-static int pointers_of(int arch, int c) { return arch == LRU ? 5 * c : c + 1 + dgroups(arch) * c; }
+static int pointers_of(int arch, int c) {
+    if (arch == LRU) return 5 * c;
+    if (IS_SSM(arch)) return 2 * c + 1 + ssm_rank(c) + 2 * S6N + ssm_in(arch, c);
+    return c + 1 + dgroups(arch) * c;
+}
 static void split_of_member(int arch, const REAL *Wk, int L, int c, REAL *Sp) {
     if (arch == LRU) lru_split(Wk, L, c, Sp);
+    else if (IS_SSM(arch)) ssm_split(arch, Wk, L, c, Sp);
     else dsplit(arch, Wk, L, c, Sp);
 }
 static void forward_of(int arch, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
                        const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak, REAL *scratch,
                        const REAL **X, REAL **O) {
     if (arch == LRU) lru_forward_member(K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
+    else if (IS_SSM(arch)) ssm_forward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
     else dforward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
 }
 static void backward_of(int arch, int K, int L, int T, int P, int B, int c, int tbptt, REAL *Sp,
                         const REAL *xk, const uint8_t *mkk, const REAL *Hk, const REAL *Ak,
                         const REAL *g_outk, REAL *gWk, REAL *Gs, const REAL **Z, REAL **O) {
     if (arch == LRU) lru_backward_member(K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
+    else if (IS_SSM(arch))
+        ssm_backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
     else dbackward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
 }
-/* the sizes of a layer's parameters, in the cell's order; returns how many */
+/* the sizes of a layer's parameters, in the cell's order; returns how many (at most 9) */
 static int param_sizes(int arch, int m, int c, int64_t *out) {
     if (arch == LRU) {
         const int64_t v[8] = {c, c, c, (int64_t)c * m, (int64_t)c * m, (int64_t)c * c, (int64_t)c * c, (int64_t)c * m};
         memcpy(out, v, sizeof v);
         return 8;
+    }
+    if (IS_SSM(arch)) {
+        const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
+        int n = 0;
+        out[n++] = (int64_t)pin * m;
+        out[n++] = pin;
+        if (arch == MAMBA) {
+            out[n++] = (int64_t)c * CONVW;
+            out[n++] = c;
+        }
+        out[n++] = (int64_t)nx * c;
+        out[n++] = (int64_t)c * r;
+        out[n++] = c;
+        out[n++] = (int64_t)c * S6N;
+        out[n++] = c;
+        return n;
     }
     for (int g = 0; g < dgroups(arch); g++) {
         out[2 * g] = (int64_t)c * m;
@@ -501,11 +975,12 @@ static int param_sizes(int arch, int m, int c, int64_t *out) {
 
 int NAME(memgrid_diag_forward)(int arch, int K, int L, int T, int P, int B, int c, int S,
                                const REAL *W, const REAL *x, const uint8_t *mask, REAL *H, REAL *Aux) {
+    FLUSH_BEGIN;
     const int64_t wk = layer_offset_of(arch, L, c), cb = (int64_t)c * B;
     REAL *Sp = malloc(sizeof(REAL) * (split_of(arch, c) * L + fwd_scratch_of(arch, L, B, c)));
     const REAL **X = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
-    if (!Sp || !X || !O) { free(Sp); free(X); free(O); return 1; }
+    if (!Sp || !X || !O) { free(Sp); free(X); free(O); FLUSH_END; return 1; }
     REAL *scratch = Sp + split_of(arch, c) * L;
     for (int k = 0; k < K; k++) {
         split_of_member(arch, W + k * wk, L, c, Sp);
@@ -514,17 +989,19 @@ int NAME(memgrid_diag_forward)(int arch, int K, int L, int T, int P, int B, int 
                    scratch, X, O);
     }
     free(Sp); free(X); free(O);
+    FLUSH_END;
     return 0;
 }
 
 int NAME(memgrid_diag_backward)(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
                                 const REAL *W, const REAL *x, const uint8_t *mask, const REAL *H,
                                 const REAL *Aux, const REAL *g_out, REAL *gW) {
+    FLUSH_BEGIN;
     const int64_t wk = layer_offset_of(arch, L, c), cb = (int64_t)c * B, S = T + 1;
     REAL *Sp = malloc(sizeof(REAL) * (split_of(arch, c) * L + bwd_scratch_of(arch, T, B, c)));
     const REAL **Z = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
-    if (!Sp || !Z || !O) { free(Sp); free(Z); free(O); return 1; }
+    if (!Sp || !Z || !O) { free(Sp); free(Z); free(O); FLUSH_END; return 1; }
     for (int k = 0; k < K; k++) {
         split_of_member(arch, W + k * wk, L, c, Sp);
         backward_of(arch, K, L, T, P, B, c, tbptt, Sp, x + (int64_t)k * B, mask + (int64_t)k * B,
@@ -532,6 +1009,7 @@ int NAME(memgrid_diag_backward)(int arch, int K, int L, int T, int P, int B, int
                     g_out + (int64_t)k * cb, gW + k * wk, Sp + split_of(arch, c) * L, Z, O);
     }
     free(Sp); free(Z); free(O);
+    FLUSH_END;
     return 0;
 }
 
@@ -552,6 +1030,7 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
                                   int linear, REAL *const *params, REAL *const *bufs, const REAL *lr,
                                   const REAL *mom, REAL *const *sqs, const REAL *adam, const REAL *x,
                                   const uint8_t *mask, const REAL *y, REAL *yhat, REAL *ws) {
+    FLUSH_BEGIN;
     const int64_t cb = (int64_t)c * B, S = T + 1, hs = (int64_t)L * S * cb;
     const int64_t wk = layer_offset_of(arch, L, c);
     REAL *Sp = ws, *H = Sp + up16(split_of(arch, c) * L), *Aux = H + up16(hs);
@@ -559,8 +1038,8 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
     REAL *gW = Wk + up16(wk), *Gs = gW + up16(wk), *gy = Gs + up16(bwd_scratch_of(arch, T, B, c));
     const REAL **X = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
-    int64_t *sizes = malloc(sizeof(int64_t) * 8 * L);
-    if (!X || !O || !sizes) { free(X); free(O); free(sizes); return 1; }
+    int64_t *sizes = malloc(sizeof(int64_t) * 9 * L);
+    if (!X || !O || !sizes) { free(X); free(O); free(sizes); FLUSH_END; return 1; }
     int np = 0;                                     /* the layers' parameters, in order */
     for (int i = 0; i < L; i++) np += param_sizes(arch, i ? c : 1, c, sizes + np);
     const REAL *last = H + ((int64_t)(L - 1) * S + T) * cb;
@@ -588,5 +1067,6 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
         }
     }
     free(X); free(O); free(sizes);
+    FLUSH_END;
     return 0;
 }
