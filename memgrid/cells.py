@@ -15,11 +15,12 @@ state tensor `(K, rows, B)` (B sequences side by side), and a parameter named ``
 (no reduction across K) and the B sequences apart (no reduction across B): that is what makes a
 point's training the same alone and in any pack.
 
-RNN, LSTM and GRU also have fast paths (``memgrid.models``: a hand-written backward through
-time, and the C kernels of ``csrc/cells.c``), bitwise pack-invariant, tested against their
-definitions here; :attr:`Cell.fast` says so. A cell without one trains through autograd on its
-definition. To add a cell, write its definition below and add it to :data:`CELLS` (README,
-"Adding a cell").
+RNN, LSTM and GRU also have fast paths (``memgrid.fast``: their fused weights, a hand-written
+backward through time, and the C kernel of ``fast/csrc/cells.c``), bitwise pack-invariant,
+tested against their definitions here; :attr:`Cell.fast` says so. minGRU, minLSTM, the LRU and
+the selective SSM have a C kernel of their own on the CPU (``memgrid.fast.diagonal``), likewise
+tested. Any other cell trains through autograd on its definition: to add one, write its
+definition (here, or in a file of your own named by a grid, ``memgrid.user_cells``).
 
 This module imports torch only when a step runs, so that the CLI and the grid checks start
 without it.
@@ -86,7 +87,8 @@ class Cell:
     units: Callable[[int], int] = lambda c: c
     """c -> N of one layer: how many numbers :attr:`read` gives, what MC <= N counts"""
     fast: bool = False
-    """True where memgrid.fast has a hand-written backward and C kernels"""
+    """True for the paper's cells, whose fused-weight fast paths memgrid.fast runs (the diagonal
+    cells' C kernel, memgrid.fast.diagonal, goes by the arch's name)"""
     label: str = ""
     """the cell's name as papers write it (minGRU, LRU), for tables and figures; its `name`
     upper-cased where empty"""
