@@ -24,7 +24,8 @@ from .results import (PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy, FolderLock
                       damaged_parts, done_ids, first_line, read_points, repair, saved_packs)
 from .results import compact as compact_folder
 from .run.preflight import (EXIT_BAD_INPUT, MAX_POINTS, build_grid, check_driver, check_link,
-                            check_machine, check_out, check_size, prepare_out, read_identity)
+                            check_machine, check_out, check_size, growth, prepare_out,
+                            read_identity)
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
@@ -219,7 +220,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
         check_machine(grid, here=address is None, num_cpus=num_cpus,
                       cpus_name=names["cpus_per_trial"])
         out = out or f"results/{grid.name}"
-        check_out(grid, out)
+        grows = growth(grid, check_out(grid, out))
     except ConfigError as e:
         _fail(str(e))
     if address is None:     # the embedded Ray's CPUs, known before it starts
@@ -239,7 +240,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
         note = "" if address is None else f"; counted on this machine, not the cluster at {address}"
         if grid.resources.gpus_per_trial > 0:
             note += "; GPUs are not looked for: packs as on CPUs"
-        for line in describe_plan(grid, out, note=note,
+        for line in describe_plan(grid, out, note=note, growth=grows,
                                   slots=local_slots(grid.resources.cpus_per_trial, num_cpus)):
             click.echo(line)
         return
@@ -258,9 +259,11 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
             # the first writes: once Ray is up and can take a trial (an address that does
             # not answer, or a cluster without a node for one trial, leaves nothing written)
             try:
-                prepare_out(grid, out)           # again, now that no other run can write
+                grew = prepare_out(grid, out)    # again, now that no other run can write
             except ConfigError as e:
                 _fail(str(e))
+            for line in grew:     # a grid that grows the folder: what its grid.json gains
+                click.echo(f"memgrid: {out}: {line}", err=True)
             for line in repair(out):      # damaged or half-written parts go aside
                 click.echo(f"memgrid: {line}", err=True)
 

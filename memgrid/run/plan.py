@@ -55,12 +55,15 @@ def _sizes(packs: list[list[Point]]) -> str:
                                                     reverse=True))
 
 
-def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "") -> list[str]:
-    """What `memgrid run` would do, as lines: points, points already stored in `out`, the packs
+def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "",
+                  growth: list[str] = ()) -> list[str]:
+    """What `memgrid run` would do, as lines: how the grid grows the folder `out` (`growth`:
+    memgrid.run.preflight.growth's lines), points, points already stored in `out`, the packs
     (count, sizes, per arch, l, c) for `slots` trials at once, and the cost model's time.
     Starts nothing and writes nothing. A grid with `tune_lr` is planned as its points at the
     protocol's rate until its tuning run has chosen one; the tuning run has a line of its own."""
     lines = [f"[{grid.name}] dry run: nothing started, nothing written"]
+    lines += [f"  {out}: {line}" for line in growth]
     points = grid.points()
     if grid.tune_lr is not None:
         tuned = {p.point_id for p in tuning_points(points, grid.tune_lr)}

@@ -11,8 +11,8 @@ import os
 
 import pyarrow.fs as pafs
 
-from ..config import INT32_MAX, ConfigError, Grid, Point, for_arch
-from ..grid_file import check_grid, check_resources, load_grid
+from ..config import BY_ARCH, INT32_MAX, PACK_FREE, ConfigError, Grid, Point, for_arch
+from ..grid_file import check_grid, check_resources, grid_from_identity, load_grid
 from ..packs import point_bytes, point_seconds
 from ..results import (PACKS, TABLES, check_folder, damaged_parts, first_line, part_names,
                        read_grid_identity, resolve, write_grid_identity)
@@ -34,12 +34,100 @@ def first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
+def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
+    """The grid.json that the results folder `out` holds once `grid` has run there; `old`: the
+    one it holds now (None: none, and the grid's own identity is the answer).
+
+    A folder grows. `grid` may list other values on its axes than `old` does (more seeds, more
+    positions, another arch, another cells or layers value; fewer too) where nothing that
+    shaped the stored points changes: the name, which settings are axes, every fixed setting
+    (a per-arch one, such as ``lr: {rnn: 0.01}``, may add archs the folder has none of), and
+    the tuning (`tune_lr`; for a tuned grid also the axes its tuning run reads: positions,
+    unless tune_lr.positions names them, and the stop settings and momentum). The answer is
+    the union: each axis with the folder's values, then the grid's new ones; per-arch settings
+    merged. A run trains the grid's own points that the folder lacks; the points the grid
+    leaves out stay stored and stay in grid.json, so that `status` and `analyze` count them,
+    and the union's other combinations count as missing until a grid asks for them.
+
+    ConfigError, one line naming the setting, for any other difference, or where the union is
+    no grid memgrid accepts (say esn beside a layers value of 2)."""
+    new = json.loads(json.dumps(grid.identity))  # as it reads back from JSON
+    if old is None or old == new:
+        return new
+
+    def refuse(what: str) -> None:
+        raise ConfigError(f"{out}/grid.json: this results folder holds another grid: {what}; "
+                          "use another --out")
+
+    old_axes, old_fixed = old.get("axes"), old.get("fixed")
+    if not isinstance(old_axes, dict) or not isinstance(old_fixed, dict) \
+            or not all(isinstance(v, list) for v in old_axes.values()):
+        refuse(first_difference(old, new))
+    rest = sorted((set(old) | set(new)) - {"axes", "fixed"})
+    what = first_difference({k: old.get(k) for k in rest}, {k: new.get(k) for k in rest})
+    if what:
+        refuse(what)
+    for k in sorted(set(old_axes) ^ set(new["axes"])):
+        refuse(f"axes.{k}: an axis {'there, not here' if k in old_axes else 'here, not there'}")
+    archs = old_axes.get("arch", [])
+    fixed = {}
+    for k in sorted(set(old_fixed) | set(new["fixed"])):
+        a, b = old_fixed.get(k), new["fixed"].get(k)
+        if k in BY_ARCH and isinstance(a, dict) and isinstance(b, dict):
+            for arch in archs:
+                if arch in b and a.get(arch) != b[arch]:
+                    refuse(f"fixed.{k}.{arch} ({a.get(arch)!r} there, {b[arch]!r} here)")
+            fixed[k] = {**a, **b}
+        elif a != b:
+            refuse(f"fixed.{k} ({a!r} there, {b!r} here)")
+        else:
+            fixed[k] = a
+    tuning = old.get("tune_lr")
+    axes = {}
+    for k, values in new["axes"].items():
+        before = old_axes[k]
+        if tuning and values != before and k != "seed" and k in PACK_FREE \
+                and not (k == "position" and tuning.get("positions")):
+            reads = ("on every position of the grid" if k == "position" else
+                     f"on each configuration's first {k}")
+            refuse(f"axes.{k} ({before!r} there, {values!r} here): the learning rate is tuned "
+                   f"(tune_lr) {reads}, so other values change the rates its stored points "
+                   "trained at")
+        axes[k] = before + [v for v in values if v not in before]
+    union = {**old, "axes": axes, "fixed": fixed}
+    try:
+        grid_from_identity(union, f"{out}/grid.json", check=True)
+    except ConfigError as e:
+        refuse(f"the union of its axes and this grid's is no grid ({str(e).split(': ', 1)[-1]})")
+    return union
+
+
+def growth(grid: Grid, old: dict | None) -> list[str]:
+    """How `grid` grows the folder whose grid.json is `old` (:func:`grown_identity`), one line
+    each: the values it adds to the folder's axes, the values of the folder it leaves out
+    (their points stay stored). None where it adds and leaves out nothing."""
+    if old is None:
+        return []
+    axes = json.loads(json.dumps(grid.axes))
+
+    def listed(diff: dict) -> str:
+        return "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in diff.items() if v)
+
+    added = {k: [v for v in vals if v not in old["axes"][k]] for k, vals in axes.items()}
+    left = {k: [v for v in old["axes"][k] if v not in vals] for k, vals in axes.items()}
+    lines = []
+    if any(added.values()):
+        lines.append(f"grid.json grows to hold this grid too: {listed(added)}")
+    if any(left.values()):
+        lines.append(f"this grid leaves out the folder's {listed(left)}: what the folder "
+                     "stores of them stays")
+    return lines
+
+
 def check_identity(grid: Grid, out: str, old: dict | None) -> None:
-    """ConfigError where `old`, the grid.json read from `out`, is another grid's."""
-    ident = json.loads(json.dumps(grid.identity))  # as it reads back from JSON
-    if old is not None and old != ident:
-        raise ConfigError(f"{out}/grid.json: this results folder holds another grid: "
-                          f"{first_difference(old, ident)}; use another --out")
+    """ConfigError where `old`, the grid.json read from `out`, is another grid's: one that
+    `grid` cannot grow (:func:`grown_identity`)."""
+    grown_identity(grid, out, old)
 
 
 def check_link(path: str, flag: str = "--out") -> None:
@@ -107,11 +195,15 @@ def check_out(grid: Grid, out: str) -> dict | None:
     return old
 
 
-def prepare_out(grid: Grid, out: str) -> None:
-    """check_out, then record this grid (grid.json) where the folder has none. Call it holding
-    the folder's lock (memgrid.results.lock)."""
-    if check_out(grid, out) is None:
-        write_grid_identity(out, json.loads(json.dumps(grid.identity)))
+def prepare_out(grid: Grid, out: str) -> list[str]:
+    """check_out, then record this grid in the folder's grid.json: the grid's identity where the
+    folder has none, the union where the grid grows it (:func:`grown_identity`). Returns what
+    grew (:func:`growth`). Call it holding the folder's lock (memgrid.results.lock)."""
+    old = check_out(grid, out)
+    union = grown_identity(grid, out, old)
+    if union != old:
+        write_grid_identity(out, union)
+    return growth(grid, old)
 
 
 def build_grid(path: str, *, smoke: bool, pack, cpus_per_trial, gpus_per_trial, max_epochs,
