@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memgrid.fast import kernels  # noqa: E402
 from memgrid.results import read_points  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
-from memgrid.config import Grid, Point, load_grid  # noqa: E402
+from memgrid.config import Grid, Point  # noqa: E402
+from memgrid.grid_file import check_grid, load_grid  # noqa: E402
 from memgrid.fast.native import cpu_text  # noqa: E402
 from memgrid.packs import member_bytes, point_epoch_flops  # noqa: E402
 
@@ -61,8 +62,10 @@ PROTOCOL = "paper"
 
 def fig4(epochs: int) -> Grid:
     """Figure 4: rnn, l = 1, c = 5, p = 1..10, seeds 0..9 (100 points), q in 10..15."""
-    return load_grid(ROOT / "tune_configs/fig4_rnn.yaml", PROTOCOL).with_overrides(
+    g = load_grid(ROOT / "tune_configs/fig4_rnn.yaml", PROTOCOL).with_overrides(
         max_epochs=epochs, **STOP_OFF)
+    check_grid(g)
+    return g
 
 
 def fig6(epochs: int) -> Grid:
@@ -71,7 +74,9 @@ def fig6(epochs: int) -> Grid:
     g = dataclasses.replace(g, name="fig6_bench", axes={**g.axes, "layers": [1], "cells": [1],
                                                          "position": [1, 3, 5, 7, 9],
                                                          "seed": [0, 1, 2, 3]})
-    return g.with_overrides(max_epochs=epochs, **STOP_OFF)
+    g = g.with_overrides(max_epochs=epochs, **STOP_OFF)
+    check_grid(g)
+    return g
 
 
 FIG6_NETS = [(1, 1), (1, 5), (1, 20), (2, 5), (3, 10), (4, 10), (5, 20)]

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import FIG6_NETS, ROOT, Union, machine_rates  # noqa: E402
-from memgrid.config import Grid, load_grid  # noqa: E402
+from memgrid.config import Grid  # noqa: E402
+from memgrid.grid_file import load_grid  # noqa: E402
 from memgrid.fast.native import cpu_text  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
 from memgrid.run.timing import timing  # noqa: E402

@@ -381,7 +381,7 @@ def test_a_cell_is_one_definition(monkeypatch):
     gets a memory limit."""
     from memgrid.analysis import memory_limits
     from memgrid.cells import Cell, affine
-    from memgrid.config import parse_grid
+    from memgrid.grid_file import parse_grid
 
     def step(w, x, state):
         (h,) = state
