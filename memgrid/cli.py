@@ -333,7 +333,11 @@ def status(results):
 @click.option("--out", help="folder for report.md and the figures [default: RESULTS/report]")
 @click.option("--threshold", type=float, default=THRESHOLD, show_default=True,
               help="mean loss below which a position counts as memorized")
-def analyze(results, out, threshold):
+@click.option("--budget-check", "budget_check", multiple=True, metavar="FOLDER",
+              help="a results folder of some of the run's configurations trained again at twice "
+                   "its budget or more: a limit it leaves within its seeds' spread is marked "
+                   "converged (repeatable)")
+def analyze(results, out, threshold, budget_check):
     """Figures, limits, the MC check and the paper's claims from a results folder (also one
     still being written, or one covering part of a grid): writes report.md."""
     if not (0 < threshold < math.inf):
@@ -347,9 +351,11 @@ def analyze(results, out, threshold):
 
     with stoppable():
         try:
-            path = write_report(results, out, threshold=threshold)
+            path = write_report(results, out, threshold=threshold,
+                                budget_check=list(budget_check) or None)
+        except ValueError as e:                      # a check folder that does not fit
+            _fail(str(e))
         except KeyboardInterrupt:
-
             click.echo(f"memgrid: interrupted: {out}: the report is not finished; run the same "
                        "command again", err=True)
             sys.exit(exit_status())
