@@ -319,6 +319,9 @@ class Grid:
     tune_lr: LRTuning | None = None
     """the `tune_lr:` section (:class:`LRTuning`): the learning rate is chosen per configuration on
     tuning seeds (the `tune_lr:` section); None: the grid's lr"""
+    user_cells: tuple = ()
+    """the user's cells its `arch` axis names by import path (memgrid.user_cells.CellSource),
+    registered under their names, which the axis holds"""
 
     @property
     def lr_source(self) -> str:
@@ -389,6 +392,8 @@ class Grid:
         ident = {"name": self.name, "axes": self.axes, "fixed": fixed}
         if self.tune_lr is not None:
             ident["tune_lr"] = self.tune_lr.to_dict()
+        if self.user_cells:           # where each user's cell came from, and its file's hash
+            ident["cells"] = {s.name: s.identity() for s in self.user_cells}
         return ident
 
     def with_overrides(self, **settings: Any) -> Grid:

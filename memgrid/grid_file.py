@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from . import user_cells
 from .cells import CELLS
 from .config import (AXIS_KEYS, BY_ARCH, DEFAULT_PROTOCOL, ESN_LOOP_CHANCE_MIN, INT32_MAX,
                      LONG_POSITION_RULES, LR_SCHEDULES, MC_BYTES_PER_STEP, MC_LENGTH_MAX,
@@ -174,9 +175,11 @@ def check_grid(grid: Grid) -> None:
     (cheap: per distinct combination). ConfigError naming the grid's source and the key."""
     src = grid.source
     merged = {**grid.fixed, **{k: v[0] for k, v in grid.axes.items()}}
+    user = {s.name for s in grid.user_cells}          # checked by memgrid.user_cells.check
     for k, vals in list(grid.axes.items()) + [(k, [v]) for k, v in grid.fixed.items()]:
         for v in vals:
-            _check_value(src, _location(grid, k), v)
+            if not (k == "arch" and v in user):
+                _check_value(src, _location(grid, k), v)
     q_min = merged.get("q_min", Point.q_min)
     q_max = merged.get("q_max", Point.q_max)
     qmins = grid.axes.get("q_min", [q_min])
@@ -192,8 +195,8 @@ def check_grid(grid: Grid) -> None:
                 "task.long_positions is 'error' (use 'shift' to move the length range up)")
     mc_length = merged.get("mc_length", Point.mc_length)
     if mc_length:
-        n_max = max(units(a, l, c) for a in grid.axes["arch"] for l in grid.axes["layers"]
-                    for c in grid.axes["cells"])
+        n_max = max((units(a, l, c) for a in grid.axes["arch"] if a in CELLS or a == "esn"
+                     for l in grid.axes["layers"] for c in grid.axes["cells"]), default=0)
         if mc_length < mc_length_min(n_max):
             raise ConfigError(
                 f"{_where(src, _location(grid, 'mc_length'))}: a stream of {mc_length} steps is "
@@ -241,6 +244,10 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
     for k in REQUIRED_AXES:
         if k not in axes_raw:
             raise ConfigError(f"{_where(source, 'axes.' + k)}: missing")
+    user = _user_cells(source, axes_raw["arch"])
+    if user:                  # their names stand on the axis from here on
+        axes_raw = {**axes_raw, "arch": [user[v].name if v in user else v
+                                         for v in axes_raw["arch"]]}
     for k in AXIS_KEYS:  # canonical order, whatever the file's order
         if k in axes_raw:
             axes[k] = _parse_axis(source, k, axes_raw[k])
@@ -286,9 +293,36 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
             raise ConfigError(f"{_where(source, where)}: unknown key (one of cpus_per_trial, gpus_per_trial, pack)")
         res[k] = v
     grid = Grid(name=name, axes=axes, fixed=fixed, resources=check_resources(source, **res),
-                source=source, protocol=protocol, tune_lr=tune_lr)
+                source=source, protocol=protocol, tune_lr=tune_lr,
+                user_cells=tuple(user.values()))
+    for s in grid.user_cells:            # one step of the grid's sizes, before anything runs
+        try:
+            user_cells.check(CELLS[s.name], [(l, c) for l in axes["layers"] for c in axes["cells"]],
+                             s.spec)
+        except user_cells.CellError as e:
+            raise ConfigError(f"{_where(source, 'axes.arch')}: {e}") from None
     check_grid(grid)
     return grid
+
+
+def _user_cells(source: str, archs: Any) -> dict:
+    """The user's cells an `arch` axis names by import path (``file.py:NAME``, relative to
+    the grid file, or ``module:NAME``): {the axis's value: its CellSource}, each loaded and
+    registered under its own name (memgrid.user_cells). ConfigError, one line naming the
+    grid file, the file and the name, where one cannot be."""
+    if not isinstance(archs, list):
+        return {}
+    out = {}
+    base = Path(source).parent if source not in ("<grid>", "") else Path(".")
+    for v in archs:
+        if not user_cells.is_import_path(v):
+            continue
+        try:
+            cell = user_cells.load(user_cells.locate(v, base))
+        except user_cells.CellError as e:
+            raise ConfigError(f"{_where(source, 'axes.arch')}: {e}") from None
+        out[v] = user_cells.source_of(cell.name)
+    return out
 
 
 TUNE_LR_KEYS = ("candidates", "seeds", "eta", "rungs", "positions")
@@ -428,10 +462,25 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{_where(source, 'tune_lr')}: not a tuning ({e})") from None
     grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
-                source=source, tune_lr=tuning)
+                source=source, tune_lr=tuning, user_cells=_recorded_cells(identity, source))
     if check:
         check_grid(grid)
     return grid
+
+
+def _recorded_cells(identity: dict, source: str) -> tuple:
+    """The user's cells a grid.json records (`cells`: name -> spec, origin, attr, sha256), as
+    CellSources without their code: what they were, not loaded (a folder is read, and its
+    analysis reads N from its rows, without running anybody's file)."""
+    recorded = identity.get("cells") or {}
+    keys = ("spec", "origin", "attr", "sha256")
+    if not isinstance(recorded, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(v.get(f), str) for f in keys)
+            for k, v in recorded.items()):
+        raise ConfigError(f"{_where(source, 'cells')}: not a mapping of each cell's "
+                          f"{', '.join(keys)}")
+    return tuple(user_cells.CellSource(*(v[f] for f in keys), code="", name=k)
+                 for k, v in recorded.items())
 
 
 def load_grid(path: str | Path, protocol: str | None = None) -> Grid:

@@ -31,17 +31,20 @@ def point_row(point: Point, grid_name: str, *, epochs: int, stop_reason: str, lo
               mc_stream: float | None = None, lr_source: str | None = None,
               kernel: str | None = None) -> dict[str, Any]:
     """A points row (POINT_SCHEMA) of a finished point: its settings, what its run measured,
-    and where, on which code path (`kernel`, see KERNELS; default: PyTorch ops on `device`)
-    and by which memgrid it ran. The one row builder of trained and ESN points."""
+    and where, on which code path (`kernel`, see KERNELS; default: PyTorch ops on `device`),
+    from which file a user's cell came (`cell_source`) and by which memgrid it ran. The one row builder of trained and ESN points."""
     if kernel is None:
         kernel = "cuda" if device.startswith("cuda") else "torch"
 
+    from .user_cells import source_of
+
+    source = source_of(point.arch)
     row = point_settings(point, grid_name)
     row.update(units=point.units, params=point.params, epochs=epochs, stop_reason=stop_reason,
                loss=loss, best_loss=best_loss,
                r2=r2 if r2 is not None and math.isfinite(r2) else None, mc_stream=mc_stream,
                wall_s=wall_s, pack_id=pack_id, device=device, kernel=kernel,
-               memgrid_version=__version__,
+               cell_source=source.text if source else None, memgrid_version=__version__,
                lr_source=lr_source, finished_at=datetime.now(timezone.utc))
     return row
 

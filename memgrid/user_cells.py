@@ -16,6 +16,7 @@ memgrid's packed layout by :func:`single_network`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -50,6 +51,20 @@ class CellSource:
     """SHA-256 of the file's text (a module: of its file's)"""
     code: str
     """the file's text"""
+    name: str = ""
+    """the Cell's own name (its `arch`), once loaded"""
+
+    def identity(self) -> dict:
+        """What a results folder's grid.json records of it (the code stays in the file)."""
+        return {"spec": self.spec, "origin": self.origin, "attr": self.attr, "sha256": self.sha256}
+
+    def to_dict(self) -> dict:
+        """Everything, the code included: what a trial carries to a worker (:func:`from_dict`)."""
+        return {**self.identity(), "code": self.code, "name": self.name}
+
+    @staticmethod
+    def from_dict(d: dict) -> "CellSource":
+        return CellSource(d["spec"], d["origin"], d["attr"], d["sha256"], d["code"], d["name"])
 
     @property
     def text(self) -> str:
@@ -167,7 +182,7 @@ def register(cell: Cell, source: CellSource) -> Cell:
         other = have.spec if have else "a built-in cell"
         raise CellError(f"{source.spec}: its name {cell.name!r} is taken by {other}")
     CELLS[cell.name] = cell
-    _SOURCES[cell.name] = source
+    _SOURCES[cell.name] = dataclasses.replace(source, name=cell.name)
     return cell
 
 
@@ -176,10 +191,11 @@ def source_of(arch: str) -> CellSource | None:
     return _SOURCES.get(arch)
 
 
-def ensure(sources: list[CellSource]) -> None:
-    """Load the user's cells a trial needs (in a Ray worker, which may not have the files)."""
-    for s in sources:
-        load(s)
+def ensure(sources: list[dict]) -> None:
+    """Load the user's cells a trial needs (:meth:`CellSource.to_dict` each), in a Ray worker,
+    which may not have their files: their code travels with the trial."""
+    for d in sources:
+        load(CellSource.from_dict(d))
 
 
 def check(cell: Cell, sizes: list[tuple[int, int]], spec: str) -> None:

@@ -10,6 +10,7 @@ Ray on the machine. A grid goes in through `memgrid launch --address`, as a user
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -374,6 +375,42 @@ def test_launch_on_two_nodes_stores_every_point_once(cluster, worker, tmp_path):
 
     s = memgrid_launch(cluster, "--address", cluster.dashboard, "--status", _job_id(r.stdout))
     assert s.returncode == 0 and "SUCCEEDED" in s.stdout and str(out) in s.stdout
+
+
+USER_CELL = """
+import torch
+from memgrid import Cell
+
+
+def step(w, x, state):
+    (h,) = state
+    h = torch.tanh(torch.baddbmm(w["b"][:, :, None], w["w_ih"], x) + torch.bmm(w["w_hh"], h))
+    return h, (h,)
+
+
+CELL = Cell("remote_tanh", lambda m, c: {"w_ih": (c, m), "w_hh": (c, c), "b": (c,)}, step)
+"""
+
+
+@cluster_test
+def test_launch_ships_a_users_cell_to_nodes_that_never_saw_it(cluster, worker, tmp_path):
+    """A grid naming a cell by a path outside the repository, launched on the two-node
+    cluster: the job carries the file, every point is stored once under the cell's name."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "cell.py").write_text(USER_CELL)
+    grid = write_grid(tmp_path / "own.yaml", name="own",
+                      axes={"arch": ["mine/cell.py:CELL"], "layers": [1], "cells": [2],
+                            "position": "1..2", "seed": "0..1"},
+                      train={"max_epochs": 100, "eval_size": 128, "eval_every": 20,
+                             "batch_size": 32}, resources={"pack": 1})
+    out = tmp_path / "res"
+    r = memgrid_launch(cluster, "--address", cluster.dashboard, grid, "--out", out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "4/4 points stored (4 trained now, 0 before)" in r.stdout
+    points = assert_every_point_once(grid, out)
+    assert set(points["arch"]) == {"remote_tanh"} and (points["epochs"] > 0).all()
+    assert points["cell_source"].str.endswith("cells/remote_tanh.py:CELL sha256:"
+                                              + hashlib.sha256(USER_CELL.encode()).hexdigest()).all()
 
 
 @cluster_test

@@ -139,3 +139,92 @@ def test_a_broken_cell_is_one_line_naming_file_and_name(tmp_path, fresh_cells, b
         check(load(locate(spec, tmp_path)), [(1, 3), (2, 3)], spec)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(spec) and says in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the command line, as a user would: a cell in a file outside the repository, named by
+# a path relative to the grid file.
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from .conftest import write_grid  # noqa: E402
+
+TANH_CELL = GOOD.replace('"mine"', '"my_tanh"')
+
+
+def _memgrid(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "memgrid", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _own_grid(tmp_path, spec, **train):
+    (tmp_path / "grids").mkdir(exist_ok=True)
+    return write_grid(tmp_path / "grids" / "own.yaml", name="own",
+                      axes={"arch": [spec, "rnn"], "layers": [1], "cells": [3], "position": "1..2",
+                            "seed": "0..1"},
+                      train={"max_epochs": 300, "eval_every": 25, "eval_size": 256,
+                             "readout": "linear", **train})
+
+
+@pytest.mark.slow
+def test_a_users_cell_runs_analyses_and_refuses_a_changed_file(tmp_path):
+    """`memgrid run` trains a cell named by path beside a built-in one on the embedded Ray
+    (each point stored once, p = 1 learned, its rows naming where the cell came from), `status`
+    and `analyze` read the folder without the cell's file, and once the file changes a rerun
+    into the folder is refused in one line, exit 2, nothing written."""
+    (tmp_path / "cells").mkdir()
+    cell_file = tmp_path / "cells" / "tanh_cell.py"
+    cell_file.write_text(textwrap.dedent(TANH_CELL))
+    grid = _own_grid(tmp_path, "../cells/tanh_cell.py:CELL")
+    out, elsewhere = tmp_path / "res", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = _memgrid("run", grid, "--out", out, cwd=elsewhere)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "8/8 points stored (8 trained now, 0 before)" in r.stdout
+    pts = pd.read_parquet(out / "points")
+    assert pts["point_id"].is_unique and len(pts) == 8
+    mine = pts[pts["arch"] == "my_tanh"]
+    import hashlib
+    sha = hashlib.sha256(cell_file.read_bytes()).hexdigest()
+    assert len(mine) == 4 and (mine["cell_source"] == f"{cell_file}:CELL sha256:{sha}").all()
+    assert pts[pts["arch"] == "rnn"]["cell_source"].isna().all()
+    assert (mine[mine["position"] == 1]["loss"] < 0.05).all()
+    assert (mine["params"] == 3 + 9 + 3 + 3 + 1).all() and (mine["units"] == 3).all()
+    cell_file.rename(tmp_path / "gone.py")            # status and analyze run nobody's file
+    s = _memgrid("status", out, cwd=elsewhere)
+    assert s.returncode == 0 and "8/8 points done" in s.stdout, s.stdout + s.stderr
+    a = _memgrid("analyze", out, "--out", tmp_path / "report", cwd=elsewhere)
+    assert a.returncode == 0 and (tmp_path / "report" / "limits.csv").exists(), a.stderr
+    limits = pd.read_csv(tmp_path / "report" / "limits.csv")
+    assert set(limits["arch"]) == {"my_tanh", "rnn"}
+    (tmp_path / "gone.py").rename(cell_file)
+    cell_file.write_text(cell_file.read_text() + "\n# tuned\n")
+    before = sorted(p.name for p in (out / "points").iterdir())
+    r = _memgrid("run", grid, "--out", out, cwd=elsewhere)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "cells.my_tanh:" in r.stderr and "is not the text its stored points were trained" \
+        in r.stderr, r.stderr
+    assert sorted(p.name for p in (out / "points").iterdir()) == before
+
+
+@pytest.mark.parametrize("body,spec,says", [
+    (TANH_CELL, "../cells/none.py:CELL", "no file"),
+    ("X = 1\n", "../cells/c.py:X", "X is a int, not a memgrid.Cell"),
+    (TANH_CELL.replace("return h, (h,)", "return h[:, :1], (h,)"), "../cells/c.py:CELL",
+     "gave out of shape"),
+    (TANH_CELL, "../cells/c.py:OTHER", "has no OTHER"),
+])
+def test_a_broken_cell_in_a_grid_is_refused_before_anything_starts(tmp_path, body, spec, says):
+    """One line naming the grid file, the cell's file and name, exit 2, no results folder."""
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "c.py").write_text(textwrap.dedent(body))
+    grid = _own_grid(tmp_path, spec)
+    r = _memgrid("run", grid, "--out", tmp_path / "res", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"memgrid: error: {grid}: axes.arch: {spec}") and says in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "res").exists()

@@ -58,6 +58,9 @@ def memory_capacity(points: pd.DataFrame, by: list[str] | None = None) -> pd.Dat
         "p_max": g["position"].max().astype(int),
         "noise": g["chance"].sum(min_count=1),
     }).reset_index()
+    if "units" in points.columns:   # the rows' own N (a cell this memgrid does not define)
+        out = out.merge(points[["arch", "layers", "cells", "units"]].drop_duplicates(
+            ["arch", "layers", "cells"]), on=["arch", "layers", "cells"], how="left")
     out["units"] = units(out)
     out["bound"] = out["units"] - (out["layers"].astype(int) - 1)
     out["margin"] = out["mc"] - out["bound"]

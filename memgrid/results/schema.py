@@ -63,17 +63,20 @@ _POINT_RESULTS = [
     ("lr_source", pa.string()),     # how lr was chosen: `grid`, or `tuned: ...` (memgrid.lr_tuning)
     ("device", pa.string()),
     ("kernel", pa.string()),        # the code path that trained it (KERNELS; null before version 3)
+    ("cell_source", pa.string()),   # a user's cell: its file or module, NAME and the file's
+                                    # SHA-256 (memgrid.user_cells); null for a built-in one
     ("memgrid_version", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ]
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The tables' version, in every part file's metadata (``memgrid.schema``). 1: parts without
 it (`optimizer` and `lr_schedule` may be missing there and read as `sgd` and `constant`);
-2: `lr_schedule` and the version itself; 3: `kernel`. A later memgrid reads every earlier
+2: `lr_schedule` and the version itself; 3: `kernel`; 4: `cell_source`. A later memgrid reads every earlier
 version: a column a version adds reads as null in older parts, or as the value every older
 point had (config.ID_OMITTED_AT); a column is never renamed or given another meaning, so that
 a shipped dataset stays readable."""
-ADDED_IN = {"points": {"optimizer": 2, "lr_schedule": 2, "kernel": 3}, "curves": {}}
+ADDED_IN = {"points": {"optimizer": 2, "lr_schedule": 2, "kernel": 3, "cell_source": 4},
+            "curves": {}}
 """{table: {column: the SCHEMA_VERSION from which a part must have it}}: a part of an earlier
 version may lack the column; every other column every part must have. A part lacking a
 column its version must have is damaged (:func:`lacking`)."""

@@ -332,7 +332,8 @@ def _tuner(grid: Grid, out: str, packs: list[list[Point]], gpus: float, *, attem
         trainable,
         param_space={"pack": None, "out": storage, "grid": grid.name,
                      "cpus": res.cpus_per_trial, "gpus": gpus, "lr_source": lr_source,
-                     "halving": halving.to_dict() if halving else None},
+                     "halving": halving.to_dict() if halving else None,
+                     "cells": [s.to_dict() for s in grid.user_cells]},   # their code travels
         tune_config=_one_trial_per_pack([pack_spec(pk) for pk in packs]),
         run_config=tune.RunConfig(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{attempt}" if attempt else ""),

@@ -288,7 +288,26 @@ def check_out(grid: Grid, out: str) -> None:
     check_identity(grid, out, old)
 
 
-def submit(client, grid_file: str, spec: dict) -> str:
+def job_files(grid_file: str, grid: Grid, dest: Path) -> None:
+    """What travels in the job's working directory: the grid file, and the files of the user's
+    cells it names (memgrid.user_cells), which a cluster's nodes need not have: each as
+    ``cells/<name>.py`` beside the grid, whose `arch` axis then names it there (a module's text
+    travels as a file too)."""
+    target = dest / Path(grid_file).name
+    if not grid.user_cells:
+        shutil.copy(grid_file, target)
+        return
+    raw = load_yaml(read_text(grid_file), grid_file)
+    (dest / "cells").mkdir()
+    where = {}
+    for s in grid.user_cells:
+        (dest / "cells" / f"{s.name}.py").write_text(s.code)
+        where[s.spec] = f"cells/{s.name}.py:{s.attr}"
+    raw["axes"]["arch"] = [where.get(a, a) for a in raw["axes"]["arch"]]
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def submit(client, grid_file: str, spec: dict, grid: Grid) -> str:
     """Submit the job, refusing a second live job into the same results folder."""
     out = spec["metadata"]["memgrid_out"]
     for job in client.list_jobs():
@@ -296,7 +315,7 @@ def submit(client, grid_file: str, spec: dict) -> str:
             raise LaunchError(f"job {job.submission_id} is already running into {out}: follow it "
                               f"with --follow {job.submission_id} or stop it with --stop {job.submission_id}")
     with tempfile.TemporaryDirectory(prefix="memgrid-job-") as d:
-        shutil.copy(grid_file, Path(d) / Path(grid_file).name)
+        job_files(grid_file, grid, Path(d))
         runtime_env = dict(spec["runtime_env"], working_dir=d)
         return client.submit_job(entrypoint=spec["entrypoint"], submission_id=spec["submission_id"],
                                  metadata=spec["metadata"], runtime_env=runtime_env)
@@ -427,7 +446,7 @@ def _launch(grid_file, cluster_file, address, out, python, no_follow, follow_id,
             out = (client.get_job_info(job_id).metadata or {}).get("memgrid_out", "?")
         else:
             spec = job_spec(grid_file, grid, out, flags, python or (sys.executable if here else "python"))
-            job_id = submit(client, grid_file, spec)
+            job_id = submit(client, grid_file, spec, grid)
             click.echo(f"memgrid: submitted job {job_id}: grid '{grid.name}' -> {out}")
             if no_follow:
                 click.echo(f"memgrid: follow it with `memgrid launch {where} --follow {job_id}`")

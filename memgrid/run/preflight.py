@@ -41,8 +41,8 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
     A folder grows. `grid` may list other values on its axes than `old` does (more seeds, more
     positions, another arch, another cells or layers value; fewer too) where nothing that
     shaped the stored points changes: the name, which settings are axes, every fixed setting
-    (a per-arch one, such as ``lr: {rnn: 0.01}``, may add archs the folder has none of), and
-    the tuning (`tune_lr`; for a tuned grid also the axes its tuning run reads: positions,
+    (a per-arch one, such as ``lr: {rnn: 0.01}``, may add archs the folder has none of), the
+    text of a user's cell (memgrid.user_cells; another cell may join), and the tuning (`tune_lr`; for a tuned grid also the axes its tuning run reads: positions,
     unless tune_lr.positions names them, and the stop settings and momentum). The answer is
     the union: each axis with the folder's values, then the grid's new ones; per-arch settings
     merged. A run trains the grid's own points that the folder lacks; the points the grid
@@ -63,7 +63,14 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
     if not isinstance(old_axes, dict) or not isinstance(old_fixed, dict) \
             or not all(isinstance(v, list) for v in old_axes.values()):
         refuse(first_difference(old, new))
-    rest = sorted((set(old) | set(new)) - {"axes", "fixed"})
+    old_cells, new_cells = old.get("cells") or {}, new.get("cells") or {}
+    for name, src in new_cells.items():     # a user's cell: the same text as its stored points'
+        was = old_cells.get(name)
+        if isinstance(was, dict) and was.get("sha256") != src["sha256"]:
+            refuse(f"cells.{name}: {src['origin']} is not the text its stored points were trained "
+                   f"with (sha256 {str(was.get('sha256'))[:12]}... there, {src['sha256'][:12]}... "
+                   "here)")
+    rest = sorted((set(old) | set(new)) - {"axes", "fixed", "cells"})
     what = first_difference({k: old.get(k) for k in rest}, {k: new.get(k) for k in rest})
     if what:
         refuse(what)
@@ -95,6 +102,8 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
                    "trained at")
         axes[k] = before + [v for v in values if v not in before]
     union = {**old, "axes": axes, "fixed": fixed}
+    if old_cells or new_cells:
+        union["cells"] = {**old_cells, **new_cells}
     try:
         grid_from_identity(union, f"{out}/grid.json", check=True)
     except ConfigError as e:

@@ -98,7 +98,9 @@ def pack_trial(config: dict) -> None:
     from ray import tune
 
     from ..train import PackTrainer
+    from ..user_cells import ensure
 
+    ensure(config.get("cells") or [])     # the user's cells, from their code (not their files)
     pid, points = spec_points(config["pack"])
     labels = point_labels(points)
     uri = config["out"]
