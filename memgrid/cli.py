@@ -453,7 +453,6 @@ def compact(results):
         with stoppable():
             _compact(results)
     except KeyboardInterrupt:
-
         click.echo(f"memgrid: interrupted: {results}: compaction stopped; every point reads "
                    "as before; run it again", err=True)
         sys.exit(exit_status())
@@ -463,6 +462,42 @@ def compact(results):
         sys.exit(1)
     finally:
         folder_lock.release()
+
+
+@main.command("cells")
+@click.argument("grid_file", required=False, metavar="[GRID]")
+@click.option("--layers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="l, for the parameter count")
+@click.option("--cells", "width", type=click.IntRange(1, 4096), default=4, show_default=True,
+              help="c, units per layer, for N and the parameter count")
+def cells_command(grid_file, layers, width):
+    """The cells a grid can use: the built-in ones and those GRID names by import path, each
+    with N (the numbers its state holds) for l layers of c units, its parameter count, and the
+    code path that trains it on this machine's CPU."""
+    from . import fast
+    from .cells import CELLS
+    from .grid_file import load_grid
+    from .user_cells import source_of
+
+    user = ()
+    if grid_file:
+        try:
+            user = load_grid(grid_file).user_cells
+        except ConfigError as e:
+            _fail(str(e))
+    names = [n for n in CELLS if source_of(n) is None] + [s.name for s in user]
+    header = ["arch", "name", f"N (l={layers}, c={width})", "params", "trained by", "from"]
+    rows = []
+    for n in names:
+        cell = CELLS[n]
+        path = fast.path_name(n, "cpu")
+        kind = ("C kernel" if path.startswith("c-") else "autograd") + f" ({path})"
+        src = source_of(n)
+        rows.append([n, cell.label, cell.units(width) * layers, cell.count(layers, width), kind,
+                     src.spec if src else "memgrid"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header] + rows:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
 
 
 from .run.launch import launch as _launch  # noqa: E402 - registered last: `memgrid launch`

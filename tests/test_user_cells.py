@@ -228,3 +228,19 @@ def test_a_broken_cell_in_a_grid_is_refused_before_anything_starts(tmp_path, bod
     assert r.stderr.startswith(f"memgrid: error: {grid}: axes.arch: {spec}") and says in r.stderr, \
         r.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_memgrid_cells_lists_built_in_and_a_grids_own(tmp_path, fresh_cells):
+    """`memgrid cells GRID --layers 2 --cells 5`: every built-in cell and the grid's own, with
+    N, the parameter count (closed forms) and the code path, one row each."""
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "c.py").write_text(textwrap.dedent(TANH_CELL))
+    grid = _own_grid(tmp_path, "../cells/c.py:CELL")
+    r = _memgrid("cells", grid, "--layers", "2", "--cells", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert set(rows) == set(CELLS) | {"my_tanh"}
+    assert rows["my_tanh"][-1] == "../cells/c.py:CELL" and rows["rnn"][-1] == "memgrid"
+    mine = r.stdout.splitlines()[-1]
+    assert " 10 " in mine and f" {(5 + 25 + 5) + (25 + 25 + 5)} " in mine       # N = c l; params
+    assert " 70 " in [line for line in r.stdout.splitlines() if line.startswith("mamba ")][0]   # 7 c l
