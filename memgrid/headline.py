@@ -47,16 +47,22 @@ WITHDRAWN = ("s6",)
 read its memory at u_T = 0)"""
 KEYS = ["arch", "layers", "cells"]
 NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "mingru": "minGRU", "minlstm": "minLSTM",
-         "lru": "LRU", "s6": "S6"}
+         "lru": "LRU", "lru_ring": "LRU (ring 0.9, pi/10)", "lru_real": "LRU (real lambda)",
+         "mamba": "Mamba (S6 block)", "s6_bare": "S6 (bare)", "s6": "S6"}
 
 CONVERGED = {"rnn": "fig6_rnn_tuned", "lstm": "fig8_lstm", "gru": "fig8_gru"}
 """the converged protocol's full grid per paper cell (the RNN's with its rate tuned per (l, c))"""
 PAPER = {"rnn": "fig6_rnn-paper", "lstm": "fig8_lstm-paper", "gru": "fig8_gru-paper"}
 """the paper protocol's full grid per paper cell"""
 NEW_CELLS = "new_cells"
+MAMBA = "mamba_check"
+"""the selective SSM in Mamba's block and bare (mamba, s6_bare)"""
+LRU = "lru_check"
+"""the LRU as its paper initialises it, on the long-range ring, and with real lambda"""
 BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
                  ("fig6_rnn_tuned", "fig6_tuned_budget_check_wide-2x", "2x"),
-                 ("budget_check", "budget_check-4x", "4x"))
+                 ("budget_check", "budget_check-4x", "4x"),
+                 (MAMBA, "mamba_budget_check-2x", "2x"))
 """(run at the protocol's budget, the same configurations at a larger one, the factor)"""
 HEADLINE = [("rnn", 1, 2), ("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
             ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 4), ("rnn", 5, 20),
@@ -64,10 +70,12 @@ HEADLINE = [("rnn", 1, 2), ("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn"
             ("gru", 3, 5)]
 """the paper cells' configurations the README's headline shows (every one is on the
 reproduction page's full tables)"""
-PENDING = [("S6 (Mamba block)", "being measured")]
-"""headline rows of cells whose measurement is not shipped yet: (name, what stands instead)"""
-NEW_HEADLINE = [("mingru", 1, 5), ("mingru", 2, 5), ("minlstm", 1, 5), ("minlstm", 2, 5),
-                ("lru", 1, 5), ("lru", 2, 5)]
+NEW_HEADLINE = [(NEW_CELLS, "mingru", 1, 5), (NEW_CELLS, "mingru", 2, 5),
+                (NEW_CELLS, "minlstm", 1, 5), (NEW_CELLS, "minlstm", 2, 5),
+                (NEW_CELLS, "lru", 1, 5), (NEW_CELLS, "lru", 2, 5), (LRU, "lru_real", 1, 2),
+                (LRU, "lru_real", 1, 4), (MAMBA, "mamba", 1, 2), (MAMBA, "mamba", 1, 4),
+                (MAMBA, "s6_bare", 1, 4)]
+"""the newer cells' configurations the headline shows: (docs/data folder, arch, l, c)"""
 
 
 def points(name: str) -> pd.DataFrame:
@@ -142,7 +150,7 @@ def headline() -> str:
     """The README's table: limit against N for the chosen configurations, both protocols."""
     conv = {a: limits(points(n)).set_index(KEYS) for a, n in CONVERGED.items()}
     pap = {a: limits(points(n)).set_index(KEYS) for a, n in PAPER.items()}
-    new = limits(points(NEW_CELLS)).set_index(KEYS)
+    new = {n: limits(points(n)).set_index(KEYS) for n in {f for f, *_ in NEW_HEADLINE}}
     marks = convergence()
     lines = ["| cell | l | c | N | N - (l - 1) | limit, converged protocol (seeds) | "
              "limit, paper protocol (seeds) | converged? |",
@@ -152,12 +160,10 @@ def headline() -> str:
         b = pap[arch].loc[(arch, l, c)]
         lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
                      f"{_cell(b)} | {marks.get((arch, l, c), 'not checked')} |")
-    for arch, l, c in NEW_HEADLINE:
-        a = new.loc[(arch, l, c)]
+    for folder, arch, l, c in NEW_HEADLINE:
+        a = new[folder].loc[(arch, l, c)]
         lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
-                     f"| not checked |")
-    for name, note in PENDING:
-        lines.append(f"| {name} | | | | | {note} | | |")
+                     f"| {marks.get((arch, l, c), 'not checked')} |")
     return "\n".join(lines)
 
 
@@ -309,6 +315,8 @@ def blocks() -> dict[str, str]:
         "limits_fig8_paper": limit_grid("fig8_lstm-paper") + "\n" + limit_grid("fig8_gru-paper")
         .split("\n", 2)[2],
         "limits_new_cells": limit_grid(NEW_CELLS),
+        "limits_mamba": limit_grid(MAMBA),
+        "limits_lru": limit_grid(LRU),
         "bound": bound_table({**fig6, **fig8, "newer cells, converged": NEW_CELLS}),
         "p10": solves_p10(fig8),
         "fixed_vs_random": fixed_vs_random({

@@ -119,10 +119,18 @@ def test_readme_statements_hold_on_the_data():
     assert "the LSTM's is on or above it in all 15" in text
     assert (lstm["seen"], lstm["below"]) == (15, 0)
     new = headline.limits(headline.points("new_cells")).set_index("arch")
-    assert "minGRU and minLSTM** hold 1 or 2 positions at every size" in text
+    assert "**minGRU and minLSTM** hold 1 or 2 positions at every size" in text
     assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
     assert "the **LRU** reaches N at every size of its grid" in text
     assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
+    assert "and so does the LRU restricted to real lambda" in text
+    lru = headline.limits(headline.points("lru_check")).set_index("arch")
+    assert set(lru.loc["lru_real", "limit"]) <= {1, 2}
+    assert "The selective SSM in **Mamba's block** holds 5 or 6 positions" in text
+    mamba = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
+    more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
+    assert set(mamba["limit"]) == {5} and (mamba["limit"] < mamba["units"]).all()
+    assert list(more) == [5, 6]
 
 
 def test_readme_is_the_front_door():
@@ -219,7 +227,21 @@ def test_reproduction_statements_hold_on_the_data():
     new = headline.limits(headline.points("new_cells")).set_index("arch")
     assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
     assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
-    assert "| S6 (Mamba block) | being measured |" in REPRO.read_text()
+    mamba = headline.limits(headline.points("mamba_check")).set_index(["arch", "cells"])
+    assert "The Mamba block memorizes p <= 5 at both sizes" in text
+    assert list(mamba.loc["mamba", "limit"]) == [5, 5]
+    assert "The bare SSM holds 2 or 3 positions. Both stay far below N." in text
+    assert set(mamba.loc["s6_bare", "limit"]) == {2, 3} and (mamba["limit"] < mamba["units"] / 2).all()
+    assert "block's limit stays 5 at c = 2 and moves to 6 at c = 4" in text
+    more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
+    assert (more.loc[2], more.loc[4]) == (5, 6)
+    lru = headline.limits(headline.points("lru_check")).set_index(["arch", "cells"])
+    assert "With its phase the LRU memorizes one position more than N at both sizes" in text
+    assert list(lru.loc["lru", "limit"] - lru.loc["lru", "units"]) == [1, 1]
+    assert "restricted to real lambda the same unit holds 2 positions at c = 2 and at c = 4" in text
+    assert list(lru.loc["lru_real", "limit"]) == [2, 2]
+    assert "The long-range ring holds fewer positions than the default one" in text
+    assert (lru.loc["lru_ring", "limit"] < lru.loc["lru", "limit"]).all()
 
 
 def _anchors(page: Path) -> set[str]:

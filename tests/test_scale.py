@@ -99,7 +99,8 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
            "budget_lr_search_cosine_c10", "fig6_rnn-paper", "fig9_rnn_fixed-paper", "fig8_gru-paper",
            "fig8_lstm-paper", "new_cells", "fig9_rnn_fixed", "fig8_gru", "fig8_lstm",
            "big_stack_check-noplateau", "depth_lr_check", "gated_lr_check",
-           "fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "fig6_tuned_budget_check_wide-2x"]
+           "fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "fig6_tuned_budget_check_wide-2x",
+           "mamba_check", "mamba_budget_check-2x", "lru_check"]
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
 SHIPPED_PARTLY: list[str] = ["fig6_rnn"]
@@ -330,9 +331,9 @@ def test_benchmark_header_names_the_core_generation():
 
 
 SHIPPED_CURVES = ["fig4_rnn", "fig4_rnn-paper", "fig5_lstm", "fig5_lstm-paper",
-                  "big_stack_check-noplateau"]
-"""docs/data's folders that ship their curves (the loss-curve figures, Figures 4 and 5, and the
-plateau stop's replay need them)"""
+                  "big_stack_check-noplateau", "mamba_check", "mamba_budget_check-2x", "lru_check"]
+"""docs/data's folders that ship their curves (the loss-curve figures, Figures 4 and 5, the
+plateau stop's replay, and the newer cells' checks, whose curves show whether they converged)"""
 
 
 def test_the_shipped_curves_are_their_points_curves():
