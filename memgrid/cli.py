@@ -194,9 +194,15 @@ def _ends_cleanly(command):
 @click.option("--quiet", is_flag=True, help="no progress line")
 @click.option("--dry-run", is_flag=True, help="print the points, what is stored, the packs and an "
               "estimated time; start nothing, write nothing")
+@click.option("--mlflow", "mlflow_uri", metavar="URI",
+              help="also log each pack as an MLflow run at this tracking URI (e.g. a local "
+                   "mlruns folder); needs the `tracking` extra")
+@click.option("--wandb", "wandb_project", metavar="PROJECT",
+              help="also log each pack as a Weights & Biases run in this project (offline "
+                   "unless WANDB_MODE says otherwise); needs the `tracking` extra")
 @_ends_cleanly
 def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protocol, no_plateau,
-        smoke, address, num_cpus, max_points, quiet, dry_run):
+        smoke, address, num_cpus, max_points, quiet, dry_run, mlflow_uri, wandb_project):
     """Train every point of GRID.yaml that the results folder does not hold yet."""
     if num_cpus is not None and num_cpus < 1:
         _fail(f"command line: --num-cpus: must be >= 1, got {num_cpus}")
@@ -207,7 +213,14 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
         _fail(f"command line: --max-points: must be >= 1, got {max_points}")
     if out == "":
         _fail("command line: --out: empty; give a folder or a URI")
+    tracking = [(k, v) for k, v in (("mlflow", mlflow_uri), ("wandb", wandb_project)) if v]
+    for k, v in tracking:
+        if not v.strip():
+            _fail(f"command line: --{k}: empty")
     try:
+        from .run.tracking import check as check_tracking
+
+        check_tracking(tracking)
         grid = build_grid(grid_file, smoke=smoke, pack=pack, cpus_per_trial=cpus_per_trial,
                           gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
                           no_plateau=no_plateau, protocol=protocol)
@@ -271,7 +284,8 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
 
         try:
             summary = run_grid(grid, out, address=address, num_cpus=num_cpus, quiet=quiet,
-                               started=launch_time(), names=names, prepare=prepare)
+                               started=launch_time(), names=names, prepare=prepare,
+                               tracking=tracking)
         except ConfigError as e:     # the address or the cluster's resources: nothing trained
             _fail(str(e))
         if summary["done"] == summary["points"] and not summary["failed_trials"]:

@@ -26,6 +26,7 @@ from ..results import TUNING, done_ids, stop_counts, stops_of
 from .address import check_address, check_fits
 from .plan import NOTICE_POINTS, cpu_slot_bytes
 from .progress import Progress, plural, say
+from .tracking import callbacks as tracking_callbacks
 from .trial import check_saved, pack_trial, resume_saved
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
@@ -144,7 +145,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                quiet: bool = False,
                started: float | None = None, names: dict[str, str] | None = None,
                prepare=None, halving: LRTuning | None = None, lr_source: str = "grid",
-               label: str = "") -> dict:
+               label: str = "", tracking: list[tuple[str, str]] = ()) -> dict:
     """Train every one of `points` (of `grid`) missing from `out`. Returns a summary dict.
 
     `address`: join a running Ray cluster (None: an embedded Ray on loopback, ended with every
@@ -216,7 +217,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                                 before, packs, slots, started, stored_before=stored)
             tuner = _tuner(grid, out, packs, gpus, attempt=attempt, max_failures=max_failures,
                            lr_source=lr_source, halving=halving,
-                           progress=None if quiet else progress)
+                           progress=None if quiet else progress, tracking=tracking)
             if len(todo) >= NOTICE_POINTS and not quiet:
                 progress.show()     # before Tune's first step, a few seconds away at this size
             failed = [r.error for r in tuner.fit() if r.error is not None]
@@ -310,7 +311,7 @@ def _round_packs(name: str, out: str, todo: list[Point], pack, slots: int, devic
 
 def _tuner(grid: Grid, out: str, packs: list[list[Point]], gpus: float, *, attempt: int,
            max_failures: int, lr_source: str, halving: LRTuning | None,
-           progress: Progress | None):
+           progress: Progress | None, tracking: list[tuple[str, str]] = ()):
     """The Tune run of one round: a trial per pack of `packs`, each with `gpus` GPUs, its
     trials' records in `<out>/_tune`, its results shown by `progress` (None: nothing)."""
     from ray import tune
@@ -340,7 +341,8 @@ def _tuner(grid: Grid, out: str, packs: list[list[Point]], gpus: float, *, attem
             storage_path=f"{storage.rstrip('/')}/_tune",
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[] if progress is None else [_Callback()], verbose=0),
+            callbacks=([] if progress is None else [_Callback()])
+            + tracking_callbacks(tracking, grid.name), verbose=0),
     )
 
 
