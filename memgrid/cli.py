@@ -296,6 +296,8 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
     click.echo(f"{out}: {summary['done']}/{summary['points']} points stored "
                f"({summary['trained']} trained now, {summary['done_before']} before)"
                + (f"; {missing} missing: run the same command again to finish them" if missing else ""))
+    if summary["done"]:
+        click.echo(f"analyse it: memgrid analyze {out}")
     if summary["failed_trials"] or missing:
         sys.exit(1)
 
