@@ -17,7 +17,8 @@ import argparse
 import pandas as pd
 
 from memgrid.analysis import compare_runs, load_points
-from memgrid.analysis.report import md_table, values_text
+from memgrid.analysis.report import md_table
+from memgrid.analysis.tables import values_text
 from memgrid.analysis.tables import THRESHOLD, units
 
 

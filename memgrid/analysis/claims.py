@@ -24,7 +24,7 @@ from ..config import PROTOCOLS
 from .capacity import capacity_testable, memory_capacity
 from .limits import bimodality
 from .tables import (THRESHOLD, budget_steps, describe, fixed_length, mean_losses, random_length,
-                     variant_columns)
+                     values_text, variant_columns)
 
 HOLDS, FAILS, NOT_COVERED = "holds", "does not hold", "not covered by this grid"
 UNDECIDED = "undecided"
@@ -162,7 +162,7 @@ def _c_equals_p(points: pd.DataFrame, threshold: float) -> tuple[str, str]:
     per = ok.groupby(["cells"] + extra, dropna=False)["ok"].agg(["sum", "size"]).reset_index()
     best = per.assign(frac=per["sum"] / per["size"]).sort_values("frac").groupby("cells").last()
     bad = best[best["sum"] < best["size"]]
-    ev = (f"{len(best) - len(bad)} of {len(best)} cell counts c = {_ranges(best.index)} memorize "
+    ev = (f"{len(best) - len(bad)} of {len(best)} cell counts c = {values_text(best.index)} memorize "
           f"p = c in every seed (loss < {threshold})")
     if bad.size:
         ev += "; not: " + ", ".join(f"c={c}: {int(r['sum'])} of {int(r['size'])} seeds"
@@ -265,17 +265,6 @@ def _bimodal(points: pd.DataFrame, threshold: float) -> tuple[str, str]:
           f"({100 * b['share_means']:.1f}%) and {100 * b['share_points']:.1f}% of single points "
           f"lie in [{threshold}, 0.2]; 'few' means < {100 * FEW:.0f}%")
     return (HOLDS if b["share_means"] < FEW else FAILS), ev
-
-
-def _ranges(values) -> str:
-    """[1, 2, 3, 5] -> '1..3, 5'."""
-    vals, out = sorted(int(v) for v in values), []
-    for v in vals:
-        if out and v == out[-1][1] + 1:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
-    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in out)
 
 
 def check_claims(points: pd.DataFrame, curves: pd.DataFrame | None = None,

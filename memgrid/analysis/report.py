@@ -28,7 +28,8 @@ from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, 
 from .summary import (TASKS, archs_in_order, claim_sentences, count_sentence, has_variants, limits_table,
                       reach_sentences, settings_table, summary_grid)
 from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
-                     load_points, random_length, units, units_text, variant_columns)
+                     load_points, random_length, units, units_text, values_text,
+                     variant_columns)
 
 MAX_ID_CHECK = 100_000
 """Grids up to this many points are expanded to point ids to count exactly which are done."""
@@ -60,19 +61,6 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS, full: str | None = None
         lines.append(f"\n(the first {max_rows} of {len(df)} rows; all of them in [{full}]({full}))"
                      if full else f"\n({len(df) - max_rows} more rows not shown)")
     return "\n".join(lines) + "\n"
-
-
-def values_text(vals: list) -> str:
-    """[1, 2, 3, 7] -> '1..3, 7'; other lists as written."""
-    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-        runs: list[list[int]] = []
-        for v in sorted(vals):
-            if runs and v == runs[-1][1] + 1:
-                runs[-1][1] = v
-            else:
-                runs.append([v, v])
-        return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs)
-    return ", ".join(map(str, vals))
 
 
 def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list[str]:

@@ -18,7 +18,7 @@ from .claims import FAILS, HOLDS, NOT_COVERED, UNDECIDED
 from .convergence import budget_check, check_marks
 from .limits import STRICT_THRESHOLDS, limits_with_seeds
 from .tables import (CONFIG, THRESHOLD, arch_label, fixed_length, random_length,
-                     variant_columns)
+                     values_text, variant_columns)
 
 TASKS = (("random", "random length (Definition 1)", random_length),
          ("fixed", "fixed length (Definition 2)", fixed_length))
@@ -92,19 +92,9 @@ def summary_grid(lim: pd.DataFrame, arch: str) -> pd.DataFrame:
                         columns=["c"] + [head[l] for l in layers])
 
 
-def _ranges(values) -> str:
-    vals, out = sorted(int(v) for v in values), []
-    for v in vals:
-        if out and v == out[-1][1] + 1:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
-    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in out)
-
-
 def _where(sel: pd.DataFrame) -> str:
     """`l=1: c = 1..7, 10; l=2: c = 2` for the configurations in `sel` (one arch)."""
-    return "; ".join(f"l={int(l)}: c = {_ranges(g['cells'])}"
+    return "; ".join(f"l={int(l)}: c = {values_text(g['cells'])}"
                      for l, g in sel.groupby("layers", sort=True)) or "none"
 
 

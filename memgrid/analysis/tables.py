@@ -162,3 +162,17 @@ def load_points(uri: str) -> pd.DataFrame:
 def load_curves(uri: str, point_ids=None) -> pd.DataFrame:
     """The curves of a results folder (optionally only of some points) as pandas."""
     return read_curves(uri, point_ids).to_pandas()
+
+
+def values_text(vals) -> str:
+    """[1, 2, 3, 7] -> '1..3, 7' (integers, numpy's too, as runs); other values as written."""
+    vals = list(vals)
+    if vals and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
+        runs: list[list[int]] = []
+        for v in sorted(int(v) for v in vals):
+            if runs and v == runs[-1][1] + 1:
+                runs[-1][1] = v
+            else:
+                runs.append([v, v])
+        return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs)
+    return ", ".join(map(str, vals))

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..cells import CELLS, MAMBA_CONV, S6_STATE, _dt_rank
-from .native import load_once, load_so
+from .native import load_once, load_so, on_cpu
+from .native import pointer as _p
 from .stack import BufferPool
 
 SRC = Path(__file__).with_name("csrc") / "diagonal.c"
@@ -78,16 +79,7 @@ def lib(dtype: torch.dtype) -> ctypes.CDLL | None:
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
     """The kernel, if this call can use it: a cell of :data:`ARCH`, CPU tensors of one float
     dtype."""
-    if arch not in ARCH or any(t.device.type != "cpu" for t in tensors):
-        return None
-    dtype = tensors[0].dtype
-    if any(t.dtype != dtype for t in tensors):
-        return None
-    return lib(dtype)
-
-
-def _p(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    return on_cpu(lib, *tensors) if arch in ARCH else None
 
 
 def _check(status: int) -> None:

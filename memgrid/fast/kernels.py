@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .layout import ARCH, fused_rows
-from .native import load_once, load_so
+from .native import load_once, load_so, on_cpu
+from .native import pointer as _p
 
 SRC = Path(__file__).with_name("csrc") / "cells.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
@@ -81,16 +82,7 @@ def prepare() -> bool:
 
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
     """The kernels, if this call can use them: rnn, lstm or gru, CPU tensors of one float dtype."""
-    if arch not in ARCH or any(t.device.type != "cpu" for t in tensors):
-        return None
-    dtype = tensors[0].dtype
-    if any(t.dtype != dtype for t in tensors):
-        return None
-    return lib(dtype)
-
-
-def _p(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    return on_cpu(lib, *tensors) if arch in ARCH else None
 
 
 def activation(a: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:

@@ -177,3 +177,20 @@ def cpu_text(cpuinfo: str | None = None) -> str:
                26: "Zen 5"}.get(int(family), "AMD")
         return f"{name} ({gen}: cpu family {family}, model {model}; {vectors})"
     return f"{name} (cpu family {family}, model {model}; {vectors})" if family else name
+
+
+def pointer(t):
+    """A tensor's data as a ctypes pointer for a kernel (None: NULL). The tensor must outlive
+    the call."""
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def on_cpu(lib, *tensors):
+    """`lib(dtype)` where `tensors` are CPU tensors of one dtype (what a C kernel takes), else
+    None."""
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    dtype = tensors[0].dtype
+    if any(t.dtype != dtype for t in tensors):
+        return None
+    return lib(dtype)

@@ -419,12 +419,7 @@ int NAME(memgrid_train_step)(int arch, int K, int L, int T, int P, int B, int c,
         const REAL *xk = x + (int64_t)k * B, *yk = y + (int64_t)k * B;
         const uint8_t *mkk = mask + (int64_t)k * B;
         REAL *yh = yhat + (int64_t)k * B;
-        Opt o = {0, lr[k], mom[k], 0, 0, 0, 0, 0, 0};
-        if (sqs) {
-            o.adam = 1;
-            o.b2 = adam[0], o.ob2 = adam[1], o.eps = adam[2], o.c2 = adam[3];
-            o.w1 = adam[4 + 2 * k], o.step = adam[5 + 2 * k];
-        }
+        const Opt o = member_opt(k, lr, mom, sqs ? adam : NULL);
         split_params(arch, L, c, params, k, Sp);
         forward_member(arch, K, L, T, P, B, c, (int)S, Sp, xk, mkk, H, Cs, Ra ? Aux : NULL, NULL, X, O);
         readout_member(B, c, linear, params + 4 * L, bufs + 4 * L, sqs ? sqs + 4 * L : NULL, k,

@@ -305,6 +305,18 @@ typedef struct {
     REAL w1, step, b2, ob2, c2, eps; /* Adam: 1 - b1, lr / (1 - b1^t), b2, 1 - b2, sqrt(1 - b2^t) */
 } Opt;
 
+/* member k's optimizer: SGD at lr[k] with momentum mom[k], or Adam where `adam` holds
+ * {b2, 1 - b2, eps, sqrt(1 - b2^t), then per member 1 - b1 and lr / (1 - b1^t)} (mom: b1) */
+static inline Opt member_opt(int k, const REAL *lr, const REAL *mom, const REAL *adam) {
+    Opt o = {0, lr[k], mom[k], 0, 0, 0, 0, 0, 0};
+    if (adam) {
+        o.adam = 1;
+        o.b2 = adam[0], o.ob2 = adam[1], o.eps = adam[2], o.c2 = adam[3];
+        o.w1 = adam[4 + 2 * k], o.step = adam[5 + 2 * k];
+    }
+    return o;
+}
+
 static REAL no_sq;    /* SGD has no second moments: its updates get this, and never touch it */
 
 /* one parameter's update, each product and sum rounded on its own, in torch's order:

@@ -42,6 +42,24 @@
 enum { MINGRU = 0, MINLSTM = 1, LRU = 2, MAMBA = 3, S6_BARE = 4 };
 #define IS_SSM(arch) ((arch) == MAMBA || (arch) == S6_BARE)
 
+/* What reaches step t of layer i going backward, in every cell's backward: the gradient from
+ * the layer above (ga) and from the output (go: the last layer's last step), where the
+ * gradient to the layer below goes (gbt), and whether truncated backpropagation cuts the
+ * recurrence between steps t - 1 and t. skip: nothing reaches the step (gbt, where there is
+ * one, is then zero). */
+typedef struct { const REAL *ga, *go; REAL *gbt; int skip, cut; } StepIn;
+static inline StepIn step_in(int i, int L, int t, int T, int tbptt, int64_t cb,
+                             int have_rec, const REAL *Gab, REAL *Gbe, const REAL *g_outk) {
+    StepIn s;
+    s.ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
+    s.go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
+    s.gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
+    s.skip = !s.ga && !s.go && !have_rec;
+    if (s.skip && s.gbt) memset(s.gbt, 0, sizeof(REAL) * cb);
+    s.cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0;
+    return s;
+}
+
 static int dgroups(int arch) { return arch == MINGRU ? 2 : 3; }
 /* rows kept per layer and step for backward: mingru z, signed g; minlstm a = f / (f + i),
  * q = i / (f + i), u = e_f / (2 + e_f + e_i), v = e_i / (2 + e_f + e_i), signed g */
@@ -159,14 +177,11 @@ static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c,
         memset(acc, 0, sizeof(REAL) * R * cols * VL);
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const REAL *ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
-            const REAL *go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
-            REAL *gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
-            if (!ga && !go && !have_rec) {
-                if (gbt) memset(gbt, 0, sizeof(REAL) * cb);
-                continue;
-            }
-            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > t0;
+            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
+            if (in_.skip) continue;
+            const REAL *ga = in_.ga, *go = in_.go;
+            REAL *gbt = in_.gbt;
+            const int cut = in_.cut, rec = !cut && t > t0;
             const REAL *hp = Hi + (int64_t)t * cb;
             const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             const REAL *a = Ak + ((int64_t)i * T + t) * Ra * B;
@@ -365,14 +380,11 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
         memset(acc_u, 0, sizeof(REAL) * 3 * c * VL);          /* lambda's re, im, gamma */
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const REAL *ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
-            const REAL *go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
-            REAL *gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
-            if (!ga && !go && !have_rec) {
-                if (gbt) memset(gbt, 0, sizeof(REAL) * cb);
-                continue;
-            }
-            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > t0;
+            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
+            if (in_.skip) continue;
+            const REAL *ga = in_.ga, *go = in_.go;
+            REAL *gbt = in_.gbt;
+            const int cut = in_.cut, rec = !cut && t > t0;
             const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             const REAL *z = Ak + ((int64_t)i * T + t) * 5 * cb, *p = z + 2 * cb;
             const REAL *zp = t > t0 ? z - 5 * cb : NULL;
@@ -747,14 +759,11 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
         memset(pend, 0, sizeof(REAL) * CONVW * cb);
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const REAL *ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
-            const REAL *go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
-            REAL *gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
-            if (!ga && !go && !have_rec) {
-                if (gbt) memset(gbt, 0, sizeof(REAL) * cb);
-                continue;
-            }
-            const int cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0, rec = !cut && t > t0;
+            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
+            if (in_.skip) continue;
+            const REAL *ga = in_.ga, *go = in_.go;
+            REAL *gbt = in_.gbt;
+            const int cut = in_.cut, rec = !cut && t > t0;
             const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             const REAL *a = Ak + ((int64_t)i * T + t) * rb, *ap = t > t0 ? a - rb : NULL;
             const REAL *v = a + (int64_t)o.v * B, *dbc = a + (int64_t)o.dbc * B;
@@ -1047,12 +1056,7 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
         const REAL *xk = x + (int64_t)k * B, *yk = y + (int64_t)k * B;
         const uint8_t *mkk = mask + (int64_t)k * B;
         REAL *yh = yhat + (int64_t)k * B;
-        Opt o = {0, lr[k], mom[k], 0, 0, 0, 0, 0, 0};
-        if (sqs) {
-            o.adam = 1;
-            o.b2 = adam[0], o.ob2 = adam[1], o.eps = adam[2], o.c2 = adam[3];
-            o.w1 = adam[4 + 2 * k], o.step = adam[5 + 2 * k];
-        }
+        const Opt o = member_opt(k, lr, mom, sqs ? adam : NULL);
         for (int n = 0, e = 0; n < np; e += sizes[n], n++)
             memcpy(Wk + e, params[n] + k * sizes[n], sizeof(REAL) * sizes[n]);
         split_of_member(arch, Wk, L, c, Sp);
