@@ -8,19 +8,19 @@ IMPORTED = _time.monotonic()
 """when memgrid was first imported (time.monotonic()): the earliest start the progress clock
 believes (memgrid.processes.launch_time)"""
 
-from .cells import Cell as Cell
-from .config import ConfigError as ConfigError
-from .config import Grid as Grid
-from .config import Point as Point
-from .grid_file import load_grid as load_grid
+_PUBLIC = {"Cell": "cells", "ConfigError": "config", "Grid": "config", "Point": "config",
+           "load_grid": "grid_file", "PackTrainer": "train", "train_points": "train"}
+"""the public names and their modules"""
 
 
 def __getattr__(name: str):
-    # torch-backed names load on first use: the CLI's input checks and the analysis of a
-    # results folder do not pay torch's import
-    if name in ("PackTrainer", "train_points"):
-        from . import train
-        return getattr(train, name)
+    # every public name loads on first use: `memgrid` itself imports nothing, so that the
+    # command line's own signal handlers are in place before anything takes time, and the
+    # analysis of a results folder does not pay torch's import
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
     raise AttributeError(f"module 'memgrid' has no attribute {name!r}")
 
 
