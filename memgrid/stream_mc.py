@@ -29,8 +29,6 @@ trained networks know; reservoirpy's default is [-0.8, 0.8].
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .config import default_k_max, default_washout, units

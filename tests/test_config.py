@@ -1,7 +1,5 @@
 """Grid files: strict loading, expansion, smoke shrink; bad input on the command line."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 

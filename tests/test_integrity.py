@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from memgrid.fast import kernels, native
+from memgrid.fast import kernels
 from memgrid.processes import Interrupted, STOP_SIGNALS
 from memgrid.results import (COMPACTING, SCHEMA_VERSION, check_folder, check_results, compact,
                              damaged_parts, done_ids, read_curves, read_points, repair,

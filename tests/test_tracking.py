@@ -46,7 +46,7 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path):
     """--wandb without the package: exit 2, one line naming the flag and the extra, nothing
     written (wandb is not among the test dependencies)."""
     try:
-        import wandb  # noqa: F401
+        import wandb  # noqa: F401 (present: the refusal cannot be seen)
         pytest.skip("wandb is installed here")
     except ImportError:
         pass

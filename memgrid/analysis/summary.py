@@ -147,7 +147,7 @@ def count_sentence(lim: pd.DataFrame, threshold: float) -> str:
     if stricter:
         text += " At stricter thresholds the limit is lower in " + ", ".join(
             f"{int((lim[f'limit_{t:g}'] < lim['limit']).sum())} (at {t:g})" for t in stricter)
-        text += f", and above the bound in " + ", ".join(
+        text += ", and above the bound in " + ", ".join(
             f"{int((lim[f'limit_{t:g}'] > lim['bound']).sum())} (at {t:g})" for t in stricter) + "."
     marks = lim["converged"].value_counts()
     checked = int(marks.get("converged", 0) + marks.get("moves", 0))
