@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgrid.fast import kernels  # noqa: E402
+from memgrid import fast  # noqa: E402
 from memgrid.results import read_points  # noqa: E402
 from memgrid.run.preflight import prepare_out  # noqa: E402
 from memgrid.config import Grid, Point  # noqa: E402
@@ -373,7 +373,7 @@ def main() -> None:
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="memgrid-bench-")
     cpu = cpu_text()
-    c_kernels = "C kernels" if kernels.prepare() else "torch ops (no C kernels)"
+    c_kernels = "C kernels" if fast.prepare() else "torch ops (no C kernels)"
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; memgrid: {c_kernels}",
           flush=True)
     rates = machine_rates()

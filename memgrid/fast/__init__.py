@@ -39,3 +39,16 @@ def path_name(arch: str, device, dtype=None) -> str:
     if mod is not None and mod.lib(dtype or torch.float32) is not None:
         return f"c-{kernels.vector_width()}"
     return "torch"
+
+
+def prepare() -> bool:
+    """Build every C kernel (the paper cells', the diagonal cells', the task's) or load it from
+    the cache, in this process, so that the workers started after it load them instead of each
+    building them at once. True where they are available."""
+    import torch
+
+    from .. import task
+    from . import diagonal, kernels
+
+    return (kernels.lib(torch.float32) is not None and diagonal.lib(torch.float32) is not None
+            and task._lib() is not None)

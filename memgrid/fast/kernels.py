@@ -70,16 +70,6 @@ def vector_width() -> str:
     return "sse2" if platform.machine() in ("x86_64", "AMD64") else platform.machine().lower()
 
 
-def prepare() -> bool:
-    """Build the C kernels (or load them from the cache) in this process, so that the workers
-    started after it load them instead of each building them at once. True where they are
-    available."""
-    from .. import task
-    from . import diagonal
-    return (lib(torch.float32) is not None and diagonal.lib(torch.float32) is not None
-            and task._lib() is not None)
-
-
 def usable(arch: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
     """The kernels, if this call can use them: rnn, lstm or gru, CPU tensors of one float dtype."""
     return on_cpu(lib, *tensors) if arch in ARCH else None

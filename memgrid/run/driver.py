@@ -265,8 +265,8 @@ def _ray_up(res: Resources, address: str | None, num_cpus: int | None,
 
     embedded = address is None
     if embedded:    # this machine's workers: build the C kernels once, here
-        from ..fast import kernels
-        kernels.prepare()
+        from .. import fast
+        fast.prepare()
     elif address != "local" and not ray.is_initialized():
         check_address(address)
     was_catching = catching()
