@@ -44,19 +44,23 @@ enum { MINGRU = 0, MINLSTM = 1, LRU = 2, MAMBA = 3, S6_BARE = 4 };
 
 /* What reaches step t of layer i going backward, in every cell's backward: the gradient from
  * the layer above (ga) and from the output (go: the last layer's last step), where the
- * gradient to the layer below goes (gbt), and whether truncated backpropagation cuts the
- * recurrence between steps t - 1 and t. skip: nothing reaches the step (gbt, where there is
- * one, is then zero). */
-typedef struct { const REAL *ga, *go; REAL *gbt; int skip, cut; } StepIn;
-static inline StepIn step_in(int i, int L, int t, int T, int tbptt, int64_t cb,
-                             int have_rec, const REAL *Gab, REAL *Gbe, const REAL *g_outk) {
+ * gradient to the layer below goes (gbt), the step's mask (mk, NULL: every sequence started),
+ * whether truncated backpropagation cuts the recurrence between steps t - 1 and t (cut), and
+ * whether the gradient goes on to step t - 1 (rec). skip: nothing reaches the step (gbt, where
+ * there is one, is then zero). */
+typedef struct { const REAL *ga, *go; REAL *gbt; const uint8_t *mk; int skip, cut, rec; } StepIn;
+static inline StepIn step_in(int i, int L, int t, int T, int t0, int P, int K, int B, int64_t cb,
+                             int tbptt, int have_rec, const REAL *Gab, REAL *Gbe,
+                             const REAL *g_outk, const uint8_t *mkk) {
     StepIn s;
     s.ga = i < L - 1 ? Gab + (int64_t)t * cb : NULL;
     s.go = (i == L - 1 && t == T - 1) ? g_outk : NULL;
     s.gbt = i > 0 ? Gbe + (int64_t)t * cb : NULL;
+    s.mk = t < P ? mkk + (int64_t)t * K * B : NULL;
     s.skip = !s.ga && !s.go && !have_rec;
     if (s.skip && s.gbt) memset(s.gbt, 0, sizeof(REAL) * cb);
     s.cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0;
+    s.rec = !s.cut && t > t0;
     return s;
 }
 
@@ -177,20 +181,18 @@ static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c,
         memset(acc, 0, sizeof(REAL) * R * cols * VL);
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
-            if (in_.skip) continue;
-            const REAL *ga = in_.ga, *go = in_.go;
-            REAL *gbt = in_.gbt;
-            const int cut = in_.cut, rec = !cut && t > t0;
+            const StepIn st = step_in(i, L, t, T, t0, P, K, B, cb, tbptt, have_rec, Gab, Gbe,
+                                      g_outk, mkk);
+            if (st.skip) continue;
             const REAL *hp = Hi + (int64_t)t * cb;
-            const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
             const REAL *a = Ak + ((int64_t)i * T + t) * Ra * B;
             for (int64_t e = 0; e < cb; e += B) {
-                const REAL *ga_ = ga ? ga + e : NULL, *go_ = go ? go + e : NULL, *hpr = hp + e;
+                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
+                const REAL *hpr = hp + e;
                 REAL *gr = grec + e, *g = gh + e;
                 SIMD for (int b = 0; b < B; b++) {
                     REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0) + (have_rec ? gr[b] : 0);
-                    g[b] = mk ? v * mk[b] : v;
+                    g[b] = st.mk ? v * st.mk[b] : v;
                 }
                 if (arch == MINGRU) {
                     const REAL *zg = a + e, *gg = zg + cb;
@@ -220,11 +222,11 @@ static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c,
             for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
             Z[m] = ones;
             wgrad(R, cols, Gp, Z, acc, B);
-            if (gbt) {
-                for (int j = 0; j < m; j++) O[j] = gbt + (int64_t)j * B;
+            if (st.gbt) {
+                for (int j = 0; j < m; j++) O[j] = st.gbt + (int64_t)j * B;
                 gemm(m, R, At, NULL, Gp, O, B);
             }
-            have_rec = rec;
+            have_rec = st.rec;
         }
         /* lane sums, written in the cell's parameter order: w_g (c, m), b_g (c) per group */
         REAL *gWi = gWk + dlayer_offset(arch, i, c);
@@ -380,21 +382,18 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
         memset(acc_u, 0, sizeof(REAL) * 3 * c * VL);          /* lambda's re, im, gamma */
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
-            if (in_.skip) continue;
-            const REAL *ga = in_.ga, *go = in_.go;
-            REAL *gbt = in_.gbt;
-            const int cut = in_.cut, rec = !cut && t > t0;
-            const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+            const StepIn st = step_in(i, L, t, T, t0, P, K, B, cb, tbptt, have_rec, Gab, Gbe,
+                                      g_outk, mkk);
+            if (st.skip) continue;
             const REAL *z = Ak + ((int64_t)i * T + t) * 5 * cb, *p = z + 2 * cb;
             const REAL *zp = t > t0 ? z - 5 * cb : NULL;
             REAL *gy = gp + 2 * cb;                           /* P's rows: B_re u, B_im u, D u */
             for (int64_t e = 0; e < cb; e += B) {
-                const REAL *ga_ = ga ? ga + e : NULL, *go_ = go ? go + e : NULL;
+                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
                 REAL *g = gy + e;
                 SIMD for (int b = 0; b < B; b++) {
                     REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
-                    g[b] = mk ? v * mk[b] : v;
+                    g[b] = st.mk ? v * st.mk[b] : v;
                 }
             }
             /* y = Cm z + D u: Cm's gradient, then z's (from y and from step t + 1) */
@@ -417,7 +416,7 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
 #define LRU_GRAD(b, l)                                                                         \
     do {                                                                                       \
         REAL a = gre[b] + (have_rec ? rr[b] : 0), bb = gim[b] + (have_rec ? ri[b] : 0);        \
-        if (mk) { a *= mk[b]; bb *= mk[b]; }                                                   \
+        if (st.mk) { a *= st.mk[b]; bb *= st.mk[b]; }                                          \
         const REAL x0 = re0 ? re0[b] : 0, y0 = im0 ? im0[b] : 0;                               \
         al[l] += a * x0 + bb * y0;                  /* d/d lambda_re */                        \
         ai[l] += bb * x0 - a * y0;                  /* d/d lambda_im */                        \
@@ -437,11 +436,11 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
             for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
             for (int r = 0; r < 3 * c; r++) Gp[r] = gp + (int64_t)r * B;
             wgrad(3 * c, m, Gp, Z, acc_in, B);
-            if (gbt) {
-                for (int j = 0; j < m; j++) O[j] = gbt + (int64_t)j * B;
+            if (st.gbt) {
+                for (int j = 0; j < m; j++) O[j] = st.gbt + (int64_t)j * B;
                 gemm(m, 3 * c, lru_Aint(Sp, i, c), NULL, Gp, O, B);
             }
-            have_rec = rec;
+            have_rec = st.rec;
         }
         /* lane sums, written in the cell's parameter order */
         REAL *gW = gWk + lru_layer_offset(i, c);
@@ -759,12 +758,9 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
         memset(pend, 0, sizeof(REAL) * CONVW * cb);
         int have_rec = 0;
         for (int t = T - 1; t >= t0; t--) {
-            const StepIn in_ = step_in(i, L, t, T, tbptt, cb, have_rec, Gab, Gbe, g_outk);
-            if (in_.skip) continue;
-            const REAL *ga = in_.ga, *go = in_.go;
-            REAL *gbt = in_.gbt;
-            const int cut = in_.cut, rec = !cut && t > t0;
-            const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+            const StepIn st = step_in(i, L, t, T, t0, P, K, B, cb, tbptt, have_rec, Gab, Gbe,
+                                      g_outk, mkk);
+            if (st.skip) continue;
             const REAL *a = Ak + ((int64_t)i * T + t) * rb, *ap = t > t0 ? a - rb : NULL;
             const REAL *v = a + (int64_t)o.v * B, *dbc = a + (int64_t)o.dbc * B;
             const REAL *de = a + (int64_t)o.delta * B, *dt = a + (int64_t)o.dt * B;
@@ -773,14 +769,15 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
             const REAL *Bs = dbc + (int64_t)r * B, *Cs = Bs + (int64_t)S6N * B;
             /* the output: y (gated by silu(z) in mamba) */
             for (int j = 0; j < c; j++) {
-                const REAL *ga_ = ga ? ga + (int64_t)j * B : NULL, *go_ = go ? go + (int64_t)j * B : NULL;
+                const REAL *ga_ = st.ga ? st.ga + (int64_t)j * B : NULL;
+                const REAL *go_ = st.go ? st.go + (int64_t)j * B : NULL;
                 const REAL *yj = y + (int64_t)j * B, *vj = v + (int64_t)j * B;
                 const REAL *zj = mb ? a + (int64_t)(o.P + c + j) * B : NULL;
                 REAL *gyj = gy + (int64_t)j * B, *gzj = mb ? gP + (int64_t)(c + j) * B : NULL;
                 REAL *gvj = gv + (int64_t)j * B;
                 SIMD for (int b = 0; b < B; b++) {
                     REAL g = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
-                    if (mk) g *= mk[b];
+                    if (st.mk) g *= st.mk[b];
                     if (zj) {
                         REAL sz = sigm_(zj[b]);
                         gyj[b] = g * (zj[b] * sz);
@@ -807,7 +804,7 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
                     REAL *ghq = gh + (int64_t)jq * B, *rq = grec + (int64_t)jq * B;
                     SIMD for (int b = 0; b < B; b++) {
                         REAL gv_ = gyj[b] * Cq[b] + (have_rec ? rq[b] : 0);
-                        if (mk) gv_ *= mk[b];
+                        if (st.mk) gv_ *= st.mk[b];
                         REAL da = dj[b] * A;
                         REAL e = exp_(da < -80 ? -80 : da), h0 = hpq ? hpq[b] : 0;
                         gC[b] += gyj[b] * hq[b];
@@ -844,7 +841,7 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
                     SIMD for (int b = 0; b < B; b++) {
                         REAL sp = sigm_(pj[b]);
                         gvj[b] *= sp * (1 + pj[b] * (1 - sp));      /* now the pre-activation's */
-                        gxj[b] = gvj[b] * w[CONVW - 1] + (mk ? cj[b] * mk[b] : cj[b]);
+                        gxj[b] = gvj[b] * w[CONVW - 1] + (st.mk ? cj[b] * st.mk[b] : cj[b]);
                         cj[b] = 0;
                     }
                     lanes_dot(acc_conv + ((int64_t)c * CONVW + j) * VL, gvj, NULL, B);   /* b_conv */
@@ -867,12 +864,12 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
             Z[m] = ones;
             for (int q = 0; q < pin; q++) Gp[q] = gP + (int64_t)q * B;
             wgrad(pin, m + 1, Gp, Z, acc_in, B);
-            if (gbt) {
-                for (int j = 0; j < m; j++) O[j] = gbt + (int64_t)j * B;
+            if (st.gbt) {
+                for (int j = 0; j < m; j++) O[j] = st.gbt + (int64_t)j * B;
                 gemm(m, pin, s.Aint, NULL, Gp, O, B);
             }
-            if (cut) memset(pend, 0, sizeof(REAL) * CONVW * cb);   /* the window's gradient too */
-            have_rec = rec;
+            if (st.cut) memset(pend, 0, sizeof(REAL) * CONVW * cb);   /* the window's gradient too */
+            have_rec = st.rec;
         }
         /* lane sums, written in the cell's parameter order */
         REAL *gW = gWk + ssm_layer_offset(arch, i, c);
