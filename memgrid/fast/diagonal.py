@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..cells import CELLS, MAMBA_CONV, S6_STATE, _dt_rank
-from .native import load_once, load_so, on_cpu
+from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
 from .stack import BufferPool
 
@@ -165,15 +165,7 @@ def train_step(lib, arch: str, tbptt: int, params: list[torch.Tensor], bufs: lis
     """One optimizer step of every member, in place, as memgrid.fast.kernels.train_step takes
     it (params and bufs in memgrid.models.param_shapes' order, `w_out`, `b_out` last for a
     linear readout; x `(T, K, B)`, mask `(P, K, B)`); returns the outputs `(K, B)`."""
-    T, K, B = x.shape
-    c = _cells(arch, params)
     L = _layers(arch, params)
-    linear = len(params) > L * len(CELLS[arch].weights(1, 1))
-    yhat = y.new_empty(K, B)
-    ptrs = (ctypes.c_void_p * len(params))(*(t.data_ptr() for t in params))
-    bptrs = (ctypes.c_void_p * len(bufs))(*(t.data_ptr() for t in bufs))
-    sptrs = (ctypes.c_void_p * len(sqs))(*(t.data_ptr() for t in sqs)) if sqs else None
-    _check(lib.step(ARCH[arch], K, L, T, mask.shape[0], B, c, tbptt, int(linear), ptrs, bptrs,
-                    _p(lr), _p(mom), sptrs, _p(adam) if sqs else None, _p(x), _p(mask), _p(y),
-                    _p(yhat), _p(ws)))
-    return yhat
+    return train_step_call(lib, ARCH[arch], L, _cells(arch, params),
+                           len(params) > L * len(CELLS[arch].weights(1, 1)), tbptt, params, bufs,
+                           lr, mom, x, mask, y, ws, sqs, adam)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .layout import ARCH, fused_rows
-from .native import load_once, load_so, on_cpu
+from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
 
 SRC = Path(__file__).with_name("csrc") / "cells.c"
@@ -134,16 +134,6 @@ def train_step(lib, arch: str, tbptt: int, params: list[torch.Tensor], bufs: lis
     coefficients, memgrid.train.PackTrainer._adam_coefficients) are given. x `(T, K, B)`, mask
     `(P, K, B)` bool, y `(K, B)`, lr and mom `(K,)`, all contiguous in one dtype; ws:
     :func:`train_scratch` elements. Returns the outputs `(K, B)` (the loss is theirs to take)."""
-    T, K, B = x.shape
-    c = params[1].shape[-1]
-    L = len(params) // 4
-    linear = len(params) % 4 == 2
-    yhat = y.new_empty(K, B)
-    ptrs = (ctypes.c_void_p * len(params))(*(t.data_ptr() for t in params))
-    bptrs = (ctypes.c_void_p * len(bufs))(*(t.data_ptr() for t in bufs))
-    sptrs = (ctypes.c_void_p * len(sqs))(*(t.data_ptr() for t in sqs)) if sqs else None
-    if lib.step(ARCH[arch], K, L, T, mask.shape[0], B, c, tbptt, int(linear), ptrs, bptrs, _p(lr),
-                _p(mom), sptrs, _p(adam) if sqs else None, _p(x), _p(mask), _p(y), _p(yhat),
-                _p(ws)):
-        raise MemoryError("memgrid cell kernel: out of memory for its scratch")
-    return yhat
+    return train_step_call(lib, ARCH[arch], len(params) // 4, params[1].shape[-1],
+                           len(params) % 4 == 2, tbptt, params, bufs, lr, mom, x, mask, y, ws,
+                           sqs, adam)

@@ -194,3 +194,22 @@ def on_cpu(lib, *tensors):
     if any(t.dtype != dtype for t in tensors):
         return None
     return lib(dtype)
+
+
+def train_step_call(lib, code: int, layers: int, cells: int, linear: bool, tbptt: int, params,
+                    bufs, lr, mom, x, mask, y, ws, sqs=None, adam=None):
+    """One call of a kernel's whole training step (``memgrid_train_step`` and
+    ``memgrid_diag_train_step`` take the same arguments: see memgrid.fast.kernels.train_step),
+    for the cell numbered `code` in its source; the outputs `(K, B)`."""
+    T, K, B = x.shape
+    yhat = y.new_empty(K, B)
+
+    def pointers(ts):
+        return (ctypes.c_void_p * len(ts))(*(t.data_ptr() for t in ts))
+
+    if lib.step(code, K, layers, T, mask.shape[0], B, cells, tbptt, int(linear),
+                pointers(params), pointers(bufs), pointer(lr), pointer(mom),
+                pointers(sqs) if sqs else None, pointer(adam) if sqs else None, pointer(x),
+                pointer(mask), pointer(y), pointer(yhat), pointer(ws)):
+        raise MemoryError("memgrid kernel: out of memory for its scratch")
+    return yhat
