@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cells import CELLS
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "docs" / "data"
 PAGES = (ROOT / "README.md", ROOT / "docs" / "REPRODUCTION.md")
@@ -40,14 +42,13 @@ THRESHOLD = 0.05
 """mean MAE below which a position counts as memorized"""
 BAND = (0.05, 0.2)
 """the closed band of in-between mean losses (the paper's bimodality)"""
-WITHDRAWN = ("s6",)
-"""archs whose shipped rows are withdrawn and never shown: the `s6` of docs/data/new_cells
-(a bare SSM with a scalar input: its output is proportional to the last input, so it cannot
-read its memory at u_T = 0)"""
 KEYS = ["arch", "layers", "cells"]
-NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "mingru": "minGRU", "minlstm": "minLSTM",
-         "lru": "LRU", "lru_ring": "LRU (ring 0.9, pi/10)", "lru_real": "LRU (real lambda)",
-         "mamba": "Mamba (S6 block)", "s6_bare": "S6 (bare)", "s6": "S6"}
+
+
+def label(arch: str) -> str:
+    """How the pages name a cell: its definition's label (memgrid.cells: minGRU, LRU, ...)."""
+    return CELLS[arch].label if arch in CELLS else arch.upper()
+
 
 CONVERGED = {"rnn": "fig6_rnn_tuned", "lstm": "fig8_lstm", "gru": "fig8_gru"}
 """the converged protocol's full grid per paper cell (the RNN's with its rate tuned per (l, c))"""
@@ -78,9 +79,8 @@ NEW_HEADLINE = [(NEW_CELLS, "mingru", 1, 5), (NEW_CELLS, "mingru", 2, 5),
 
 
 def points(name: str) -> pd.DataFrame:
-    """The points table of docs/data/<name> (pyarrow), without withdrawn archs."""
-    df = pd.read_parquet(DATA / name / "points", engine="pyarrow")
-    return df[~df["arch"].isin(WITHDRAWN)].reset_index(drop=True)
+    """The points table of docs/data/<name> (pyarrow)."""
+    return pd.read_parquet(DATA / name / "points", engine="pyarrow")
 
 
 def _walk(losses: dict[int, float]) -> tuple[int, bool]:
@@ -157,11 +157,11 @@ def headline() -> str:
     for arch, l, c in HEADLINE:
         a = conv[arch].loc[(arch, l, c)]
         b = pap[arch].loc[(arch, l, c)]
-        lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
+        lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
                      f"{_cell(b)} | {marks.get((arch, l, c), 'not checked')} |")
     for folder, arch, l, c in NEW_HEADLINE:
         a = new[folder].loc[(arch, l, c)]
-        lines.append(f"| {NAMES[arch]} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
+        lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
                      f"| {marks.get((arch, l, c), 'not checked')} |")
     return "\n".join(lines)
 
@@ -175,7 +175,7 @@ def limit_grid(name: str) -> str:
              "| --- |" + " --- |" * len(cs)]
     for (arch, l), g in lim.groupby(["arch", "layers"], sort=True):
         by_c = {int(r["cells"]): r for _, r in g.iterrows()}
-        lines.append(f"| {NAMES[arch]}, {l} | "
+        lines.append(f"| {label(arch)}, {l} | "
                      + " | ".join(_cell(by_c.get(int(c))) for c in cs) + " |")
     return "\n".join(lines)
 

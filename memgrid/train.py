@@ -91,6 +91,7 @@ class PackTrainer:
         self.cfg = p0
         self.lr_source = lr_source                      # recorded in every row (`lr_source`)
         self.kernel = fast.path_name(self.arch, self.device, dtype)   # and the code path
+        self.kernel_module = fast.kernel_of(self.arch)   # the C kernel's module, or None
         self.halving = halving                          # successive halving over lr (tuning)
         self.rungs = set(halving.rung_epochs(p0.max_epochs, p0.eval_every)) if halving else set()
         self.eliminated: set[float] = set()             # learning rates halving stopped
@@ -212,7 +213,7 @@ class PackTrainer:
         None where it cannot run."""
         params, bufs = list(self.params.values()), list(self.bufs.values())
         sqs = list(self.sq.values())
-        kernels = fast.kernel_of(self.arch) if FUSED_STEP else None
+        kernels = self.kernel_module if FUSED_STEP else None
         lib = kernels.usable(self.arch, *params, *bufs, *sqs) if kernels else None
         if lib is None or not all(v.is_contiguous() for v in params + bufs + sqs):
             return None

@@ -72,7 +72,7 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
             assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-6
 
 
-def test_without_kernels_the_definition_trains(monkeypatch):
+def test_rows_name_the_code_path_that_trains_them(monkeypatch):
     """The code path a row records: `c-...` for a cell this kernel runs, `torch` for one it does
     not (the LRU with real lambda) and for every cell without one (MEMGRID_KERNELS=0)."""
     from memgrid import fast

@@ -78,11 +78,10 @@ def _limits_independently(points: pd.DataFrame) -> dict[tuple, tuple[int, bool, 
 
 
 @pytest.mark.parametrize("name", ["fig6_rnn_tuned", "fig6_rnn-paper", "fig8_lstm",
-                                  "fig8_gru-paper", "new_cells"])
+                                  "fig8_gru-paper", "new_cells", "mamba_check",
+                                  "mamba_budget_check-2x", "lru_check"])
 def test_limits_recomputed_another_way(name):
     pts = pd.read_parquet(headline.DATA / name / "points")
-    pts = pts[pts["arch"] != "s6"]   # withdrawn: never shown
-    assert "s6" not in set(headline.points(name)["arch"])
     want = _limits_independently(pts)
     got = headline.limits(headline.points(name)).set_index(headline.KEYS)
     assert len(got) == len(want)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..cells import CELLS, MAMBA_CONV, S6_STATE, _dt_rank
+from ..cells import CELLS, MAMBA_CONV, S6_STATE
 from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
 from .stack import BufferPool
@@ -32,14 +32,6 @@ _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4}
 """the cells this kernel runs, by their number in csrc/diagonal.c (lru_ring: the LRU's
 computation, another init)"""
-
-
-def aux_rows(arch: str, c: int) -> int:
-    """Rows that forward keeps for backward, per layer and step (csrc/diagonal.c: aux_of)."""
-    if arch in ("mamba", "s6_bare"):
-        r, n, mamba = _dt_rank(c), S6_STATE, arch == "mamba"
-        return (5 * c if mamba else c) + r + 2 * n + 2 * c + c * n + c
-    return {"mingru": 2, "minlstm": 5, "lru": 5, "lru_ring": 5}[arch] * c
 
 
 def _layers(arch: str, params: list[torch.Tensor]) -> int:
@@ -55,17 +47,18 @@ def _cells(arch: str, params: list[torch.Tensor]) -> int:
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
     real, suffix = _VARIANTS[dtype]
     names = [f"memgrid_diag_{n}_{suffix}" for n in ("forward", "backward", "train_step",
-                                                     "train_scratch")]
+                                                     "train_scratch", "aux_rows")]
     defines = [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
                f"-DCONVW={MAMBA_CONV}"]                    # the SSM's sizes, from memgrid.cells
     lib = load_so(SRC, defines, f"diagonal_{suffix}", names)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    fwd, bwd, step, scratch = (getattr(lib, n) for n in names)
+    fwd, bwd, step, scratch, aux = (getattr(lib, n) for n in names)
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 5, i32
     bwd.argtypes, bwd.restype = [i32] * 8 + [P] * 7, i32
     step.argtypes, step.restype = [i32] * 9 + [P] * 11, i32
     scratch.argtypes, scratch.restype = [i32] * 5, i64
-    lib.fwd, lib.bwd, lib.step, lib.scratch = fwd, bwd, step, scratch
+    aux.argtypes, aux.restype = [i32] * 2, i32       # rows forward keeps per layer and step
+    lib.fwd, lib.bwd, lib.step, lib.scratch, lib.aux = fwd, bwd, step, scratch, aux
     return lib
 
 
@@ -102,7 +95,7 @@ class _Diagonal(torch.autograd.Function):
         xt = x.detach().permute(2, 0, 1).contiguous()                      # (T, K, B)
         key = (arch, xt.shape, L, c, xt.dtype)
         bufs = _FWD.take(key, lambda: (xt.new_empty(K, L, T + 1, c, B),
-                                       xt.new_empty(K, L, T, aux_rows(arch, c), B)))
+                                       xt.new_empty(K, L, T, lib.aux(ARCH[arch], c), B)))
         H, A = bufs
         _check(lib.fwd(ARCH[arch], K, L, T, mask.shape[0], B, c, T + 1, _p(W), _p(xt),
                        _p(mask), _p(H), _p(A)))

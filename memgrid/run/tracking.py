@@ -21,12 +21,11 @@ EXTRA = 'pip install -e ".[tracking]"'
 
 def check(tracking: list[tuple[str, str]]) -> None:
     """ConfigError, one line naming the flag, where a tracker's package is not installed."""
-    for kind, _ in tracking:
-        package = {"mlflow": "mlflow", "wandb": "wandb"}[kind]
+    for kind, _ in tracking:         # each tracker is its package's name
         try:
-            __import__(package)
+            __import__(kind)
         except ImportError:
-            raise ConfigError(f"command line: --{kind}: the {package} package is not installed "
+            raise ConfigError(f"command line: --{kind}: the {kind} package is not installed "
                               f"({EXTRA})") from None
 
 

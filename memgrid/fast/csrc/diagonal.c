@@ -979,6 +979,9 @@ static int param_sizes(int arch, int m, int c, int64_t *out) {
     return 2 * dgroups(arch);
 }
 
+/* Rows of Aux per layer and step, for the caller's buffer */
+int NAME(memgrid_diag_aux_rows)(int arch, int c) { return aux_of(arch, c); }
+
 int NAME(memgrid_diag_forward)(int arch, int K, int L, int T, int P, int B, int c, int S,
                                const REAL *W, const REAL *x, const uint8_t *mask, REAL *H, REAL *Aux) {
     FLUSH_BEGIN;
