@@ -156,7 +156,7 @@ def _ends_cleanly(command):
                 stored = ""
                 if grid is not None:
                     try:     # a tuned grid's points: at the rates its tuning run chose
-                        ids = {p.point_id for p in grid_points(grid, out) or []}
+                        ids = {p.point_id for p in grid_points(grid, out, partial=True)}
                         n = sum(stop_counts(out, ids).values())
                         stored = f"{out}: {n}/{grid.n_points} points stored; "
                     except (OSError, ValueError):
@@ -317,7 +317,7 @@ def status(results):
         click.echo(f"{results}/{TUNING}: learning rate tuned on seeds "
                    f"{', '.join(map(str, grid.tune_lr.seeds))}: {len(have)}/{len(tuned)} tuning "
                    "points done")
-        points = grid_points(grid, results) or points
+        points = grid_points(grid, results, partial=True)
     t = read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
     reason = dict(zip(t["point_id"], t["stop_reason"]))
     by_net: dict[tuple, Counter] = {}

@@ -322,6 +322,14 @@ class Grid:
     user_cells: tuple = ()
     """the user's cells its `arch` axis names by import path (memgrid.user_cells.CellSource),
     registered under their names, which the axis holds"""
+    max_position: int | None = None
+    """k of the file's `max_position: kN`: a network of N units (:func:`units`) trains only the
+    positions p <= k N of the position axis; None: every position"""
+
+    def _capped(self, arch: str, layers: int, cells: int, position: int) -> bool:
+        """Whether the `max_position` cap leaves this point out."""
+        return (self.max_position is not None
+                and position > self.max_position * units(arch, layers, cells))
 
     @property
     def lr_source(self) -> str:
@@ -338,7 +346,14 @@ class Grid:
     @property
     def n_points(self) -> int:
         """How many points the grid expands to, without expanding it."""
-        return math.prod(len(v) for v in self.axes.values())
+        n = math.prod(len(v) for v in self.axes.values())
+        if self.max_position is None:
+            return n
+        size = [self.axes[k] for k in ("arch", "layers", "cells")]
+        positions = self.axes["position"]
+        kept = sum(sum(not self._capped(a, l, c, p) for p in positions)
+                   for a, l, c in itertools.product(*size))
+        return n // (math.prod(map(len, size)) * len(positions)) * kept
 
     def points(self) -> list[Point]:
         """All points, in axis order (arch, layers, cells, ..., position, seed), with their
@@ -369,6 +384,8 @@ class Grid:
         for idx in itertools.product(*(range(len(vals)) for vals in axes)):
             settings = {**self.fixed, **{n: vals[i] for n, vals, i in zip(names, axes, idx)}}
             p = Point(**for_arch(settings))
+            if self._capped(p.arch, p.layers, p.cells, p.position):
+                continue
             for at, a in axis_at:
                 pieces[at] = items[a][idx[a]]
             for at, k in point_at:
@@ -394,6 +411,8 @@ class Grid:
             ident["tune_lr"] = self.tune_lr.to_dict()
         if self.user_cells:           # where each user's cell came from, and its file's hash
             ident["cells"] = {s.name: s.identity() for s in self.user_cells}
+        if self.max_position is not None:
+            ident["max_position"] = f"{self.max_position}N"
         return ident
 
     def with_overrides(self, **settings: Any) -> Grid:

@@ -205,6 +205,10 @@ def check_grid(grid: Grid) -> None:
     if merged.get("mc_low", Point.mc_low) >= merged.get("mc_high", Point.mc_high):
         raise ConfigError(f"{_where(src, _location(grid, 'mc_low'))}: mc_low must be below mc_high")
     archs = grid.axes.get("arch", [])
+    if grid.max_position is not None and all(a in CELLS or a == "esn" for a in archs) \
+            and grid.n_points == 0:
+        raise ConfigError(f"{_where(src, 'max_position')}: {grid.max_position}N leaves no "
+                          f"position of axes.position to train")
     if "esn" in archs and max(grid.axes.get("layers", [1])) > 1:
         raise ConfigError(f"{_where(src, 'axes.layers')}: esn has one reservoir layer (layers: [1])")
     if "esn" in archs:
@@ -226,7 +230,7 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
     every setting whatever later versions' defaults are."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid file is a mapping with axes/task/train/stop/resources")
-    allowed = {"name", "protocol", "tune_lr", "axes", "resources", *SECTIONS}
+    allowed = {"name", "protocol", "tune_lr", "max_position", "axes", "resources", *SECTIONS}
     for k in raw:
         if k not in allowed:
             raise ConfigError(f"{_where(source, k)}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -294,7 +298,8 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
         res[k] = v
     grid = Grid(name=name, axes=axes, fixed=fixed, resources=check_resources(source, **res),
                 source=source, protocol=protocol, tune_lr=tune_lr,
-                user_cells=tuple(user.values()))
+                user_cells=tuple(user.values()),
+                max_position=_max_position(source, raw.get("max_position")))
     for s in grid.user_cells:            # one step of the grid's sizes, before anything runs
         try:
             user_cells.check(CELLS[s.name], [(l, c) for l in axes["layers"] for c in axes["cells"]],
@@ -426,6 +431,17 @@ def check_resources(source: str, **res: Any) -> Resources:
     return out
 
 
+def _max_position(source: str, raw: Any) -> int | None:
+    """k of `max_position: kN` (positions up to k times the network's units), or None."""
+    if raw is None:
+        return None
+    m = re.fullmatch(r"([1-9][0-9]{0,3})N", raw) if isinstance(raw, str) else None
+    if m is None:
+        raise ConfigError(f"{_where(source, 'max_position')}: a multiple of the units N, such as "
+                          f"2N, got {raw!r}")
+    return int(m.group(1))
+
+
 def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
                        check: bool = False) -> Grid:
     """The grid that a results folder's grid.json (:attr:`Grid.identity`) describes. `check`:
@@ -462,7 +478,8 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{_where(source, 'tune_lr')}: not a tuning ({e})") from None
     grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
-                source=source, tune_lr=tuning, user_cells=_recorded_cells(identity, source))
+                source=source, tune_lr=tuning, user_cells=_recorded_cells(identity, source),
+                max_position=_max_position(source, identity.get("max_position")))
     if check:
         check_grid(grid)
     return grid

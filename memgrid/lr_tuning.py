@@ -92,14 +92,21 @@ def measured_points(points: list[Point], chosen: dict[tuple, float]) -> list[Poi
     return [replace(p, lr=chosen[p.pack_key]) for p in points]
 
 
-def grid_points(grid: Grid, out: str) -> list[Point] | None:
-    """The points `grid` stores in `out`: its own, or for a grid with `tune_lr` the same at the
-    learning rate its tuning run chose per configuration (None while that run is incomplete)."""
-    points = grid.points()
+def grid_points(grid: Grid, out: str, points: list[Point] | None = None, partial: bool = False
+                ) -> list[Point] | None:
+    """The points `grid` stores in `out` (or those of `points`, some of the grid's): its own,
+    or for a grid with `tune_lr` the same at the learning rate its tuning run chose per
+    configuration. None while that run is incomplete for any of them; `partial`: the points of
+    the configurations whose tuning is complete at their rates, the others as the grid has them
+    (at a rate not chosen yet: no stored point is theirs)."""
+    points = grid.points() if points is None else points
     if grid.tune_lr is None:
         return points
     tuned = tuning_points(points, grid.tune_lr)
     rows = read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
-    if not {p.point_id for p in tuned} <= {r["point_id"] for r in rows}:
+    have = {r["point_id"] for r in rows}
+    open_keys = {p.pack_key for p in tuned if p.point_id not in have}
+    if open_keys and not partial:
         return None
-    return measured_points(points, choose_lr(rows, tuned))
+    chosen = choose_lr(rows, [p for p in tuned if p.pack_key not in open_keys])
+    return [replace(p, lr=chosen[p.pack_key]) if p.pack_key in chosen else p for p in points]

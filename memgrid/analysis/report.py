@@ -93,7 +93,7 @@ def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
     from ..grid_file import grid_from_identity
     from ..lr_tuning import grid_points
     try:
-        points = grid_points(grid_from_identity(identity), uri)
+        points = grid_points(grid_from_identity(identity), uri, partial=True)
     except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
         return None
     return None if points is None else {p.point_id for p in points}

@@ -120,24 +120,38 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
     """Run every point of `grid` missing from `out` (keywords: :func:`run_points`). Returns a
     summary dict.
 
-    A grid with `tune_lr` runs in two phases (memgrid.lr_tuning): its tuning run into
-    `<out>/tuning` (every candidate learning rate on the tuning seeds, successive halving
-    inside each configuration's pack), then its own points at the chosen rates into `out`.
-    Both resume: a second run skips what either phase stored.
+    A grid with `tune_lr` runs arch by arch, in the order of its arch axis, each in two phases
+    (memgrid.lr_tuning): the arch's tuning run into `<out>/tuning` (every candidate learning
+    rate on the tuning seeds, successive halving inside each configuration's pack), then its
+    own points at the chosen rates into `out`. A long run stopped part way leaves whole archs
+    measured; every phase resumes: a second run skips what either phase stored.
     """
     if grid.n_points >= NOTICE_POINTS and not kwargs.get("quiet"):
         say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
             "holds ...")
     if grid.tune_lr is None:
         return run_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
-    tuned = tuning_points(grid.points(), grid.tune_lr)
-    first = run_points(grid, tuned, f"{out.rstrip('/')}/{TUNING}", halving=grid.tune_lr,
-                       label="tuning lr", **kwargs)
-    points = grid_points(grid, out)
-    if points is None:     # the tuning run did not finish: nothing can be measured yet
-        return {**first, "points": grid.n_points, "done_before": 0, "done": 0, "trained": 0}
-    kwargs.pop("prepare", None)     # done by the first phase
-    return run_points(grid, points, out, lr_source=grid.lr_source, **kwargs)
+    every = grid.points()
+    archs = list(dict.fromkeys(p.arch for p in every))
+    total = {"points": len(every), "done_before": 0, "done": 0, "trained": 0, "packs": 0,
+             "failed_trials": 0, "stops": {}}
+    for arch in archs:
+        stage = [p for p in every if p.arch == arch]
+        named = f"{arch}: " if len(archs) > 1 else ""
+        first = run_points(grid, tuning_points(stage, grid.tune_lr),
+                           f"{out.rstrip('/')}/{TUNING}", halving=grid.tune_lr,
+                           label=f"{named}tuning lr", **kwargs)
+        kwargs.pop("prepare", None)     # done by the first phase
+        points = grid_points(grid, out, stage)
+        if points is None:     # the tuning run did not finish: nothing more can be measured
+            return {**total, "failed_trials": total["failed_trials"] + first["failed_trials"]}
+        done = run_points(grid, points, out, lr_source=grid.lr_source, label=arch if named else "",
+                          **kwargs)
+        for k in ("done_before", "done", "trained", "packs", "failed_trials"):
+            total[k] += done[k]
+        for k, n in done["stops"].items():
+            total["stops"][k] = total["stops"].get(k, 0) + n
+    return total
 
 
 def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None = None,

@@ -70,7 +70,7 @@ def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "",
         have = done_ids(f"{out.rstrip('/')}/{TUNING}") & tuned
         lines.append(f"  tuning the learning rate first: {len(tuned)} points "
                      f"({grid.tune_lr.describe()}); stored: {len(have)}")
-        points = grid_points(grid, out) or points
+        points = grid_points(grid, out, partial=True)
     ids = {p.point_id for p in points}
     stored = done_ids(out) & ids
     todo = [p for p in points if p.point_id not in stored]
