@@ -31,6 +31,34 @@ def test_expansion_and_ranges():
     assert len({p.pack_key for p in pts}) == 1      # position, seed, lr may share a pack
 
 
+def test_max_position_trains_positions_up_to_a_multiple_of_the_units():
+    """`max_position: 2N`: each network trains the positions p <= 2N of the axis, N its units
+    (c l for the RNN, 2 c l for the LRU); the grid counts, tunes and records the same points."""
+    from memgrid.config import units
+    from memgrid.grid_file import grid_from_identity
+    from memgrid.lr_tuning import tuning_points
+
+    axes = {"arch": ["rnn", "lru"], "layers": [1, 2], "cells": [1, 3], "position": "1..9",
+            "seed": [0, 1]}
+    g = parse_grid({"name": "g", "axes": axes, "max_position": "2N",
+                    "tune_lr": {"positions": [2, 4, 9]}})
+    pts = g.points()
+    want = {(a, l, c): [p for p in range(1, 10) if p <= 2 * units(a, l, c)]
+            for a in ("rnn", "lru") for l in (1, 2) for c in (1, 3)}
+    assert want[("rnn", 1, 1)] == [1, 2] and want[("lru", 1, 3)] == list(range(1, 10))
+    for key, ps in want.items():
+        got = sorted({p.position for p in pts if (p.arch, p.layers, p.cells) == key})
+        assert got == ps, key
+    assert g.n_points == len(pts) == 2 * sum(map(len, want.values()))
+    assert {p.position for p in tuning_points(pts, g.tune_lr) if p.arch == "rnn"
+            and p.cells == 1 and p.layers == 1} == {2}
+    assert g.identity["max_position"] == "2N"
+    again = grid_from_identity(g.identity)
+    assert again.max_position == 2 and [p.point_id for p in again.points()] == [
+        p.point_id for p in pts]
+    assert "max_position" not in parse_grid({"name": "g", "axes": axes}).identity
+
+
 def test_point_id_is_stable():
     """The id keys results across runs: changing it orphans every stored point."""
     assert Point("rnn", 1, 5, 3, 0).point_id == Point("rnn", 1, 5, 3, 0).point_id
@@ -135,6 +163,10 @@ BAD = [
     (with_(resources__gpus_per_trial=-1), "resources.gpus_per_trial"),
     (with_(task__long_positions="error", axes__position=[1, 12]), "axes.position"),
     (with_(task__long_positions="wrap"), "task.long_positions"),
+    (with_(max_position="2"), "max_position"),
+    (with_(max_position="0N"), "max_position"),
+    (with_(max_position=2), "max_position"),
+    (with_(max_position="1N", axes__position=[11, 12]), "max_position"),
     ({"name": "g", "axes": {"arch": ["rnn"], "layers": [1], "cells": [5], "position": [1]}}, "axes.seed"),
 ]
 

@@ -168,7 +168,8 @@ def test_learning_rate_per_arch_and_protocols():
 def test_tuned_grid_end_to_end(tmp_path):
     """`memgrid run` of a grid with tune_lr: the tuning run lands in tuning/ on the tuning seeds
     only; the points table holds the grid's seeds at the chosen rate, each row saying how it
-    was chosen; a second run trains nothing."""
+    was chosen; the grid runs arch by arch (the RNN tuned and measured before the GRU is
+    tuned); a second run trains nothing."""
     import pandas as pd
 
     from .conftest import memgrid_cli, write_grid
@@ -176,7 +177,8 @@ def test_tuned_grid_end_to_end(tmp_path):
 
     grid = write_grid(
         tmp_path / "tuned.yaml", name="tuned", protocol="paper",
-        axes={"arch": ["rnn"], "layers": [1], "cells": [2], "position": "1..2", "seed": "0..1"},
+        axes={"arch": ["rnn", "gru"], "layers": [1], "cells": [2], "position": "1..2",
+              "seed": "0..1"},
         tune_lr={"candidates": [0.003, 0.03, 30.0], "seeds": [1000], "eta": 2, "rungs": 1},
         task={"q_min": 4, "q_max": 6},
         train={"max_epochs": 60, "eval_size": 128, "eval_every": 20, "batch_size": 32})
@@ -185,17 +187,23 @@ def test_tuned_grid_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     tuning = pd.read_parquet(out / "tuning" / "points")
     points = pd.read_parquet(out / "points")
-    assert sorted(tuning["seed"].unique()) == [1000] and len(tuning) == 6
+    assert sorted(tuning["seed"].unique()) == [1000] and len(tuning) == 12
     assert set(tuning["lr"]) == {0.003, 0.03, 30.0}
-    assert (tuning["stop_reason"] == "eliminated").sum() >= 2      # halved at epoch 20
+    assert (tuning["stop_reason"] == "eliminated").sum() >= 4      # halved at epoch 20
     assert tuning.loc[tuning["stop_reason"] == "eliminated", "epochs"].eq(20).all()
-    assert sorted(points["seed"].unique()) == [0, 1] and len(points) == 4
+    assert sorted(points["seed"].unique()) == [0, 1] and len(points) == 8
     chosen = choose_lr(tuning.to_dict("records"),
                        tuning_points(load_grid(grid).points(), load_grid(grid).tune_lr))
-    assert set(points["lr"]) == set(chosen.values()) and len(set(points["lr"])) == 1
+    assert len(chosen) == 2
+    for (arch, lr), n in points.groupby(["arch", "lr"]).size().items():
+        assert n == 4 and chosen[next(k for k in chosen if dict(k)["arch"] == arch)] == lr
     assert points["lr_source"].str.startswith("tuned: best of lr 0.003, 0.03, 30 on seeds 1000").all()
+    said = r.stdout + r.stderr
+    stages = ["(rnn: tuning lr)]", "(rnn)]", "(gru: tuning lr)]", "(gru)]"]
+    assert [said.find(s) for s in stages] == sorted(said.find(s) for s in stages)
+    assert all(said.find(s) >= 0 for s in stages)
     again = memgrid_cli("run", grid, "--out", out)
-    assert again.returncode == 0 and "4/4 points stored (0 trained now" in again.stdout
+    assert again.returncode == 0 and "8/8 points stored (0 trained now" in again.stdout
     status = memgrid_cli("status", out)
-    assert "6/6 tuning points done" in status.stdout
-    assert "4/4 points done" in status.stdout
+    assert "12/12 tuning points done" in status.stdout
+    assert "8/8 points done" in status.stdout
