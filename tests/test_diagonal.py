@@ -1,5 +1,6 @@
-"""The C kernel of the diagonal cells, minGRU, minLSTM and the LRU (memgrid.fast.diagonal),
-against the cells' definitions, and its whole training step against the kernel inside autograd."""
+"""The C kernel of the diagonal cells, minGRU, minLSTM, the LRU (complex and real lambda) and the
+selective SSM (memgrid.fast.diagonal), against the cells' definitions, and its whole training
+step against the kernel inside autograd."""
 
 import pytest
 import torch
@@ -74,12 +75,15 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
 
 def test_rows_name_the_code_path_that_trains_them(monkeypatch):
     """The code path a row records: `c-...` for a cell this kernel runs, `torch` for one it does
-    not (the LRU with real lambda) and for every cell without one (MEMGRID_KERNELS=0)."""
+    not (a cell defined by its user) and for every cell without one (MEMGRID_KERNELS=0)."""
     from memgrid import fast
+    from memgrid.cells import CELLS, Cell
 
-    assert fast.path_name("mingru", "cpu").startswith("c-")
-    assert fast.path_name("lru", "cpu").startswith("c-")
-    assert fast.path_name("lru_real", "cpu") == "torch"
+    toy = Cell("toy", lambda m, c: {"w": (c, m)}, lambda w, x, state: (x, state))
+    monkeypatch.setitem(CELLS, "toy", toy)
+    for arch in ARCHS:
+        assert fast.path_name(arch, "cpu").startswith("c-"), arch
+    assert fast.path_name("toy", "cpu") == "torch"
     monkeypatch.setattr(diagonal, "lib", lambda dtype: None)
-    assert fast.path_name("mingru", "cpu") == "torch"
-    assert fast.path_name("lru", "cpu") == "torch"
+    for arch in ARCHS:
+        assert fast.path_name(arch, "cpu") == "torch", arch

@@ -15,8 +15,8 @@ with the paper cells' products, activations and optimizer (``csrc/common.h``).
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring), or None. Both give ``usable``, ``train_scratch`` and
-    ``train_step`` alike."""
+    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring, lru_real, mamba, s6_bare), or None. Both
+    give ``usable``, ``train_scratch`` and ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH
 

@@ -1,6 +1,7 @@
-"""The C kernel of the diagonal recurrences minGRU, minLSTM and the LRU (``csrc/diagonal.c``): a
-layer's state evolves as h_t = a_t * h_{t-1} + b_t, elementwise (complex for the LRU), with a_t
-and b_t from the inputs alone (memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
+"""The C kernel of the diagonal recurrences minGRU, minLSTM, the LRU (complex or real lambda) and
+the selective SSM (``csrc/diagonal.c``): a layer's state evolves as h_t = a_t * h_{t-1} + b_t,
+elementwise (complex for the LRU's complex lambda), with a_t and b_t from the inputs alone
+(memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
 (:mod:`memgrid.fast.native`), with the same products, activations and optimizer
 (``csrc/common.h``).
 
@@ -29,7 +30,8 @@ from .stack import BufferPool
 
 SRC = Path(__file__).with_name("csrc") / "diagonal.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
-ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4}
+ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
+        "lru_real": 5}
 """the cells this kernel runs, by their number in csrc/diagonal.c (lru_ring: the LRU's
 computation, another init)"""
 

@@ -10,8 +10,8 @@
  *   mingru  z = sigmoid(P_z), g = g+(P_h); h_t = lerp(h_{t-1}, g, z)
  *   minlstm f = sigmoid(P_f), i = sigmoid(P_i), g = g+(P_h); h_t = h_{t-1} f/(f+i) + g i/(f+i)
  * with g+(p) = p + 1/2 for p >= 0, sigmoid(p) below (Feng et al.'s log-space g), P = W x + b.
- * The LRU's state is complex, its a_t a constant lambda per unit, and it reads its output
- * through a matrix (its section below).
+ * The LRU's state is complex (real in the LRU with real lambda), its a_t a constant lambda per
+ * unit, and it reads its output through a matrix (their sections below).
  *
  * Layouts (contiguous; REAL float or double):
  *   W    (K, sum over layers)  each member's parameters in the cell's order, layer after layer
@@ -39,7 +39,8 @@
 #define FLUSH_END (void)0
 #endif
 
-enum { MINGRU = 0, MINLSTM = 1, LRU = 2, MAMBA = 3, S6_BARE = 4 };
+enum { MINGRU = 0, MINLSTM = 1, LRU = 2, MAMBA = 3, S6_BARE = 4, LRU_REAL = 5 };
+#define IS_LRU(arch) ((arch) == LRU || (arch) == LRU_REAL)
 #define IS_SSM(arch) ((arch) == MAMBA || (arch) == S6_BARE)
 
 /* What reaches step t of layer i going backward, in every cell's backward: the gradient from
@@ -61,6 +62,32 @@ static inline StepIn step_in(int i, int L, int t, int T, int t0, int P, int K, i
     if (s.skip && s.gbt) memset(s.gbt, 0, sizeof(REAL) * cb);
     s.cut = tbptt > 0 && t > 0 && (T - t) % tbptt == 0;
     s.rec = !s.cut && t > t0;
+    return s;
+}
+
+/* STEP(b, l) for every column b, with its lane l = b mod VL: whole vectors of VL columns, their
+ * lanes side by side, then the rest, so that lane l meets b = l, l + VL, ... in order */
+#define LANES(B, STEP)                                                                         \
+    do {                                                                                       \
+        int b0_ = 0;                                                                           \
+        for (; b0_ + VL <= (B); b0_ += VL) {                                                   \
+            SIMD for (int l_ = 0; l_ < VL; l_++) STEP(b0_ + l_, l_);                           \
+        }                                                                                      \
+        for (int b_ = b0_; b_ < (B); b_++) STEP(b_, b_ % VL);                                  \
+    } while (0)
+
+/* lane l of acc += u[b] v[b] over b = l, l + VL, ... in order (v NULL: ones) */
+static inline void lanes_dot(REAL *acc, const REAL *u, const REAL *v, int B) {
+#define DOT_(b, l) (acc[l] += u[b] * v[b])
+#define SUM_(b, l) (acc[l] += u[b])
+    if (v) LANES(B, DOT_);
+    else LANES(B, SUM_);
+#undef DOT_
+#undef SUM_
+}
+static inline REAL lanes_total(const REAL *acc) {
+    REAL s = 0;
+    for (int l = 0; l < VL; l++) s += acc[l];
     return s;
 }
 
@@ -250,173 +277,109 @@ static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c,
  * lambda = exp(-exp(nu) + i exp(theta)), gamma = exp(gamma_log) per unit. A layer's parameters,
  * in the cell's order: nu_log (c), theta_log (c), gamma_log (c), b_re (c, m), b_im (c, m),
  * c_re (c, c), c_im (c, c), d (c, m). Per layer and step Aux keeps 5c rows: z_t (re, im: 2c)
- * and P = [B_re; B_im; D] u_t (3c). */
-static int64_t lru_layer_size(int m, int c) { return 3 * (int64_t)c + 3 * (int64_t)c * m + 2 * (int64_t)c * c; }
-static int64_t lru_layer_offset(int i, int c) {
-    return i == 0 ? 0 : lru_layer_size(1, c) + (int64_t)(i - 1) * lru_layer_size(c, c);
+ * and P = [B_re; B_im; D] u_t (3c).
+ * Its layout, split, forward and backward compute the LRU with real lambda too (its section
+ * below): they take n, the numbers of a unit's state, 2 (re, im) here and 1 there. */
+static int lru_n(int arch) { return arch == LRU ? 2 : 1; }
+
+/* a layer's parameters: nu_log, theta_log (n = 2), gamma_log (c each), n B's (c, m), n C's
+ * (c, c), d (c, m) */
+static int64_t lru_layer_size(int n, int m, int c) {
+    return (int64_t)(n + 1) * c * (m + 1) + (int64_t)n * c * c;
+}
+static int64_t lru_layer_offset(int n, int i, int c) {
+    return i == 0 ? 0 : lru_layer_size(n, 1, c) + (int64_t)(i - 1) * lru_layer_size(n, c, c);
+}
+/* Aux's rows per layer and step: the state (n c), then P = [B's; D] u ((n + 1) c) */
+static int lru_rows(int n, int c) { return (2 * n + 1) * c; }
+
+/* split weights of a layer (sized for m = c): Ain = [B's; D] ((n + 1) c, m), Aint (m,
+ * (n + 1) c), Cm (c, n c) = [c_re | -c_im] (real lambda: C), Cmt (n c, c), then u: per unit
+ * lambda's real and imaginary parts, gamma, |lambda|, its phase and exp(nu) (real lambda:
+ * lambda, 0, gamma, lambda, 0, exp(nu)) */
+typedef struct { REAL *Ain, *Aint, *Cm, *Cmt, *u; } LruSplit;
+static int64_t lru_split_size(int n, int c) { return (int64_t)(4 * n + 2) * c * c + 6 * c; }
+static LruSplit lru_at(REAL *Sp, int n, int i, int c) {
+    const int64_t in = (int64_t)(n + 1) * c * c, out = (int64_t)n * c * c;
+    LruSplit s;
+    s.Ain = Sp + i * lru_split_size(n, c);
+    s.Aint = s.Ain + in;
+    s.Cm = s.Aint + in;
+    s.Cmt = s.Cm + out;
+    s.u = s.Cmt + out;
+    return s;
 }
 
-/* split, per layer (sized for m = c): Ain (3c, m), Aint (m, 3c), Cm = [c_re | -c_im] (c, 2c),
- * Cmt (2c, c), then per unit lambda's real and imaginary parts, gamma, |lambda|, its phase and
- * exp(nu) */
-static int64_t lru_split_size(int c) { return 6 * (int64_t)c * c + 4 * (int64_t)c * c + 6 * (int64_t)c; }
-static REAL *lru_Ain(REAL *Sp, int i, int c) { return Sp + i * lru_split_size(c); }
-static REAL *lru_Aint(REAL *Sp, int i, int c) { return lru_Ain(Sp, i, c) + 3 * (int64_t)c * c; }
-static REAL *lru_Cm(REAL *Sp, int i, int c) { return lru_Aint(Sp, i, c) + 3 * (int64_t)c * c; }
-static REAL *lru_Cmt(REAL *Sp, int i, int c) { return lru_Cm(Sp, i, c) + 2 * (int64_t)c * c; }
-static REAL *lru_units(REAL *Sp, int i, int c) { return lru_Cmt(Sp, i, c) + 2 * (int64_t)c * c; }
-
-static void lru_split(const REAL *Wk, int L, int c, REAL *Sp) {
+static void lru_split(int n, const REAL *Wk, int L, int c, REAL *Sp) {
     for (int i = 0; i < L; i++) {
-        const int m = i ? c : 1, R = 3 * c;
-        const REAL *W = Wk + lru_layer_offset(i, c);
-        const REAL *nu = W, *th = nu + c, *ga = th + c, *bre = ga + c, *bim = bre + (int64_t)c * m;
-        const REAL *cre = bim + (int64_t)c * m, *cim = cre + (int64_t)c * c, *d = cim + (int64_t)c * c;
-        REAL *Ain = lru_Ain(Sp, i, c), *Aint = lru_Aint(Sp, i, c), *Cm = lru_Cm(Sp, i, c);
-        REAL *Cmt = lru_Cmt(Sp, i, c), *u = lru_units(Sp, i, c);
-        for (int r = 0; r < c; r++)
-            for (int j = 0; j < m; j++) {
-                const REAL v[3] = {bre[(int64_t)r * m + j], bim[(int64_t)r * m + j], d[(int64_t)r * m + j]};
-                for (int q = 0; q < 3; q++) {
-                    Ain[(int64_t)(q * c + r) * m + j] = v[q];
-                    Aint[(int64_t)j * R + q * c + r] = v[q];
+        const int m = i ? c : 1, R = (n + 1) * c;
+        const REAL *nu = Wk + lru_layer_offset(n, i, c), *th = n == 2 ? nu + c : NULL;
+        const REAL *ga = nu + (int64_t)n * c, *bs = ga + c, *cs = bs + (int64_t)n * c * m;
+        const REAL *d = cs + (int64_t)n * c * c;
+        const LruSplit s = lru_at(Sp, n, i, c);
+        for (int q = 0; q <= n; q++) {                      /* the B's rows, then D's */
+            const REAL *w = q < n ? bs + (int64_t)q * c * m : d;
+            for (int r = 0; r < c; r++)
+                for (int j = 0; j < m; j++) {
+                    s.Ain[(int64_t)(q * c + r) * m + j] = w[(int64_t)r * m + j];
+                    s.Aint[(int64_t)j * R + q * c + r] = w[(int64_t)r * m + j];
                 }
-            }
-        for (int r = 0; r < c; r++)
-            for (int j = 0; j < c; j++) {
-                Cm[(int64_t)r * 2 * c + j] = cre[(int64_t)r * c + j];
-                Cm[(int64_t)r * 2 * c + c + j] = -cim[(int64_t)r * c + j];
-                Cmt[(int64_t)j * c + r] = cre[(int64_t)r * c + j];
-                Cmt[(int64_t)(c + j) * c + r] = -cim[(int64_t)r * c + j];
-            }
+        }
+        for (int q = 0; q < n; q++) {                       /* Re(C z) = c_re re - c_im im */
+            const REAL *w = cs + (int64_t)q * c * c;
+            for (int r = 0; r < c; r++)
+                for (int j = 0; j < c; j++) {
+                    const REAL v = q ? -w[(int64_t)r * c + j] : w[(int64_t)r * c + j];
+                    s.Cm[(int64_t)r * n * c + q * c + j] = v;
+                    s.Cmt[(int64_t)(q * c + j) * c + r] = v;
+                }
+        }
         for (int r = 0; r < c; r++) {        /* lambda = |lambda| (cos ph + i sin ph) */
-            const REAL en = exp((double)nu[r]), mod = exp(-(double)en), ph = exp((double)th[r]);
-            u[r] = mod * (REAL)cos((double)ph);
-            u[c + r] = mod * (REAL)sin((double)ph);
-            u[2 * c + r] = exp((double)ga[r]);
-            u[3 * c + r] = mod;
-            u[4 * c + r] = ph;
-            u[5 * c + r] = en;
+            const REAL en = exp((double)nu[r]), mod = exp(-(double)en);
+            const REAL ph = th ? exp((double)th[r]) : 0;
+            s.u[r] = th ? mod * (REAL)cos((double)ph) : mod;
+            s.u[c + r] = th ? mod * (REAL)sin((double)ph) : 0;
+            s.u[2 * c + r] = exp((double)ga[r]);
+            s.u[3 * c + r] = mod;
+            s.u[4 * c + r] = ph;
+            s.u[5 * c + r] = en;
         }
     }
 }
 
-/* Forward of one member (see dforward_member); Ak (L, T, 5c, B) with S = T + 1, else NULL and
- * scratch (L, 2, 2c, B) + (3c, B) holds two steps of states and the step's P. */
-static void lru_forward_member(int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
-                               const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak,
-                               REAL *scratch, const REAL **X, REAL **O) {
-    const int64_t cb = (int64_t)c * B;
-    const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
-    for (int i = 0; i < L; i++) memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
-    if (!Ak) memset(scratch, 0, sizeof(REAL) * L * 4 * cb);
-    for (int t = t0; t < T; t++) {
-        int so = S == 2 ? (t + 1) % 2 : t + 1;
-        const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
-        for (int i = 0; i < L; i++) {
-            const int m = i == 0 ? 1 : c;
-            const REAL *in = i == 0 ? xk + (int64_t)t * K * B : slot(Hk, i - 1, so, S, cb);
-            REAL *y = slot(Hk, i, so, S, cb);
-            REAL *z, *p;
-            const REAL *zp;
-            if (Ak) {
-                z = Ak + ((int64_t)i * T + t) * 5 * cb;
-                zp = t > t0 ? z - 5 * cb : NULL;
-                p = z + 2 * cb;
-            } else {
-                z = scratch + ((int64_t)i * 2 + (t + 1) % 2) * 2 * cb;
-                zp = scratch + ((int64_t)i * 2 + t % 2) * 2 * cb;
-                p = scratch + (int64_t)L * 4 * cb;
-            }
-            for (int j = 0; j < m; j++) X[j] = in + (int64_t)j * B;
-            for (int r = 0; r < 3 * c; r++) O[r] = p + (int64_t)r * B;
-            gemm(3 * c, m, lru_Ain(Sp, i, c), NULL, X, O, B);
-            const REAL *u = lru_units(Sp, i, c);
-            for (int j = 0; j < c; j++) {
-                const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
-                const REAL *pr = p + (int64_t)j * B, *pi = pr + cb;
-                const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
-                REAL *re = z + (int64_t)j * B, *im = re + cb;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL a = re0 ? re0[b] : 0, bb = im0 ? im0[b] : 0;
-                    REAL vr = lr * a - li * bb + g * pr[b], vi = lr * bb + li * a + g * pi[b];
-                    re[b] = mk ? vr * mk[b] : vr;
-                    im[b] = mk ? vi * mk[b] : vi;
-                }
-            }
-            for (int j = 0; j < 2 * c; j++) X[j] = z + (int64_t)j * B;
-            for (int j = 0; j < c; j++) O[j] = y + (int64_t)j * B;
-            gemm(c, 2 * c, lru_Cm(Sp, i, c), NULL, X, O, B);
-            for (int64_t e = 0; e < cb; e += B) {
-                const REAL *du = p + 2 * cb + e;
-                REAL *ye = y + e;
-                if (mk) { SIMD for (int b = 0; b < B; b++) ye[b] = (ye[b] + du[b]) * mk[b]; }
-                else    { SIMD for (int b = 0; b < B; b++) ye[b] = ye[b] + du[b]; }
-            }
-        }
+/* Step t of unit j: its state z (its rows cb apart: re, im) from the step before, zp (NULL:
+ * zero), and P's rows p (B_re u, B_im u), masked by mk; u the layer's (LruSplit) */
+static inline void lru_unit_step(const REAL *u, int j, int c, int64_t cb, int B, const REAL *p,
+                                 const REAL *zp, REAL *z, const uint8_t *mk) {
+    const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
+    const REAL *pr = p + (int64_t)j * B, *pi = pr + cb;
+    const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
+    REAL *re = z + (int64_t)j * B, *im = re + cb;
+    SIMD for (int b = 0; b < B; b++) {
+        REAL a = re0 ? re0[b] : 0, bb = im0 ? im0[b] : 0;
+        REAL vr = lr * a - li * bb + g * pr[b], vi = lr * bb + li * a + g * pi[b];
+        re[b] = mk ? vr * mk[b] : vr;
+        im[b] = mk ? vi * mk[b] : vi;
     }
 }
 
-static int64_t lru_backward_scratch(int T, int B, int c) {
-    const int64_t cb = (int64_t)c * B;
-    return 2 * T * cb + 3 * cb + 2 * cb + 2 * cb + B + ((int64_t)3 * c * c + 2 * c * c + 3 * c) * VL;
-}
-
-/* Backward of one member (see dbackward_member), from lru_forward_member's Hk and Ak. */
-static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tbptt, REAL *Sp,
-                                const REAL *xk, const uint8_t *mkk, const REAL *Hk, const REAL *Ak,
-                                const REAL *g_outk, REAL *gWk, REAL *Gs, const REAL **Z, REAL **O) {
-    const int64_t cb = (int64_t)c * B, S = T + 1;
-    REAL *Gab = Gs, *Gbe = Gs + T * cb;
-    REAL *gp = Gbe + T * cb, *gz = gp + 3 * cb, *grec = gz + 2 * cb, *ones = grec + 2 * cb;
-    REAL *acc_in = ones + B, *acc_c = acc_in + (int64_t)3 * c * c * VL, *acc_u = acc_c + (int64_t)2 * c * c * VL;
-    const REAL **Gp = Z + 2 * c;
-    for (int b = 0; b < B; b++) ones[b] = 1;
-    const int t0 = first_step(K, P, B, mkk);
-    for (int i = L - 1; i >= 0; i--) {
-        const int m = i == 0 ? 1 : c;
-        const REAL *Hin = i > 0 ? Hk + (int64_t)(i - 1) * S * cb : NULL;
-        const REAL *u = lru_units(Sp, i, c);
-        memset(acc_in, 0, sizeof(REAL) * 3 * c * m * VL);
-        memset(acc_c, 0, sizeof(REAL) * 2 * c * c * VL);
-        memset(acc_u, 0, sizeof(REAL) * 3 * c * VL);          /* lambda's re, im, gamma */
-        int have_rec = 0;
-        for (int t = T - 1; t >= t0; t--) {
-            const StepIn st = step_in(i, L, t, T, t0, P, K, B, cb, tbptt, have_rec, Gab, Gbe,
-                                      g_outk, mkk);
-            if (st.skip) continue;
-            const REAL *z = Ak + ((int64_t)i * T + t) * 5 * cb, *p = z + 2 * cb;
-            const REAL *zp = t > t0 ? z - 5 * cb : NULL;
-            REAL *gy = gp + 2 * cb;                           /* P's rows: B_re u, B_im u, D u */
-            for (int64_t e = 0; e < cb; e += B) {
-                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
-                REAL *g = gy + e;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
-                    g[b] = st.mk ? v * st.mk[b] : v;
-                }
-            }
-            /* y = Cm z + D u: Cm's gradient, then z's (from y and from step t + 1) */
-            for (int j = 0; j < 2 * c; j++) Z[j] = z + (int64_t)j * B;
-            for (int r = 0; r < c; r++) Gp[r] = gy + (int64_t)r * B;
-            wgrad(c, 2 * c, Gp, Z, acc_c, B);
-            for (int j = 0; j < 2 * c; j++) O[j] = gz + (int64_t)j * B;
-            gemm(2 * c, c, lru_Cmt(Sp, i, c), NULL, Gp, O, B);
-            for (int j = 0; j < c; j++) {
-                const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
-                REAL *gre = gz + (int64_t)j * B, *gim = gre + cb;
-                REAL *rr = grec + (int64_t)j * B, *ri = rr + cb;
-                REAL *pre = gp + (int64_t)j * B, *pim = pre + cb;
-                const REAL *pr = p + (int64_t)j * B, *pi = pr + cb;
-                const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
-                REAL *al = acc_u + (int64_t)j * VL, *ai = acc_u + (int64_t)(c + j) * VL;
-                REAL *ag = acc_u + (int64_t)(2 * c + j) * VL;
-                /* lane l sums b = l, l + VL, ... in order: vectors of VL columns, then the rest */
-                int b0 = 0;
+/* Backward of step t of unit j (the rows as lru_unit_step's): from the gradient on its state
+ * from y (gz) and from step t + 1 (grec, where have_rec), masked by mk, P's gradient (gp), the
+ * gradient to step t - 1 (grec, in place) and the lane sums of the gradients of lambda and
+ * gamma (acc: rows lambda_re, lambda_im, gamma of c units each, VL lanes per unit) */
+static inline void lru_unit_grad(const REAL *u, int j, int c, int64_t cb, int B, const REAL *gz,
+                                 REAL *grec, int have_rec, const uint8_t *mk, const REAL *p,
+                                 const REAL *zp, REAL *gp, REAL *acc) {
+    const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
+    const REAL *gre = gz + (int64_t)j * B, *gim = gre + cb, *pr = p + (int64_t)j * B, *pi = pr + cb;
+    const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
+    REAL *rr = grec + (int64_t)j * B, *ri = rr + cb, *pre = gp + (int64_t)j * B, *pim = pre + cb;
+    REAL *al = acc + (int64_t)j * VL, *ai = acc + (int64_t)(c + j) * VL;
+    REAL *ag = acc + (int64_t)(2 * c + j) * VL;
 #define LRU_GRAD(b, l)                                                                         \
     do {                                                                                       \
         REAL a = gre[b] + (have_rec ? rr[b] : 0), bb = gim[b] + (have_rec ? ri[b] : 0);        \
-        if (st.mk) { a *= st.mk[b]; bb *= st.mk[b]; }                                          \
+        if (mk) { a *= mk[b]; bb *= mk[b]; }                                                   \
         const REAL x0 = re0 ? re0[b] : 0, y0 = im0 ? im0[b] : 0;                               \
         al[l] += a * x0 + bb * y0;                  /* d/d lambda_re */                        \
         ai[l] += bb * x0 - a * y0;                  /* d/d lambda_im */                        \
@@ -426,51 +389,185 @@ static void lru_backward_member(int K, int L, int T, int P, int B, int c, int tb
         rr[b] = lr * a + li * bb;                   /* to z_{t-1} */                           \
         ri[b] = lr * bb - li * a;                                                              \
     } while (0)
-                for (; b0 + VL <= B; b0 += VL) {
-                    SIMD for (int l = 0; l < VL; l++) LRU_GRAD(b0 + l, l);
-                }
-                for (int b = b0; b < B; b++) LRU_GRAD(b, b % VL);
+    LANES(B, LRU_GRAD);
 #undef LRU_GRAD
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The LRU with real lambda (lru_real): c real states, x_t = lambda x_{t-1} + gamma (B u_t),
+ * y_t = C x_t + D u_t, with lambda = exp(-exp(nu)), gamma = exp(gamma_log) per unit. A layer's
+ * parameters, in the cell's order: nu_log (c), gamma_log (c), b (c, m), c (c, c), d (c, m): the
+ * LRU's without theta_log and the imaginary parts. Per layer and step Aux keeps 3c rows: x_t
+ * (c) and P = [B; D] u_t (2c). The LRU's layout, split, forward and backward compute it with
+ * n = 1, with these steps of a unit in place of lru_unit_step and lru_unit_grad. */
+static inline void lru_real_unit_step(const REAL *u, int j, int c, int B, const REAL *p,
+                                      const REAL *xp, REAL *x, const uint8_t *mk) {
+    const REAL lam = u[j], g = u[2 * c + j];
+    const REAL *pb = p + (int64_t)j * B, *x0 = xp ? xp + (int64_t)j * B : NULL;
+    REAL *xj = x + (int64_t)j * B;
+    SIMD for (int b = 0; b < B; b++) {
+        REAL v = lam * (x0 ? x0[b] : 0) + g * pb[b];
+        xj[b] = mk ? v * mk[b] : v;
+    }
+}
+
+static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const REAL *gx,
+                                      REAL *grec, int have_rec, const uint8_t *mk, const REAL *p,
+                                      const REAL *xp, REAL *gp, REAL *acc) {
+    const REAL lam = u[j], g = u[2 * c + j];
+    const REAL *gj = gx + (int64_t)j * B, *pb = p + (int64_t)j * B;
+    const REAL *x0 = xp ? xp + (int64_t)j * B : NULL;
+    REAL *rj = grec + (int64_t)j * B, *gb = gp + (int64_t)j * B;
+    REAL *al = acc + (int64_t)j * VL, *ag = acc + (int64_t)(2 * c + j) * VL;
+#define LRU_REAL_GRAD(b, l)                                                                    \
+    do {                                                                                       \
+        REAL a = gj[b] + (have_rec ? rj[b] : 0);                                               \
+        if (mk) a *= mk[b];                                                                    \
+        al[l] += a * (x0 ? x0[b] : 0);              /* d/d lambda */                           \
+        ag[l] += a * pb[b];                         /* d/d gamma */                            \
+        gb[b] = g * a;                                                                         \
+        rj[b] = lam * a;                            /* to x_{t-1} */                           \
+    } while (0)
+    LANES(B, LRU_REAL_GRAD);
+#undef LRU_REAL_GRAD
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Forward and backward of a member of the LRU (n = 2) or of the LRU with real lambda (n = 1). */
+
+/* Forward of one member (see dforward_member); Ak (L, T, lru_rows, B) with S = T + 1, else NULL
+ * and scratch (L, 2, n c, B) + ((n + 1) c, B) holds two steps of states and the step's P. */
+static void lru_forward_member(int n, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
+                               const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak,
+                               REAL *scratch, const REAL **X, REAL **O) {
+    const int64_t cb = (int64_t)c * B, zb = n * cb, rb = (int64_t)lru_rows(n, c) * B;
+    const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
+    for (int i = 0; i < L; i++) memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
+    if (!Ak) memset(scratch, 0, sizeof(REAL) * L * 2 * zb);
+    for (int t = t0; t < T; t++) {
+        int so = S == 2 ? (t + 1) % 2 : t + 1;
+        const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+        for (int i = 0; i < L; i++) {
+            const int m = i == 0 ? 1 : c;
+            const LruSplit s = lru_at(Sp, n, i, c);
+            const REAL *in = i == 0 ? xk + (int64_t)t * K * B : slot(Hk, i - 1, so, S, cb);
+            REAL *y = slot(Hk, i, so, S, cb);
+            REAL *z, *p;
+            const REAL *zp;
+            if (Ak) {
+                z = Ak + ((int64_t)i * T + t) * rb;
+                zp = t > t0 ? z - rb : NULL;
+                p = z + zb;
+            } else {
+                z = scratch + ((int64_t)i * 2 + (t + 1) % 2) * zb;
+                zp = scratch + ((int64_t)i * 2 + t % 2) * zb;
+                p = scratch + (int64_t)L * 2 * zb;
+            }
+            for (int j = 0; j < m; j++) X[j] = in + (int64_t)j * B;
+            for (int r = 0; r < (n + 1) * c; r++) O[r] = p + (int64_t)r * B;
+            gemm((n + 1) * c, m, s.Ain, NULL, X, O, B);
+            for (int j = 0; j < c; j++) {
+                if (n == 2) lru_unit_step(s.u, j, c, cb, B, p, zp, z, mk);
+                else lru_real_unit_step(s.u, j, c, B, p, zp, z, mk);
+            }
+            for (int j = 0; j < n * c; j++) X[j] = z + (int64_t)j * B;
+            for (int j = 0; j < c; j++) O[j] = y + (int64_t)j * B;
+            gemm(c, n * c, s.Cm, NULL, X, O, B);
+            for (int64_t e = 0; e < cb; e += B) {
+                const REAL *du = p + zb + e;
+                REAL *ye = y + e;
+                if (mk) { SIMD for (int b = 0; b < B; b++) ye[b] = (ye[b] + du[b]) * mk[b]; }
+                else    { SIMD for (int b = 0; b < B; b++) ye[b] = ye[b] + du[b]; }
+            }
+        }
+    }
+}
+
+static int64_t lru_backward_scratch(int n, int T, int B, int c) {
+    const int64_t cb = (int64_t)c * B;
+    return 2 * T * cb + (int64_t)(3 * n + 1) * cb + ((int64_t)(2 * n + 1) * c * c + 3 * c) * VL;
+}
+
+/* Backward of one member (see dbackward_member), from lru_forward_member's Hk and Ak. */
+static void lru_backward_member(int n, int K, int L, int T, int P, int B, int c, int tbptt,
+                                REAL *Sp, const REAL *xk, const uint8_t *mkk, const REAL *Hk,
+                                const REAL *Ak, const REAL *g_outk, REAL *gWk, REAL *Gs,
+                                const REAL **Z, REAL **O) {
+    const int R = (n + 1) * c;                                  /* P's rows */
+    const int64_t cb = (int64_t)c * B, S = T + 1, zb = n * cb, rb = (int64_t)lru_rows(n, c) * B;
+    REAL *Gab = Gs, *Gbe = Gs + T * cb;
+    REAL *gp = Gbe + T * cb, *gz = gp + (int64_t)R * B, *grec = gz + zb;
+    REAL *acc_in = grec + zb, *acc_c = acc_in + (int64_t)R * c * VL;
+    REAL *acc_u = acc_c + (int64_t)n * c * c * VL;
+    const REAL **Gp = Z + n * c;
+    const int t0 = first_step(K, P, B, mkk);
+    for (int i = L - 1; i >= 0; i--) {
+        const int m = i == 0 ? 1 : c;
+        const REAL *Hin = i > 0 ? Hk + (int64_t)(i - 1) * S * cb : NULL;
+        const LruSplit s = lru_at(Sp, n, i, c);
+        memset(acc_in, 0, sizeof(REAL) * R * m * VL);
+        memset(acc_c, 0, sizeof(REAL) * n * c * c * VL);
+        memset(acc_u, 0, sizeof(REAL) * 3 * c * VL);          /* lambda's re, im, gamma */
+        int have_rec = 0;
+        for (int t = T - 1; t >= t0; t--) {
+            const StepIn st = step_in(i, L, t, T, t0, P, K, B, cb, tbptt, have_rec, Gab, Gbe,
+                                      g_outk, mkk);
+            if (st.skip) continue;
+            const REAL *z = Ak + ((int64_t)i * T + t) * rb, *p = z + zb;
+            const REAL *zp = t > t0 ? z - rb : NULL;
+            REAL *gy = gp + zb;                               /* P's rows: the B's u, D u */
+            for (int64_t e = 0; e < cb; e += B) {
+                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
+                REAL *g = gy + e;
+                SIMD for (int b = 0; b < B; b++) {
+                    REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
+                    g[b] = st.mk ? v * st.mk[b] : v;
+                }
+            }
+            /* y = Cm z + D u: Cm's gradient, then z's (from y and from step t + 1) */
+            for (int j = 0; j < n * c; j++) Z[j] = z + (int64_t)j * B;
+            for (int r = 0; r < c; r++) Gp[r] = gy + (int64_t)r * B;
+            wgrad(c, n * c, Gp, Z, acc_c, B);
+            for (int j = 0; j < n * c; j++) O[j] = gz + (int64_t)j * B;
+            gemm(n * c, c, s.Cmt, NULL, Gp, O, B);
+            for (int j = 0; j < c; j++) {
+                if (n == 2)
+                    lru_unit_grad(s.u, j, c, cb, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u);
+                else
+                    lru_real_unit_grad(s.u, j, c, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u);
             }
             const REAL *in = i == 0 ? xk + (int64_t)t * K * B : Hin + (int64_t)(t + 1) * cb;
             for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
-            for (int r = 0; r < 3 * c; r++) Gp[r] = gp + (int64_t)r * B;
-            wgrad(3 * c, m, Gp, Z, acc_in, B);
+            for (int r = 0; r < R; r++) Gp[r] = gp + (int64_t)r * B;
+            wgrad(R, m, Gp, Z, acc_in, B);
             if (st.gbt) {
                 for (int j = 0; j < m; j++) O[j] = st.gbt + (int64_t)j * B;
-                gemm(m, 3 * c, lru_Aint(Sp, i, c), NULL, Gp, O, B);
+                gemm(m, R, s.Aint, NULL, Gp, O, B);
             }
             have_rec = st.rec;
         }
         /* lane sums, written in the cell's parameter order */
-        REAL *gW = gWk + lru_layer_offset(i, c);
-        REAL *gnu = gW, *gth = gnu + c, *gga = gth + c, *gbre = gga + c, *gbim = gbre + (int64_t)c * m;
-        REAL *gcre = gbim + (int64_t)c * m, *gcim = gcre + (int64_t)c * c, *gd = gcim + (int64_t)c * c;
+        REAL *gnu = gWk + lru_layer_offset(n, i, c), *gth = n == 2 ? gnu + c : NULL;
+        REAL *gga = gnu + (int64_t)n * c, *gbs = gga + c, *gcs = gbs + (int64_t)n * c * m;
+        REAL *gd = gcs + (int64_t)n * c * c;
         for (int j = 0; j < c; j++) {
-            REAL dl = 0, di = 0, dg = 0;
-            for (int l = 0; l < VL; l++) {
-                dl += acc_u[(int64_t)j * VL + l];
-                di += acc_u[(int64_t)(c + j) * VL + l];
-                dg += acc_u[(int64_t)(2 * c + j) * VL + l];
-            }
-            const REAL lr = u[j], li = u[c + j], g = u[2 * c + j], ph = u[4 * c + j], en = u[5 * c + j];
-            gnu[j] = (dl * lr + di * li) * -en;                  /* d|lambda|/dnu = -|lambda| e^nu */
-            gth[j] = (di * lr - dl * li) * ph;                   /* d phase/d theta = phase */
-            gga[j] = dg * g;
+            const REAL dl = lanes_total(acc_u + (int64_t)j * VL);
+            const REAL di = lanes_total(acc_u + (int64_t)(c + j) * VL);
+            const REAL dg = lanes_total(acc_u + (int64_t)(2 * c + j) * VL);
+            const REAL lr = s.u[j], li = s.u[c + j], en = s.u[5 * c + j];
+            gnu[j] = (gth ? dl * lr + di * li : dl * lr) * -en;   /* d|lambda|/dnu: -|lambda| e^nu */
+            if (gth) gth[j] = (di * lr - dl * li) * s.u[4 * c + j];   /* d phase/d theta = phase */
+            gga[j] = dg * s.u[2 * c + j];
         }
-        for (int r = 0; r < 3 * c; r++)
-            for (int j = 0; j < m; j++) {
-                REAL s = 0;
-                for (int l = 0; l < VL; l++) s += acc_in[((int64_t)r * m + j) * VL + l];
-                REAL *dst = r < c ? gbre : r < 2 * c ? gbim : gd;
-                dst[(int64_t)(r % c) * m + j] = s;
-            }
+        for (int r = 0; r < R; r++) {
+            REAL *dst = r < n * c ? gbs + (int64_t)(r / c) * c * m : gd;
+            for (int j = 0; j < m; j++)
+                dst[(int64_t)(r % c) * m + j] = lanes_total(acc_in + ((int64_t)r * m + j) * VL);
+        }
         for (int r = 0; r < c; r++)
-            for (int j = 0; j < 2 * c; j++) {
-                REAL s = 0;
-                for (int l = 0; l < VL; l++) s += acc_c[((int64_t)r * 2 * c + j) * VL + l];
-                if (j < c) gcre[(int64_t)r * c + j] = s;
-                else gcim[(int64_t)r * c + j - c] = -s;
+            for (int j = 0; j < n * c; j++) {
+                const REAL sum = lanes_total(acc_c + ((int64_t)r * n * c + j) * VL);
+                gcs[(int64_t)(j / c) * c * c + (int64_t)r * c + j % c] = j < c ? sum : -sum;
             }
         if (i > 0) { REAL *tmp = Gab; Gab = Gbe; Gbe = tmp; }
     }
@@ -605,23 +702,6 @@ static inline REAL log1p_unit(REAL u) {
 static inline REAL softplus_(REAL a) {    /* torch's: the identity above 20, else log(1 + e^a) */
     const REAL na = a > 0 ? -a : a;                       /* -|a| */
     return a > 20 ? a : (a > 0 ? a : 0) + log1p_unit(exp_(na < -80 ? -80 : na));
-}
-
-/* lane l of acc += u[b] v[b] over b = l, l + VL, ... in order (v NULL: ones) */
-static inline void lanes_dot(REAL *acc, const REAL *u, const REAL *v, int B) {
-    int b0 = 0;
-    if (v) {
-        for (; b0 + VL <= B; b0 += VL) { SIMD for (int l = 0; l < VL; l++) acc[l] += u[b0 + l] * v[b0 + l]; }
-        for (int b = b0; b < B; b++) acc[b % VL] += u[b] * v[b];
-    } else {
-        for (; b0 + VL <= B; b0 += VL) { SIMD for (int l = 0; l < VL; l++) acc[l] += u[b0 + l]; }
-        for (int b = b0; b < B; b++) acc[b % VL] += u[b];
-    }
-}
-static inline REAL lanes_total(const REAL *acc) {
-    REAL s = 0;
-    for (int l = 0; l < VL; l++) s += acc[l];
-    return s;
 }
 
 /* Forward of one member: Hk (L, S, c, B) the outputs; Ak (L, T, rows, B) with S = T + 1, else
@@ -905,56 +985,64 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
  * Every cell of this file behind one interface: a member's weights, split weights, the rows
  * Aux keeps per layer and step, and the scratch of forward (evaluation) and backward. */
 static int64_t layer_offset_of(int arch, int i, int c) {
-    return arch == LRU ? lru_layer_offset(i, c) : IS_SSM(arch) ? ssm_layer_offset(arch, i, c)
-                                                               : dlayer_offset(arch, i, c);
+    return IS_LRU(arch) ? lru_layer_offset(lru_n(arch), i, c)
+         : IS_SSM(arch) ? ssm_layer_offset(arch, i, c) : dlayer_offset(arch, i, c);
 }
 static int aux_of(int arch, int c) {
-    return arch == LRU ? 5 * c : IS_SSM(arch) ? ssm_rows(arch, c).rows : aux_rows(arch, c);
+    return IS_LRU(arch) ? lru_rows(lru_n(arch), c)
+         : IS_SSM(arch) ? ssm_rows(arch, c).rows : aux_rows(arch, c);
 }
 static int64_t split_of(int arch, int c) {
-    return arch == LRU ? lru_split_size(c) : IS_SSM(arch) ? ssm_split_size(arch, c)
-                                                          : dsplit_size(dgroups(arch) * c, c);
+    return IS_LRU(arch) ? lru_split_size(lru_n(arch), c)
+         : IS_SSM(arch) ? ssm_split_size(arch, c) : dsplit_size(dgroups(arch) * c, c);
 }
 static int64_t fwd_scratch_of(int arch, int L, int B, int c) {
-    if (arch == LRU) return (int64_t)(4 * L + 3) * c * B;
+    if (IS_LRU(arch)) return (int64_t)(2 * L + 1) * lru_n(arch) * c * B + (int64_t)c * B;
     if (IS_SSM(arch)) return (int64_t)L * (2 * ssm_rows(arch, c).rows + CONVW * c) * B;
     return (int64_t)aux_rows(arch, c) * B;
 }
 static int64_t bwd_scratch_of(int arch, int T, int B, int c) {
-    return arch == LRU ? lru_backward_scratch(T, B, c) : IS_SSM(arch) ? ssm_backward_scratch(arch, T, B, c)
-                                                                   : dbackward_scratch(arch, T, B, c);
+    return IS_LRU(arch) ? lru_backward_scratch(lru_n(arch), T, B, c)
+         : IS_SSM(arch) ? ssm_backward_scratch(arch, T, B, c) : dbackward_scratch(arch, T, B, c);
 }
 static int pointers_of(int arch, int c) {
-    if (arch == LRU) return 5 * c;
+    if (IS_LRU(arch)) return lru_rows(lru_n(arch), c);
     if (IS_SSM(arch)) return 2 * c + 1 + ssm_rank(c) + 2 * S6N + ssm_in(arch, c);
     return c + 1 + dgroups(arch) * c;
 }
 static void split_of_member(int arch, const REAL *Wk, int L, int c, REAL *Sp) {
-    if (arch == LRU) lru_split(Wk, L, c, Sp);
+    if (IS_LRU(arch)) lru_split(lru_n(arch), Wk, L, c, Sp);
     else if (IS_SSM(arch)) ssm_split(arch, Wk, L, c, Sp);
     else dsplit(arch, Wk, L, c, Sp);
 }
 static void forward_of(int arch, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
                        const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak, REAL *scratch,
                        const REAL **X, REAL **O) {
-    if (arch == LRU) lru_forward_member(K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
+    if (IS_LRU(arch))
+        lru_forward_member(lru_n(arch), K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
     else if (IS_SSM(arch)) ssm_forward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
     else dforward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
 }
 static void backward_of(int arch, int K, int L, int T, int P, int B, int c, int tbptt, REAL *Sp,
                         const REAL *xk, const uint8_t *mkk, const REAL *Hk, const REAL *Ak,
                         const REAL *g_outk, REAL *gWk, REAL *Gs, const REAL **Z, REAL **O) {
-    if (arch == LRU) lru_backward_member(K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
+    if (IS_LRU(arch))
+        lru_backward_member(lru_n(arch), K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk,
+                            Gs, Z, O);
     else if (IS_SSM(arch))
         ssm_backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
     else dbackward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
 }
 /* the sizes of a layer's parameters, in the cell's order; returns how many (at most 9) */
 static int param_sizes(int arch, int m, int c, int64_t *out) {
-    if (arch == LRU) {
-        const int64_t v[8] = {c, c, c, (int64_t)c * m, (int64_t)c * m, (int64_t)c * c, (int64_t)c * c, (int64_t)c * m};
-        memcpy(out, v, sizeof v);
-        return 8;
+    if (IS_LRU(arch)) {               /* nu_log, theta_log (LRU), gamma_log, B's, C's, d */
+        const int n = lru_n(arch);
+        int k = 0;
+        for (int q = 0; q <= n; q++) out[k++] = c;
+        for (int q = 0; q < n; q++) out[k++] = (int64_t)c * m;
+        for (int q = 0; q < n; q++) out[k++] = (int64_t)c * c;
+        out[k++] = (int64_t)c * m;
+        return k;
     }
     if (IS_SSM(arch)) {
         const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
