@@ -59,6 +59,9 @@ MAMBA = "mamba_check"
 """the selective SSM in Mamba's block and bare (mamba, s6_bare)"""
 LRU = "lru_check"
 """the LRU as its paper initialises it, on the long-range ring, and with real lambda"""
+TODAY = "today_cells"
+"""today's cells beside the paper's, each at the rate tuned per (arch, l, c), 5 seeds, p up to
+2N or 30 (tune_configs/today_cells.yaml), run arch by arch"""
 BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
                  ("fig6_rnn_tuned", "fig6_tuned_budget_check_wide-2x", "2x"),
                  ("budget_check", "budget_check-4x", "4x"),
@@ -177,6 +180,75 @@ def limit_grid(name: str) -> str:
         by_c = {int(r["cells"]): r for _, r in g.iterrows()}
         lines.append(f"| {label(arch)}, {l} | "
                      + " | ".join(_cell(by_c.get(int(c))) for c in cs) + " |")
+    return "\n".join(lines)
+
+
+def _grid_json(name: str) -> dict:
+    import json
+
+    return json.loads((DATA / name / "grid.json").read_text())
+
+
+def today_status() -> str:
+    """Which cells of the today_cells grid the shipped folder holds whole, which in part and
+    which not yet (the run goes arch by arch and resumes from the shipped folder)."""
+    grid = _grid_json(TODAY)
+    axes, k = grid["axes"], int(grid["max_position"].removesuffix("N"))
+    want = {a: len(axes["seed"]) * sum(p <= k * CELLS[a].units(c) * l for l in axes["layers"]
+                                       for c in axes["cells"] for p in axes["position"])
+            for a in axes["arch"]}
+    have = points(TODAY)["arch"].value_counts()
+    done = [a for a in axes["arch"] if have.get(a, 0) == want[a]]
+    part = [a for a in axes["arch"] if 0 < have.get(a, 0) < want[a]]
+    rest = [a for a in axes["arch"] if a not in done and a not in part]
+
+    def names(archs: list[str]) -> str:
+        return ", ".join(label(a) for a in archs)
+
+    return (f"Measured: {names(done) or 'none yet'} ({sum(want[a] for a in done):,} points)"
+            + (f"; under way: {names(part)} ({sum(int(have[a]) for a in part):,} of "
+               f"{sum(want[a] for a in part):,} points)" if part else "")
+            + (f"; still to run: {names(rest)}." if rest else "."))
+
+
+def today_limits() -> str:
+    """The today_cells limits: a row per (cell, l) with its N, a column per c; each entry the
+    limit (`+`: censored at 2N or 30), the seeds' own limits and the rate its tuning chose."""
+    df = points(TODAY)
+    lim = limits(df).set_index(KEYS)
+    rate = df.groupby(KEYS)["lr"].first()
+    cs = sorted(df["cells"].unique())
+    order = {a: i for i, a in enumerate(_grid_json(TODAY)["axes"]["arch"])}
+    lines = ["| cell, l | N | " + " | ".join(f"c = {c}" for c in cs) + " |",
+             "| --- | --- |" + " --- |" * len(cs)]
+    for (arch, l), g in sorted(lim.groupby(level=["arch", "layers"]),
+                               key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        per = int(CELLS[arch].units(1)) * l
+        n = f"{per}c" if per > 1 else "c"
+        row = {int(k[2]): r for k, r in g.iterrows()}
+        lines.append(f"| {label(arch)}, {l} | {n} | " + " | ".join(
+            f"{_cell(row[c])}, lr {rate[(arch, l, c)]:g}" if c in row else ""
+            for c in cs) + " |")
+    return "\n".join(lines)
+
+
+def today_cost() -> str:
+    """What each cell of today_cells cost: its points and tuning points and the CPU hours of
+    their packs (each pack runs on one core; its time is its longest member's `wall_s`)."""
+    rows = []
+    for part in ("points", "tuning"):
+        d = pd.read_parquet(DATA / TODAY / ("points" if part == "points" else "tuning/points"),
+                            engine="pyarrow", columns=["arch", "pack_id", "wall_s"])
+        rows.append(d.assign(part=part))
+    d = pd.concat(rows)
+    per_pack = d.groupby(["arch", "part", "pack_id"])["wall_s"].max().groupby(
+        ["arch", "part"]).sum()
+    n = d.groupby(["arch", "part"]).size()
+    lines = ["| cell | points | tuning points | CPU hours (tuning) |", "| --- | --- | --- | --- |"]
+    for arch in [a for a in _grid_json(TODAY)["axes"]["arch"] if (a, "points") in n.index]:
+        lines.append(f"| {label(arch)} | {n[(arch, 'points')]:,} | {n.get((arch, 'tuning'), 0):,}"
+                     f" | {(per_pack[(arch, 'points')] + per_pack.get((arch, 'tuning'), 0)) / 3600:.1f}"
+                     f" ({per_pack.get((arch, 'tuning'), 0) / 3600:.1f}) |")
     return "\n".join(lines)
 
 

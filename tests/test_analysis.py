@@ -15,7 +15,8 @@ import pytest
 from memgrid.analysis import (against_state_size, bimodality, capacity_violations, check_claims,
                               compare_runs, limit_violations, memory_capacity, memory_limits,
                               plateau_effect,
-                              plot_heatmaps, plot_limits_vs_units, plot_loss_curves, save,
+                              plot_heatmaps, plot_limit_per_cell, plot_limits_vs_units,
+                              plot_loss_curves, save,
                               write_report)
 from memgrid.analysis.scripts import heatmap
 from memgrid.analysis.tables import (load_curves, load_points, mean_losses, units_text,
@@ -331,6 +332,30 @@ def test_plots_axes_and_save(tmp_path):
     assert png.exists() and png.with_suffix(".pdf").exists()
     with pytest.raises(ValueError):
         plot_heatmaps(t, "median")
+
+
+def test_limit_per_cell_draws_each_cells_limits_against_its_n():
+    """A line per cell through (N, limit) in each depth's panel, N its own (2c for the LRU); a
+    censored limit drawn open; the bound N - (l - 1) and the grid's largest p as lines."""
+    t = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.3}, arch="rnn", cells=2, units=2),
+                   points({1: 0.01, 2: 0.3, 3: 0.3}, arch="rnn", cells=4, units=4),
+                   points({1: 0.01, 2: 0.01, 3: 0.01}, arch="lru", cells=2, units=4),
+                   points({1: 0.01, 2: [0.01, 0.01, 0.3], 3: 0.3}, arch="lru", layers=2,
+                          cells=2, units=8)])
+    fig = plot_limit_per_cell(t, converged={("rnn", 1, 2): "converged", ("rnn", 1, 4): "moves"})
+    l1, l2 = fig.axes
+    drawn = [(np.round(np.asarray(line.get_xdata(), float), 3).tolist(),
+              np.asarray(line.get_ydata(), float).tolist()) for line in l1.lines if line.get_gid()]
+    dodge = 2 ** 0.025
+    assert drawn == [([round(2 / dodge, 3), round(4 / dodge, 3)], [2.0, 1.0]),   # rnn
+                     ([round(4 * dodge, 3)], [3.0])]                             # lru: >= 3
+    assert list(l1.lines[1].get_ydata()) == [3, 3]              # the largest p
+    (lru,) = [line for line in l2.lines if line.get_gid()]
+    x, y = lru.get_xdata(), lru.get_ydata()
+    assert (round(x[0] / dodge, 6), y[0]) == (8.0, 1.0)   # l = 2: seeds 2, 2, 1: mean fails at 2
+    assert l2.get_title() == "l = 2; line: N - 1"
+    with pytest.raises(ValueError):
+        plot_limit_per_cell(t.iloc[:0])
 
 
 def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():

@@ -21,6 +21,7 @@ from .limits import memory_limits as memory_limits
 from .limits import plateau_effect as plateau_effect
 from .limits import replay_stopping as replay_stopping
 from .plots import plot_heatmaps as plot_heatmaps
+from .plots import plot_limit_per_cell as plot_limit_per_cell
 from .plots import plot_limits_by_budget as plot_limits_by_budget
 from .plots import plot_limits_vs_units as plot_limits_vs_units
 from .plots import plot_loss_curves as plot_loss_curves

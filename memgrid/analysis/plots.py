@@ -30,11 +30,13 @@ from .tables import (CONFIG, PLATEAU, THRESHOLD, arch_label, mean_losses, units,
 
 ARCH_ORDER = list(ARCHS)
 _PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink",
-            "tab:olive", "tab:cyan", "tab:gray"]
+            "tab:olive", "tab:cyan", "tab:gray", "navy", "darkgoldenrod", "black"]
 ARCH_COLORS = {a: ("tab:purple" if a == "esn" else _PALETTE[i % len(_PALETTE)])
                for i, a in enumerate(ARCH_ORDER)}
 """One colour per arch in every figure (ESN's purple stays clear of the cells')."""
 LAYER_MARKERS = "osD^vP*X"
+MarkerHalf = matplotlib.markers.MarkerStyle("o", fillstyle="left")
+"""a half-filled circle: a limit no budget check covers, beside checked ones"""
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -360,6 +362,84 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
         ax.set_ylim(0, top)
         ax.grid(alpha=0.25)
     fig.suptitle(f"Memory against network size ({length_text(points)})", fontsize=11)
+    return fig
+
+
+def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
+                        converged: dict[tuple, str] | None = None) -> Figure:
+    """The memory limit against N for cells whose N per unit differs (N from 2 to 100s): one
+    panel per depth l, N on a log axis, a line per cell through its sizes; each limit is the
+    limit of the mean over seeds (marker) with the range of the seeds' own limits (bar); a
+    censored one (the walk reached the configuration's largest p) is an open marker with an
+    arrow up; the largest p trained, where the grid caps it for every N, a dotted line. The
+    diagonal: the paper's bound N - (l - 1). `converged` as in :func:`plot_limits_vs_units`:
+    a filled marker is a limit a budget check leaves in its seeds' range, a half-filled one
+    unchecked, a cross one it moves."""
+    if points.empty:
+        raise ValueError("no points to draw")
+    limits = limits_with_seeds(points, threshold, CONFIG)
+    archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
+    fig = _figure(5.2 * len(layers) + 2.4, 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(layers), sharey=True))
+    n_lo, n_hi = int(limits["units"].min()), int(limits["units"].max())
+    p_top = int(limits["p_max"].max())
+    marks = converged or {}
+    checked = any(v != "unchecked" for v in marks.values())
+    for ax, l in zip(axes, layers):
+        n = np.geomspace(max(l, n_lo) / 1.2, n_hi * 1.2, 50)
+        ax.plot(n, n - (l - 1), color="0.4", lw=1, zorder=1)
+        ax.axhline(p_top, color="0.5", lw=0.8, ls=(0, (1, 3)), zorder=1)
+        for arch in archs:
+            lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)].sort_values("units")
+            if lim.empty:
+                continue
+            col = ARCH_COLORS.get(arch, "k")
+            dodge = 2 ** (0.05 * (archs.index(arch) - (len(archs) - 1) / 2))  # apart at one N
+            x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
+            ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
+            ax.errorbar(x, y, yerr=[y - lim["seed_limit_min"], lim["seed_limit_max"] - y],
+                        fmt="none", ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
+            cens = lim["limit_censored"].to_numpy(dtype=bool)
+            state = np.array([marks.get((arch, l, c), "unchecked") for c in lim["cells"]])
+            filled = ~cens & ((state == "converged") | (not checked))
+            half = ~cens & (state == "unchecked") & checked
+            ax.scatter(x[filled], y[filled], s=30, color=col, zorder=3)
+            ax.scatter(x[half], y[half], s=30, color=col, zorder=3, marker=MarkerHalf)
+            ax.scatter(x[cens], y[cens], s=30, facecolors="white", edgecolors=col, zorder=3)
+            for xi, yi in zip(x[cens], y[cens]):
+                ax.annotate("", xy=(xi, yi + 1.6), xytext=(xi, yi + 0.5), zorder=3,
+                            arrowprops=dict(arrowstyle="-|>", color=col, lw=0.9,
+                                            mutation_scale=7, shrinkA=0, shrinkB=0))
+            moving = np.isin(state, ["moves", "not converged"])
+            ax.scatter(x[moving], y[moving], marker="x", s=60, color="0.15", linewidths=1.0,
+                       zorder=4)
+        ax.set_xscale("log", base=2)
+        ticks = [t for t in (2, 4, 8, 16, 32, 64, 128, 256, 512) if n_lo / 1.2 <= t <= n_hi * 1.2]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlim(max(l, n_lo) / 1.2, n_hi * 1.2)
+        ax.set_ylim(0, p_top + 3)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("N, the numbers the state holds (log scale)")
+        ax.set_title(f"l = {l}" + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel(f"memory limit (largest p, mean loss < {threshold:g} for all p' <= p)",
+                       fontsize=8.5)
+    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=1.5, marker="o", ms=4,
+                     label=arch_label(a)) for a in archs]
+    legend += [Line2D([], [], color="0.4", lw=1, label="limit = N - (l - 1)"),
+               Line2D([], [], color="0.5", lw=0.8, ls=(0, (1, 3)), label=f"largest p ({p_top})"),
+               Line2D([], [], color="0.3", marker="|", ls="", ms=9, label="bar: seeds' own limits"),
+               Line2D([], [], color="0.3", marker="o", ls="", mfc="white", ms=5,
+                      label="censored: a lower bound")]
+    if checked:
+        legend += [Line2D([], [], color="0.3", marker="o", ls="", ms=5,
+                          label="converged at 2x budget"),
+                   Line2D([], [], color="0.3", marker=MarkerHalf, ls="", ms=6,
+                          label="budget not checked"),
+                   Line2D([], [], color="0.15", marker="x", ls="", ms=6,
+                          label="moved at 2x budget")]
+    fig.legend(handles=legend, fontsize=7.5, loc="outside right center")
+    fig.suptitle(f"How far back each cell remembers ({length_text(points)})", fontsize=11)
     return fig
 
 

@@ -23,8 +23,8 @@ from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configurat
                           converged_budget, limit_marks)
 from .limits import (STRICT_THRESHOLDS, against_state_size, bimodality, plateau_effect,
                      replay_stopping)
-from .plots import (plot_heatmaps, plot_limits_by_budget, plot_limits_vs_units, plot_loss_curves,
-                    plot_mc_vs_units, save)
+from .plots import (plot_heatmaps, plot_limit_per_cell, plot_limits_by_budget,
+                    plot_limits_vs_units, plot_loss_curves, plot_mc_vs_units, save)
 from .summary import (TASKS, archs_in_order, claim_sentences, count_sentence, has_variants, limits_table,
                       reach_sentences, settings_table, summary_grid)
 from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
@@ -387,6 +387,11 @@ def _figures(points: pd.DataFrame, uri: str, out: Path, threshold: float,
             png = save(plot_limits_vs_units(sub, threshold, marks), out,
                        f"limits_vs_units_{kind}")
             made.append((f"memory limit and MC against N, {kind} length{at}", png.name))
+        if sub["arch"].nunique() >= 2 and units(sub).nunique() >= 2:
+            png = save(plot_limit_per_cell(sub, threshold, marks), out,
+                       f"limit_per_cell_{kind}")
+            made.append((f"memory limit per cell against N (log scale), {kind} length{at}",
+                         png.name))
         if units(sub).nunique() >= 2 and "mc_stream" in sub and sub["mc_stream"].notna().any():
             png = save(plot_mc_vs_units(sub), out, f"mc_vs_units_{kind}")
             made.append((f"memory capacity against N: stream (Jaeger) and task, {kind} length",
