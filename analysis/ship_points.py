@@ -1,5 +1,5 @@
-"""Write a results folder's points as a compact folder for docs/data: its grid.json and one
-zstd Parquet part of points (POINT_SCHEMA), no curves unless --curves (for a small run whose
+"""Write a results folder's points as a compact folder for docs/data: its grid.json and a zstd
+Parquet part of points (POINT_SCHEMA) per arch, no curves unless --curves (for a small run whose
 curves the analysis needs: the plateau stop's replay, the loss curves); for a grid still
 running, also its packs saved mid-training (packs/), so that a run into a copy continues them,
 and a tuned grid's tuning run (tuning/: its points and packs) likewise. With --rungs, a run
@@ -50,23 +50,31 @@ def main(argv=None) -> None:
 
 
 def ship(results: str, dest: Path, points, curves: bool) -> None:
-    """`points` (of the folder `results`) as one zstd part in `dest`, with their curves if
-    asked, and the packs `results` saved mid-training."""
+    """`points` (of the folder `results`) as zstd parts in `dest`, one per arch
+    (`part-<arch>.parquet`, rows in point_id order: a cell's part is byte for byte the same
+    when a later copy of a growing run ships it again), with their curves if asked, and the
+    packs `results` saved mid-training."""
+    points = points.sort_values("point_id", kind="stable")
     if curves:    # before the points, as memgrid writes a part
         table = load_curves(results, points["point_id"].tolist())
         (dest / "curves").mkdir(parents=True)
-        pq.write_table(pa.Table.from_pandas(table[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
-                                            preserve_index=False),
-                       dest / "curves" / "part-0000.parquet", compression="zstd")
-        print(f"{dest}: {len(table)} curve rows, "
-              f"{(dest / 'curves' / 'part-0000.parquet').stat().st_size} bytes")
+        arch = dict(zip(points["point_id"], points["arch"]))
+        table = table.assign(_arch=table["point_id"].map(arch)).sort_values(
+            ["point_id", "epoch"], kind="stable")
+        for a, part in table.groupby("_arch", sort=True):
+            pq.write_table(pa.Table.from_pandas(part[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
+                                                preserve_index=False),
+                           dest / "curves" / f"part-{a}.parquet", compression="zstd")
+        size = sum(f.stat().st_size for f in (dest / "curves").iterdir())
+        print(f"{dest}: {len(table)} curve rows, {size} bytes")
     if len(points):
-        table = pa.Table.from_pandas(points[POINT_SCHEMA.names], schema=POINT_SCHEMA,
-                                     preserve_index=False)
         (dest / "points").mkdir(parents=True)
-        pq.write_table(table, dest / "points" / "part-0000.parquet", compression="zstd")
-        print(f"{dest}: {table.num_rows} rows, "
-              f"{(dest / 'points' / 'part-0000.parquet').stat().st_size} bytes")
+        for a, part in points.groupby("arch", sort=True):
+            pq.write_table(pa.Table.from_pandas(part[POINT_SCHEMA.names], schema=POINT_SCHEMA,
+                                                preserve_index=False),
+                           dest / "points" / f"part-{a}.parquet", compression="zstd")
+        size = sum(f.stat().st_size for f in (dest / "points").iterdir())
+        print(f"{dest}: {len(points)} rows, {size} bytes")
     packs = Path(results) / PACKS
     if packs.is_dir() and any(packs.glob("*.pt")):    # a grid still running: what resumes it
         shutil.copytree(packs, dest / PACKS, ignore=shutil.ignore_patterns(".tmp-*"))

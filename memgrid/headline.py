@@ -65,10 +65,11 @@ TODAY = "today_cells"
 BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
                  ("fig6_rnn_tuned", "fig6_tuned_budget_check_wide-2x", "2x"),
                  ("budget_check", "budget_check-4x", "4x"),
-                 (MAMBA, "mamba_budget_check-2x", "2x"))
+                 (MAMBA, "mamba_budget_check-2x", "2x"),
+                 (TODAY, "today_cells_budget_check-2x", "2x"))
 """(run at the protocol's budget, the same configurations at a larger one, the factor)"""
-HEADLINE = [("rnn", 1, 2), ("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
-            ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 4), ("rnn", 5, 20),
+HEADLINE = [("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
+            ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 20),
             ("lstm", 1, 5), ("lstm", 1, 10), ("lstm", 3, 5), ("gru", 1, 5), ("gru", 1, 10),
             ("gru", 3, 5)]
 """the paper cells' configurations the README's headline shows (every one is on the
@@ -78,7 +79,10 @@ NEW_HEADLINE = [(NEW_CELLS, "mingru", 1, 5), (NEW_CELLS, "mingru", 2, 5),
                 (NEW_CELLS, "lru", 1, 5), (NEW_CELLS, "lru", 2, 5), (LRU, "lru_real", 1, 2),
                 (LRU, "lru_real", 1, 4), (MAMBA, "mamba", 1, 2), (MAMBA, "mamba", 1, 4),
                 (MAMBA, "s6_bare", 1, 4)]
-"""the newer cells' configurations the headline shows: (docs/data folder, arch, l, c)"""
+"""the newer cells' configurations the headline shows, (docs/data folder, arch, l, c), for a
+cell today_cells does not hold whole yet"""
+TODAY_HEADLINE = [(1, 4), (1, 10), (2, 10)]
+"""(l, c) the headline shows of each newer cell today_cells holds whole"""
 
 
 def points(name: str) -> pd.DataFrame:
@@ -162,7 +166,12 @@ def headline() -> str:
         b = pap[arch].loc[(arch, l, c)]
         lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
                      f"{_cell(b)} | {marks.get((arch, l, c), 'not checked')} |")
-    for folder, arch, l, c in NEW_HEADLINE:
+    today = today_archs()["done"]
+    rows = [(TODAY, a, l, c) for a in today if a not in CONVERGED for l, c in TODAY_HEADLINE]
+    rows += [r for r in NEW_HEADLINE if r[1] not in today]
+    if today:
+        new[TODAY] = limits(points(TODAY)).set_index(KEYS)
+    for folder, arch, l, c in sorted(rows, key=lambda r: list(CELLS).index(r[1])):
         a = new[folder].loc[(arch, l, c)]
         lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
                      f"| {marks.get((arch, l, c), 'not checked')} |")
@@ -189,46 +198,63 @@ def _grid_json(name: str) -> dict:
     return json.loads((DATA / name / "grid.json").read_text())
 
 
-def today_status() -> str:
-    """Which cells of the today_cells grid the shipped folder holds whole, which in part and
-    which not yet (the run goes arch by arch and resumes from the shipped folder)."""
+def today_archs() -> dict[str, list[str]]:
+    """The today_cells grid's cells by how much of them the shipped folder holds: `done`
+    (every point), `part` (some) and `rest` (none yet), each in the arch axis's order; and
+    `want`, every cell's count of points (positions up to max_position N, or the axis's)."""
     grid = _grid_json(TODAY)
     axes, k = grid["axes"], int(grid["max_position"].removesuffix("N"))
     want = {a: len(axes["seed"]) * sum(p <= k * CELLS[a].units(c) * l for l in axes["layers"]
                                        for c in axes["cells"] for p in axes["position"])
             for a in axes["arch"]}
     have = points(TODAY)["arch"].value_counts()
-    done = [a for a in axes["arch"] if have.get(a, 0) == want[a]]
-    part = [a for a in axes["arch"] if 0 < have.get(a, 0) < want[a]]
-    rest = [a for a in axes["arch"] if a not in done and a not in part]
+    return {"done": [a for a in axes["arch"] if have.get(a, 0) == want[a]],
+            "part": [a for a in axes["arch"] if 0 < have.get(a, 0) < want[a]],
+            "rest": [a for a in axes["arch"] if not have.get(a, 0)],
+            "want": want, "have": have.to_dict()}
+
+
+def today_status() -> str:
+    """Which cells of the today_cells grid the shipped folder holds whole, which in part and
+    which not yet (the run goes arch by arch and resumes from the shipped folder)."""
+    t = today_archs()
 
     def names(archs: list[str]) -> str:
         return ", ".join(label(a) for a in archs)
 
-    return (f"Measured: {names(done) or 'none yet'} ({sum(want[a] for a in done):,} points)"
-            + (f"; under way: {names(part)} ({sum(int(have[a]) for a in part):,} of "
-               f"{sum(want[a] for a in part):,} points)" if part else "")
-            + (f"; still to run: {names(rest)}." if rest else "."))
+    return (f"Measured: {names(t['done']) or 'none yet'} "
+            f"({sum(t['want'][a] for a in t['done']):,} points)"
+            + (f"; under way: {names(t['part'])} ({sum(t['have'][a] for a in t['part']):,} of "
+               f"{sum(t['want'][a] for a in t['part']):,} points)" if t["part"] else "")
+            + (f"; still to run: {names(t['rest'])}." if t["rest"] else "."))
 
 
 def today_limits() -> str:
-    """The today_cells limits: a row per (cell, l) with its N, a column per c; each entry the
-    limit (`+`: censored at 2N or 30), the seeds' own limits and the rate its tuning chose."""
+    """The limits of the cells today_cells holds whole: a row per (cell, l) with its N, a column
+    per c; each entry the limit (`+`: censored at 2N or 30), the seeds' own limits, the rate
+    its tuning chose, and a budget check's verdict where one ran (yes: the same limit at twice
+    the budget on the seeds both hold; no: another)."""
+    done = today_archs()["done"]
     df = points(TODAY)
+    df = df[df["arch"].isin(done)]
     lim = limits(df).set_index(KEYS)
     rate = df.groupby(KEYS)["lr"].first()
+    marks = convergence()
     cs = sorted(df["cells"].unique())
-    order = {a: i for i, a in enumerate(_grid_json(TODAY)["axes"]["arch"])}
     lines = ["| cell, l | N | " + " | ".join(f"c = {c}" for c in cs) + " |",
              "| --- | --- |" + " --- |" * len(cs)]
-    for (arch, l), g in sorted(lim.groupby(level=["arch", "layers"]),
-                               key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
-        per = int(CELLS[arch].units(1)) * l
-        n = f"{per}c" if per > 1 else "c"
-        row = {int(k[2]): r for k, r in g.iterrows()}
-        lines.append(f"| {label(arch)}, {l} | {n} | " + " | ".join(
-            f"{_cell(row[c])}, lr {rate[(arch, l, c)]:g}" if c in row else ""
-            for c in cs) + " |")
+    for arch in done:
+        for l in sorted(df.loc[df["arch"] == arch, "layers"].unique()):
+            per = CELLS[arch].units(1) * int(l)
+            entries = []
+            for c in cs:
+                key = (arch, int(l), int(c))
+                mark = marks.get(key, "")
+                entries.append(f"{_cell(lim.loc[key])}, lr {rate[key]:g}"
+                               + (" ✓" if mark.startswith("yes") else
+                                  " ✗" if mark.startswith("no") else ""))
+            lines.append(f"| {label(arch)}, {l} | {per if per > 1 else ''}c | "
+                         + " | ".join(entries) + " |")
     return "\n".join(lines)
 
 
@@ -245,7 +271,7 @@ def today_cost() -> str:
         ["arch", "part"]).sum()
     n = d.groupby(["arch", "part"]).size()
     lines = ["| cell | points | tuning points | CPU hours (tuning) |", "| --- | --- | --- | --- |"]
-    for arch in [a for a in _grid_json(TODAY)["axes"]["arch"] if (a, "points") in n.index]:
+    for arch in today_archs()["done"]:
         lines.append(f"| {label(arch)} | {n[(arch, 'points')]:,} | {n.get((arch, 'tuning'), 0):,}"
                      f" | {(per_pack[(arch, 'points')] + per_pack.get((arch, 'tuning'), 0)) / 3600:.1f}"
                      f" ({per_pack.get((arch, 'tuning'), 0) / 3600:.1f}) |")
@@ -386,6 +412,9 @@ def blocks() -> dict[str, str]:
         "limits_fig8_paper": limit_grid("fig8_lstm-paper") + "\n" + limit_grid("fig8_gru-paper")
         .split("\n", 2)[2],
         "limits_new_cells": limit_grid(NEW_CELLS),
+        "today_status": today_status(),
+        "today_limits": today_limits(),
+        "today_cost": today_cost(),
         "limits_mamba": limit_grid(MAMBA),
         "limits_lru": limit_grid(LRU),
         "bound": bound_table({**fig6, **fig8, "newer cells, converged": NEW_CELLS}),

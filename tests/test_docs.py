@@ -79,7 +79,8 @@ def _limits_independently(points: pd.DataFrame) -> dict[tuple, tuple[int, bool, 
 
 @pytest.mark.parametrize("name", ["fig6_rnn_tuned", "fig6_rnn-paper", "fig8_lstm",
                                   "fig8_gru-paper", "new_cells", "mamba_check",
-                                  "mamba_budget_check-2x", "lru_check"])
+                                  "mamba_budget_check-2x", "lru_check", "today_cells",
+                                  "today_cells_budget_check-2x"])
 def test_limits_recomputed_another_way(name):
     pts = pd.read_parquet(headline.DATA / name / "points")
     want = _limits_independently(pts)
@@ -118,8 +119,17 @@ def test_readme_statements_hold_on_the_data():
     assert "the LSTM's is on or above it in all 15" in text
     assert (lstm["seen"], lstm["below"]) == (15, 0)
     new = headline.limits(headline.points("new_cells")).set_index("arch")
-    assert "**minGRU and minLSTM** hold 1 or 2 positions at every size" in text
-    assert set(new.loc[["mingru", "minlstm"], "limit"]) == {1, 2}
+    today = headline.limits(headline.points("today_cells")).set_index("arch")
+    assert "**minGRU** remembers 1 or 2 positions at every size from N = 2 to 20" in text
+    assert set(today.loc["mingru", "limit"]) == {1, 2}
+    assert (today.loc["mingru", "units"].min(), today.loc["mingru", "units"].max()) == (2, 20)
+    assert "at its best of 7 learning rates, in 5 seeds" in text
+    grid = headline._grid_json("today_cells")
+    assert len(grid["tune_lr"]["candidates"]) == 7 and len(grid["axes"]["seed"]) == 5
+    assert "twice the budget leaves every limit within its seeds' range" in text   # test_docs:
+    # the reproduction page's statements check it per configuration
+    assert "**minLSTM** holds 1 or 2 positions" in text
+    assert set(new.loc["minlstm", "limit"]) == {1, 2}
     assert "the **LRU** reaches N at every size of its grid" in text
     assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
     assert "and so does the LRU restricted to real lambda" in text
@@ -249,6 +259,34 @@ def test_reproduction_statements_hold_on_the_data():
     assert "block's limit stays 5 at c = 2 and moves to 6 at c = 4" in text
     more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
     assert (more.loc[2], more.loc[4]) == (5, 6)
+    # today's cells, each at its tuned rate
+    today = headline.points("today_cells")
+    lim = headline.limits(today).set_index(headline.KEYS)
+    check = headline.limits(headline.points("today_cells_budget_check-2x")).set_index(
+        headline.KEYS)
+    paired = headline.limits(today[today["seed"].isin(set(
+        headline.points("today_cells_budget_check-2x")["seed"]))]).set_index(headline.KEYS)
+    assert "(always within the seeds' own range" in text
+    for key in check.index.intersection(paired.index):
+        if check.loc[key, "limit"] != paired.loc[key, "limit"]:
+            assert paired.loc[key, "seed_min"] <= check.loc[key, "limit"] \
+                <= paired.loc[key, "seed_max"], key
+    assert "**minGRU remembers 2 positions, whatever its size.**" in text
+    mingru = lim.loc["mingru"]
+    assert "Its limit is 1 or 2 at every size from N = 2 to N = 20" in text
+    assert set(mingru["limit"]) == {1, 2} and (mingru["units"].min(), mingru["units"].max()) \
+        == (2, 20)
+    assert "and 2 wherever c >= 6 or l = 2" in text
+    two = [(l, c) for l, c in mingru.index if c >= 6 or l == 2]
+    assert (mingru.loc[two, "limit"] == 2).all()
+    assert "the tuning chose rates from 0.003 to 0.03" in text
+    rates = today[today["arch"] == "mingru"]["lr"]
+    assert (rates.min(), rates.max()) == (0.003, 0.03)
+    assert "at twice the budget every limit stays within its seeds' own range" in text
+    for key in [k for k in check.index if k[0] == "mingru"]:
+        assert paired.loc[key, "seed_min"] <= check.loc[key, "limit"] \
+            <= paired.loc[key, "seed_max"], key
+    assert len([k for k in check.index if k[0] == "mingru"]) == len(mingru)
     lru = headline.limits(headline.points("lru_check")).set_index(["arch", "cells"])
     assert "With its phase the LRU memorizes one position more than N at both sizes" in text
     assert list(lru.loc["lru", "limit"] - lru.loc["lru", "units"]) == [1, 1]
