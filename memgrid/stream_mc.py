@@ -29,6 +29,8 @@ trained networks know; reservoirpy's default is [-0.8, 0.8].
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import default_k_max, default_washout, units
@@ -95,7 +97,9 @@ def stream_memory_capacity(states: torch.Tensor, inputs: torch.Tensor, k_max: in
     `states` `(K, T, N)`: h(t), after the network has read `inputs[:, t]`; `inputs` `(K, T)`.
     Steps t < `washout` (default: config.default_washout) only feed the delays; the remaining steps are
     split, the first `1 - test_frac` fit one readout per delay, the rest measure it.
-    Returns `mc` `(K,)` and `mc_k` `(K, k_max - k_min + 1)`, delays k_min..k_max, each in [0, 1].
+    Returns `mc` `(K,)` and `mc_k` `(K, k_max - k_min + 1)`, delays k_min..k_max, each in [0, 1];
+    NaN for a network whose states are not all finite (a trained network can blow up on a
+    stream far longer than the sequences it was trained on), whatever the others'.
     """
     K, T, N = states.shape
     washout = default_washout(k_max) if washout is None else washout
@@ -108,10 +112,13 @@ def stream_memory_capacity(states: torch.Tensor, inputs: torch.Tensor, k_max: in
     ks = torch.arange(k_min, k_max + 1, device=states.device)
     t = torch.arange(washout, T, device=states.device)
     x = states[:, washout:].double()                                  # (K, T', N)
+    bad = ~torch.isfinite(x).all(2).all(1)                            # (K,): no MC to fit
+    x = torch.where(bad[:, None, None], torch.zeros_like(x), x)
     y = inputs.double()[:, t[:, None] - ks[None, :]]                  # (K, T', D): u(t - k)
     w, b = ridge_fit(x[:, :n_fit], y[:, :n_fit], ridge)
     pred = x[:, n_fit:] @ w + b                                       # (K, T_test, D)
     mc_k = squared_correlation(pred, y[:, n_fit:], dim=1)             # (K, D)
+    mc_k = torch.where(bad[:, None], torch.full_like(mc_k, math.nan), mc_k)
     return mc_k.sum(1), mc_k
 
 

@@ -173,6 +173,26 @@ def test_the_shortest_mc_stream_is_the_one_the_mc_can_be_fitted_on():
             stream_memory_capacity(h[:, :t - 2], u[:, :t - 2], default_k_max(n))
 
 
+def test_a_network_that_blows_up_on_the_mc_stream_gets_no_mc_and_spoils_no_other():
+    """A trained network whose states overflow on the MC's long stream (a learning rate that
+    trained fine on 15 steps): its MC is NaN, and the row stores none, where the fit used to
+    fail and take its whole pack down; the other networks' MC is theirs alone."""
+    import torch
+
+    from memgrid.config import default_k_max
+    from memgrid.stream_mc import stream_memory_capacity
+
+    n, t = 3, mc_length_min(3)
+    g = torch.Generator().manual_seed(0)
+    u, h = torch.rand(3, t, generator=g), torch.rand(3, t, n, generator=g)
+    alone, alone_k = stream_memory_capacity(h[1:2], u[1:2], default_k_max(n))
+    h[0, t // 2:, 1] = float("inf")
+    h[2, -1, 0] = float("nan")
+    mc, mc_k = stream_memory_capacity(h, u, default_k_max(n))
+    assert mc[0].isnan() and mc[2].isnan() and mc_k[0].isnan().all() and mc_k[2].isnan().all()
+    assert mc[1] == alone[0] and torch.equal(mc_k[1], alone_k[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # launch --address: nothing there, or something that never answers
 
