@@ -120,21 +120,21 @@ def test_readme_statements_hold_on_the_data():
     assert (lstm["seen"], lstm["below"]) == (15, 0)
     new = headline.limits(headline.points("new_cells")).set_index("arch")
     today = headline.limits(headline.points("today_cells")).set_index("arch")
-    assert "**minGRU** remembers 1 or 2 positions at every size from N = 2 to 20" in text
-    assert set(today.loc["mingru", "limit"]) == {1, 2}
-    assert (today.loc["mingru", "units"].min(), today.loc["mingru", "units"].max()) == (2, 20)
-    assert "at its best of 7 learning rates, in 5 seeds" in text
+    assert "**minGRU and minLSTM** remember 1 or 2 positions at every size from N = 2 to 20" \
+        in text
+    for arch in ("mingru", "minlstm"):
+        assert set(today.loc[arch, "limit"]) == {1, 2}
+        assert (today.loc[arch, "units"].min(), today.loc[arch, "units"].max()) == (2, 20)
+    assert "each at its best of 7 learning rates, in 5 seeds" in text
     grid = headline._grid_json("today_cells")
     assert len(grid["tune_lr"]["candidates"]) == 7 and len(grid["axes"]["seed"]) == 5
-    assert "twice the budget leaves every limit within its seeds' range" in text   # test_docs:
-    # the reproduction page's statements check it per configuration
-    assert "**minLSTM** holds 1 or 2 positions" in text
-    assert set(new.loc["minlstm", "limit"]) == {1, 2}
+    assert "twice the budget leaves every limit within its seeds' range" in text   # checked
+    # per configuration with the reproduction page's statements
     assert "the **LRU** reaches N at every size of its grid" in text
     assert (new.loc["lru", "limit"] >= new.loc["lru", "units"]).all()
-    assert "and so does the LRU restricted to real lambda" in text
+    assert "the LRU restricted to real lambda holds 2 positions" in text
     lru = headline.limits(headline.points("lru_check")).set_index("arch")
-    assert set(lru.loc["lru_real", "limit"]) <= {1, 2}
+    assert set(lru.loc["lru_real", "limit"]) == {2}
     assert "The selective SSM in **Mamba's block** holds 5 or 6 positions" in text
     mamba = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
     more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
@@ -287,6 +287,25 @@ def test_reproduction_statements_hold_on_the_data():
         assert paired.loc[key, "seed_min"] <= check.loc[key, "limit"] \
             <= paired.loc[key, "seed_max"], key
     assert len([k for k in check.index if k[0] == "mingru"]) == len(mingru)
+    minlstm = lim.loc["minlstm"]
+    assert "**minLSTM likewise.** Its limit is 1 or 2 at every size from N = 2 to N = 20" in text
+    assert set(minlstm["limit"]) == {1, 2} and (minlstm["units"].min(),
+                                                 minlstm["units"].max()) == (2, 20)
+    assert "and 2 from c = 8 at one layer and from c = 4 at two" in text
+    two = [(l, c) for l, c in minlstm.index if (l == 1 and c >= 8) or (l == 2 and c >= 4)]
+    assert (minlstm.loc[two, "limit"] == 2).all()
+    assert (minlstm.drop(two)["limit"] == 1).all()
+    assert "its tuning chose rates from 0.01 to 0.1" in text
+    rates = today[today["arch"] == "minlstm"]["lr"]
+    assert (rates.min(), rates.max()) == (0.01, 0.1)
+    for key in [k for k in check.index if k[0] == "minlstm"]:
+        assert paired.loc[key, "seed_min"] <= check.loc[key, "limit"] \
+            <= paired.loc[key, "seed_max"], key
+    assert len([k for k in check.index if k[0] == "minlstm"]) == len(minlstm)
+    assert "both minimal gated cells hold 2 positions at N = 20" in text
+    assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
+    assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
+    assert set(new.loc[["mingru", "minlstm"], "limit"]) <= {1, 2}
     lru = headline.limits(headline.points("lru_check")).set_index(["arch", "cells"])
     assert "With its phase the LRU memorizes one position more than N at both sizes" in text
     assert list(lru.loc["lru", "limit"] - lru.loc["lru", "units"]) == [1, 1]
