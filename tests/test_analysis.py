@@ -523,11 +523,14 @@ def test_compare_runs_on_what_both_hold():
                                    r.memorized_b) for r in means.itertuples()}
     assert got == {(1, 1): (0.01, 0.01, True, True), (1, 2): (0.2, 0.01, False, True),
                    (1, 3): (0.25, 0.01, False, True), (2, 1): (0.01, 0.01, True, True)}
-    assert limits.to_dict("records") == [dict(
-        arch="rnn", layers=1, cells=1, units=1, bound=1, limit_a=1, limit_b=3,
-        censored_a=False, censored_b=True)]     # c = 2 is not complete in b
+    assert limits.to_dict("records") == [
+        dict(arch="rnn", layers=1, cells=1, units=1, bound=1, limit_a=1, limit_b=3,
+             censored_a=False, censored_b=True, cut=False),
+        # c = 2: b holds p = 1 only, so both walk p = 1 alone: a's limit 2 is cut to 1+
+        dict(arch="rnn", layers=1, cells=2, units=2, bound=2, limit_a=1, limit_b=1,
+             censored_a=True, censored_b=True, cut=True)]
     tuned = a.assign(lr=a["cells"].map({1: 0.01, 2: 0.003}))    # one rate per configuration
-    assert compare_runs(tuned, b)[1]["limit_a"].tolist() == [1]
+    assert compare_runs(tuned, b)[1]["limit_a"].tolist() == [1, 1]
     with pytest.raises(ValueError, match="varies lr"):
         compare_runs(pd.concat([a, a.assign(lr=0.1)]).assign(lr=lambda d: d["lr"].fillna(0.01)), b)
     # a check on some of the seeds is compared on those, paired: b's seeds 0, 1 only
@@ -536,7 +539,7 @@ def test_compare_runs_on_what_both_hold():
     assert round(means.set_index(["cells", "position"]).loc[(1, 2), "mean_a"], 12) == 0.2
     a_pair = a.assign(loss=a["loss"].where(a["seed"] < 2, 0.25))   # seed 2 of a fails: unseen
     assert compare_runs(a_pair, two)[0].equals(means)
-    assert len(means) == 4 and limits["limit_b"].tolist() == [3]
+    assert len(means) == 4 and limits["limit_b"].tolist() == [3, 1]
 
 
 def test_protocols_side_by_side_script(tmp_path):
@@ -569,8 +572,14 @@ def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
         load_points(str(res)).sort_values("point_id", ignore_index=True))
     assert load_curves(str(dest)).sort_values(key, ignore_index=True).equals(
         load_curves(str(res)).sort_values(key, ignore_index=True))
+    for table in ("points", "curves"):                # a part per arch
+        assert [f.name for f in (dest / table).iterdir()] == ["part-rnn.parquet"]
+        assert schema_version(pq.read_schema(dest / table / "part-rnn.parquet")) == SCHEMA_VERSION
+    again = tmp_path / "again"                       # a cell's part: the same bytes every time
+    main([str(res), str(again), "--curves"])
     for table in ("points", "curves"):
-        assert schema_version(pq.read_schema(dest / table / "part-0000.parquet")) == SCHEMA_VERSION
+        assert (again / table / "part-rnn.parquet").read_bytes() == \
+            (dest / table / "part-rnn.parquet").read_bytes()
     main([str(res), str(dest)])                      # without --curves: none
     assert not (dest / "curves").exists() and len(load_points(str(dest))) == 6
     _results(res / "tuning", {(2, 3): 0.1})          # a tuned grid's tuning run goes along

@@ -202,3 +202,24 @@ def test_plot_limits_by_budget():
     crosses = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and
                c.get_paths() and hasattr(c, "get_sizes") and c.get_sizes().tolist() == [70]]
     assert [c.get_offsets().shape[0] for c in crosses] == [1]
+
+
+def test_a_budget_check_on_the_first_positions_of_a_grid():
+    """A check that trains only p <= 4 of a grid's p <= 8 (its configurations' limits lie far
+    below): compared on p = 1..4, a limit both walk to below 4 is judged; one that reaches p = 4
+    in either says nothing of the run's own limit, and stays unchecked."""
+    from memgrid.analysis.convergence import budget_check, check_marks
+    from memgrid.analysis.limits import limits_with_seeds
+
+    run = pd.concat([
+        table({5000: {1: 0.01, 2: [0.01, 0.01, 0.2], 3: 0.2, 4: 0.2, 5: 0.2, 6: 0.2, 7: 0.2,
+                      8: 0.2}}, cells=2),
+        table({5000: {p: 0.01 if p <= 5 else 0.2 for p in range(1, 9)}}, cells=3)])
+    check = pd.concat([table({10000: {1: 0.01, 2: 0.01, 3: 0.2, 4: 0.2}}, cells=2),
+                       table({10000: {1: 0.01, 2: 0.01, 3: 0.01, 4: 0.01}}, cells=3)])
+    got = budget_check(run, check).set_index("cells")
+    assert got.loc[2, ["paired_limit", "check_limit", "move"]].tolist() == [1, 2, 1]
+    assert np.isnan(got.loc[3, "move"]) and bool(got.loc[3, "check_censored"])
+    limits = limits_with_seeds(run).reset_index(drop=True)
+    marks = dict(zip(limits["cells"], check_marks(limits, got.reset_index())))
+    assert marks == {2: "converged", 3: "unchecked"}    # c = 2: seeds' own limits 1..2

@@ -223,7 +223,8 @@ def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = T
       check_seeds            seeds both hold (the limits below are over these)
       paired_limit           the run's limit on those seeds
       check_limit            the check's limit on those seeds; check_censored: it is a lower bound
-      move                   check_limit - paired_limit
+      move                   check_limit - paired_limit; NaN where the check ran fewer
+                             positions than the run and a limit reaches the last it ran
     Raises ValueError where the check is not at `min_factor` times the budget or more for some
     configuration it shares with the run, or shares none."""
     cols = CONFIG + ["budget", "check_budget", "check_seeds", "paired_limit", "check_limit",
@@ -247,7 +248,9 @@ def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = T
         budget=[int(budget[k]) for k in keys],
         check_budget=[int(other[k]) for k in lim[CONFIG].itertuples(index=False, name=None)],
         check_seeds=seeds, paired_limit=lim["limit_a"], check_limit=lim["limit_b"],
-        check_censored=lim["censored_b"], move=lim["limit_b"] - lim["limit_a"])
+        check_censored=lim["censored_b"],
+        move=(lim["limit_b"] - lim["limit_a"]).where(
+            ~(lim["cut"] & (lim["censored_a"] | lim["censored_b"]))))
     return out[cols].reset_index(drop=True)
 
 

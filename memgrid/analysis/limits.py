@@ -227,8 +227,11 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
     Returns ``(means, limits)``. `means`: one row per (arch, layers, cells, position) with every
     shared seed in both, columns `mean_a`, `mean_b` (loss over those seeds)
     and `memorized_a`, `memorized_b` (mean < threshold). `limits`: one row per configuration
-    whose positions (every p either table has of it) are all in `means`, columns `units`,
-    `bound` and `limit_a`, `limit_b`, `censored_a`, `censored_b` as in :func:`memory_limits`.
+    one of whose tables has all its positions in `means` (the other may have more: a check run
+    on the first positions of a grid), columns `units`, `bound` and `limit_a`, `limit_b`,
+    `censored_a`, `censored_b` as in :func:`memory_limits`, both limits walked on the
+    positions in `means`, and `cut`: the other table has positions past them (a limit
+    censored there says nothing about that table's own limit).
     """
     for name, table in (("a", a), ("b", b)):
         if varies := variant_columns(table):
@@ -245,14 +248,19 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
     means = pd.concat({"mean_a": full[0], "mean_b": full[1]}, axis=1, join="inner")
     means = means.assign(memorized_a=means["mean_a"] < threshold,
                          memorized_b=means["mean_b"] < threshold).reset_index()
-    positions = pd.concat([a[cell], b[cell]]).drop_duplicates().groupby(CONFIG)["position"].nunique()
     have = means.groupby(CONFIG)["position"].nunique()
-    whole = have.index[have.to_numpy() == positions.reindex(have.index).to_numpy()]
-    lims = [memory_limits(t[t.set_index(CONFIG).index.isin(whole)], threshold, CONFIG)
+    counts = [t[cell].drop_duplicates().groupby(CONFIG)["position"].nunique()
+              .reindex(have.index) for t in (a, b)]
+    whole = have.index[(have == counts[0]) | (have == counts[1])]
+    cut = (have != counts[0]) | (have != counts[1])
+    shared_cells = means.set_index(cell).index
+    lims = [memory_limits(t[t.set_index(cell).index.isin(shared_cells)
+                            & t.set_index(CONFIG).index.isin(whole)], threshold, CONFIG)
             .set_index(CONFIG) for t in (a, b)]
     limits = lims[0][["units", "bound"]].assign(
         limit_a=lims[0]["limit"], limit_b=lims[1]["limit"],
-        censored_a=lims[0]["limit_censored"], censored_b=lims[1]["limit_censored"])
+        censored_a=lims[0]["limit_censored"], censored_b=lims[1]["limit_censored"],
+        cut=cut.reindex(lims[0].index).astype(bool))
     return means, limits.reset_index()
 
 
