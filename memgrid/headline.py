@@ -81,7 +81,7 @@ NEW_HEADLINE = [(NEW_CELLS, "mingru", 1, 5), (NEW_CELLS, "mingru", 2, 5),
                 (MAMBA, "s6_bare", 1, 4)]
 """the newer cells' configurations the headline shows, (docs/data folder, arch, l, c), for a
 cell today_cells does not hold whole yet"""
-TODAY_HEADLINE = [(1, 4), (1, 10), (2, 10)]
+TODAY_HEADLINE = [(1, 4), (1, 10), (2, 6)]
 """(l, c) the headline shows of each newer cell today_cells holds whole"""
 
 
@@ -451,9 +451,31 @@ def fill(text: str, rendered: dict[str, str]) -> str:
     return _BLOCK.sub(sub, text)
 
 
+FIGURE = ROOT / "docs" / "figures" / "today_cells_limits.png"
+
+
+def today_figure() -> Path:
+    """The reproduction page's figure of today's cells (memgrid.analysis.plots'
+    plot_limit_per_cell, with the budget check's marks), drawn on the cells today_cells holds
+    whole: a cell under way would show the positions it has reached, not its limit."""
+    from .analysis.convergence import budget_check, check_marks
+    from .analysis.limits import limits_with_seeds
+    from .analysis.plots import plot_limit_per_cell, save
+
+    df = points(TODAY)
+    df = df[df["arch"].isin(today_archs()["done"])]
+    check = budget_check(df, points("today_cells_budget_check-2x"))
+    lim = limits_with_seeds(df).reset_index(drop=True)
+    marks = dict(zip(lim[KEYS].itertuples(index=False, name=None), check_marks(lim, check)))
+    png = save(plot_limit_per_cell(df, converged=marks), FIGURE.parent, FIGURE.stem)
+    png.with_suffix(".pdf").unlink()       # the page shows the PNG; the report keeps both
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=COMMAND, description="Rewrite the generated tables of "
-                                 "README.md and docs/REPRODUCTION.md from docs/data/.")
+                                 "README.md and docs/REPRODUCTION.md, and the figure of "
+                                 "today's cells, from docs/data/.")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
     args = ap.parse_args(argv)
     rendered = blocks()
@@ -467,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.write_text(new)
         print(f"{page.relative_to(ROOT)}: {len(page_blocks(text))} blocks, "
               f"{'stale' if new != text and args.check else 'written' if new != text else 'up to date'}")
+    if not args.check:
+        print(f"{today_figure().relative_to(ROOT)}: drawn")
     return 1 if stale and args.check else 0
 
 
