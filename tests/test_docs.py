@@ -136,9 +136,10 @@ def test_readme_statements_hold_on_the_data():
     seen = today.loc["lru"][~today.loc["lru", "censored"]]
     assert set(seen["limit"] - seen["units"]) == {1, 2, 3}
     assert (seen["units"].min(), seen["units"].max()) == (4, 24)
-    assert "the LRU restricted to real lambda holds 2 positions" in text
-    lru = headline.limits(headline.points("lru_check")).set_index("arch")
-    assert set(lru.loc["lru_real", "limit"]) == {2}
+    assert "Restricted to real lambda, the same unit holds 2 to 4 positions from N = 2 to 20" \
+        in text
+    assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
+    assert (today.loc["lru_real", "units"].min(), today.loc["lru_real", "units"].max()) == (2, 20)
     assert "The selective SSM in **Mamba's block** holds 5 or 6 positions" in text
     mamba = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
     more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
@@ -322,6 +323,12 @@ def test_reproduction_statements_hold_on_the_data():
     assert set(today[today["arch"] == "lru"]["lr"]) == {0.003, 0.01}
     assert "These limits are not checked at twice the budget yet" in text
     assert "lru" not in set(headline.points("today_cells_budget_check-2x")["arch"])
+    assert "**The same unit with real lambda holds 2 to 4.**" in text
+    real = lim.loc["lru_real"]
+    assert "holds 2 positions with one layer at every size from N = 2 to N = 10" in text
+    assert (real.loc[1, "limit"] == 2).all() and list(real.loc[1, "units"]) == [2, 4, 6, 8, 10]
+    assert "and 3 or 4 with two, from N = 4 to N = 20" in text
+    assert set(real.loc[2, "limit"]) == {3, 4} and list(real.loc[2, "units"]) == [4, 8, 12, 16, 20]
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
