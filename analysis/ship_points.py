@@ -49,6 +49,16 @@ def main(argv=None) -> None:
         ship(str(tuning), dest / TUNING, load_points(str(tuning)), False)
 
 
+def _parts(table, by: str, schema: pa.Schema, folder: Path) -> int:
+    """`table` as one zstd part of `schema` per value of its column `by` in `folder`
+    (`part-<value>.parquet`); the bytes written."""
+    for value, part in table.groupby(by, sort=True):
+        pq.write_table(pa.Table.from_pandas(part[schema.names], schema=schema,
+                                            preserve_index=False),
+                       folder / f"part-{value}.parquet", compression="zstd")
+    return sum(f.stat().st_size for f in folder.iterdir())
+
+
 def ship(results: str, dest: Path, points, curves: bool) -> None:
     """`points` (of the folder `results`) as zstd parts in `dest`, one per arch
     (`part-<arch>.parquet`, rows in point_id order: a cell's part is byte for byte the same
@@ -61,19 +71,11 @@ def ship(results: str, dest: Path, points, curves: bool) -> None:
         arch = dict(zip(points["point_id"], points["arch"]))
         table = table.assign(_arch=table["point_id"].map(arch)).sort_values(
             ["point_id", "epoch"], kind="stable")
-        for a, part in table.groupby("_arch", sort=True):
-            pq.write_table(pa.Table.from_pandas(part[CURVE_SCHEMA.names], schema=CURVE_SCHEMA,
-                                                preserve_index=False),
-                           dest / "curves" / f"part-{a}.parquet", compression="zstd")
-        size = sum(f.stat().st_size for f in (dest / "curves").iterdir())
+        size = _parts(table, "_arch", CURVE_SCHEMA, dest / "curves")
         print(f"{dest}: {len(table)} curve rows, {size} bytes")
     if len(points):
         (dest / "points").mkdir(parents=True)
-        for a, part in points.groupby("arch", sort=True):
-            pq.write_table(pa.Table.from_pandas(part[POINT_SCHEMA.names], schema=POINT_SCHEMA,
-                                                preserve_index=False),
-                           dest / "points" / f"part-{a}.parquet", compression="zstd")
-        size = sum(f.stat().st_size for f in (dest / "points").iterdir())
+        size = _parts(points, "arch", POINT_SCHEMA, dest / "points")
         print(f"{dest}: {len(points)} rows, {size} bytes")
     packs = Path(results) / PACKS
     if packs.is_dir() and any(packs.glob("*.pt")):    # a grid still running: what resumes it
