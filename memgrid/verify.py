@@ -7,7 +7,8 @@ from the command line; the tests run them too.
 2. :func:`check_invariance`: train_points on a mixed pack vs each point alone, identical
    evaluation-loss curves on the CPU;
 3. :func:`check_results`: a sample of a results folder's trained points, each retrained alone
-   (a pack does not change a point's numbers), against its stored row: epochs, stop reason,
+   (a pack does not change a point's numbers) on the code path its row names (`kernel`:
+   PyTorch ops for ``torch``, else the C kernels), against its stored row: epochs, stop reason,
    losses and r2 bit for bit (on a GPU, to float rounding), the stream MC to 1e-12, since its
    float64 fit goes through the BLAS, whose roundings differ between CPUs and thread counts in
    the last digits.
@@ -15,8 +16,10 @@ from the command line; the tests run them too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
@@ -93,6 +96,22 @@ MC_STREAM_RTOL = 1e-12
 between CPUs in the last digit or two: a retrained point gives it back to this"""
 
 
+@contextlib.contextmanager
+def _on_path(kernel: str | None):
+    """Train on the path a row's `kernel` names: PyTorch ops for ``torch`` (MEMGRID_KERNELS=0),
+    else memgrid's own (a C kernel computes the same bits at every vector width)."""
+    before = os.environ.get("MEMGRID_KERNELS")
+    if kernel == "torch":
+        os.environ["MEMGRID_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MEMGRID_KERNELS", None)
+        else:
+            os.environ["MEMGRID_KERNELS"] = before
+
+
 def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threads: int = 1,
                   where=lambda row: True) -> int:
     """Retrain `n` of the folder's trained points for which `where(row)` holds (drawn with
@@ -107,7 +126,8 @@ def check_results(folder: str, n: int, seed: int = 0, device: str = "cpu", threa
         p = Point(**{k: r[k] for k in fields if r.get(k) is not None})
         assert p.point_id == r["point_id"], (p.point_id, r["point_id"])
         t0 = time.perf_counter()
-        (new,), _ = train_points([p], device=device)
+        with _on_path(r.get("kernel")):
+            (new,), _ = train_points([p], device=device)
         diff = [k for k in MEASURED if repr(new[k]) != repr(r[k])]
         if not math.isclose(new["mc_stream"], r["mc_stream"], rel_tol=MC_STREAM_RTOL):
             diff.append("mc_stream")

@@ -126,12 +126,13 @@ def test_the_shipped_results_are_found_by_their_grids():
         assert done < set(ids) if partly else done == set(ids), d.name
 
 
-@pytest.mark.parametrize("name", ["fig6_rnn-paper", "fig6_slice"])
+@pytest.mark.parametrize("name", ["fig6_rnn-paper", "fig6_slice", "today_cells", "mamba_check"])
 def test_shipped_points_retrain_to_their_rows(name):
     """A sample of a shipped folder's points, retrained alone by this memgrid, gives back their
     stored rows (epochs, stop reason, losses and r2 bit for bit, the stream MC's float64 fit to
-    1e-12): what the kernel or the task changes must not change them (small networks, so that
-    it takes seconds)."""
+    1e-12): what the kernels or the task change must not change them (small networks, so that
+    it takes seconds). today_cells trained on the diagonal cells' C kernel, mamba_check on their
+    definitions under autograd (its rows' `kernel`: torch)."""
     from memgrid.verify import check_results
 
     threads = torch.get_num_threads()

@@ -65,6 +65,25 @@ static inline StepIn step_in(int i, int L, int t, int T, int t0, int P, int K, i
     return s;
 }
 
+/* A row that is absent (the state before a sequence's first step, a gradient that does not
+ * reach a step, the mask of a step that every sequence has started) is read from a Fill: a
+ * row of zeros or a mask of ones, the numbers it stands for, so that no loop tests a pointer.
+ * A loop that tests one is compiled to masked loads, and on x86 a masked load from near
+ * address 0, its lanes all off, takes a microcode assist at every vector: many times the
+ * loop's arithmetic. */
+typedef struct { const REAL *zero; const uint8_t *one; } Fill;
+static int64_t fill_size(int B) { return up16(B) + up16((B + (int64_t)sizeof(REAL) - 1) / (int64_t)sizeof(REAL)); }
+static Fill fill_at(REAL *p, int B) {
+    Fill f;
+    memset(p, 0, sizeof(REAL) * B);
+    memset(p + up16(B), 1, B);
+    f.zero = p;
+    f.one = (const uint8_t *)(p + up16(B));
+    return f;
+}
+static inline const REAL *row_or0(const REAL *p, int64_t at, const Fill *f) { return p ? p + at : f->zero; }
+static inline const uint8_t *mask_or1(const uint8_t *mk, const Fill *f) { return mk ? mk : f->one; }
+
 /* STEP(b, l) for every column b, with its lane l = b mod VL: whole vectors of VL columns, their
  * lanes side by side, then the rest, so that lane l meets b = l, l + VL, ... in order */
 #define LANES(B, STEP)                                                                         \
@@ -78,12 +97,15 @@ static inline StepIn step_in(int i, int L, int t, int T, int t0, int P, int K, i
 
 /* lane l of acc += u[b] v[b] over b = l, l + VL, ... in order (v NULL: ones) */
 static inline void lanes_dot(REAL *acc, const REAL *u, const REAL *v, int B) {
-#define DOT_(b, l) (acc[l] += u[b] * v[b])
-#define SUM_(b, l) (acc[l] += u[b])
+    REAL a[VL];                          /* the lanes in registers across the loop, not memory */
+    memcpy(a, acc, sizeof a);
+#define DOT_(b, l) (a[l] += u[b] * v[b])
+#define SUM_(b, l) (a[l] += u[b])
     if (v) LANES(B, DOT_);
     else LANES(B, SUM_);
 #undef DOT_
 #undef SUM_
+    memcpy(acc, a, sizeof a);
 }
 static inline REAL lanes_total(const REAL *acc) {
     REAL s = 0;
@@ -132,14 +154,14 @@ static inline REAL gpos_(REAL p) { return p >= 0 ? p + (REAL)0.5 : sigm_(p); }
 
 static void dforward_member(int arch, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
                             const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak, REAL *scratch,
-                            const REAL **X, REAL **O) {
+                            const REAL **X, REAL **O, const Fill *f) {
     const int R = dgroups(arch) * c, Ra = aux_rows(arch, c);
     const int64_t cb = (int64_t)c * B;
     const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
     for (int i = 0; i < L; i++) memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
     for (int t = t0; t < T; t++) {
         int sp = S == 2 ? t % 2 : t, so = S == 2 ? (t + 1) % 2 : t + 1;
-        const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+        const uint8_t *mk = mask_or1(t < P ? mkk + (int64_t)t * K * B : NULL, f);
         for (int i = 0; i < L; i++) {
             const int m = i == 0 ? 1 : c;
             const REAL *hp = slot(Hk, i, sp, S, cb);
@@ -160,7 +182,7 @@ static void dforward_member(int arch, int K, int L, int T, int P, int B, int c, 
                                                  : gv - (gv - hpr[b]) * (1 - zv);
                         zg[b] = zv;
                         gg[b] = pv >= 0 ? gv : -gv;   /* g > 0: its sign tells the branch */
-                        hr[b] = mk ? hv * mk[b] : hv;
+                        hr[b] = hv * mk[b];
                     }
                 } else {        /* f / (f + i) = (1 + e_i) / (2 + e_f + e_i), e = exp(-P) */
                     REAL *fg = a + e, *ig = fg + cb, *gg = ig + cb, *ug = gg + cb, *vg = ug + cb;
@@ -173,7 +195,7 @@ static void dforward_member(int arch, int K, int L, int T, int P, int B, int c, 
                         REAL hv = hpr[b] * av + gv * qv;
                         fg[b] = av; ig[b] = qv; ug[b] = ef * inv; vg[b] = ei * inv;
                         gg[b] = pv >= 0 ? gv : -gv;
-                        hr[b] = mk ? hv * mk[b] : hv;
+                        hr[b] = hv * mk[b];
                     }
                 }
             }
@@ -190,7 +212,7 @@ static int64_t dbackward_scratch(int arch, int T, int B, int c) {
 static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
                              REAL *Sp, const REAL *xk, const uint8_t *mkk, const REAL *Hk,
                              const REAL *Ak, const REAL *g_outk, REAL *gWk, REAL *Gs,
-                             const REAL **Z, REAL **O) {
+                             const REAL **Z, REAL **O, const Fill *f) {
     const int G = dgroups(arch), R = G * c, Ra = aux_rows(arch, c);
     const int64_t cb = (int64_t)c * B, S = T + 1;
     const REAL **Gp = Z + c + 1;
@@ -214,13 +236,11 @@ static void dbackward_member(int arch, int K, int L, int T, int P, int B, int c,
             const REAL *hp = Hi + (int64_t)t * cb;
             const REAL *a = Ak + ((int64_t)i * T + t) * Ra * B;
             for (int64_t e = 0; e < cb; e += B) {
-                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
-                const REAL *hpr = hp + e;
+                const REAL *ga_ = row_or0(st.ga, e, f), *go_ = row_or0(st.go, e, f);
+                const REAL *hpr = hp + e, *gr0 = have_rec ? grec + e : f->zero;
+                const uint8_t *mk = mask_or1(st.mk, f);
                 REAL *gr = grec + e, *g = gh + e;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0) + (have_rec ? gr[b] : 0);
-                    g[b] = st.mk ? v * st.mk[b] : v;
-                }
+                SIMD for (int b = 0; b < B; b++) g[b] = (ga_[b] + go_[b] + gr0[b]) * mk[b];
                 if (arch == MINGRU) {
                     const REAL *zg = a + e, *gg = zg + cb;
                     REAL *pz = gp + e, *ph = pz + cb;
@@ -350,16 +370,17 @@ static void lru_split(int n, const REAL *Wk, int L, int c, REAL *Sp) {
 /* Step t of unit j: its state z (its rows cb apart: re, im) from the step before, zp (NULL:
  * zero), and P's rows p (B_re u, B_im u), masked by mk; u the layer's (LruSplit) */
 static inline void lru_unit_step(const REAL *u, int j, int c, int64_t cb, int B, const REAL *p,
-                                 const REAL *zp, REAL *z, const uint8_t *mk) {
+                                 const REAL *zp, REAL *z, const uint8_t *mk, const Fill *f) {
     const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
     const REAL *pr = p + (int64_t)j * B, *pi = pr + cb;
-    const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
+    const REAL *re0 = row_or0(zp, (int64_t)j * B, f), *im0 = row_or0(zp, (int64_t)j * B + cb, f);
     REAL *re = z + (int64_t)j * B, *im = re + cb;
+    mk = mask_or1(mk, f);
     SIMD for (int b = 0; b < B; b++) {
-        REAL a = re0 ? re0[b] : 0, bb = im0 ? im0[b] : 0;
+        REAL a = re0[b], bb = im0[b];
         REAL vr = lr * a - li * bb + g * pr[b], vi = lr * bb + li * a + g * pi[b];
-        re[b] = mk ? vr * mk[b] : vr;
-        im[b] = mk ? vi * mk[b] : vi;
+        re[b] = vr * mk[b];
+        im[b] = vi * mk[b];
     }
 }
 
@@ -369,18 +390,21 @@ static inline void lru_unit_step(const REAL *u, int j, int c, int64_t cb, int B,
  * gamma (acc: rows lambda_re, lambda_im, gamma of c units each, VL lanes per unit) */
 static inline void lru_unit_grad(const REAL *u, int j, int c, int64_t cb, int B, const REAL *gz,
                                  REAL *grec, int have_rec, const uint8_t *mk, const REAL *p,
-                                 const REAL *zp, REAL *gp, REAL *acc) {
+                                 const REAL *zp, REAL *gp, REAL *acc, const Fill *f) {
     const REAL lr = u[j], li = u[c + j], g = u[2 * c + j];
     const REAL *gre = gz + (int64_t)j * B, *gim = gre + cb, *pr = p + (int64_t)j * B, *pi = pr + cb;
-    const REAL *re0 = zp ? zp + (int64_t)j * B : NULL, *im0 = zp ? re0 + cb : NULL;
+    const REAL *re0 = row_or0(zp, (int64_t)j * B, f), *im0 = row_or0(zp, (int64_t)j * B + cb, f);
     REAL *rr = grec + (int64_t)j * B, *ri = rr + cb, *pre = gp + (int64_t)j * B, *pim = pre + cb;
-    REAL *al = acc + (int64_t)j * VL, *ai = acc + (int64_t)(c + j) * VL;
-    REAL *ag = acc + (int64_t)(2 * c + j) * VL;
+    const REAL *rr0 = have_rec ? rr : f->zero, *ri0 = have_rec ? ri : f->zero;
+    mk = mask_or1(mk, f);
+    REAL al[VL], ai[VL], ag[VL];                     /* the lanes, as in lanes_dot */
+    memcpy(al, acc + (int64_t)j * VL, sizeof al);
+    memcpy(ai, acc + (int64_t)(c + j) * VL, sizeof ai);
+    memcpy(ag, acc + (int64_t)(2 * c + j) * VL, sizeof ag);
 #define LRU_GRAD(b, l)                                                                         \
     do {                                                                                       \
-        REAL a = gre[b] + (have_rec ? rr[b] : 0), bb = gim[b] + (have_rec ? ri[b] : 0);        \
-        if (mk) { a *= mk[b]; bb *= mk[b]; }                                                   \
-        const REAL x0 = re0 ? re0[b] : 0, y0 = im0 ? im0[b] : 0;                               \
+        REAL a = (gre[b] + rr0[b]) * mk[b], bb = (gim[b] + ri0[b]) * mk[b];                    \
+        const REAL x0 = re0[b], y0 = im0[b];                                                   \
         al[l] += a * x0 + bb * y0;                  /* d/d lambda_re */                        \
         ai[l] += bb * x0 - a * y0;                  /* d/d lambda_im */                        \
         ag[l] += a * pr[b] + bb * pi[b];            /* d/d gamma */                            \
@@ -391,6 +415,9 @@ static inline void lru_unit_grad(const REAL *u, int j, int c, int64_t cb, int B,
     } while (0)
     LANES(B, LRU_GRAD);
 #undef LRU_GRAD
+    memcpy(acc + (int64_t)j * VL, al, sizeof al);
+    memcpy(acc + (int64_t)(c + j) * VL, ai, sizeof ai);
+    memcpy(acc + (int64_t)(2 * c + j) * VL, ag, sizeof ag);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -401,35 +428,38 @@ static inline void lru_unit_grad(const REAL *u, int j, int c, int64_t cb, int B,
  * (c) and P = [B; D] u_t (2c). The LRU's layout, split, forward and backward compute it with
  * n = 1, with these steps of a unit in place of lru_unit_step and lru_unit_grad. */
 static inline void lru_real_unit_step(const REAL *u, int j, int c, int B, const REAL *p,
-                                      const REAL *xp, REAL *x, const uint8_t *mk) {
+                                      const REAL *xp, REAL *x, const uint8_t *mk, const Fill *f) {
     const REAL lam = u[j], g = u[2 * c + j];
-    const REAL *pb = p + (int64_t)j * B, *x0 = xp ? xp + (int64_t)j * B : NULL;
+    const REAL *pb = p + (int64_t)j * B, *x0 = row_or0(xp, (int64_t)j * B, f);
     REAL *xj = x + (int64_t)j * B;
-    SIMD for (int b = 0; b < B; b++) {
-        REAL v = lam * (x0 ? x0[b] : 0) + g * pb[b];
-        xj[b] = mk ? v * mk[b] : v;
-    }
+    mk = mask_or1(mk, f);
+    SIMD for (int b = 0; b < B; b++) xj[b] = (lam * x0[b] + g * pb[b]) * mk[b];
 }
 
 static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const REAL *gx,
                                       REAL *grec, int have_rec, const uint8_t *mk, const REAL *p,
-                                      const REAL *xp, REAL *gp, REAL *acc) {
+                                      const REAL *xp, REAL *gp, REAL *acc, const Fill *f) {
     const REAL lam = u[j], g = u[2 * c + j];
     const REAL *gj = gx + (int64_t)j * B, *pb = p + (int64_t)j * B;
-    const REAL *x0 = xp ? xp + (int64_t)j * B : NULL;
+    const REAL *x0 = row_or0(xp, (int64_t)j * B, f);
     REAL *rj = grec + (int64_t)j * B, *gb = gp + (int64_t)j * B;
-    REAL *al = acc + (int64_t)j * VL, *ag = acc + (int64_t)(2 * c + j) * VL;
+    const REAL *rj0 = have_rec ? rj : f->zero;
+    mk = mask_or1(mk, f);
+    REAL al[VL], ag[VL];                             /* the lanes, as in lanes_dot */
+    memcpy(al, acc + (int64_t)j * VL, sizeof al);
+    memcpy(ag, acc + (int64_t)(2 * c + j) * VL, sizeof ag);
 #define LRU_REAL_GRAD(b, l)                                                                    \
     do {                                                                                       \
-        REAL a = gj[b] + (have_rec ? rj[b] : 0);                                               \
-        if (mk) a *= mk[b];                                                                    \
-        al[l] += a * (x0 ? x0[b] : 0);              /* d/d lambda */                           \
+        REAL a = (gj[b] + rj0[b]) * mk[b];                                                     \
+        al[l] += a * x0[b];                         /* d/d lambda */                           \
         ag[l] += a * pb[b];                         /* d/d gamma */                            \
         gb[b] = g * a;                                                                         \
         rj[b] = lam * a;                            /* to x_{t-1} */                           \
     } while (0)
     LANES(B, LRU_REAL_GRAD);
 #undef LRU_REAL_GRAD
+    memcpy(acc + (int64_t)j * VL, al, sizeof al);
+    memcpy(acc + (int64_t)(2 * c + j) * VL, ag, sizeof ag);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -439,7 +469,7 @@ static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const 
  * and scratch (L, 2, n c, B) + ((n + 1) c, B) holds two steps of states and the step's P. */
 static void lru_forward_member(int n, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
                                const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak,
-                               REAL *scratch, const REAL **X, REAL **O) {
+                               REAL *scratch, const REAL **X, REAL **O, const Fill *f) {
     const int64_t cb = (int64_t)c * B, zb = n * cb, rb = (int64_t)lru_rows(n, c) * B;
     const int t0 = first_step(K, P, B, mkk), zeros = S == 2 ? 2 : t0 + 1;
     for (int i = 0; i < L; i++) memset(slot(Hk, i, 0, S, cb), 0, sizeof(REAL) * cb * zeros);
@@ -467,8 +497,8 @@ static void lru_forward_member(int n, int K, int L, int T, int P, int B, int c, 
             for (int r = 0; r < (n + 1) * c; r++) O[r] = p + (int64_t)r * B;
             gemm((n + 1) * c, m, s.Ain, NULL, X, O, B);
             for (int j = 0; j < c; j++) {
-                if (n == 2) lru_unit_step(s.u, j, c, cb, B, p, zp, z, mk);
-                else lru_real_unit_step(s.u, j, c, B, p, zp, z, mk);
+                if (n == 2) lru_unit_step(s.u, j, c, cb, B, p, zp, z, mk, f);
+                else lru_real_unit_step(s.u, j, c, B, p, zp, z, mk, f);
             }
             for (int j = 0; j < n * c; j++) X[j] = z + (int64_t)j * B;
             for (int j = 0; j < c; j++) O[j] = y + (int64_t)j * B;
@@ -492,7 +522,7 @@ static int64_t lru_backward_scratch(int n, int T, int B, int c) {
 static void lru_backward_member(int n, int K, int L, int T, int P, int B, int c, int tbptt,
                                 REAL *Sp, const REAL *xk, const uint8_t *mkk, const REAL *Hk,
                                 const REAL *Ak, const REAL *g_outk, REAL *gWk, REAL *Gs,
-                                const REAL **Z, REAL **O) {
+                                const REAL **Z, REAL **O, const Fill *f) {
     const int R = (n + 1) * c;                                  /* P's rows */
     const int64_t cb = (int64_t)c * B, S = T + 1, zb = n * cb, rb = (int64_t)lru_rows(n, c) * B;
     REAL *Gab = Gs, *Gbe = Gs + T * cb;
@@ -517,12 +547,10 @@ static void lru_backward_member(int n, int K, int L, int T, int P, int B, int c,
             const REAL *zp = t > t0 ? z - rb : NULL;
             REAL *gy = gp + zb;                               /* P's rows: the B's u, D u */
             for (int64_t e = 0; e < cb; e += B) {
-                const REAL *ga_ = st.ga ? st.ga + e : NULL, *go_ = st.go ? st.go + e : NULL;
+                const REAL *ga_ = row_or0(st.ga, e, f), *go_ = row_or0(st.go, e, f);
+                const uint8_t *mk = mask_or1(st.mk, f);
                 REAL *g = gy + e;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL v = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
-                    g[b] = st.mk ? v * st.mk[b] : v;
-                }
+                SIMD for (int b = 0; b < B; b++) g[b] = (ga_[b] + go_[b]) * mk[b];
             }
             /* y = Cm z + D u: Cm's gradient, then z's (from y and from step t + 1) */
             for (int j = 0; j < n * c; j++) Z[j] = z + (int64_t)j * B;
@@ -532,9 +560,9 @@ static void lru_backward_member(int n, int K, int L, int T, int P, int B, int c,
             gemm(n * c, c, s.Cmt, NULL, Gp, O, B);
             for (int j = 0; j < c; j++) {
                 if (n == 2)
-                    lru_unit_grad(s.u, j, c, cb, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u);
+                    lru_unit_grad(s.u, j, c, cb, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u, f);
                 else
-                    lru_real_unit_grad(s.u, j, c, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u);
+                    lru_real_unit_grad(s.u, j, c, B, gz, grec, have_rec, st.mk, p, zp, gp, acc_u, f);
             }
             const REAL *in = i == 0 ? xk + (int64_t)t * K * B : Hin + (int64_t)(t + 1) * cb;
             for (int j = 0; j < m; j++) Z[j] = in + (int64_t)j * B;
@@ -597,8 +625,9 @@ static int ssm_in(int arch, int c) { return arch == MAMBA ? 2 * c : c; }   /* P'
 
 /* Aux's rows per layer and step, as offsets in units of B: P (mamba: x then z), xm = x masked
  * (what enters the window) and pv (the convolution's pre-activation) for mamba, v (s6_bare:
- * P itself), dbc, dt (delta's pre-activation), delta, h (c n, channel-major), y */
-typedef struct { int P, xm, pv, v, dbc, dt, delta, h, y, rows; } SsmRows;
+ * P itself), dbc, dt (delta's pre-activation), delta, h and e = exp(delta A) (c n each,
+ * channel-major), y */
+typedef struct { int P, xm, pv, v, dbc, dt, delta, h, e, y, rows; } SsmRows;
 static SsmRows ssm_rows(int arch, int c) {
     SsmRows o;
     const int mb = arch == MAMBA;
@@ -610,7 +639,8 @@ static SsmRows ssm_rows(int arch, int c) {
     o.dt = o.dbc + ssm_rank(c) + 2 * S6N;
     o.delta = o.dt + c;
     o.h = o.delta + c;
-    o.y = o.h + c * S6N;
+    o.e = o.h + c * S6N;
+    o.y = o.e + c * S6N;
     o.rows = o.y + c;
     return o;
 }
@@ -709,7 +739,7 @@ static inline REAL softplus_(REAL a) {    /* torch's: the identity above 20, els
  * CONVW - 1 masked x's are those steps' and a ring of (L, CONVW, c, B). */
 static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int c, int S,
                                REAL *Sp, const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak,
-                               REAL *scratch, const REAL **X, REAL **O) {
+                               REAL *scratch, const REAL **X, REAL **O, const Fill *f) {
     const SsmRows o = ssm_rows(arch, c);
     const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N;
     const int64_t cb = (int64_t)c * B, rb = (int64_t)o.rows * B;
@@ -719,7 +749,7 @@ static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int 
     if (!Ak) memset(scratch, 0, sizeof(REAL) * (L * 2 * rb + (int64_t)L * CONVW * cb));
     for (int t = t0; t < T; t++) {
         int so = S == 2 ? (t + 1) % 2 : t + 1;
-        const uint8_t *mk = t < P ? mkk + (int64_t)t * K * B : NULL;
+        const uint8_t *mk = mask_or1(t < P ? mkk + (int64_t)t * K * B : NULL, f);
         for (int i = 0; i < L; i++) {
             const int m = i == 0 ? 1 : c;
             const SsmSplit s = ssm_at(Sp, arch, i, c);
@@ -754,7 +784,7 @@ static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int 
                     SIMD for (int b = 0; b < B; b++) {
                         pj[b] += bc;
                         vj[b] = silu_(pj[b]);
-                        xmj[b] = mk ? xj[b] * mk[b] : xj[b];
+                        xmj[b] = xj[b] * mk[b];
                     }
                 }
                 if (!Ak) memcpy(ring + ((int64_t)i * CONVW + t % CONVW) * cb, xm, sizeof(REAL) * cb);
@@ -778,23 +808,24 @@ static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int 
                 SIMD for (int b = 0; b < B; b++) yj[b] = s.D[j] * vj[b];
                 for (int q = 0; q < S6N; q++) {
                     const REAL A = s.A[j * S6N + q];
-                    const REAL *hpq = hp ? hp + (int64_t)(j * S6N + q) * B : NULL;
+                    const REAL *hpq = row_or0(hp, (int64_t)(j * S6N + q) * B, f);
                     const REAL *Bq = Bs + (int64_t)q * B, *Cq = Cs + (int64_t)q * B;
-                    REAL *hq = h + (int64_t)(j * S6N + q) * B;
+                    REAL *hq = h + (int64_t)(j * S6N + q) * B, *eq = hq + (int64_t)S6N * cb;
                     SIMD for (int b = 0; b < B; b++) {
                         REAL da = dj[b] * A;
                         REAL e = exp_(da < -80 ? -80 : da);
-                        REAL hv = e * (hpq ? hpq[b] : 0) + dj[b] * vj[b] * Bq[b];
-                        hv = mk ? hv * mk[b] : hv;
+                        eq[b] = e;
+                        REAL hv = (e * hpq[b] + dj[b] * vj[b] * Bq[b]) * mk[b];
                         hq[b] = hv;
                         yj[b] += Cq[b] * hv;
                     }
                 }
                 REAL *oj = out + (int64_t)j * B;
-                const REAL *zj = arch == MAMBA ? a + (int64_t)(o.P + c + j) * B : NULL;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL ov = zj ? yj[b] * silu_(zj[b]) : yj[b];
-                    oj[b] = mk ? ov * mk[b] : ov;
+                if (arch == MAMBA) {
+                    const REAL *zj = a + (int64_t)(o.P + c + j) * B;
+                    SIMD for (int b = 0; b < B; b++) oj[b] = yj[b] * silu_(zj[b]) * mk[b];
+                } else {
+                    SIMD for (int b = 0; b < B; b++) oj[b] = yj[b] * mk[b];
                 }
             }
         }
@@ -816,7 +847,7 @@ static int64_t ssm_backward_scratch(int arch, int T, int B, int c) {
 static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
                                 REAL *Sp, const REAL *xk, const uint8_t *mkk, const REAL *Hk,
                                 const REAL *Ak, const REAL *g_outk, REAL *gWk, REAL *Gs,
-                                const REAL **Z, REAL **O) {
+                                const REAL **Z, REAL **O, const Fill *f) {
     const SsmRows o = ssm_rows(arch, c);
     const int r = ssm_rank(c), pin = ssm_in(arch, c), nx = r + 2 * S6N, mb = arch == MAMBA;
     const int64_t cb = (int64_t)c * B, S = T + 1, rb = (int64_t)o.rows * B, hb = (int64_t)S6N * cb;
@@ -847,25 +878,27 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
             const REAL *h = a + (int64_t)o.h * B, *hp = ap ? ap + (int64_t)o.h * B : NULL;
             const REAL *y = a + (int64_t)o.y * B;
             const REAL *Bs = dbc + (int64_t)r * B, *Cs = Bs + (int64_t)S6N * B;
+            const uint8_t *mk = mask_or1(st.mk, f);
             /* the output: y (gated by silu(z) in mamba) */
             for (int j = 0; j < c; j++) {
-                const REAL *ga_ = st.ga ? st.ga + (int64_t)j * B : NULL;
-                const REAL *go_ = st.go ? st.go + (int64_t)j * B : NULL;
+                const REAL *ga_ = row_or0(st.ga, (int64_t)j * B, f), *go_ = row_or0(st.go, (int64_t)j * B, f);
                 const REAL *yj = y + (int64_t)j * B, *vj = v + (int64_t)j * B;
-                const REAL *zj = mb ? a + (int64_t)(o.P + c + j) * B : NULL;
-                REAL *gyj = gy + (int64_t)j * B, *gzj = mb ? gP + (int64_t)(c + j) * B : NULL;
-                REAL *gvj = gv + (int64_t)j * B;
-                SIMD for (int b = 0; b < B; b++) {
-                    REAL g = (ga_ ? ga_[b] : 0) + (go_ ? go_[b] : 0);
-                    if (st.mk) g *= st.mk[b];
-                    if (zj) {
-                        REAL sz = sigm_(zj[b]);
+                REAL *gyj = gy + (int64_t)j * B, *gvj = gv + (int64_t)j * B;
+                const REAL Dj = s.D[j];
+                if (mb) {
+                    const REAL *zj = a + (int64_t)(o.P + c + j) * B;
+                    REAL *gzj = gP + (int64_t)(c + j) * B;
+                    SIMD for (int b = 0; b < B; b++) {
+                        REAL g = (ga_[b] + go_[b]) * mk[b], sz = sigm_(zj[b]);
                         gyj[b] = g * (zj[b] * sz);
                         gzj[b] = g * yj[b] * (sz * (1 + zj[b] * (1 - sz)));
-                    } else {
-                        gyj[b] = g;
+                        gvj[b] = gyj[b] * Dj;
                     }
-                    gvj[b] = gyj[b] * s.D[j];
+                } else {
+                    SIMD for (int b = 0; b < B; b++) {
+                        gyj[b] = (ga_[b] + go_[b]) * mk[b];
+                        gvj[b] = gyj[b] * Dj;
+                    }
                 }
                 lanes_dot(acc_D + (int64_t)j * VL, gyj, vj, B);
             }
@@ -878,15 +911,15 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
                 for (int q = 0; q < S6N; q++) {
                     const int jq = j * S6N + q;
                     const REAL A = s.A[jq];
-                    const REAL *hq = h + (int64_t)jq * B, *hpq = hp ? hp + (int64_t)jq * B : NULL;
+                    const REAL *hq = h + (int64_t)jq * B, *hpq = row_or0(hp, (int64_t)jq * B, f);
+                    const REAL *eq = hq + hb;
                     const REAL *Bq = Bs + (int64_t)q * B, *Cq = Cs + (int64_t)q * B;
                     REAL *gB = gdbc + (int64_t)(r + q) * B, *gC = gdbc + (int64_t)(r + S6N + q) * B;
                     REAL *ghq = gh + (int64_t)jq * B, *rq = grec + (int64_t)jq * B;
+                    const REAL *rq0 = have_rec ? rq : f->zero;
                     SIMD for (int b = 0; b < B; b++) {
-                        REAL gv_ = gyj[b] * Cq[b] + (have_rec ? rq[b] : 0);
-                        if (st.mk) gv_ *= st.mk[b];
-                        REAL da = dj[b] * A;
-                        REAL e = exp_(da < -80 ? -80 : da), h0 = hpq ? hpq[b] : 0;
+                        REAL gv_ = (gyj[b] * Cq[b] + rq0[b]) * mk[b];
+                        const REAL e = eq[b], h0 = hpq[b];
                         gC[b] += gyj[b] * hq[b];
                         gdj[b] += gv_ * (h0 * e * A + vj[b] * Bq[b]);
                         gvj[b] += gv_ * dj[b] * Bq[b];
@@ -921,7 +954,7 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
                     SIMD for (int b = 0; b < B; b++) {
                         REAL sp = sigm_(pj[b]);
                         gvj[b] *= sp * (1 + pj[b] * (1 - sp));      /* now the pre-activation's */
-                        gxj[b] = gvj[b] * w[CONVW - 1] + (st.mk ? cj[b] * st.mk[b] : cj[b]);
+                        gxj[b] = gvj[b] * w[CONVW - 1] + cj[b] * mk[b];
                         cj[b] = 0;
                     }
                     lanes_dot(acc_conv + ((int64_t)c * CONVW + j) * VL, gvj, NULL, B);   /* b_conv */
@@ -1017,21 +1050,22 @@ static void split_of_member(int arch, const REAL *Wk, int L, int c, REAL *Sp) {
 }
 static void forward_of(int arch, int K, int L, int T, int P, int B, int c, int S, REAL *Sp,
                        const REAL *xk, const uint8_t *mkk, REAL *Hk, REAL *Ak, REAL *scratch,
-                       const REAL **X, REAL **O) {
+                       const REAL **X, REAL **O, const Fill *f) {
     if (IS_LRU(arch))
-        lru_forward_member(lru_n(arch), K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
-    else if (IS_SSM(arch)) ssm_forward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
-    else dforward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O);
+        lru_forward_member(lru_n(arch), K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O, f);
+    else if (IS_SSM(arch)) ssm_forward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O, f);
+    else dforward_member(arch, K, L, T, P, B, c, S, Sp, xk, mkk, Hk, Ak, scratch, X, O, f);
 }
 static void backward_of(int arch, int K, int L, int T, int P, int B, int c, int tbptt, REAL *Sp,
                         const REAL *xk, const uint8_t *mkk, const REAL *Hk, const REAL *Ak,
-                        const REAL *g_outk, REAL *gWk, REAL *Gs, const REAL **Z, REAL **O) {
+                        const REAL *g_outk, REAL *gWk, REAL *Gs, const REAL **Z, REAL **O,
+                        const Fill *f) {
     if (IS_LRU(arch))
         lru_backward_member(lru_n(arch), K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk,
-                            Gs, Z, O);
+                            Gs, Z, O, f);
     else if (IS_SSM(arch))
-        ssm_backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
-    else dbackward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O);
+        ssm_backward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O, f);
+    else dbackward_member(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, Hk, Ak, g_outk, gWk, Gs, Z, O, f);
 }
 /* the sizes of a layer's parameters, in the cell's order; returns how many (at most 9) */
 static int param_sizes(int arch, int m, int c, int64_t *out) {
@@ -1074,16 +1108,18 @@ int NAME(memgrid_diag_forward)(int arch, int K, int L, int T, int P, int B, int 
                                const REAL *W, const REAL *x, const uint8_t *mask, REAL *H, REAL *Aux) {
     FLUSH_BEGIN;
     const int64_t wk = layer_offset_of(arch, L, c), cb = (int64_t)c * B;
-    REAL *Sp = malloc(sizeof(REAL) * (split_of(arch, c) * L + fwd_scratch_of(arch, L, B, c)));
+    const int64_t sp = split_of(arch, c) * L, fs = fwd_scratch_of(arch, L, B, c);
+    REAL *Sp = malloc(sizeof(REAL) * (sp + fs + fill_size(B)));
     const REAL **X = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
     if (!Sp || !X || !O) { free(Sp); free(X); free(O); FLUSH_END; return 1; }
-    REAL *scratch = Sp + split_of(arch, c) * L;
+    REAL *scratch = Sp + sp;
+    const Fill f = fill_at(scratch + fs, B);
     for (int k = 0; k < K; k++) {
         split_of_member(arch, W + k * wk, L, c, Sp);
         forward_of(arch, K, L, T, P, B, c, S, Sp, x + (int64_t)k * B, mask + (int64_t)k * B,
                    H + (int64_t)k * L * S * cb, Aux ? Aux + (int64_t)k * L * T * aux_of(arch, c) * B : NULL,
-                   scratch, X, O);
+                   scratch, X, O, &f);
     }
     free(Sp); free(X); free(O);
     FLUSH_END;
@@ -1095,15 +1131,17 @@ int NAME(memgrid_diag_backward)(int arch, int K, int L, int T, int P, int B, int
                                 const REAL *Aux, const REAL *g_out, REAL *gW) {
     FLUSH_BEGIN;
     const int64_t wk = layer_offset_of(arch, L, c), cb = (int64_t)c * B, S = T + 1;
-    REAL *Sp = malloc(sizeof(REAL) * (split_of(arch, c) * L + bwd_scratch_of(arch, T, B, c)));
+    const int64_t sp = split_of(arch, c) * L, bs = bwd_scratch_of(arch, T, B, c);
+    REAL *Sp = malloc(sizeof(REAL) * (sp + bs + fill_size(B)));
     const REAL **Z = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
     if (!Sp || !Z || !O) { free(Sp); free(Z); free(O); FLUSH_END; return 1; }
+    const Fill f = fill_at(Sp + sp + bs, B);
     for (int k = 0; k < K; k++) {
         split_of_member(arch, W + k * wk, L, c, Sp);
         backward_of(arch, K, L, T, P, B, c, tbptt, Sp, x + (int64_t)k * B, mask + (int64_t)k * B,
                     H + (int64_t)k * L * S * cb, Aux + (int64_t)k * L * T * aux_of(arch, c) * B,
-                    g_out + (int64_t)k * cb, gW + k * wk, Sp + split_of(arch, c) * L, Z, O);
+                    g_out + (int64_t)k * cb, gW + k * wk, Sp + sp, Z, O, &f);
     }
     free(Sp); free(Z); free(O);
     FLUSH_END;
@@ -1120,7 +1158,7 @@ int64_t NAME(memgrid_diag_train_scratch)(int arch, int L, int T, int B, int c) {
     const int64_t cb = (int64_t)c * B, hs = (int64_t)L * (T + 1) * cb;
     return up16(split_of(arch, c) * L) + up16(hs) + up16((int64_t)L * T * aux_of(arch, c) * B) +
            up16(cb) + 2 * up16(layer_offset_of(arch, L, c)) + up16(bwd_scratch_of(arch, T, B, c)) +
-           up16(B);
+           up16(B) + fill_size(B);
 }
 
 int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, int c, int tbptt,
@@ -1133,6 +1171,7 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
     REAL *Sp = ws, *H = Sp + up16(split_of(arch, c) * L), *Aux = H + up16(hs);
     REAL *g_out = Aux + up16((int64_t)L * T * aux_of(arch, c) * B), *Wk = g_out + up16(cb);
     REAL *gW = Wk + up16(wk), *Gs = gW + up16(wk), *gy = Gs + up16(bwd_scratch_of(arch, T, B, c));
+    const Fill f = fill_at(gy + up16(B), B);
     const REAL **X = malloc(sizeof(REAL *) * pointers_of(arch, c));
     REAL **O = malloc(sizeof(REAL *) * pointers_of(arch, c));
     int64_t *sizes = malloc(sizeof(int64_t) * 9 * L);
@@ -1148,10 +1187,10 @@ int NAME(memgrid_diag_train_step)(int arch, int K, int L, int T, int P, int B, i
         for (int n = 0, e = 0; n < np; e += sizes[n], n++)
             memcpy(Wk + e, params[n] + k * sizes[n], sizeof(REAL) * sizes[n]);
         split_of_member(arch, Wk, L, c, Sp);
-        forward_of(arch, K, L, T, P, B, c, (int)S, Sp, xk, mkk, H, Aux, NULL, X, O);
+        forward_of(arch, K, L, T, P, B, c, (int)S, Sp, xk, mkk, H, Aux, NULL, X, O, &f);
         readout_member(B, c, linear, params + np, bufs + np, sqs ? sqs + np : NULL, k, last, yk,
                        yh, gy, g_out, &o);
-        backward_of(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, H, Aux, g_out, gW, Gs, X, O);
+        backward_of(arch, K, L, T, P, B, c, tbptt, Sp, xk, mkk, H, Aux, g_out, gW, Gs, X, O, &f);
         for (int n = 0, e = 0; n < np; e += sizes[n], n++) {
             REAL *p = params[n] + k * sizes[n], *bf = bufs[n] + k * sizes[n];
             REAL *q = sqs ? sqs[n] + k * sizes[n] : NULL;
