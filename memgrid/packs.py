@@ -13,6 +13,7 @@ import math
 
 from .cells import CELLS, GATES
 from .config import MC_BYTES_PER_STEP, PACK_FREE, Point
+from .fast import DIAGONAL
 
 K_CAP = {"cpu": 256, "cuda": 4096}
 """largest pack: throughput stops growing past K ~ 128-1024 on CPU"""
@@ -49,7 +50,10 @@ def _autograd_rows(p: Point) -> tuple[int, int]:
 
 def _activation_bytes(p: Point) -> int:
     """Forward buffers kept for backward, per member and step (``memgrid.fast.stack._Stack``;
-    a cell without a fast path: autograd's saved tensors, about three per row computed)."""
+    a diagonal cell's C kernel: about a row per row its weights compute and per state row; any
+    other cell: autograd's saved tensors, about three per row computed)."""
+    if p.arch in DIAGONAL:
+        return 4 * p.batch_size * (p.q_hi + 1) * p.layers * sum(_autograd_rows(p))
     if p.arch in CELLS and not CELLS[p.arch].fast:
         rows, states = _autograd_rows(p)
         return 4 * p.batch_size * p.q_hi * p.layers * (3 * rows + 2 * states)
@@ -107,6 +111,8 @@ def pack_seconds(p: Point, k: int) -> float:
         return k * _buffer_bytes(p) / MEMBER_BYTES_PER_S
     if CELLS[p.arch].fast:
         per_step = {"rnn": 10, "gru": 22, "lstm": 24}[p.arch]
+    elif p.arch in DIAGONAL:        # a C kernel's step, as the RNN's: its rows are its cost
+        per_step = 10
     else:           # autograd: about 8 ops forward and backward per weight matrix, 8 more
         per_step = 8 * sum(len(s) == 2 for s in CELLS[p.arch].weights(p.cells, p.cells).values()) + 8
     n_ops = per_step * p.q_hi * p.layers + 80

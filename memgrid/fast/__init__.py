@@ -12,6 +12,11 @@ The diagonal recurrences have their own C kernel (:mod:`.diagonal`, ``csrc/diago
 with the paper cells' products, activations and optimizer (``csrc/common.h``).
 """
 
+DIAGONAL = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
+            "lru_real": 5}
+"""the cells of the diagonal recurrences' C kernel, by their number in csrc/diagonal.c (lru_ring:
+the LRU's computation, another init); here, torch-free, for the cost model (memgrid.packs)"""
+
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;

@@ -24,16 +24,13 @@ from pathlib import Path
 import torch
 
 from ..cells import CELLS, MAMBA_CONV, S6_STATE
+from . import DIAGONAL as ARCH
 from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
 from .stack import BufferPool
 
 SRC = Path(__file__).with_name("csrc") / "diagonal.c"
 _VARIANTS = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
-ARCH = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
-        "lru_real": 5}
-"""the cells this kernel runs, by their number in csrc/diagonal.c (lru_ring: the LRU's
-computation, another init)"""
 
 
 def _layers(arch: str, params: list[torch.Tensor]) -> int:
