@@ -11,7 +11,9 @@ GPU) for packs of K points, per network.
 
 `--cells` trains one pack of 32 points of every cell at l = 1, c = 5 and at l = 2, c = 10 and
 prints its member-steps per second (one training step of one network on a batch of 128), the
-ratio to the RNN's of the same size, and the code path that trained it (a row's `kernel`).
+ratio to the RNN's of the same l and c and to the RNN's of the same l and the same N per layer
+(the state numbers a layer holds: 2c for the LRU, 4c for S6), and the code path that trained it
+(a row's `kernel`).
 
 This is what `memgrid.packs.best_k` and the CPU cost model (`MEMBER_BYTES_PER_S`) were set from.
 """
@@ -76,12 +78,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cells:
-        print(f"{native.cpu_text()}, {args.threads} thread(s); member-steps/s, one pack of 32")
+        print(f"{native.cpu_text()}, {args.threads} thread(s); member-steps/s, one pack of 32; "
+              "the ratio to the RNN of the same l and c, and to the RNN of the same l and N per layer")
         for l, c in ((1, 5), (2, 10)):
             rates = {a: throughput(a, l, c, 32, args.device) for a in CELLS}
+            same_n = {n: rates["rnn"] if n == c else throughput("rnn", l, n, 32, args.device)
+                      for n in sorted({CELLS[a].units(c) for a in CELLS})}
             for a, r in rates.items():
+                n = CELLS[a].units(c)
                 print(f"l={l} c={c:2d}  {CELLS[a].label:24s} {r:8.0f}  {r / rates['rnn']:5.2f}x RNN  "
-                      f"({fast.path_name(a, args.device)})", flush=True)
+                      f"{r / same_n[n]:5.2f}x RNN of N = {n:2d}  ({fast.path_name(a, args.device)})",
+                      flush=True)
         return
     dev = args.device.split(":")[0]
     builds = {}
