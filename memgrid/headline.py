@@ -124,14 +124,16 @@ def _fmt(limit: int, censored: bool) -> str:
     return f"{limit}+" if censored else str(limit)
 
 
-def convergence() -> dict[tuple, str]:
+def convergence(bases: set[str] | None = None) -> dict[tuple, str]:
     """(arch, layers, cells) -> e.g. `yes (2x, seeds 0..2)`, `yes (2x, seeds 0..2: 3 -> 2)` or
     `no (2x, seeds 0..2: 10 -> 13)`: the limit on the seeds that a run at the protocol's budget
     and a shipped run at a larger budget share, compared; yes where it moves by no more than
     the spread of the run's seeds' own limits (the module's definition of converged); every
-    check of a configuration, joined by `; `."""
+    check of a configuration, joined by `; `. `bases`: only the checks of these runs."""
     out: dict[tuple, list[str]] = {}
     for base, check, factor in BUDGET_CHECKS:
+        if bases is not None and base not in bases:
+            continue
         more = points(check)
         seeds = sorted(set(more["seed"]))
         less = points(base)
@@ -184,8 +186,9 @@ def headline() -> str:
         new[TODAY] = limits(points(TODAY)).set_index(KEYS)
     for folder, arch, l, c in sorted(rows, key=lambda r: list(CELLS).index(r[1])):
         a = new[folder].loc[(arch, l, c)]
+        mark = convergence({folder}).get((arch, l, c), "not checked")     # its own run's checks
         lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
-                     f"| {marks.get((arch, l, c), 'not checked')} |")
+                     f"| {mark} |")
     return "\n".join(lines)
 
 
@@ -250,7 +253,7 @@ def today_limits() -> str:
     df = df[df["arch"].isin(done)]
     lim = limits(df).set_index(KEYS)
     rate = df.groupby(KEYS)["lr"].first()
-    marks = convergence()
+    marks = convergence({TODAY})
     cs = sorted(df["cells"].unique())
     lines = ["| cell, l | N | " + " | ".join(f"c = {c}" for c in cs) + " |",
              "| --- | --- |" + " --- |" * len(cs)]

@@ -102,7 +102,7 @@ def test_converged_means_what_the_report_says(base, check, factor):
     configuration."""
     from memgrid.analysis.summary import limits_table
 
-    marks = headline.convergence()
+    marks = headline.convergence({base})
     run = pd.read_parquet(headline.DATA / base / "points")
     table = limits_table(run, check=pd.read_parquet(headline.DATA / check / "points"))
     table = table[(table["task"] == "random") & (table["converged"] != "unchecked")]
@@ -350,9 +350,17 @@ def test_reproduction_statements_hold_on_the_data():
     assert set(real.loc[2, "limit"]) == {3, 4} and list(real.loc[2, "units"]) == [4, 8, 12, 16, 20]
     assert "At twice the budget 9 of its 10 limits stay within their seeds' spread" in text
     assert "the one at N = 10 with one layer moves from 2 to 3" in text
-    marks = headline.convergence()
+    marks = headline.convergence({"today_cells"})
     moved = [k for k in real.index if marks[("lru_real", *k)].startswith("no")]
     assert moved == [(1, 10)] and marks[("lru_real", 1, 10)].endswith(": 2 -> 3)")
+    assert "**The RNN beside them reaches its bound.**" in text
+    rnn = lim.loc["rnn"]
+    assert "reaches N - (l - 1) at every size but the largest, two layers of 10 (16 of 19)" in text
+    short = rnn[rnn["limit"] < rnn["bound"]]
+    assert list(short.index) == [(2, 10)] and tuple(short.iloc[0][["limit", "bound"]]) == (16, 19)
+    assert "one layer passes N (12 at N = 8, 16 at N = 10)" in text
+    above = rnn.loc[1][rnn.loc[1]["limit"] > rnn.loc[1]["units"]]
+    assert list(zip(above["units"], above["limit"])) == [(8, 12), (10, 16)]
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text

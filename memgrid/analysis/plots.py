@@ -29,11 +29,15 @@ from .tables import (CONFIG, PLATEAU, THRESHOLD, arch_label, mean_losses, units,
                      variant_columns)
 
 ARCH_ORDER = list(ARCHS)
-_PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink",
-            "tab:olive", "tab:cyan", "tab:gray", "navy", "darkgoldenrod", "black"]
-ARCH_COLORS = {a: ("tab:purple" if a == "esn" else _PALETTE[i % len(_PALETTE)])
-               for i, a in enumerate(ARCH_ORDER)}
-"""One colour per arch in every figure (ESN's purple stays clear of the cells')."""
+_COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "mingru": "tab:red",
+           "minlstm": "tab:brown", "lru": "tab:cyan", "lru_ring": "tab:gray",
+           "lru_real": "tab:olive", "mamba": "darkgoldenrod", "s6_bare": "black",
+           "esn": "tab:purple"}
+_PALETTE = ["tab:pink", "rosybrown", "navy", "lightseagreen", "orchid", "peru", "slategray"]
+ARCH_COLORS = {**_COLORS, **{a: _PALETTE[i % len(_PALETTE)]
+                             for i, a in enumerate(a for a in ARCH_ORDER if a not in _COLORS)}}
+"""One colour per arch in every figure, the same whatever cells join: the built-in cells' own,
+any other's (a cell added to memgrid.cells) from a palette of the rest."""
 LAYER_MARKERS = "osD^vP*X"
 MarkerHalf = matplotlib.markers.MarkerStyle("o", fillstyle="left")
 """a half-filled circle: a limit no budget check covers, beside checked ones"""
