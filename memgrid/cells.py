@@ -209,10 +209,12 @@ def g_positive(x: Tensor) -> Tensor:
 
 
 def _mingru_pre(w, xs):
+    """z and h~ of every step; the projections without biases where the layer has none (the
+    blocks' below)."""
     import torch
 
-    z = torch.sigmoid(affine_steps(w["w_z"], w["b_z"], xs))
-    return z, g_positive(affine_steps(w["w_h"], w["b_h"], xs))
+    z = torch.sigmoid(affine_steps(w["w_z"], w.get("b_z"), xs))
+    return z, g_positive(affine_steps(w["w_h"], w.get("b_h"), xs))
 
 
 def _mingru_recur(w, pre, state):
@@ -224,12 +226,13 @@ def _mingru_recur(w, pre, state):
 
 
 def _minlstm_pre(w, xs):
+    """f' and h~ i' of every step (biases as :func:`_mingru_pre`'s)."""
     import torch
 
-    f = torch.sigmoid(affine_steps(w["w_f"], w["b_f"], xs))
-    i = torch.sigmoid(affine_steps(w["w_i"], w["b_i"], xs))
+    f = torch.sigmoid(affine_steps(w["w_f"], w.get("b_f"), xs))
+    i = torch.sigmoid(affine_steps(w["w_i"], w.get("b_i"), xs))
     s = f + i
-    return f / s, g_positive(affine_steps(w["w_h"], w["b_h"], xs)) * (i / s)
+    return f / s, g_positive(affine_steps(w["w_h"], w.get("b_h"), xs)) * (i / s)
 
 
 def _minlstm_recur(w, pre, state):
@@ -476,8 +479,91 @@ MAMBA = Cell("mamba", _mamba_weights, pre=_mamba_pre, recur=_mamba_recur, init=_
              units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
 
 
-CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, LRU, LRU_RING,
-                                                LRU_REAL, MAMBA, S6_BARE)}
+# ---------------------------------------------------------------------------------------------
+# minGRU and minLSTM in their published block: one layer of mingru-pytorch's minLM stack with
+# its convolution enabled, after an affine input projection (m inputs to c channels):
+#   x = W_in u + b_in;  x = conv(x) + x;  x = rnn(RMSNorm(x)) + x;  out = FF(RMSNorm(x)) + x
+# conv: a causal depthwise convolution of width BLOCK_CONV with its bias, then a 1x1 one (c x c,
+# with its bias); rnn: minGRU or minLSTM at expansion 1 (the steps above, projections without
+# biases, no output projection); RMSNorm: torch's, with its weight, eps the dtype's; FF:
+# Linear(c, BLOCK_FF c), GELU, Linear(BLOCK_FF c, c). The convolution's window (the last
+# BLOCK_CONV - 1 values of x) is state, as `mamba`'s: N = 3c (the rnn's c and the window's 2c).
+# Init: PyTorch's defaults, U(+-1/sqrt(fan in)) for every Linear and Conv1d weight and bias,
+# ones for the RMSNorm weights.
+BLOCK_CONV = 3
+"""the causal convolution's width in a block layer (minLM's conv_kernel_size)"""
+BLOCK_FF = 4
+"""the feedforward's expansion in a block layer (minLM's ff_mult)"""
+
+
+def _block_weights(gates: tuple[str, ...]):
+    def weights(m: int, c: int) -> Shapes:
+        return {"w_in": (c, m), "b_in": (c,), "w_conv": (c, BLOCK_CONV), "b_conv": (c,),
+                "w_mix": (c, c), "b_mix": (c,), "norm_rnn": (c,),
+                **{f"w_{g}": (c, c) for g in gates}, "norm_ff": (c,),
+                "w_ff1": (BLOCK_FF * c, c), "b_ff1": (BLOCK_FF * c,),
+                "w_ff2": (c, BLOCK_FF * c), "b_ff2": (c,)}
+    return weights
+
+
+def _block_init(name, shape, m, c, draw, drawn):
+    import torch
+
+    n = math.prod(shape)
+    if name.startswith("norm"):
+        return torch.ones_like(draw(n))
+    fan_in = {"w_in": m, "b_in": m, "w_conv": BLOCK_CONV, "b_conv": BLOCK_CONV,
+              "w_ff2": BLOCK_FF * c, "b_ff2": BLOCK_FF * c}.get(name, c)     # any other: c
+    return (2 * draw(n) - 1) / math.sqrt(fan_in)
+
+
+def _rms_norm(x: Tensor, g: Tensor) -> Tensor:
+    """torch.nn.RMSNorm over the c rows of x `(K, c, B)`, weight g `(K, c)`, eps the dtype's."""
+    import torch
+
+    ms = x.pow(2).mean(1, keepdim=True)                      # over the channels, per k and b
+    return x * torch.rsqrt(ms + torch.finfo(x.dtype).eps) * g[:, :, None]
+
+
+def _block_pre(w, us):
+    return (affine_steps(w["w_in"], w["b_in"], us),)                   # x: (K, T, c, B)
+
+
+def _block_recur(rnn_pre, rnn_recur):
+    """The rest of a block's step around the rnn's pre and recur: the convolution reads the
+    window held in the state, so that a sequence that starts late sees zeros before its first
+    input, as minLM's zero-padded convolution does."""
+    def recur(w, pre, state):
+        import torch
+        import torch.nn.functional as F
+
+        (h, win), (x,) = state, pre                    # win: (K, c * (BLOCK_CONV - 1), B)
+        K, c, B = x.shape
+        taps = torch.cat([win.view(K, c, BLOCK_CONV - 1, B), x[:, :, None]], 2)  # oldest first
+        x = affine(w["w_mix"], w["b_mix"],
+                   (taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None]) + x
+        gates = rnn_pre(w, _rms_norm(x, w["norm_rnn"])[:, None])
+        y, (h,) = rnn_recur(w, tuple(v[:, 0] for v in gates), (h,))
+        x = y + x
+        ff = F.gelu(affine(w["w_ff1"], w["b_ff1"], _rms_norm(x, w["norm_ff"])))
+        x = affine(w["w_ff2"], w["b_ff2"], ff) + x
+        return x, (h, taps[:, :, 1:].reshape(K, c * (BLOCK_CONV - 1), B))
+    return recur
+
+
+_BLOCK = dict(pre=_block_pre, init=_block_init, state_rows=lambda c: (c, c * (BLOCK_CONV - 1)),
+              read=all_states, units=lambda c: c * BLOCK_CONV)         # h and the window: 3c
+MINGRU_BLOCK = Cell("mingru_block", _block_weights(("h", "z")),
+                    recur=_block_recur(_mingru_pre, _mingru_recur), label="minGRU (block)",
+                    **_BLOCK)
+MINLSTM_BLOCK = Cell("minlstm_block", _block_weights(("h", "f", "i")),
+                     recur=_block_recur(_minlstm_pre, _minlstm_recur), label="minLSTM (block)",
+                     **_BLOCK)
+
+
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, MINGRU_BLOCK,
+                                                MINLSTM_BLOCK, LRU, LRU_RING, LRU_REAL, MAMBA,
+                                                S6_BARE)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""
