@@ -432,8 +432,8 @@ static inline void lru_real_unit_step(const REAL *u, int j, int c, int B, const 
     const REAL lam = u[j], g = u[2 * c + j];
     const REAL *pb = p + (int64_t)j * B, *x0 = row_or0(xp, (int64_t)j * B, f);
     REAL *xj = x + (int64_t)j * B;
-    mk = mask_or1(mk, f);
-    SIMD for (int b = 0; b < B; b++) xj[b] = (lam * x0[b] + g * pb[b]) * mk[b];
+    if (mk) { SIMD for (int b = 0; b < B; b++) xj[b] = (lam * x0[b] + g * pb[b]) * mk[b]; }
+    else    { SIMD for (int b = 0; b < B; b++) xj[b] = lam * x0[b] + g * pb[b]; }
 }
 
 static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const REAL *gx,
@@ -444,13 +444,11 @@ static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const 
     const REAL *x0 = row_or0(xp, (int64_t)j * B, f);
     REAL *rj = grec + (int64_t)j * B, *gb = gp + (int64_t)j * B;
     const REAL *rj0 = have_rec ? rj : f->zero;
-    mk = mask_or1(mk, f);
-    REAL al[VL], ag[VL];                             /* the lanes, as in lanes_dot */
-    memcpy(al, acc + (int64_t)j * VL, sizeof al);
-    memcpy(ag, acc + (int64_t)(2 * c + j) * VL, sizeof ag);
+    REAL *al = acc + (int64_t)j * VL, *ag = acc + (int64_t)(2 * c + j) * VL;
 #define LRU_REAL_GRAD(b, l)                                                                    \
     do {                                                                                       \
-        REAL a = (gj[b] + rj0[b]) * mk[b];                                                     \
+        REAL a = gj[b] + rj0[b];                                                               \
+        if (mk) a *= mk[b];                                                                    \
         al[l] += a * x0[b];                         /* d/d lambda */                           \
         ag[l] += a * pb[b];                         /* d/d gamma */                            \
         gb[b] = g * a;                                                                         \
@@ -458,8 +456,6 @@ static inline void lru_real_unit_grad(const REAL *u, int j, int c, int B, const 
     } while (0)
     LANES(B, LRU_REAL_GRAD);
 #undef LRU_REAL_GRAD
-    memcpy(acc + (int64_t)j * VL, al, sizeof al);
-    memcpy(acc + (int64_t)(2 * c + j) * VL, ag, sizeof ag);
 }
 
 /* ------------------------------------------------------------------------------------------
