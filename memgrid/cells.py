@@ -349,7 +349,9 @@ LRU_REAL = Cell("lru_real", lambda m, c: {"nu_log": (c,), "gamma_log": (c,), "b"
 # h_j' = exp(delta_j A_j) h_j + delta_j B v_j, y_j = C . h_j + D_j v_j, A = -exp(A_log).
 # Mamba's init: A_log = log(1..n) (S4D-real), D = 1, delta's bias the inverse softplus of
 # exp(U(log 0.001, log 0.1)), W_dt U(+-r^-1/2), Linear and Conv1d layers U(+-1/sqrt(fan in));
-# dt_rank r = ceil(c / 16).
+# dt_rank r = ceil(c / 16). The `_lin` cells start A on the real part of S4D-Lin instead,
+# A = -1/2 for every state number (the init Mamba's ablations of A compare with S4D-real):
+# every state of a channel then starts with the same decay.
 #
 # Every input the SSM reads (v, delta's input, B, C) is a function of v. Fed a scalar through a
 # projection without a bias, v is proportional to the current input u_t, and so is the output:
@@ -383,6 +385,17 @@ def _s6_weights(m: int, c: int) -> Shapes:
 def _mamba_weights(m: int, c: int) -> Shapes:
     return {"w_in": (2 * c, m), "b_in": (2 * c,), "w_conv": (c, MAMBA_CONV), "b_conv": (c,),
             **_ssm_weights(c)}
+
+
+def s6_init(a_init: str):
+    """The selective SSM's init with A started on `a_init`: ``real`` (S4D-real, A = -(1..n),
+    Mamba's) or ``lin`` (the real part of S4D-Lin, A = -1/2)."""
+    def init(name, shape, m, c, draw, drawn):
+        if name == "a_log" and a_init == "lin":
+            return drawn["w_in"].new_full((drawn["w_in"].shape[0], math.prod(shape)),
+                                          math.log(0.5))
+        return _s6_init(name, shape, m, c, draw, drawn)
+    return init
 
 
 def _s6_init(name, shape, m, c, draw, drawn):
@@ -468,15 +481,15 @@ def _mamba_recur(w, pre, state):
     return out, (h, taps[:, :, 1:].reshape(K, c * (MAMBA_CONV - 1), B))
 
 
-S6_BARE = Cell("s6_bare", _s6_weights, pre=_s6_pre, recur=_s6_recur, init=_s6_init,
-               label="S6 (bare)",
-               state_rows=lambda c: (c * S6_STATE,), read=lambda out, state: state[0],
-               units=lambda c: c * S6_STATE)
-MAMBA = Cell("mamba", _mamba_weights, pre=_mamba_pre, recur=_mamba_recur, init=_s6_init,
-             label="Mamba (S6 block)",
-             state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)),
-             read=all_states,
-             units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
+_S6 = dict(weights=_s6_weights, pre=_s6_pre, recur=_s6_recur, state_rows=lambda c: (c * S6_STATE,),
+           read=lambda out, state: state[0], units=lambda c: c * S6_STATE)
+_MAMBA = dict(weights=_mamba_weights, pre=_mamba_pre, recur=_mamba_recur,
+              state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)), read=all_states,
+              units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
+S6_BARE = Cell("s6_bare", init=s6_init("real"), label="S6 (bare)", **_S6)
+MAMBA = Cell("mamba", init=s6_init("real"), label="Mamba (S6 block)", **_MAMBA)
+S6_BARE_LIN = Cell("s6_bare_lin", init=s6_init("lin"), label="S6 (bare, S4D-Lin)", **_S6)
+MAMBA_LIN = Cell("mamba_lin", init=s6_init("lin"), label="Mamba (S4D-Lin)", **_MAMBA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +576,7 @@ MINLSTM_BLOCK = Cell("minlstm_block", _block_weights(("h", "f", "i")),
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, MINGRU_BLOCK,
                                                 MINLSTM_BLOCK, LRU, LRU_RING, LRU_REAL, MAMBA,
-                                                S6_BARE)}
+                                                S6_BARE, MAMBA_LIN, S6_BARE_LIN)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

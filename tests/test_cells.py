@@ -303,6 +303,26 @@ def _mamba_block(params, k, i, m, cells, pscan):
     return blk
 
 
+@pytest.mark.parametrize("arch", ["mamba", "s6_bare"])
+def test_ssm_lin_starts_a_on_the_real_part_of_s4d_lin(arch):
+    """The `_lin` cells draw the same weights as Mamba's init from the same seed, but for A,
+    which starts at -1/2 for every channel and state number (S4D-real: -(1..n)); they compute
+    the same function of those weights."""
+    seeds = torch.tensor([3, 4])
+    real, lin = (init_params(a, 2, 5, "sum", seeds) for a in (arch, f"{arch}_lin"))
+    assert real.keys() == lin.keys()
+    for n in real:
+        if n.startswith("a_log"):
+            assert torch.equal(-torch.exp(lin[n]), torch.full_like(lin[n], -0.5)), n
+            assert torch.equal(-torch.exp(real[n][0, 0]), -torch.arange(1.0, 5.0)), n
+        else:
+            assert torch.equal(real[n], lin[n]), n
+    spec = TaskSpec.of([Point(arch, 2, 5, 2, s, q_min=6, q_max=6) for s in (3, 4)])
+    b = make_batch(spec, TRAIN, 0, 8)
+    torch.testing.assert_close(reference_forward(f"{arch}_lin", lin, b.x, b.mask),
+                               reference_forward(arch, lin, b.x, b.mask), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("pscan", [False, True])
 def test_mamba_is_mambapys_block(pscan):
     """A packed 2-layer `mamba` equals mambapy's MambaBlock (input projection with its bias,

@@ -13,14 +13,15 @@ with the paper cells' products, activations and optimizer (``csrc/common.h``).
 """
 
 DIAGONAL = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
-            "lru_real": 5}
-"""the cells of the diagonal recurrences' C kernel, by their number in csrc/diagonal.c (lru_ring:
-the LRU's computation, another init); here, torch-free, for the cost model (memgrid.packs)"""
+            "lru_real": 5, "mamba_lin": 3, "s6_bare_lin": 4}
+"""the cells of the diagonal recurrences' C kernel, by their number in csrc/diagonal.c (lru_ring,
+mamba_lin, s6_bare_lin: another cell's computation, another init); here, torch-free, for the
+cost model (memgrid.packs)"""
 
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring, lru_real, mamba, s6_bare), or None. Both
+    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring, lru_real and the selective SSMs), or None. Both
     give ``usable``, ``train_scratch`` and ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH
