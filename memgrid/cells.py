@@ -574,9 +574,67 @@ MINLSTM_BLOCK = Cell("minlstm_block", _block_weights(("h", "f", "i")),
                      **_BLOCK)
 
 
+# ---------------------------------------------------------------------------------------------
+# The LRU in its paper's sequence layer (their Figure 1: Norm, Recurrence, GLU, Skip), as the
+# SequenceLayer of minimal-LRU (N. Zucchet's JAX code of the paper's model) runs it without
+# dropout, after an affine input projection (m inputs to c channels):
+#   u = W_in x + b_in;  y = LRU(LayerNorm(u));  g = GELU(y);
+#   out = u + (W_1 g + b_1) * sigmoid(W_2 g + b_2)
+# LayerNorm: per step, over the c channels, with its weight and bias (the code's other choice,
+# BatchNorm, mixes sequences); GELU: the tanh approximation (flax's gelu); LRU: `lru` on c
+# channels, its c complex states (N = 2c), ring, init and D skip (here c x c). Init: torch's
+# Linear, U(+-1/sqrt(fan in)), for the projections' weights and biases; ones and zeros for the
+# LayerNorm; `lru`'s for the LRU, which reads c inputs.
+LRU_BLOCK_EPS = 1e-5
+"""the LayerNorm's eps in an `lru_block` layer (torch.nn.LayerNorm's)"""
+
+
+def _lru_block_weights(m: int, c: int) -> Shapes:
+    return {"w_in": (c, m), "b_in": (c,), "norm_w": (c,), "norm_b": (c,), **_lru_weights(c, c),
+            "w_glu1": (c, c), "b_glu1": (c,), "w_glu2": (c, c), "b_glu2": (c,)}
+
+
+def _lru_block_init(name, shape, m, c, draw, drawn):
+    import torch
+
+    if name.startswith("norm"):
+        return torch.full_like(draw(math.prod(shape)), float(name == "norm_w"))
+    if name in ("w_in", "b_in"):
+        return _LINEAR_INIT(name, shape, m, c, draw, drawn)
+    if "glu" in name:
+        return _LINEAR_INIT(name, shape, c, c, draw, drawn)
+    return LRU.init(name, shape, c, c, draw, drawn)                     # the LRU reads c channels
+
+
+def _layer_norm(x: Tensor, g: Tensor, b: Tensor) -> Tensor:
+    """torch.nn.LayerNorm over the c rows of x `(K, c, B)`, weight g and bias b `(K, c)`."""
+    import torch
+
+    mean = x.mean(1, keepdim=True)                           # over the channels, per k and b
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + LRU_BLOCK_EPS) * g[:, :, None] + b[:, :, None]
+
+
+def _lru_block_recur(w, pre, state):
+    import torch
+    import torch.nn.functional as F
+
+    (u,) = pre
+    x = _layer_norm(u, w["norm_w"], w["norm_b"])
+    y, state = _lru_recur(w, tuple(v[:, 0] for v in _lru_pre(w, x[:, None])), state)
+    g = F.gelu(y, approximate="tanh")
+    return u + affine(w["w_glu1"], w["b_glu1"], g) * torch.sigmoid(
+        affine(w["w_glu2"], w["b_glu2"], g)), state
+
+
+LRU_BLOCK = Cell("lru_block", _lru_block_weights, pre=_block_pre, recur=_lru_block_recur,
+                 init=_lru_block_init, state_rows=lambda c: (c, c), read=all_states,
+                 units=lambda c: 2 * c, label="LRU (block)")
+
+
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, MINGRU_BLOCK,
-                                                MINLSTM_BLOCK, LRU, LRU_RING, LRU_REAL, MAMBA,
-                                                S6_BARE, MAMBA_LIN, S6_BARE_LIN)}
+                                                MINLSTM_BLOCK, LRU, LRU_RING, LRU_REAL, LRU_BLOCK,
+                                                MAMBA, S6_BARE, MAMBA_LIN, S6_BARE_LIN)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

@@ -187,7 +187,7 @@ def test_blocks_init_is_the_published_modules(arch):
         assert bound * 0.8 < a[n].abs().max() <= bound, n
 
 
-@pytest.mark.parametrize("arch", [*BLOCKS, "mamba"])
+@pytest.mark.parametrize("arch", [*BLOCKS, "lru_block", "mamba"])
 def test_a_late_sequence_runs_as_alone(arch):
     """A sequence that starts late in a packed batch (its earlier steps masked) gives what it
     gives alone from its first step (float64): the convolution's window holds zeros, not the
@@ -254,6 +254,86 @@ def test_lru_is_the_papers_complex_recurrence(arch, ring):
     torch.testing.assert_close(torch.exp(init["gamma_log.0"]), torch.sqrt(1 - mod ** 2))
     phase = torch.exp(init["theta_log.0"])
     assert 0 < phase.min() and phase.max() < max_phase and phase.max() > 0.9 * max_phase
+
+
+LRU_NAMES = ("nu_log", "theta_log", "gamma_log", "b_re", "b_im", "c_re", "c_im", "d")
+
+
+def _lru_sequence_layers(params, k, layers, cells):
+    """Member k of a packed `lru_block` stack as the paper's sequence layer in torch.nn
+    modules (float64), each after a Linear input projection: [(proj, norm, lru, out1, out2)],
+    lru the LRU's parameters by name, and memgrid's parameter names -> the reference's
+    tensors, holding member k's values."""
+    blocks, names = [], {}
+    for i in range(layers):
+        m = 1 if i == 0 else cells
+        proj, norm = torch.nn.Linear(m, cells).double(), torch.nn.LayerNorm(cells).double()
+        out1, out2 = torch.nn.Linear(cells, cells).double(), torch.nn.Linear(cells, cells).double()
+        lru = {n: torch.zeros_like(params[f"{n}.{i}"][k], requires_grad=True) for n in LRU_NAMES}
+        mine = {"w_in": proj.weight, "b_in": proj.bias, "norm_w": norm.weight,
+                "norm_b": norm.bias, **lru, "w_glu1": out1.weight, "b_glu1": out1.bias,
+                "w_glu2": out2.weight, "b_glu2": out2.bias}
+        with torch.no_grad():
+            for n, v in mine.items():
+                v.copy_(params[f"{n}.{i}"][k])
+        names.update({f"{n}.{i}": v for n, v in mine.items()})
+        blocks.append((proj, norm, lru, out1, out2))
+    return blocks, names
+
+
+def _run_lru_sequence_layers(blocks, x):
+    """x `(B, T)` -> the last layer's outputs `(B, T, c)`: u = proj(x); y = LRU(norm(u)), the
+    complex recurrence step by step (:func:`_lru_complex`); g = GELU(y) (tanh approximation);
+    u + out1(g) * sigmoid(out2(g))."""
+    h = x.unsqueeze(-1)
+    for proj, norm, lru, out1, out2 in blocks:
+        u = proj(h)
+        z = norm(u)
+        g = torch.nn.functional.gelu(torch.stack([_lru_complex(lru, seq) for seq in z]),
+                                     approximate="tanh")
+        h = u + out1(g) * torch.sigmoid(out2(g))
+    return h
+
+
+def test_lru_block_is_the_papers_sequence_layer():
+    """Every member of a packed 2-layer `lru_block` stack equals the paper's sequence layer
+    (LayerNorm, LRU, GELU, GLU, skip) after a Linear input projection, written from the paper
+    with torch.nn modules and the complex recurrence, holding the member's weights (float64):
+    the linear readout of the last layer's last output and every parameter's gradient."""
+    layers, cells, batch, q = 2, 4, 3, 6
+    params, b, y = _packed("lru_block", q, 1, batch, layers, cells, "linear")
+    y.pow(2).sum().backward()
+    for k in range(2):
+        blocks, names = _lru_sequence_layers({n: v.detach() for n, v in params.items()}, k,
+                                             layers, cells)
+        assert set(names) | {"w_out", "b_out"} == set(params)
+        w_out, b_out = (params[n][k].detach().clone().requires_grad_() for n in ("w_out", "b_out"))
+        ref = _run_lru_sequence_layers(blocks, b.x[k].double())[:, -1] @ w_out + b_out
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-12, rtol=1e-10)
+        ref.pow(2).sum().backward()
+        for n, v in [*names.items(), ("w_out", w_out), ("b_out", b_out)]:
+            torch.testing.assert_close(params[n].grad[k], v.grad, atol=1e-10, rtol=1e-8, msg=n)
+
+
+def test_lru_block_init():
+    """The projections draw torch's Linear init, U(-b, b), b = 1/sqrt(fan in); the LayerNorm
+    starts at ones and zeros; the LRU, reading c channels in every layer, draws `lru`'s init
+    for c inputs (B's entries N(0, 1/2c)); a function of the seed alone."""
+    layers, cells = 2, 64
+    a = init_params("lru_block", layers, cells, "sum", torch.tensor([3, 4]))
+    alone = init_params("lru_block", layers, cells, "sum", torch.tensor([4]))
+    for n, v in a.items():
+        assert torch.equal(v[1], alone[n][0]), n
+        base, layer = n.split(".")
+        if base.startswith("norm"):
+            assert torch.equal(v, torch.full_like(v, float(base == "norm_w"))), n
+        elif base in ("w_in", "b_in", "w_glu1", "b_glu1", "w_glu2", "b_glu2"):
+            bound = 1 / math.sqrt(1 if base.endswith("_in") and layer == "0" else cells)
+            assert bound * 0.8 < v.abs().max() <= bound, n
+        elif base in ("b_re", "b_im"):
+            assert abs(v.std().item() * math.sqrt(2 * cells) - 1) < 0.05, n
+    mod = torch.exp(-torch.exp(a["nu_log.0"]))
+    torch.testing.assert_close(torch.exp(a["gamma_log.0"]), torch.sqrt(1 - mod ** 2))
 
 
 def test_lru_real_is_a_real_diagonal_recurrence():
@@ -449,6 +529,10 @@ def test_fast_paths_compute_the_definition(arch, grad):
     ("minlstm_block", 2, 3, "linear", (3 + 3) + (9 + 3) + (9 + 3) + 3 + 27 + 3 + (36 + 12 + 36 + 3)
                                       + (9 + 3) + (9 + 3) + (9 + 3) + 3 + 27 + 3
                                       + (36 + 12 + 36 + 3) + 3 + 1),
+    # input projection, LayerNorm, LRU (nu, theta, gamma; B, C complex; D c x c), GLU
+    ("lru_block", 1, 5, "sum", (5 + 5) + 2 * 5 + (3 * 5 + 4 * 25 + 25) + 2 * (25 + 5)),
+    ("lru_block", 2, 3, "linear", (3 + 3) + 2 * 3 + (3 * 3 + 4 * 9 + 9) + 2 * (9 + 3)
+                                  + (9 + 3) + 2 * 3 + (3 * 3 + 4 * 9 + 9) + 2 * (9 + 3) + 3 + 1),
 ])
 def test_parameter_counts_in_closed_form(arch, layers, cells, readout, expected):
     """Point.params (from the definition's shapes) is the closed form and what init makes."""

@@ -30,10 +30,11 @@ from .tables import (CONFIG, PLATEAU, THRESHOLD, arch_label, mean_losses, units,
 
 ARCH_ORDER = list(ARCHS)
 _COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "mingru": "tab:red",
-           "minlstm": "tab:brown", "lru": "tab:cyan", "lru_ring": "tab:gray",
-           "lru_real": "tab:olive", "mamba": "darkgoldenrod", "s6_bare": "black",
-           "esn": "tab:purple"}
-_PALETTE = ["tab:pink", "rosybrown", "navy", "lightseagreen", "orchid", "peru", "slategray"]
+           "minlstm": "tab:brown", "mingru_block": "tab:pink", "minlstm_block": "rosybrown",
+           "lru": "tab:cyan", "lru_ring": "tab:gray", "lru_real": "tab:olive",
+           "lru_block": "navy", "mamba": "darkgoldenrod", "s6_bare": "black",
+           "mamba_lin": "gold", "s6_bare_lin": "slategray", "esn": "tab:purple"}
+_PALETTE = ["lightseagreen", "orchid", "peru", "darkred", "teal", "indigo", "olivedrab"]
 ARCH_COLORS = {**_COLORS, **{a: _PALETTE[i % len(_PALETTE)]
                              for i, a in enumerate(a for a in ARCH_ORDER if a not in _COLORS)}}
 """One colour per arch in every figure, the same whatever cells join: the built-in cells' own,
