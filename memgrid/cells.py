@@ -363,6 +363,11 @@ LRU_REAL = Cell("lru_real", lambda m, c: {"nu_log": (c,), "gamma_log": (c,), "b"
 #   the next layer's input projection or the readout, which read the c channels linearly. The
 #   convolution's window (the last MAMBA_CONV - 1 values of x) is state: N = c (n + 3).
 # - `s6_bare`: the SSM alone after an affine projection, v = W_in u + b_in: N = c n.
+# `mamba_complex` is `mamba` with the complex SSM of Mamba's ablations of A, as the reference
+# selective scan of state-spaces/mamba (`selective_scan_ref`) runs it: A = -exp(A_log) + i A_im,
+# started on S4D-Lin, A_k = -1/2 + i pi k (k = 0..n-1); B and C complex, each from 2n of x_proj's
+# outputs (real and imaginary parts side by side); h_j' = exp(delta_j A) h_j + delta_j B v_j,
+# y_j = 2 Re(C . h_j) + D_j v_j. The n complex states are 2n real numbers: N = c (2n + 3).
 S6_STATE = 4
 """n: the state numbers per channel of the SSM (Mamba's d_state)"""
 MAMBA_CONV = 4
@@ -387,13 +392,25 @@ def _mamba_weights(m: int, c: int) -> Shapes:
             **_ssm_weights(c)}
 
 
+def _mamba_complex_weights(m: int, c: int) -> Shapes:
+    """`mamba`'s, with 2n rows of W_x for each of the complex B and C, and A's imaginary part."""
+    return {**_mamba_weights(m, c), "w_x": (_dt_rank(c) + 4 * S6_STATE, c),
+            "a_im": (c, S6_STATE)}
+
+
 def s6_init(a_init: str):
     """The selective SSM's init with A started on `a_init`: ``real`` (S4D-real, A = -(1..n),
-    Mamba's) or ``lin`` (the real part of S4D-Lin, A = -1/2)."""
+    Mamba's), ``lin`` (the real part of S4D-Lin, A = -1/2) or ``complex`` (S4D-Lin, A_k = -1/2 +
+    i pi k, k = 0..n-1)."""
     def init(name, shape, m, c, draw, drawn):
-        if name == "a_log" and a_init == "lin":
-            return drawn["w_in"].new_full((drawn["w_in"].shape[0], math.prod(shape)),
-                                          math.log(0.5))
+        import torch
+
+        w_in = drawn.get("w_in")
+        if name == "a_log" and a_init in ("lin", "complex"):
+            return w_in.new_full((w_in.shape[0], math.prod(shape)), math.log(0.5))
+        if name == "a_im":
+            a = math.pi * torch.arange(S6_STATE, dtype=w_in.dtype)
+            return a.repeat(c).expand(w_in.shape[0], -1).clone()
         return _s6_init(name, shape, m, c, draw, drawn)
     return init
 
@@ -419,10 +436,12 @@ def _s6_init(name, shape, m, c, draw, drawn):
 
 def _ssm_inputs(w, v):
     """delta, B, C of the SSM from its input v: `(K, c, B)` -> `(K, c, B)`, `(K, n, B)` x 2
-    (one step), or `(K, T, c, B)` -> `(K, T, ...)` (every step at once)."""
+    (one step), or `(K, T, c, B)` -> `(K, T, ...)` (every step at once); n: half of W_x's rows
+    after delta's (2 S6_STATE for a complex B and C)."""
     import torch.nn.functional as F
 
-    r, n = w["w_dt"].shape[-1], S6_STATE
+    r = w["w_dt"].shape[-1]
+    n = (w["w_x"].shape[-2] - r) // 2
     if v.dim() == 4:
         dbc = affine_steps(w["w_x"], None, v)                            # (K, T, r + 2n, B)
         delta = F.softplus(affine_steps(w["w_dt"], w["b_dt"], dbc[:, :, :r]))
@@ -434,18 +453,40 @@ def _ssm_inputs(w, v):
     return delta, dbc[:, r:r + n], dbc[:, r + n:]
 
 
-def _ssm_step(w, h, v, delta, b_sel, c_sel):
-    """One step of the SSM: h `(K, c * n, B)` (channel-major), v and delta `(K, c, B)`, B and C
-    `(K, n, B)` -> (y `(K, c, B)`, h)."""
+def _ssm_step(w, state, v, delta, b_sel, c_sel):
+    """One step of the SSM: state (h,), h `(K, c * n, B)` (channel-major), v and delta
+    `(K, c, B)`, B and C `(K, n, B)` -> (y `(K, c, B)`, (h,))."""
     import torch
 
+    (h,) = state
     K, _, B = h.shape
     c, n = v.shape[1], S6_STATE
     a = -torch.exp(w["a_log"])[:, :, :, None]                            # (K, c, n, 1)
     h = h.view(K, c, n, B)
     h = torch.exp(delta[:, :, None] * a) * h + (delta * v)[:, :, None] * b_sel[:, None]
     y = (h * c_sel[:, None]).sum(2) + w["d"][:, :, None] * v
-    return y, h.reshape(K, c * n, B)
+    return y, (h.reshape(K, c * n, B),)
+
+
+def _ssm_step_complex(w, state, v, delta, b_sel, c_sel):
+    """One step of the complex SSM: state (re, im) of h, each `(K, c * n, B)`; B and C
+    `(K, 2n, B)`, each number's real and imaginary parts side by side -> (y, (re, im)),
+    y = 2 Re(C . h) + D v."""
+    import torch
+
+    re, im = state
+    K, _, B = re.shape
+    c, n = v.shape[1], S6_STATE
+    dt = delta[:, :, None]                                               # (K, c, 1, B)
+    decay = torch.exp(dt * -torch.exp(w["a_log"])[:, :, :, None])        # |exp(delta A)|
+    angle = dt * w["a_im"][:, :, :, None]
+    a_re, a_im = decay * torch.cos(angle), decay * torch.sin(angle)
+    re, im, dv = re.view(K, c, n, B), im.view(K, c, n, B), (delta * v)[:, :, None]
+    b_re, b_im = b_sel[:, None, 0::2], b_sel[:, None, 1::2]
+    re, im = a_re * re - a_im * im + dv * b_re, a_re * im + a_im * re + dv * b_im
+    y = 2 * (re * c_sel[:, None, 0::2] - im * c_sel[:, None, 1::2]).sum(2) \
+        + w["d"][:, :, None] * v
+    return y, (re.reshape(K, c * n, B), im.reshape(K, c * n, B))
 
 
 def _s6_pre(w, us):
@@ -454,42 +495,48 @@ def _s6_pre(w, us):
 
 
 def _s6_recur(w, pre, state):
-    (h,), (v, delta, b_sel, c_sel) = state, pre
-    y, h = _ssm_step(w, h, v, delta, b_sel, c_sel)
-    return y, (h,)
+    return _ssm_step(w, state, *pre)                                    # pre: v, delta, B, C
 
 
 def _mamba_pre(w, us):
     return (affine_steps(w["w_in"], w["b_in"], us),)                    # [x, z]: (K, T, 2c, B)
 
 
-def _mamba_recur(w, pre, state):
-    """The convolution reads the window held in the state, so that a sequence that starts
-    late (its earlier steps masked) sees zeros before its first input, as Mamba's zero-padded
-    convolution does."""
-    import torch
-    import torch.nn.functional as F
+def _mamba_recur(ssm_step):
+    """The block's step around the SSM's (:func:`_ssm_step` or :func:`_ssm_step_complex`),
+    whose states come first, the window last. The convolution reads the window held in the
+    state, so that a sequence that starts late (its earlier steps masked) sees zeros before its
+    first input, as Mamba's zero-padded convolution does."""
+    def recur(w, pre, state):
+        import torch
+        import torch.nn.functional as F
 
-    (h, win), (xz,) = state, pre                       # win: (K, c * (MAMBA_CONV - 1), B)
-    K, _, B = h.shape
-    c = xz.shape[1] // 2
-    x, z = xz[:, :c], xz[:, c:]
-    taps = torch.cat([win.view(K, c, MAMBA_CONV - 1, B), x[:, :, None]], 2)   # oldest first
-    v = F.silu((taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None])
-    y, h = _ssm_step(w, h, v, *_ssm_inputs(w, v))
-    out = y * F.silu(z)
-    return out, (h, taps[:, :, 1:].reshape(K, c * (MAMBA_CONV - 1), B))
+        (*h, win), (xz,) = state, pre                  # win: (K, c * (MAMBA_CONV - 1), B)
+        K, _, B = win.shape
+        c = xz.shape[1] // 2
+        x, z = xz[:, :c], xz[:, c:]
+        taps = torch.cat([win.view(K, c, MAMBA_CONV - 1, B), x[:, :, None]], 2)  # oldest first
+        v = F.silu((taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None])
+        y, h = ssm_step(w, tuple(h), v, *_ssm_inputs(w, v))
+        out = y * F.silu(z)
+        return out, (*h, taps[:, :, 1:].reshape(K, c * (MAMBA_CONV - 1), B))
+    return recur
 
 
 _S6 = dict(weights=_s6_weights, pre=_s6_pre, recur=_s6_recur, state_rows=lambda c: (c * S6_STATE,),
            read=lambda out, state: state[0], units=lambda c: c * S6_STATE)
-_MAMBA = dict(weights=_mamba_weights, pre=_mamba_pre, recur=_mamba_recur,
+_MAMBA = dict(weights=_mamba_weights, pre=_mamba_pre, recur=_mamba_recur(_ssm_step),
               state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)), read=all_states,
               units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
 S6_BARE = Cell("s6_bare", init=s6_init("real"), label="S6 (bare)", **_S6)
 MAMBA = Cell("mamba", init=s6_init("real"), label="Mamba (S6 block)", **_MAMBA)
-S6_BARE_LIN = Cell("s6_bare_lin", init=s6_init("lin"), label="S6 (bare, S4D-Lin)", **_S6)
-MAMBA_LIN = Cell("mamba_lin", init=s6_init("lin"), label="Mamba (S4D-Lin)", **_MAMBA)
+S6_BARE_LIN = Cell("s6_bare_lin", init=s6_init("lin"), label="S6 (bare, real S4D-Lin)", **_S6)
+MAMBA_LIN = Cell("mamba_lin", init=s6_init("lin"), label="Mamba (real S4D-Lin)", **_MAMBA)
+MAMBA_COMPLEX = Cell("mamba_complex", _mamba_complex_weights, pre=_mamba_pre,
+                     recur=_mamba_recur(_ssm_step_complex), init=s6_init("complex"),
+                     state_rows=lambda c: (c * S6_STATE, c * S6_STATE, c * (MAMBA_CONV - 1)),
+                     read=all_states, units=lambda c: c * (2 * S6_STATE + MAMBA_CONV - 1),
+                     label="Mamba (complex, S4D-Lin)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +681,8 @@ LRU_BLOCK = Cell("lru_block", _lru_block_weights, pre=_block_pre, recur=_lru_blo
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, MINGRU_BLOCK,
                                                 MINLSTM_BLOCK, LRU, LRU_RING, LRU_REAL, LRU_BLOCK,
-                                                MAMBA, S6_BARE, MAMBA_LIN, S6_BARE_LIN)}
+                                                MAMBA, S6_BARE, MAMBA_LIN, MAMBA_COMPLEX,
+                                                S6_BARE_LIN)}
 """Every trained arch by name, in the order lists show them."""
 GATES = {n: c.weights(1, 1)["w_ih"][0] for n, c in CELLS.items() if c.fast}
 """Gates of the cells with fast paths (rows of their fused weights per unit: 1, 4, 3)."""

@@ -187,7 +187,7 @@ def test_blocks_init_is_the_published_modules(arch):
         assert bound * 0.8 < a[n].abs().max() <= bound, n
 
 
-@pytest.mark.parametrize("arch", [*BLOCKS, "lru_block", "mamba"])
+@pytest.mark.parametrize("arch", [*BLOCKS, "lru_block", "mamba", "mamba_complex"])
 def test_a_late_sequence_runs_as_alone(arch):
     """A sequence that starts late in a packed batch (its earlier steps masked) gives what it
     gives alone from its first step (float64): the convolution's window holds zeros, not the
@@ -438,6 +438,79 @@ def test_mamba_is_mambapys_block(pscan):
                                            rtol=1e-4, msg=f"{n}.{i}")
 
 
+def _mamba_complex_layer(w, u):
+    """One `mamba_complex` layer of one member from the equations of state-spaces/mamba's
+    selective_scan_ref for a complex A, in complex arithmetic, step by step: u `(T, m)` ->
+    `(T, c)`. B and C take x_proj's outputs in (real, imaginary) pairs; y = 2 Re(C . h)."""
+    F = torch.nn.functional
+    c, width = w["w_conv"].shape
+    n, r = w["a_log"].shape[1], w["w_dt"].shape[1]
+    x, z = (u @ w["w_in"].T + w["b_in"]).chunk(2, -1)
+    x = torch.cat([x.new_zeros(width - 1, c), x])                     # zero-padded, causal
+    A = torch.complex(-torch.exp(w["a_log"]), w["a_im"])
+    h, ys = torch.zeros(c, n, dtype=torch.complex128), []
+    for t in range(u.shape[0]):
+        v = F.silu((x[t:t + width].T * w["w_conv"]).sum(-1) + w["b_conv"])
+        dbc = w["w_x"] @ v
+        delta = F.softplus(w["w_dt"] @ dbc[:r] + w["b_dt"])
+        bc = dbc[r:].reshape(2, n, 2)                                 # [B, C], (re, im) pairs
+        B, C = torch.complex(bc[..., 0], bc[..., 1])
+        h = torch.exp(delta[:, None] * A) * h + (delta * v)[:, None] * B
+        ys.append(((h @ C).real * 2 + w["d"] * v) * F.silu(z[t]))
+    return torch.stack(ys)
+
+
+def test_mamba_complex_is_the_reference_complex_scan():
+    """A packed 2-layer `mamba_complex` equals `mamba`'s block with the complex selective scan
+    of state-spaces/mamba's reference, written with torch complex numbers (float64): the last
+    layer's output at the last step and every parameter's gradient."""
+    layers, cells = 2, 4
+    params, b, y = _packed("mamba_complex", 6, 2, 3, layers, cells)
+    y.pow(2).sum().backward()
+    for k in range(2):
+        ref_w = {n: v.detach()[k].clone().requires_grad_() for n, v in params.items()}
+        outs = []
+        for j in range(b.x.shape[1]):
+            h = b.x[k, j].double()[:, None]                                  # (T, 1)
+            for i in range(layers):
+                h = _mamba_complex_layer({n.split(".")[0]: v for n, v in ref_w.items()
+                                          if n.endswith(f".{i}")}, h)
+            outs.append(h[-1].sum())
+        ref = torch.stack(outs)
+        torch.testing.assert_close(y[k].detach(), ref, atol=1e-10, rtol=1e-10)
+        ref.pow(2).sum().backward()
+        for n, v in ref_w.items():
+            torch.testing.assert_close(params[n].grad[k], v.grad, atol=1e-10, rtol=1e-10, msg=n)
+
+
+def test_mamba_complex_starts_a_on_s4d_lin():
+    """A starts on S4D-Lin, -1/2 + i pi k for state k = 0..n-1 of every channel; every other
+    parameter is `mamba`'s draw: in a 1-layer stack from the same seed (W_x's first rows, the
+    same stream), in a deeper layer (m = c) from the same stream."""
+    from memgrid.cells import S6_STATE
+
+    seeds, cells = torch.tensor([3, 4]), 5
+    cplx = init_params("mamba_complex", 2, cells, "sum", seeds)
+    for i in range(2):
+        assert torch.equal(-torch.exp(cplx[f"a_log.{i}"]), torch.full((2, cells, S6_STATE), -0.5))
+        torch.testing.assert_close(cplx[f"a_im.{i}"], torch.tensor(
+            [math.pi * k for k in range(S6_STATE)]).expand(2, cells, -1))
+    one = init_params("mamba", 1, cells, "sum", seeds)
+    assert set(one) | {"a_im.0"} == {n for n in cplx if n.endswith(".0")}
+    for n in one:
+        if not n.startswith("a_log"):
+            assert torch.equal(cplx[n][:, :one[n].shape[1]], one[n]), n
+    assert cplx["w_x.0"].shape[1] == one["w_x.0"].shape[1] + 2 * S6_STATE
+    drawn = {}
+    for i, (n, shape) in enumerate(CELLS["mamba_complex"].weights(cells, cells).items()):
+        def draw(count, i=i):                                   # a fresh stream per parameter
+            return torch.rand(2, count, generator=torch.Generator().manual_seed(i))
+        v = CELLS["mamba_complex"].init(n, shape, cells, cells, draw, drawn)
+        if n not in ("w_x", "a_log", "a_im"):
+            assert torch.equal(v, CELLS["mamba"].init(n, shape, cells, cells, draw, drawn)), n
+        drawn[n] = v
+
+
 @pytest.mark.parametrize("pscan", [False, True])
 def test_s6_bare_is_mambapys_selective_scan(pscan):
     """A packed 2-layer `s6_bare` equals mambapy's MambaBlock.ssm (sequential loop and
@@ -523,6 +596,9 @@ def test_fast_paths_compute_the_definition(arch, grad):
     ("s6_bare", 1, 20, "sum", 20 + 20 + (2 + 8) * 20 + 20 * 2 + 20 + 20 * 4 + 20),  # dt_rank 2
     ("mamba", 2, 3, "linear", (6 + 6 + 12 + 3 + 9 * 3 + 3 + 3 + 12 + 3)
                               + (18 + 6 + 12 + 3 + 9 * 3 + 3 + 3 + 12 + 3) + 3 + 1),
+    # mamba's, with x_proj's 2n more rows (B and C complex) and A's imaginary part (c x n)
+    ("mamba_complex", 2, 3, "linear", (6 + 6 + 12 + 3 + 17 * 3 + 3 + 3 + 2 * 12 + 3)
+                                      + (18 + 6 + 12 + 3 + 17 * 3 + 3 + 3 + 2 * 12 + 3) + 3 + 1),
     # input projection, depthwise and 1x1 convolutions, RMSNorm, rnn (2 or 3 c x c), RMSNorm, FF
     ("mingru_block", 1, 5, "sum", (5 + 5) + (15 + 5) + (25 + 5) + 5 + 50 + 5
                                   + (100 + 20 + 100 + 5)),
