@@ -14,6 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tune_configs"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """What trains inside the test process trains on one torch thread, as each trial does (Ray
+    gives a trial one CPU): on the tests' small tensors a second thread adds only its
+    synchronisation, which on a busy machine costs many times the arithmetic."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def write_grid(path: Path, **sections) -> Path:
     """A grid file from sections (axes=..., train=..., ...)."""
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
