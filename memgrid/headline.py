@@ -68,7 +68,8 @@ BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
                  ("fig6_rnn_tuned", "fig6_tuned_budget_check_wide-2x", "2x"),
                  ("budget_check", "budget_check-4x", "4x"),
                  (MAMBA, "mamba_budget_check-2x", "2x"),
-                 (TODAY, "today_cells_budget_check-2x", "2x"))
+                 (TODAY, "today_cells_budget_check-2x", "2x"),
+                 (TODAY, "today_cells_lru_budget_check-2x", "2x"))
 """(run at the protocol's budget, the same configurations at a larger one, the factor)"""
 HEADLINE = [("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
             ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 20),
@@ -478,7 +479,7 @@ def today_figure() -> Path:
 
     df = points(TODAY)
     df = df[df["arch"].isin(today_archs()["done"])]
-    check = budget_check(df, points("today_cells_budget_check-2x"))
+    check = budget_check(df, pd.concat([points(c) for b, c, _ in BUDGET_CHECKS if b == TODAY]))
     lim = limits_with_seeds(df).reset_index(drop=True)
     marks = dict(zip(lim[KEYS].itertuples(index=False, name=None), check_marks(lim, check)))
     png = save(plot_limit_per_cell(df, converged=marks), FIGURE.parent, FIGURE.stem)

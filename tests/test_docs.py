@@ -340,8 +340,9 @@ def test_reproduction_statements_hold_on_the_data():
     assert list(two["limit"][3:]) == [30, 30] and two["censored"][3:].all()
     assert "Its tuning chose 0.003 or 0.01" in text
     assert set(today[today["arch"] == "lru"]["lr"]) == {0.003, 0.01}
-    assert "These limits are not checked at twice the budget yet" in text
-    assert "lru" not in set(headline.points("today_cells_budget_check-2x")["arch"])
+    assert "every one of its 10 limits stays within its seeds' spread, the two past p = 30" in text
+    marks = headline.convergence({"today_cells"})
+    assert len(lru_t) == 10 and all(marks[("lru", *k)].startswith("yes") for k in lru_t.index)
     assert "**The same unit with real lambda holds 2 to 4.**" in text
     real = lim.loc["lru_real"]
     assert "holds 2 positions with one layer at every size from N = 2 to N = 10" in text

@@ -100,10 +100,11 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
            "fig8_lstm-paper", "new_cells", "fig9_rnn_fixed", "fig8_gru", "fig8_lstm",
            "big_stack_check-noplateau", "depth_lr_check", "gated_lr_check",
            "fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "fig6_tuned_budget_check_wide-2x",
-           "mamba_check", "mamba_budget_check-2x", "lru_check", "today_cells_budget_check-2x"]
+           "mamba_check", "mamba_budget_check-2x", "lru_check", "today_cells_budget_check-2x",
+           "today_cells_lru_budget_check-2x"]
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
-SHIPPED_PARTLY: list[str] = ["fig6_rnn", "today_cells", "today_cells_lru_budget_check-2x"]
+SHIPPED_PARTLY: list[str] = ["fig6_rnn", "today_cells"]
 """docs/data's folders of grids that hold only some of their points (runs still under way)"""
 
 
