@@ -498,28 +498,37 @@ def _s6_recur(w, pre, state):
     return _ssm_step(w, state, *pre)                                    # pre: v, delta, B, C
 
 
+def causal_conv(win: Tensor, x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """A causal depthwise convolution of width W (w `(K, c, W)`, b `(K, c)`) at one step: x
+    `(K, c, B)` and the window of the W - 1 inputs before it `(K, c (W - 1), B)`, oldest first,
+    held in the state -> (its output `(K, c, B)`, the next window). The window starts at zeros,
+    so that a sequence that starts late (its earlier steps masked) sees zeros before its first
+    input, as a zero-padded convolution does."""
+    import torch
+
+    K, c, B = x.shape
+    width = w.shape[-1]
+    taps = torch.cat([win.view(K, c, width - 1, B), x[:, :, None]], 2)
+    return ((taps * w[:, :, :, None]).sum(2) + b[:, :, None],
+            taps[:, :, 1:].reshape(K, c * (width - 1), B))
+
+
 def _mamba_pre(w, us):
     return (affine_steps(w["w_in"], w["b_in"], us),)                    # [x, z]: (K, T, 2c, B)
 
 
 def _mamba_recur(ssm_step):
     """The block's step around the SSM's (:func:`_ssm_step` or :func:`_ssm_step_complex`),
-    whose states come first, the window last. The convolution reads the window held in the
-    state, so that a sequence that starts late (its earlier steps masked) sees zeros before its
-    first input, as Mamba's zero-padded convolution does."""
+    whose states come first, the convolution's window (:func:`causal_conv`) last."""
     def recur(w, pre, state):
-        import torch
         import torch.nn.functional as F
 
-        (*h, win), (xz,) = state, pre                  # win: (K, c * (MAMBA_CONV - 1), B)
-        K, _, B = win.shape
+        (*h, win), (xz,) = state, pre
         c = xz.shape[1] // 2
-        x, z = xz[:, :c], xz[:, c:]
-        taps = torch.cat([win.view(K, c, MAMBA_CONV - 1, B), x[:, :, None]], 2)  # oldest first
-        v = F.silu((taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None])
+        conv, win = causal_conv(win, xz[:, :c], w["w_conv"], w["b_conv"])
+        v = F.silu(conv)
         y, h = ssm_step(w, tuple(h), v, *_ssm_inputs(w, v))
-        out = y * F.silu(z)
-        return out, (*h, taps[:, :, 1:].reshape(K, c * (MAMBA_CONV - 1), B))
+        return y * F.silu(xz[:, c:]), (*h, win)
     return recur
 
 
@@ -590,24 +599,19 @@ def _block_pre(w, us):
 
 
 def _block_recur(rnn_pre, rnn_recur):
-    """The rest of a block's step around the rnn's pre and recur: the convolution reads the
-    window held in the state, so that a sequence that starts late sees zeros before its first
-    input, as minLM's zero-padded convolution does."""
+    """The rest of a block's step around the rnn's pre and recur, the convolution's window
+    (:func:`causal_conv`) held in the state after the rnn's."""
     def recur(w, pre, state):
-        import torch
         import torch.nn.functional as F
 
-        (h, win), (x,) = state, pre                    # win: (K, c * (BLOCK_CONV - 1), B)
-        K, c, B = x.shape
-        taps = torch.cat([win.view(K, c, BLOCK_CONV - 1, B), x[:, :, None]], 2)  # oldest first
-        x = affine(w["w_mix"], w["b_mix"],
-                   (taps * w["w_conv"][:, :, :, None]).sum(2) + w["b_conv"][:, :, None]) + x
+        (h, win), (x,) = state, pre
+        conv, win = causal_conv(win, x, w["w_conv"], w["b_conv"])
+        x = affine(w["w_mix"], w["b_mix"], conv) + x
         gates = rnn_pre(w, _rms_norm(x, w["norm_rnn"])[:, None])
         y, (h,) = rnn_recur(w, tuple(v[:, 0] for v in gates), (h,))
         x = y + x
         ff = F.gelu(affine(w["w_ff1"], w["b_ff1"], _rms_norm(x, w["norm_ff"])))
-        x = affine(w["w_ff2"], w["b_ff2"], ff) + x
-        return x, (h, taps[:, :, 1:].reshape(K, c * (BLOCK_CONV - 1), B))
+        return affine(w["w_ff2"], w["b_ff2"], ff) + x, (h, win)
     return recur
 
 

@@ -185,11 +185,11 @@ def headline() -> str:
     rows += [r for r in NEW_HEADLINE if r[1] not in today]
     if today:
         new[TODAY] = limits(points(TODAY)).set_index(KEYS)
+    own = {folder: convergence({folder}) for folder in new}          # each run's own checks
     for folder, arch, l, c in sorted(rows, key=lambda r: list(CELLS).index(r[1])):
         a = new[folder].loc[(arch, l, c)]
-        mark = convergence({folder}).get((arch, l, c), "not checked")     # its own run's checks
         lines.append(f"| {label(arch)} | {l} | {c} | {a['units']} | {a['bound']} | {_cell(a)} | "
-                     f"| {mark} |")
+                     f"| {own[folder].get((arch, l, c), 'not checked')} |")
     return "\n".join(lines)
 
 
