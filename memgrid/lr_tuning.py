@@ -92,21 +92,31 @@ def measured_points(points: list[Point], chosen: dict[tuple, float]) -> list[Poi
     return [replace(p, lr=chosen[p.pack_key]) for p in points]
 
 
-def grid_points(grid: Grid, out: str, points: list[Point] | None = None, partial: bool = False
-                ) -> list[Point] | None:
-    """The points `grid` stores in `out` (or those of `points`, some of the grid's): its own,
-    or for a grid with `tune_lr` the same at the learning rate its tuning run chose per
-    configuration. None while that run is incomplete for any of them; `partial`: the points of
-    the configurations whose tuning is complete at their rates, the others as the grid has them
-    (at a rate not chosen yet: no stored point is theirs)."""
-    points = grid.points() if points is None else points
-    if grid.tune_lr is None:
-        return points
+def tuned_points(grid: Grid, out: str, points: list[Point]) -> tuple[list[Point], list[Point]]:
+    """`points` (some of those of `grid`, a grid with `tune_lr`) in two lists: those whose
+    configuration's tuning run in `out` is complete, at the rate it chose; and the others, as
+    the grid has them (at a rate not chosen yet: no stored point is theirs)."""
     tuned = tuning_points(points, grid.tune_lr)
     rows = read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
     have = {r["point_id"] for r in rows}
     open_keys = {p.pack_key for p in tuned if p.point_id not in have}
-    if open_keys and not partial:
-        return None
     chosen = choose_lr(rows, [p for p in tuned if p.pack_key not in open_keys])
-    return [replace(p, lr=chosen[p.pack_key]) if p.pack_key in chosen else p for p in points]
+    ready = [replace(p, lr=chosen[p.pack_key]) for p in points if p.pack_key in chosen]
+    return ready, [p for p in points if p.pack_key not in chosen]
+
+
+def grid_points(grid: Grid, out: str, points: list[Point] | None = None, partial: bool = False
+                ) -> list[Point] | None:
+    """The points `grid` stores in `out` (or those of `points`, some of the grid's): its own,
+    or for a grid with `tune_lr` the same at the learning rate its tuning run chose per
+    configuration (:func:`tuned_points`). None while that run is incomplete for any of them;
+    `partial`: the points of the configurations whose tuning is complete at their rates, the
+    others as the grid has them, in the order of `points`."""
+    points = grid.points() if points is None else points
+    if grid.tune_lr is None:
+        return points
+    ready, waiting = tuned_points(grid, out, points)
+    if waiting and not partial:
+        return None
+    untuned, at_rate = {p.point_id for p in waiting}, iter(ready)
+    return [p if p.point_id in untuned else next(at_rate) for p in points]

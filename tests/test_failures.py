@@ -389,7 +389,7 @@ def _faulty_trainer():
     """Ray's worker setup hook: in each worker, PackTrainer first reads the counter in
     $MEMGRID_TEST_FAULTS/calls, adds one, and then, as $MEMGRID_TEST_FAULTS/mode says, ends its
     worker process at the first call ("die": the worker lost, as when its node dies) or raises
-    at every call ("raise": the training's own error)."""
+    at every call ("raise": the training's own error; "raise ARCH": for packs of ARCH only)."""
     import os
     from pathlib import Path
 
@@ -403,44 +403,82 @@ def _faulty_trainer():
         mode = (folder / "mode").read_text()
         if mode == "die" and calls == 1:
             os._exit(1)
-        if mode == "raise":
+        if mode == "raise" or mode == f"raise {args[0][0].arch}":
             raise ValueError("a bug in the training")
         init(self, *args, **kwargs)
 
     train.PackTrainer.__init__ = faulty_init
 
 
+@pytest.fixture(scope="module")
+def faulty_ray(tmp_path_factory):
+    """A local Ray whose workers run :func:`_faulty_trainer`, and the folder that drives it."""
+    ray = pytest.importorskip("ray")
+    faults = tmp_path_factory.mktemp("faults")
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # the hook's module
+    ray.init(num_cpus=1, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": _faulty_trainer,
+                          "env_vars": {"PYTHONPATH": path, "MEMGRID_TEST_FAULTS": str(faults)}})
+    try:
+        yield faults
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow
 def test_points_of_a_trial_lost_with_its_worker_train_in_another_round(tmp_path, tiny_grid,
-                                                                       monkeypatch, capsys):
+                                                                       faulty_ray, capsys):
     """When a node dies, its trial's dead actor can report the loss twice and Tune ends the
     trial for good at the second report (memgrid.run.driver.lost_worker), which a real cluster test
     meets only by chance. Here the loss is made by construction: with no retries by Tune
     (max_failures=0), the one pack's worker ends itself at its first call, Tune gives the trial
     up, and the next round trains its points. A training that raises gets no second round."""
-    ray = pytest.importorskip("ray")
     from memgrid.run.driver import run_points
 
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    monkeypatch.setenv("MEMGRID_TEST_FAULTS", str(faults))
+    faults = faulty_ray
     grid = load_grid(tiny_grid)
     points = [p for p in grid.points() if p.arch == "rnn" and p.position == 1]   # one pack
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # the hook's module
-    ray.init(num_cpus=1, include_dashboard=False,
-             runtime_env={"worker_process_setup_hook": _faulty_trainer,
-                          "env_vars": {"PYTHONPATH": path}})
-    try:
-        for mode, want_calls, want_done, want_failed in (("die", 2, len(points), 0),
-                                                         ("raise", 1, 0, 1)):
-            out = str(tmp_path / mode)
-            prepare_out(grid, out)
-            (faults / "calls").write_text("0")
-            (faults / "mode").write_text(mode)
-            summary = run_points(grid, points, out, address="local", max_failures=0)
-            assert int((faults / "calls").read_text()) == want_calls, mode
-            assert (summary["done"], summary["failed_trials"]) == (want_done, want_failed), mode
-            another = "[tiny] 1 trial lost its worker: another round for the 4 points left"
-            assert (another in capsys.readouterr().err) == (mode == "die")
-    finally:
-        ray.shutdown()
+    for mode, want_calls, want_done, want_failed in (("die", 2, len(points), 0),
+                                                     ("raise", 1, 0, 1)):
+        out = str(tmp_path / mode)
+        prepare_out(grid, out)
+        (faults / "calls").write_text("0")
+        (faults / "mode").write_text(mode)
+        summary = run_points(grid, points, out, address="local", max_failures=0)
+        assert int((faults / "calls").read_text()) == want_calls, mode
+        assert (summary["done"], summary["failed_trials"]) == (want_done, want_failed), mode
+        another = "[tiny] 1 trial lost its worker: another round for the 4 points left"
+        assert (another in capsys.readouterr().err) == (mode == "die")
+
+
+@pytest.mark.slow
+def test_a_failed_tuning_trial_holds_back_its_configuration_only(tmp_path, faulty_ray, capsys):
+    """A tuned grid whose RNN tuning pack fails for good (no retries by Tune): the GRU after it
+    is still tuned and measured, the RNN's points wait and are named, and the next run, the
+    fault gone, tunes and measures them, each point stored once."""
+    from memgrid.run.driver import run_grid
+
+    grid = load_grid(write_grid(
+        tmp_path / "tuned.yaml", name="tuned",
+        axes={"arch": ["rnn", "gru"], "layers": [1], "cells": [2], "position": "1..2",
+              "seed": "0..1"},
+        tune_lr={"candidates": [0.003, 0.03], "seeds": [1000], "eta": 2, "rungs": 1},
+        task={"q_min": 4, "q_max": 6},
+        train={"max_epochs": 40, "eval_size": 128, "eval_every": 20, "batch_size": 32}))
+    out = str(tmp_path / "res")
+    prepare_out(grid, out)
+    (faulty_ray / "calls").write_text("0")
+    (faulty_ray / "mode").write_text("raise rnn")
+    first = run_grid(grid, out, address="local", max_failures=0)
+    said = capsys.readouterr().err
+    assert "[tuned] rnn: 4 points wait for a learning rate: a failed tuning trial" in said
+    assert said.index("rnn: 4 points wait") < said.index("(gru: tuning lr)")
+    stored = pd.read_parquet(f"{out}/points")
+    assert first["failed_trials"] == 1 and first["done"] == 4 == len(stored)
+    assert set(stored["arch"]) == {"gru"} and stored["lr_source"].str.startswith("tuned").all()
+    (faulty_ray / "mode").write_text("")
+    second = run_grid(grid, out, address="local", max_failures=0)
+    assert "wait for a learning rate" not in capsys.readouterr().err
+    stored = pd.read_parquet(f"{out}/points")
+    assert (second["done"], second["failed_trials"], len(stored)) == (8, 0, 8)
+    assert stored["point_id"].is_unique and set(stored["arch"]) == {"rnn", "gru"}

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..config import Grid, Point, Resources
-from ..lr_tuning import LRTuning, grid_points, tuning_points
+from ..lr_tuning import LRTuning, tuned_points, tuning_points
 from ..packs import pack_cost, pack_id, pack_spec, plan_packs, spec_pack_id
 from ..processes import (SIGNALS, Interrupted, catch_signals, catching, descendants, end_processes,
                          signals_held)
@@ -124,7 +124,9 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
     (memgrid.lr_tuning): the arch's tuning run into `<out>/tuning` (every candidate learning
     rate on the tuning seeds, successive halving inside each configuration's pack), then its
     own points at the chosen rates into `out`. A long run stopped part way leaves whole archs
-    measured; every phase resumes: a second run skips what either phase stored.
+    measured; every phase resumes: a second run skips what either phase stored. The points of
+    a configuration whose tuning a failed trial left incomplete wait for the next run; the
+    rest of the grid goes on.
     """
     if grid.n_points >= NOTICE_POINTS and not kwargs.get("quiet"):
         say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
@@ -142,11 +144,15 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
                            f"{out.rstrip('/')}/{TUNING}", halving=grid.tune_lr,
                            label=f"{named}tuning lr", **kwargs)
         kwargs.pop("prepare", None)     # done by the first phase
-        points = grid_points(grid, out, stage)
-        if points is None:     # the tuning run did not finish: nothing more can be measured
-            return {**total, "failed_trials": total["failed_trials"] + first["failed_trials"]}
+        # a configuration whose tuning failed (a trial Tune gave up on) has no rate yet: its
+        # points wait for the next run; the arch's others and the next archs go on
+        points, waiting = tuned_points(grid, out, stage)
+        if waiting and not kwargs.get("quiet"):
+            say(f"[{grid.name}] {named}{plural(len(waiting), 'point')} wait for a learning rate: "
+                "a failed tuning trial left their configurations' tuning incomplete")
         done = run_points(grid, points, out, lr_source=grid.lr_source, label=arch if named else "",
                           **kwargs)
+        total["failed_trials"] += first["failed_trials"]
         for k in ("done_before", "done", "trained", "packs", "failed_trials"):
             total[k] += done[k]
         for k, n in done["stops"].items():
