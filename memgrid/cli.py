@@ -65,7 +65,22 @@ class _Commands(click.Group):
 
 REACH_S = 20.0
 """how long `status` and `analyze` wait for a results folder at a URI to answer at all (a
-bucket that does not exist: gs:// retries for many minutes)"""
+bucket that does not exist: gs:// retries for many minutes), unless $MEMGRID_REACH_S says"""
+
+
+def _reach_s() -> float:
+    """REACH_S, or the seconds in $MEMGRID_REACH_S (one line and exit status 2 if that is not a
+    positive number)."""
+    text = os.environ.get("MEMGRID_REACH_S", "")
+    if not text:
+        return REACH_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        _fail(f"MEMGRID_REACH_S: {text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _reach(uri: str, check) -> None:
@@ -83,11 +98,12 @@ def _reach(uri: str, check) -> None:
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             box["error"] = e
 
+    wait = _reach_s()
     t = threading.Thread(target=call, daemon=True)
     t.start()
-    t.join(REACH_S)
+    t.join(wait)
     if t.is_alive():
-        click.echo(f"memgrid: error: {uri}: no answer within {REACH_S:.0f} s (no such bucket, "
+        click.echo(f"memgrid: error: {uri}: no answer within {wait:g} s (no such bucket, "
                    "no network, or no credentials for it)", err=True)
         sys.stderr.flush()
         os._exit(EXIT_BAD_INPUT)

@@ -276,11 +276,16 @@ def test_a_folder_they_cannot_read_is_named_in_one_line(tmp_path, case, command)
 
 
 @pytest.mark.parametrize("command", ["status", "analyze"])
-def test_an_object_store_that_does_not_answer_ends_in_one_line(command):
+def test_an_object_store_that_does_not_answer_ends_in_one_line(command, monkeypatch):
     """gs:// retries a bucket that does not exist for many minutes (without a network: for
-    ever): the first look is given REACH_S seconds."""
+    ever): the first look is given REACH_S seconds, or $MEMGRID_REACH_S (here 3)."""
     args = ("--out", "/nonexistent/report") if command == "analyze" else ()
-    refused(memgrid_cli(command, "gs://nonexistent/x", *args, timeout=120), "gs://nonexistent/x")
+    monkeypatch.setenv("MEMGRID_REACH_S", "3")
+    refused(memgrid_cli(command, "gs://nonexistent/x", *args, timeout=120), "gs://nonexistent/x",
+            "no answer within 3 s")
+    monkeypatch.setenv("MEMGRID_REACH_S", "soon")
+    refused(memgrid_cli(command, "gs://nonexistent/x", *args, timeout=60), "MEMGRID_REACH_S",
+            "'soon' is not a positive number")
 
 
 def test_analyze_a_uri_needs_out(tmp_path):
