@@ -43,13 +43,19 @@ def _cells(arch: str, params: list[torch.Tensor]) -> int:
     return params[0].shape[1] // next(iter(CELLS[arch].weights(1, 1).values()))[0]
 
 
-def _build(dtype: torch.dtype) -> ctypes.CDLL:
+def defines(dtype: torch.dtype) -> list[str]:
+    """The C defines of the kernel for `dtype`: its real type, its symbols' suffix and the SSM's
+    sizes (from memgrid.cells)."""
     real, suffix = _VARIANTS[dtype]
+    return [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
+            f"-DCONVW={MAMBA_CONV}"]
+
+
+def _build(dtype: torch.dtype) -> ctypes.CDLL:
+    suffix = _VARIANTS[dtype][1]
     names = [f"memgrid_diag_{n}_{suffix}" for n in ("forward", "backward", "train_step",
                                                      "train_scratch", "aux_rows")]
-    defines = [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
-               f"-DCONVW={MAMBA_CONV}"]                    # the SSM's sizes, from memgrid.cells
-    lib = load_so(SRC, defines, f"diagonal_{suffix}", names)
+    lib = load_so(SRC, defines(dtype), f"diagonal_{suffix}", names)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     fwd, bwd, step, scratch, aux = (getattr(lib, n) for n in names)
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 5, i32
