@@ -358,6 +358,19 @@ def test_limit_per_cell_draws_each_cells_limits_against_its_n():
         plot_limit_per_cell(t.iloc[:0])
 
 
+def test_limit_per_cell_bars_the_seeds_range_where_the_mean_passes_every_seed():
+    """Seeds failing at different positions: their own limits 1, 2, 3, the mean's 4. The bar
+    spans the seeds' 1..3 and the marker sits at 4, above it."""
+    t = points({1: 0.01, 2: [0.06, 0.01, 0.01], 3: [0.01, 0.06, 0.01], 4: [0.01, 0.01, 0.06],
+                5: 0.3}, arch="rnn", cells=8, units=8)
+    (ax,) = plot_limit_per_cell(t).axes[:1]
+    (line,) = [line for line in ax.lines if line.get_gid()]
+    assert list(line.get_ydata()) == [4.0]
+    bars = [seg for c in ax.collections for seg in getattr(c, "get_segments", list)()
+            if len(seg) == 2 and seg[0][0] == seg[1][0]]                   # vertical segments
+    assert [sorted((float(seg[0][1]), float(seg[1][1]))) for seg in bars] == [[1.0, 3.0]]
+
+
 def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
     t = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),   # limit 1, p = 2 failed
                    points({1: 0.01, 2: 0.01}, cells=2),            # limit >= 2: p = 3 not run

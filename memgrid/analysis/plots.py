@@ -45,6 +45,14 @@ MarkerHalf = matplotlib.markers.MarkerStyle("o", fillstyle="left")
 """a half-filled circle: a limit no budget check covers, beside checked ones"""
 
 
+def _seed_range(ax, x, lim, **style) -> None:
+    """A bar at each x from the smallest to the largest of the seeds' own limits (columns
+    seed_limit_min and seed_limit_max of `lim`). It need not hold the limit of the mean loss,
+    which can pass every seed's own."""
+    lo, hi = lim["seed_limit_min"].to_numpy(float), lim["seed_limit_max"].to_numpy(float)
+    ax.errorbar(x, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", **style)
+
+
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, whatever backend the process has selected
@@ -318,9 +326,7 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
         if lim.empty:
             continue
         x = lim["units"] + shift[(arch, l)]
-        ax_lim.errorbar(x, lim["limit"], yerr=[lim["limit"] - lim["seed_limit_min"],
-                                               lim["seed_limit_max"] - lim["limit"]],
-                        fmt="none", ecolor=col, elinewidth=0.7, alpha=0.6, zorder=2)
+        _seed_range(ax_lim, x, lim, ecolor=col, elinewidth=0.7, alpha=0.6, zorder=2)
         ax_lim.scatter(x, lim["limit"], marker=mk, s=26, color=col, zorder=3)
         cens = lim["limit_censored"].to_numpy(dtype=bool)
         for xi, yi in zip(x[cens], lim["limit"][cens]):
@@ -403,8 +409,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
             dodge = 2 ** (0.05 * (archs.index(arch) - (len(archs) - 1) / 2))  # apart at one N
             x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
             ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
-            ax.errorbar(x, y, yerr=[y - lim["seed_limit_min"], lim["seed_limit_max"] - y],
-                        fmt="none", ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
+            _seed_range(ax, x, lim, ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
             cens = lim["limit_censored"].to_numpy(dtype=bool)
             state = np.array([marks.get((arch, l, c), "unchecked") for c in lim["cells"]])
             filled = ~cens & ((state == "converged") | (not checked))
