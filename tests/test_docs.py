@@ -362,6 +362,21 @@ def test_reproduction_statements_hold_on_the_data():
     assert "one layer passes N (12 at N = 8, 16 at N = 10)" in text
     above = rnn.loc[1][rnn.loc[1]["limit"] > rnn.loc[1]["units"]]
     assert list(zip(above["units"], above["limit"])) == [(8, 12), (10, 16)]
+    assert "**The GRU reaches its bound too, and passes it from c = 6.**" in text
+    gru = lim.loc["gru"]
+    assert "reaches N - (l - 1) at every size but two layers of 4 (9 of 10; there 6 against 7)" \
+        in text
+    short = gru[gru["limit"] < gru["bound"]]
+    assert len(gru) == 10 and list(short.index) == [(2, 4)]
+    assert tuple(short.iloc[0][["limit", "bound"]]) == (6, 7)
+    assert "one layer holds 7 positions at N = 6, 10 at N = 8 and 13 at" in text
+    assert "two layers hold 14 at N = 12 and 26 at N = 16 and 20" in text
+    above = gru[gru["limit"] > gru["bound"]]
+    assert [(l, u, lm) for (l, _), u, lm in zip(above.index, above["units"], above["limit"])] \
+        == [(1, 6, 7), (1, 8, 10), (1, 10, 13), (2, 12, 14), (2, 16, 26), (2, 20, 26)]
+    assert (above.index.get_level_values("cells") >= 6).all() and not above["censored"].any()
+    assert "No budget check covers the RNN's or the GRU's limits yet" in text
+    assert not any(k[0] in ("rnn", "gru") for k in marks)
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
