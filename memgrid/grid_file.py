@@ -152,7 +152,7 @@ def _check_value(source: str, where: str, v: Any) -> None:
     elif key in ("mc_low", "mc_high") and not math.isfinite(v):
         bad = f"must be a finite number, got {v}"
     elif key == "lr" and not (v > 0 and math.isfinite(v)):
-        bad = f"must be > 0, got {v}"
+        bad = f"must be a finite number > 0, got {v}"
     elif key in ("spectral_radius", "input_scaling") and not 0 < v <= ESN_SCALE_MAX:
         bad = f"must be in (0, {ESN_SCALE_MAX:g}], got {v}"
     elif key == "leak_rate" and not 0 < v <= 1:
@@ -162,7 +162,7 @@ def _check_value(source: str, where: str, v: Any) -> None:
     elif key in ("connectivity",) and not 0 < v <= 1:
         bad = f"must be in (0, 1], got {v}"
     elif key in ("solved_loss", "plateau_loss", "plateau_tol", "ridge") and not (v >= 0 and math.isfinite(v)):
-        bad = f"must be >= 0, got {v}"
+        bad = f"must be a finite number >= 0, got {v}"
     if bad:
         raise ConfigError(f"{_where(source, where)}: {bad}")
 
@@ -279,7 +279,7 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
         where = _where(source, "protocol")
     else:
         where = "command line: --protocol"
-    if protocol not in PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise ConfigError(f"{where}: unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
     tune_lr = _parse_tune_lr(source, raw.get("tune_lr", PROTOCOLS[protocol].get("tune_lr")),
                              axes, fixed)

@@ -152,7 +152,7 @@ def test_learning_rate_per_arch_and_protocols():
     assert {(p.arch, p.lr) for p in g.points()} == {("rnn", 0.01), ("lstm", 0.03)}
     with pytest.raises(ConfigError, match="train.lr: no value for arch lstm"):
         parse_grid({"name": "t", "axes": axes, "train": {"lr": {"rnn": 0.01}}})
-    with pytest.raises(ConfigError, match="train.lr: must be > 0"):
+    with pytest.raises(ConfigError, match="train.lr: must be a finite number > 0"):
         parse_grid({"name": "t", "axes": axes, "train": {"lr": {"rnn": 0.01, "lstm": 0.0}}})
     # a protocol fills what the file leaves open, and names the points' settings again
     for name in PROTOCOLS:
@@ -162,6 +162,8 @@ def test_learning_rate_per_arch_and_protocols():
     assert {protocol_name(p.to_dict()) for p in g.points()} == {"custom"}
     with pytest.raises(ConfigError, match="unknown protocol 'fast'"):
         parse_grid({"name": "t", "axes": axes, "protocol": "fast"})
+    with pytest.raises(ConfigError, match=r"protocol: unknown protocol \{'paper': 1\}"):
+        parse_grid({"name": "t", "axes": axes, "protocol": {"paper": 1}})     # not a name
 
 
 @pytest.mark.slow
