@@ -81,25 +81,20 @@ def _parts(out):
     return [p for p in folder.glob("*.parquet")] if folder.exists() else []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
-                         ids=["kill", "ctrl-c", "term"])
-def test_interrupted_run_resumes_without_retraining_or_duplicates(tmp_path, sig):
-    grid = write_grid(
-        tmp_path / "g.yaml", name="killme",
-        axes={"arch": ["rnn"], "layers": [1], "cells": [2], "position": "1..3", "seed": "0..5"},
-        task={"q_min": 4, "q_max": 6},
-        train={"max_epochs": 400, "eval_size": 128, "eval_every": 20, "batch_size": 32},
-        stop={"plateau": False}, resources={"pack": 1})
-    out = tmp_path / "res"
+def _interrupt(grid, out, sig) -> pd.DataFrame:
+    """A run of `grid` into `out`, ended by `sig` once it has stored two more points (SIGKILL:
+    to its whole process group, the driver and its embedded Ray at once); the points stored
+    then."""
+    start = len(_parts(out))
     proc = subprocess.Popen([sys.executable, "-m", "memgrid.cli", "run", str(grid), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
-    while len(_parts(out)) < 3 and time.time() < deadline and proc.poll() is None:
+    while len(_parts(out)) < start + 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, "finished before it could be interrupted"
     if sig == signal.SIGKILL:
-        os.killpg(proc.pid, signal.SIGKILL)          # the driver and its embedded Ray, at once
+        os.killpg(proc.pid, signal.SIGKILL)
     else:
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -115,8 +110,27 @@ def test_interrupted_run_resumes_without_retraining_or_duplicates(tmp_path, sig)
         time.sleep(0.2)
         if len(_parts(out)) != seen:
             seen, quiet_since = len(_parts(out)), time.time()
-    before = pd.read_parquet(out / "points")
-    assert 3 <= len(before) < 18
+    return pd.read_parquet(out / "points")
+
+
+def test_interrupted_runs_resume_without_retraining_or_duplicates(tmp_path):
+    """Ctrl-C, SIGTERM and a kill, each ending a run of the same grid into the same folder:
+    each run after one trains only what is missing, and the last finishes the grid with every
+    point stored once and none trained twice (same row, same part, same finish time)."""
+    grid = write_grid(
+        tmp_path / "g.yaml", name="killme",
+        axes={"arch": ["rnn"], "layers": [1], "cells": [2], "position": "1..3", "seed": "0..5"},
+        task={"q_min": 4, "q_max": 6},
+        train={"max_epochs": 400, "eval_size": 128, "eval_every": 20, "batch_size": 32},
+        stop={"plateau": False}, resources={"pack": 1})
+    out = tmp_path / "res"
+    before = _interrupt(grid, out, signal.SIGINT)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        now = _interrupt(grid, out, sig)
+        assert len(before) + 2 <= len(now) < 18 and now.point_id.is_unique, sig
+        kept = now.set_index("point_id").loc[before.point_id]
+        assert (kept.finished_at.values == before.finished_at.values).all(), sig
+        before = now
 
     r = memgrid_cli("run", grid, "--out", out)
     assert r.returncode == 0, r.stderr
