@@ -371,6 +371,20 @@ def test_limit_per_cell_bars_the_seeds_range_where_the_mean_passes_every_seed():
     assert [sorted((float(seg[0][1]), float(seg[1][1]))) for seg in bars] == [[1.0, 3.0]]
 
 
+def test_reach_sentences_compare_each_limit_with_its_bound():
+    """Two layers of 2 RNN units (N = 4, bound 3) at limit 3 reach the bound; one below it
+    censored by the grid's end may still reach it."""
+    from memgrid.analysis.summary import reach_sentences
+
+    lim = pd.DataFrame({"arch": ["rnn"] * 4, "layers": [1, 1, 2, 2], "cells": [2, 4, 2, 4],
+                        "units": [2, 4, 4, 8], "bound": [2, 4, 3, 7], "limit": [2, 3, 3, 5],
+                        "limit_censored": [False, False, False, True]})
+    assert reach_sentences(lim) == [
+        "- **RNN**: the limit reaches the bound N - (l - 1) in 2 of 4 configurations (l=1: c = 2; "
+        "l=2: c = 2); stays below it in 1 (l=1: c = 4); 1 below it are censored by the grid's "
+        "largest p, so they may reach it (l=2: c = 4)."]
+
+
 def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
     t = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),   # limit 1, p = 2 failed
                    points({1: 0.01, 2: 0.01}, cells=2),            # limit >= 2: p = 3 not run

@@ -108,20 +108,22 @@ def archs_in_order(lim: pd.DataFrame) -> list[str]:
 
 
 def reach_sentences(lim: pd.DataFrame) -> list[str]:
-    """Per arch: which configurations' limits reach N, which stay below it (and which of those
-    are censored: the grid stops before N, so they may reach it), as Markdown bullets."""
+    """Per arch: which configurations' limits reach the bound N - (l - 1), which stay below it
+    (and which of those are censored: the grid stops before the bound, so they may reach it),
+    as Markdown bullets."""
     out = []
     for arch in archs_in_order(lim):
         sel = lim[lim["arch"] == arch]
-        reach = sel[sel["limit"] >= sel["units"]]
-        below = sel[sel["limit"] < sel["units"]]
+        reach = sel[sel["limit"] >= sel["bound"]]
+        below = sel[sel["limit"] < sel["bound"]]
         open_ = below[below["limit_censored"]]
-        line = (f"- **{arch_label(arch)}**: the limit reaches N in {len(reach)} of {len(sel)} "
-                f"configurations ({_where(reach)})")
+        line = (f"- **{arch_label(arch)}**: the limit reaches the bound N - (l - 1) in "
+                f"{len(reach)} of {len(sel)} configurations ({_where(reach)})")
         if len(below) - len(open_):
-            line += f"; stays below N in {len(below) - len(open_)} ({_where(below[~below['limit_censored']])})"
+            line += (f"; stays below it in {len(below) - len(open_)} "
+                     f"({_where(below[~below['limit_censored']])})")
         if len(open_):
-            line += (f"; {len(open_)} below N are censored by the grid's largest p, so they may "
+            line += (f"; {len(open_)} below it are censored by the grid's largest p, so they may "
                      f"reach it ({_where(open_)})")
         out.append(line + ".")
     return out
