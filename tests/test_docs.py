@@ -213,6 +213,32 @@ def _means(name, **where):
     return df.groupby("position")["loss"].mean()
 
 
+def test_the_guide_lists_every_grid_file_with_its_points():
+    """The guide's table of tune_configs/ names every grid file once, and its points column
+    (`N`, `N (+ M tuning)`, `N each`, or one count per file named) is what each grid expands
+    to."""
+    from memgrid.grid_file import load_grid
+    from memgrid.lr_tuning import tuning_points
+
+    text = (ROOT / "docs" / "guide.md").read_text()
+    table = text[text.index("| file | paper | axes | points |"):].split("\n\n")[0]
+    named = []
+    for line in table.splitlines()[2:]:
+        first, *_, points = [c.strip() for c in line.strip("|").split("|")]
+        files = re.findall(r"`([\w.]+\.yaml)`", first)
+        counts = re.findall(r"(\d[\d,]*)(?: \(\+ (\d[\d,]*) tuning\))?", points)
+        if points.endswith(" each"):
+            counts = counts * len(files)
+        assert len(counts) == len(files), line
+        for name, (n, tuning) in zip(files, counts):
+            grid = load_grid(str(ROOT / "tune_configs" / name))
+            want = len(tuning_points(grid.points(), grid.tune_lr)) if grid.tune_lr else 0
+            assert (int(n.replace(",", "")), int((tuning or "0").replace(",", ""))) == \
+                (grid.n_points, want), name
+        named += files
+    assert sorted(named) == sorted(p.name for p in (ROOT / "tune_configs").glob("*.yaml"))
+
+
 def test_reproduction_statements_hold_on_the_data():
     text = " ".join(REPRO.read_text().split())
     # Figure 4
