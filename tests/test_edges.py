@@ -288,6 +288,19 @@ def test_an_object_store_that_does_not_answer_ends_in_one_line(command, monkeypa
             "'soon' is not a positive number")
 
 
+def test_analyze_refuses_a_budget_check_of_other_settings(tmp_path):
+    """A check must differ from its run only in budget, rate, positions and seeds: one with
+    another readout (new_cells reads out linearly, the tuned Figure 6 check by the sum) is
+    refused, naming the check's folder and the setting, before anything is written."""
+    data = ROOT / "docs" / "data"
+    out = tmp_path / "report"
+    refused(memgrid_cli("analyze", data / "new_cells", "--budget-check",
+                        data / "fig6_tuned_budget_check-2x", "--out", out, timeout=120),
+            f"{data / 'fig6_tuned_budget_check-2x'}: budget check: it sets readout to sum where "
+            "the run has linear")
+    assert not out.exists()
+
+
 def test_analyze_a_uri_needs_out(tmp_path):
     refused(memgrid_cli("analyze", f"file://{SHIPPED}", timeout=60), "--out", "required")
 

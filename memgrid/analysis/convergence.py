@@ -212,6 +212,44 @@ def score_budgets(points: pd.DataFrame, curves: pd.DataFrame, by: list[str] | No
     return pd.DataFrame(rows)
 
 
+CHECK_MAY_CHANGE = ("position", "seed", "lr", *BUDGET_COLUMNS)
+"""What a budget check may set otherwise than its run, besides which configurations it holds:
+the positions and seeds (the two are paired on those they share), the learning rate (a check
+tunes its own) and the budget."""
+
+
+def check_fits(points: pd.DataFrame, check: pd.DataFrame, min_factor: float = MIN_FACTOR
+               ) -> tuple[pd.Series, pd.Series]:
+    """The budgets in steps of the run (`points`) and of its budget check (`check`) per
+    configuration (arch, layers, cells). Raises ValueError where the check shares no
+    configuration with the run, trains one of those it shares at less than `min_factor` times
+    the run's budget, or sets any other setting (the task, the readout, the optimizer, the
+    stop; all but :data:`CHECK_MAY_CHANGE`) otherwise than the run does."""
+    budget = points.assign(b=budget_steps(points)).groupby(CONFIG)["b"].max()
+    other = check.assign(b=budget_steps(check)).groupby(CONFIG)["b"].min()
+    shared = budget.index.intersection(other.index)
+    if shared.empty:
+        raise ValueError("budget check: it shares no (arch, layers, cells) with the run")
+    short = [k for k in shared if other[k] < min_factor * budget[k]]
+    if short:
+        a, l, c = short[0]
+        raise ValueError(f"budget check: {a} l={l} c={c} trains {int(other[short[0]]):,} steps, "
+                         f"not {min_factor:g}x the run's {int(budget[short[0]]):,} or more")
+    from ..config import POINT_FIELDS
+
+    settings = [f for f in POINT_FIELDS if f not in CONFIG and f not in CHECK_MAY_CHANGE
+                and f in points.columns and f in check.columns]
+    mine = points.set_index(CONFIG).loc[shared, settings]
+    theirs = check.set_index(CONFIG).loc[shared, settings]
+    for f in settings:
+        a, b = set(mine[f].astype(str)), set(theirs[f].astype(str))
+        if a != b:
+            raise ValueError(f"budget check: it sets {f} to {', '.join(sorted(b))} where the run "
+                             f"has {', '.join(sorted(a))}: only the budget, the learning rate, "
+                             "the positions and the seeds may differ")
+    return budget, other
+
+
 def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = THRESHOLD,
                  min_factor: float = MIN_FACTOR) -> pd.DataFrame:
     """A run (`points`) against its budget check (`check`: some of its configurations trained
@@ -229,16 +267,7 @@ def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = T
     configuration it shares with the run, or shares none."""
     cols = CONFIG + ["budget", "check_budget", "check_seeds", "paired_limit", "check_limit",
                      "check_censored", "move"]
-    budget = points.assign(b=budget_steps(points)).groupby(CONFIG)["b"].max()
-    other = check.assign(b=budget_steps(check)).groupby(CONFIG)["b"].min()
-    shared = budget.index.intersection(other.index)
-    if shared.empty:
-        raise ValueError("budget check: it shares no (arch, layers, cells) with the run")
-    short = [k for k in shared if other[k] < min_factor * budget[k]]
-    if short:
-        a, l, c = short[0]
-        raise ValueError(f"budget check: {a} l={l} c={c} trains {int(other[short[0]]):,} steps, "
-                         f"not {min_factor:g}x the run's {int(budget[short[0]]):,} or more")
+    budget, other = check_fits(points, check, min_factor)
     _, lim = compare_runs(points, check, threshold)
     if lim.empty:
         return pd.DataFrame(columns=cols)

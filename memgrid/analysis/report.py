@@ -19,8 +19,8 @@ import pandas as pd
 from ..results import read_grid_identity
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
-from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, configuration_columns,
-                          converged_budget, limit_marks)
+from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, check_fits,
+                          configuration_columns, converged_budget, limit_marks)
 from .limits import (STRICT_THRESHOLDS, against_state_size, bimodality, plateau_effect,
                      replay_stopping)
 from .plots import (plot_heatmaps, plot_limit_per_cell, plot_limits_by_budget,
@@ -432,7 +432,7 @@ def write_report(results_uri: str, out_dir: str | Path | None = None,
     points = load_points(uri)
     with warnings.catch_warnings():  # print nothing: empty slices, layout hints
         warnings.simplefilter("ignore")
-        check = _load_checks([str(c) for c in checks])
+        check = _load_checks([str(c) for c in checks], points)
         limits = limits_table(points, threshold, check)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -459,9 +459,10 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _load_checks(uris: list[str]) -> pd.DataFrame | None:
+def _load_checks(uris: list[str], points: pd.DataFrame) -> pd.DataFrame | None:
     """The points of the budget-check folders, concatenated; ValueError naming a folder that
-    holds no points."""
+    holds no points or does not fit the run's `points` (:func:`check_fits`, on the
+    random-length points: the only ones a check covers)."""
     parts = []
     for uri in uris:
         try:
@@ -470,6 +471,13 @@ def _load_checks(uris: list[str]) -> pd.DataFrame | None:
             raise ValueError(f"{uri}: not a results folder for a budget check ({e})") from None
         if table.empty:
             raise ValueError(f"{uri}: no points (a budget check needs a finished run)")
+        if random_length(points).empty:
+            raise ValueError(f"{uri}: a budget check covers random-length points, and the run "
+                             "has none")
+        try:
+            check_fits(random_length(points), random_length(table))
+        except ValueError as e:
+            raise ValueError(f"{uri}: {e}") from None
         parts.append(table)
     return pd.concat(parts, ignore_index=True) if parts else None
 
