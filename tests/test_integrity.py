@@ -331,10 +331,18 @@ def test_every_row_records_the_path_that_trained_it(tmp_path, monkeypatch):
 def test_a_cached_kernel_with_other_symbols_is_built_again(tmp_path):
     """A shared object that loads but lacks the kernel's symbols (here: the task's, under the
     kernel's name) is built again like a garbage one, in a fresh process."""
-    env = dict(os.environ, MEMGRID_KERNEL_CACHE=str(tmp_path), MEMGRID_KERNELS="1")
     code = ("import warnings, torch; warnings.simplefilter('error'); from memgrid import task;"
             " from memgrid.fast import kernels; assert kernels.lib(torch.float32) is not None and task._lib() is not None")
+    # the cache filled from this machine's own (built once already), not built again here
+    built = subprocess.run([sys.executable, "-c", code + "; print(kernels.lib(torch.float32)._name);"
+                            " print(task._lib()._name)"], env=dict(os.environ, MEMGRID_KERNELS="1"),
+                           cwd=ROOT, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    for so in built.stdout.split():
+        shutil.copy(so, tmp_path)
+    env = dict(os.environ, MEMGRID_KERNEL_CACHE=str(tmp_path), MEMGRID_KERNELS="1")
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT).returncode == 0
+    assert len(list(tmp_path.iterdir())) == 2                       # loaded as they were
     [cells] = tmp_path.glob("cells_f32_*.so")
     [other] = tmp_path.glob("task_*.so")
     shutil.copy(other, cells)                    # a valid object with the wrong symbols
