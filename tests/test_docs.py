@@ -401,8 +401,17 @@ def test_reproduction_statements_hold_on_the_data():
     assert [(l, u, lm) for (l, _), u, lm in zip(above.index, above["units"], above["limit"])] \
         == [(1, 6, 7), (1, 8, 10), (1, 10, 13), (2, 12, 14), (2, 16, 26), (2, 20, 26)]
     assert (above.index.get_level_values("cells") >= 6).all() and not above["censored"].any()
-    assert "No budget check covers the RNN's or the GRU's limits yet" in text
-    assert not any(k[0] in ("rnn", "gru") for k in marks)
+    assert "**The LSTM passes N by one at one layer.**" in text
+    lstm = lim.loc["lstm"]
+    assert "one layer holds N + 1 positions at every size from N = 2 to N = 10" in text
+    assert list(lstm.loc[1, "limit"] - lstm.loc[1, "units"]) == [1] * 5
+    assert list(lstm.loc[1, "units"]) == [2, 4, 6, 8, 10] and not lstm["censored"].any()
+    assert ("Two layers pass N - (l - 1) at N = 4 and 8 (4 and 9), reach it at N = 12 (11), and "
+            "fall short of it at N = 16 and 20 (12 and 15)") in text
+    assert list(zip(lstm.loc[2, "units"], lstm.loc[2, "limit"], lstm.loc[2, "bound"])) == \
+        [(4, 4, 3), (8, 9, 7), (12, 11, 11), (16, 12, 15), (20, 15, 19)]
+    assert "No budget check covers the RNN's, the GRU's or the LSTM's limits yet" in text
+    assert not any(k[0] in ("rnn", "gru", "lstm") for k in marks)
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text

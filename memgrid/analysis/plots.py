@@ -430,7 +430,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
         ax.set_xlim(max(l, n_lo) / 1.2, n_hi * 1.2)
         ax.set_ylim(0, p_top + 3)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("N, the numbers the state holds (log scale)")
+        ax.set_xlabel("N, the numbers the state holds (an LSTM's: c; log scale)")
         ax.set_title(f"l = {l}" + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
         ax.grid(alpha=0.25)
     axes[0].set_ylabel(f"memory limit (largest p, mean loss < {threshold:g} for all p' <= p)",
