@@ -263,6 +263,14 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
     if dry_run:
         from .run.plan import NOTICE_POINTS, describe_plan, local_slots
 
+        if address is not None:     # its form only: the dry run contacts no cluster
+            from .run.address import dialed
+
+            try:
+                dialed(address)
+            except ConfigError as e:
+                _fail(str(e))
+
         if grid.n_points >= NOTICE_POINTS:     # the plan takes a second or more
             click.echo(f"[{grid.name}] {grid.n_points} points: expanding the grid, planning "
                        "its packs ...", err=True)

@@ -342,6 +342,12 @@ def test_an_address_nobody_serves_ends_in_one_line(tiny_grid, tmp_path):
         server.close()
     _refused(memgrid_cli("run", tiny_grid, "--out", out, "--address", "http://127.0.0.1:8265",
                          timeout=60), "--address", "is for memgrid launch")
+    # a dry run contacts no cluster, but an address that cannot be one is refused there too
+    for bad in ("127.0.0.1:70000", "ray://[::1"):
+        _refused(memgrid_cli("run", tiny_grid, "--out", out, "--address", bad, "--dry-run",
+                             timeout=60), f"command line: --address {bad}: not host:port")
+    assert memgrid_cli("run", tiny_grid, "--out", out, "--address", f"127.0.0.1:{_free_port()}",
+                       "--dry-run", timeout=60).returncode == 0
     assert not out.exists()                         # nothing written
 
 

@@ -37,10 +37,10 @@ def _grpc_answers(host: str, port: int, timeout_s: float) -> str | None:
     return None
 
 
-def check_address(address: str, timeout_s: float = PROBE_S) -> None:
-    """Raise ConfigError naming --address within about `timeout_s` unless a Ray cluster answers
-    at `address` (host:port of its GCS, `auto`, or `ray://host:port`): ray.init itself would
-    retry for minutes and not hear Ctrl-C meanwhile."""
+def dialed(address: str) -> tuple[str, str, int] | None:
+    """(what ray.init will dial, its host, its port) for `address` (host:port of a GCS, `auto`,
+    or `ray://host:port`), or None for `local` (an embedded Ray after all). Raises ConfigError
+    naming --address where it cannot be one; contacts nothing but what `auto` reads."""
     flag = f"command line: --address {address}"
     if "://" in address and not address.startswith("ray://"):
         raise ConfigError(f"{flag}: memgrid run joins a Ray cluster by its GCS address "
@@ -56,12 +56,23 @@ def check_address(address: str, timeout_s: float = PROBE_S) -> None:
             target = services.canonicalize_bootstrap_address(address)
         except (ConnectionError, ValueError) as e:
             raise ConfigError(f"{flag}: {one_line(e)}") from None
-        if target is None:      # `local`: an embedded Ray after all
-            return
+        if target is None:
+            return None
     hp = parse_address(target)
-    if hp is None or not hp[1].isdigit():
+    if hp is None or not hp[1].isdigit() or not 0 < int(hp[1]) < 65536:
         raise ConfigError(f"{flag}: not host:port")
-    host, port = hp[0], int(hp[1])
+    return target, hp[0], int(hp[1])
+
+
+def check_address(address: str, timeout_s: float = PROBE_S) -> None:
+    """Raise ConfigError naming --address within about `timeout_s` unless a Ray cluster answers
+    at `address` (:func:`dialed`): ray.init itself would retry for minutes and not hear Ctrl-C
+    meanwhile."""
+    flag = f"command line: --address {address}"
+    where = dialed(address)
+    if where is None:      # `local`: an embedded Ray after all
+        return
+    target, host, port = where
     tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     if tls:     # a TLS server does not answer a plain preface: the connection is the check
         try:
@@ -72,8 +83,8 @@ def check_address(address: str, timeout_s: float = PROBE_S) -> None:
     else:
         why = _grpc_answers(host, port, timeout_s)
     if why:
-        dialed = "" if target == address else f" (Ray dials {target})"
-        raise ConfigError(f"{flag}: no Ray cluster at this address{dialed}: {why}")
+        via = "" if target == address else f" (Ray dials {target})"
+        raise ConfigError(f"{flag}: no Ray cluster at this address{via}: {why}")
 
 
 def check_fits(cpus: float, gpus: float, nodes: list[dict], *, where: str,
