@@ -342,7 +342,7 @@ def test_a_cached_kernel_with_other_symbols_is_built_again(tmp_path):
         shutil.copy(so, tmp_path)
     env = dict(os.environ, MEMGRID_KERNEL_CACHE=str(tmp_path), MEMGRID_KERNELS="1")
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT).returncode == 0
-    assert len(list(tmp_path.iterdir())) == 2                       # loaded as they were
+    assert len(list(tmp_path.iterdir())) == 2                       # the two, nothing beside
     [cells] = tmp_path.glob("cells_f32_*.so")
     [other] = tmp_path.glob("task_*.so")
     shutil.copy(other, cells)                    # a valid object with the wrong symbols
