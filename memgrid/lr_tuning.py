@@ -92,31 +92,36 @@ def measured_points(points: list[Point], chosen: dict[tuple, float]) -> list[Poi
     return [replace(p, lr=chosen[p.pack_key]) for p in points]
 
 
-def tuned_points(grid: Grid, out: str, points: list[Point]) -> tuple[list[Point], list[Point]]:
-    """`points` (some of those of `grid`, a grid with `tune_lr`) in two lists: those whose
-    configuration's tuning run in `out` is complete, at the rate it chose; and the others, as
-    the grid has them (at a rate not chosen yet: no stored point is theirs)."""
+def _chosen(grid: Grid, out: str, points: list[Point]) -> dict[tuple, float]:
+    """pack_key -> the rate the tuning run in `out` chose, for the configurations of `points`
+    whose tuning is complete."""
     tuned = tuning_points(points, grid.tune_lr)
     rows = read_points(f"{out.rstrip('/')}/{TUNING}").to_pylist()
     have = {r["point_id"] for r in rows}
     open_keys = {p.pack_key for p in tuned if p.point_id not in have}
-    chosen = choose_lr(rows, [p for p in tuned if p.pack_key not in open_keys])
-    ready = [replace(p, lr=chosen[p.pack_key]) for p in points if p.pack_key in chosen]
-    return ready, [p for p in points if p.pack_key not in chosen]
+    return choose_lr(rows, [p for p in tuned if p.pack_key not in open_keys])
+
+
+def tuned_points(grid: Grid, out: str, points: list[Point]) -> tuple[list[Point], list[Point]]:
+    """`points` (some of those of `grid`, a grid with `tune_lr`) in two lists: those whose
+    configuration's tuning run in `out` is complete, at the rate it chose; and the others, as
+    the grid has them (at a rate not chosen yet: no stored point is theirs)."""
+    chosen = _chosen(grid, out, points)
+    return ([replace(p, lr=chosen[p.pack_key]) for p in points if p.pack_key in chosen],
+            [p for p in points if p.pack_key not in chosen])
 
 
 def grid_points(grid: Grid, out: str, points: list[Point] | None = None, partial: bool = False
                 ) -> list[Point] | None:
     """The points `grid` stores in `out` (or those of `points`, some of the grid's): its own,
     or for a grid with `tune_lr` the same at the learning rate its tuning run chose per
-    configuration (:func:`tuned_points`). None while that run is incomplete for any of them;
-    `partial`: the points of the configurations whose tuning is complete at their rates, the
-    others as the grid has them, in the order of `points`."""
+    configuration. None while that run is incomplete for any of them; `partial`: the points of
+    the configurations whose tuning is complete at their rates, the others as the grid has them
+    (at a rate not chosen yet: no stored point is theirs)."""
     points = grid.points() if points is None else points
     if grid.tune_lr is None:
         return points
-    ready, waiting = tuned_points(grid, out, points)
-    if waiting and not partial:
+    chosen = _chosen(grid, out, points)
+    if not partial and any(p.pack_key not in chosen for p in points):
         return None
-    untuned, at_rate = {p.point_id for p in waiting}, iter(ready)
-    return [p if p.point_id in untuned else next(at_rate) for p in points]
+    return [replace(p, lr=chosen[p.pack_key]) if p.pack_key in chosen else p for p in points]

@@ -263,8 +263,7 @@ def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = T
       check_limit            the check's limit on those seeds; check_censored: it is a lower bound
       move                   check_limit - paired_limit; NaN where the check ran fewer
                              positions than the run and a limit reaches the last it ran
-    Raises ValueError where the check is not at `min_factor` times the budget or more for some
-    configuration it shares with the run, or shares none."""
+    Raises ValueError where the check does not fit the run (:func:`check_fits`)."""
     cols = CONFIG + ["budget", "check_budget", "check_seeds", "paired_limit", "check_limit",
                      "check_censored", "move"]
     budget, other = check_fits(points, check, min_factor)

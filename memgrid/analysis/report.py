@@ -463,7 +463,7 @@ def _load_checks(uris: list[str], points: pd.DataFrame) -> pd.DataFrame | None:
     """The points of the budget-check folders, concatenated; ValueError naming a folder that
     holds no points or does not fit the run's `points` (:func:`check_fits`, on the
     random-length points: the only ones a check covers)."""
-    parts = []
+    parts, run = [], random_length(points)
     for uri in uris:
         try:
             table = load_points(uri)
@@ -471,11 +471,11 @@ def _load_checks(uris: list[str], points: pd.DataFrame) -> pd.DataFrame | None:
             raise ValueError(f"{uri}: not a results folder for a budget check ({e})") from None
         if table.empty:
             raise ValueError(f"{uri}: no points (a budget check needs a finished run)")
-        if random_length(points).empty:
+        if run.empty:
             raise ValueError(f"{uri}: a budget check covers random-length points, and the run "
                              "has none")
         try:
-            check_fits(random_length(points), random_length(table))
+            check_fits(run, random_length(table))
         except ValueError as e:
             raise ValueError(f"{uri}: {e}") from None
         parts.append(table)
