@@ -87,3 +87,19 @@ def test_rows_name_the_code_path_that_trains_them(monkeypatch):
     monkeypatch.setattr(diagonal, "lib", lambda dtype: None)
     for arch in ARCHS:
         assert fast.path_name(arch, "cpu") == "torch", arch
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 5e-16), (torch.float32, 2.5e-7)])
+def test_phi_is_the_normal_distribution_function(dtype, atol):
+    """The blocks' exact GELU, f Phi(f): the kernel's Phi (csrc/common.h's phi_, a polynomial)
+    equals (1 + erf(f / sqrt 2)) / 2 from torch in float64, to a few units of the type's last
+    place, from f = -40 to 40, and is 0 and 1 at the ends."""
+    from memgrid.fast.native import pointer
+
+    f = torch.cat([torch.linspace(-40, 40, 200_001, dtype=torch.float64),
+                   torch.linspace(-1e-3, 1e-3, 2001, dtype=torch.float64)]).to(dtype)
+    out = torch.empty_like(f)
+    assert diagonal.lib(dtype).phi(f.numel(), pointer(f), pointer(out)) == 0
+    exact = 0.5 * (1 + torch.erf(f.double() / 2 ** 0.5))
+    assert (out.double() - exact).abs().max().item() < atol
+    assert out[0] == 0 and out[200_000] == 1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..cells import CELLS, MAMBA_CONV, S6_STATE
+from ..cells import BLOCK_CONV, BLOCK_FF, CELLS, MAMBA_CONV, S6_STATE
 from . import DIAGONAL as ARCH
 from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
@@ -44,26 +44,27 @@ def _cells(arch: str, params: list[torch.Tensor]) -> int:
 
 
 def defines(dtype: torch.dtype) -> list[str]:
-    """The C defines of the kernel for `dtype`: its real type, its symbols' suffix and the SSM's
-    sizes (from memgrid.cells)."""
+    """The C defines of the kernel for `dtype`: its real type, its symbols' suffix, the SSM's
+    sizes and the blocks' (from memgrid.cells)."""
     real, suffix = _VARIANTS[dtype]
     return [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
-            f"-DCONVW={MAMBA_CONV}"]
+            f"-DCONVW={MAMBA_CONV}", f"-DBCONV={BLOCK_CONV}", f"-DBFF={BLOCK_FF}"]
 
 
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
     suffix = _VARIANTS[dtype][1]
     names = [f"memgrid_diag_{n}_{suffix}" for n in ("forward", "backward", "train_step",
-                                                     "train_scratch", "aux_rows")]
+                                                     "train_scratch", "aux_rows", "phi")]
     lib = load_so(SRC, defines(dtype), f"diagonal_{suffix}", names)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    fwd, bwd, step, scratch, aux = (getattr(lib, n) for n in names)
+    fwd, bwd, step, scratch, aux, phi = (getattr(lib, n) for n in names)
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 5, i32
     bwd.argtypes, bwd.restype = [i32] * 8 + [P] * 7, i32
     step.argtypes, step.restype = [i32] * 9 + [P] * 11, i32
     scratch.argtypes, scratch.restype = [i32] * 5, i64
     aux.argtypes, aux.restype = [i32] * 2, i32       # rows forward keeps per layer and step
-    lib.fwd, lib.bwd, lib.step, lib.scratch, lib.aux = fwd, bwd, step, scratch, aux
+    phi.argtypes, phi.restype = [i64, P, P], i32     # the blocks' GELU's Phi, for tests
+    lib.fwd, lib.bwd, lib.step, lib.scratch, lib.aux, lib.phi = fwd, bwd, step, scratch, aux, phi
     return lib
 
 
