@@ -13,7 +13,8 @@ with the paper cells' products, activations and optimizer (``csrc/common.h``).
 """
 
 DIAGONAL = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
-            "lru_real": 5, "mamba_lin": 3, "s6_bare_lin": 4, "mingru_block": 6, "minlstm_block": 7}
+            "lru_real": 5, "mamba_lin": 3, "s6_bare_lin": 4, "mingru_block": 6, "minlstm_block": 7,
+            "lru_block": 8}
 """the cells of the diagonal recurrences' C kernel, by their number in csrc/diagonal.c (lru_ring,
 mamba_lin, s6_bare_lin: another cell's computation, another init); here, torch-free, for the
 cost model (memgrid.packs)"""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..cells import BLOCK_CONV, BLOCK_FF, CELLS, MAMBA_CONV, S6_STATE
+from ..cells import BLOCK_CONV, BLOCK_FF, CELLS, LRU_BLOCK_EPS, MAMBA_CONV, S6_STATE
 from . import DIAGONAL as ARCH
 from .native import load_once, load_so, on_cpu, train_step_call
 from .native import pointer as _p
@@ -48,7 +48,8 @@ def defines(dtype: torch.dtype) -> list[str]:
     sizes and the blocks' (from memgrid.cells)."""
     real, suffix = _VARIANTS[dtype]
     return [f"-DREAL={real}", f"-DNAME(x)=x##_{suffix}", f"-DS6N={S6_STATE}",
-            f"-DCONVW={MAMBA_CONV}", f"-DBCONV={BLOCK_CONV}", f"-DBFF={BLOCK_FF}"]
+            f"-DCONVW={MAMBA_CONV}", f"-DBCONV={BLOCK_CONV}", f"-DBFF={BLOCK_FF}",
+            f"-DLNEPS={LRU_BLOCK_EPS!r}"]
 
 
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
