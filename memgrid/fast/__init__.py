@@ -1,5 +1,5 @@
 """The fast paths: of the paper's cells, RNN, LSTM and GRU, and of the diagonal recurrences
-minGRU, minLSTM and the LRU.
+(minGRU, minLSTM, the LRU, the selective SSM, and their blocks).
 
 One layout of their fused weights (:mod:`.layout`), the stack over layers and steps with
 backward through time by hand in PyTorch ops (:mod:`.stack`), the C kernel of the same
@@ -22,7 +22,8 @@ cost model (memgrid.packs)"""
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm, lru, lru_ring, lru_real and the selective SSMs), or None. Both
+    :mod:`.diagonal`: mingru, minlstm, the LRUs, the selective SSMs and the blocks but
+    mamba_complex), or None. Both
     give ``usable``, ``train_scratch`` and ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH

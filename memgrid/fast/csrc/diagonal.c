@@ -1,5 +1,5 @@
-/* The diagonal recurrences minGRU, minLSTM and the LRU on the CPU (memgrid/fast/diagonal.py
- * builds this file and calls it): forward and backward through time of every member, layer and step
+/* The diagonal recurrences minGRU, minLSTM, the LRU and the selective SSM, bare and in their
+ * published blocks, on the CPU (memgrid/fast/diagonal.py builds this file and calls it): forward and backward through time of every member, layer and step
  * in one call, and a whole training step of a pack in one call, as csrc/cells.c does for the
  * paper's cells, with its products, activations and optimizer (common.h).
  *
@@ -11,7 +11,9 @@
  *   minlstm f = sigmoid(P_f), i = sigmoid(P_i), g = g+(P_h); h_t = h_{t-1} f/(f+i) + g i/(f+i)
  * with g+(p) = p + 1/2 for p >= 0, sigmoid(p) below (Feng et al.'s log-space g), P = W x + b.
  * The LRU's state is complex (real in the LRU with real lambda), its a_t a constant lambda per
- * unit, and it reads its output through a matrix (their sections below).
+ * unit, and it reads its output through a matrix; the SSM's a_t = exp(delta_t A) are selective;
+ * the blocks put projections, a convolution, norms and a feedforward or a GLU around minGRU,
+ * minLSTM or the LRU (their sections below).
  *
  * Layouts (contiguous; REAL float or double):
  *   W    (K, sum over layers)  each member's parameters in the cell's order, layer after layer
