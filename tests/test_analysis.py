@@ -385,6 +385,24 @@ def test_reach_sentences_compare_each_limit_with_its_bound():
         "largest p, so they may reach it (l=2: c = 4)."]
 
 
+
+def test_a_limit_below_a_position_not_measured_yet_is_not_said_to_end_the_grid():
+    """A grid still running has trained p = 3..5 of a configuration but not p = 1: its limit 0
+    is censored by the hole, not by the grid's largest p, and the summary says which."""
+    from memgrid.analysis.limits import limits_with_seeds
+    from memgrid.analysis.summary import count_sentence, reach_sentences
+
+    t = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.3}, cells=2),     # limit 2, p = 3 failed
+                   points({3: 0.3, 4: 0.3, 5: 0.3}, cells=4)])        # p = 1 not yet run
+    lim = limits_with_seeds(t).assign(converged="")
+    assert list(lim["stop"]) == ["loss", "missing"]
+    (line,) = reach_sentences(lim)
+    assert "grid's largest p" not in line
+    assert line.endswith("; 1 below it lack the next position, not measured yet, so they may "
+                         "reach it (l=1: c = 4).")
+    assert "censored by the grid's largest p in 0 (a lower bound, `>= p`), and by a position not " \
+           "measured yet in 1." in count_sentence(lim, 0.05)
+
 def test_heatmap_lays_out_the_grid_and_dashes_a_limit_not_run_past():
     t = pd.concat([points({1: 0.01, 2: 0.2, 3: 0.25}, cells=1),   # limit 1, p = 2 failed
                    points({1: 0.01, 2: 0.01}, cells=2),            # limit >= 2: p = 3 not run

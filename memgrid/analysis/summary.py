@@ -107,24 +107,36 @@ def archs_in_order(lim: pd.DataFrame) -> list[str]:
     return [a for a in ARCHS if a in seen] + sorted(seen - set(ARCHS))
 
 
+def _holes(lim: pd.DataFrame) -> pd.Series:
+    """The censored limits whose next position is missing from the table (not measured yet: a
+    hole in the grid, a grid still running), not past the grid's largest p."""
+    if "stop" not in lim:
+        return pd.Series(False, index=lim.index)
+    return lim["stop"] == "missing"
+
+
 def reach_sentences(lim: pd.DataFrame) -> list[str]:
     """Per arch: which configurations' limits reach the bound N - (l - 1), which stay below it
-    (and which of those are censored: the grid stops before the bound, so they may reach it),
-    as Markdown bullets."""
+    (and which of those are censored, so they may reach it: the grid stops before the bound, or
+    the next position is not measured yet), as Markdown bullets."""
     out = []
     for arch in archs_in_order(lim):
         sel = lim[lim["arch"] == arch]
         reach = sel[sel["limit"] >= sel["bound"]]
         below = sel[sel["limit"] < sel["bound"]]
-        open_ = below[below["limit_censored"]]
+        holes = below[_holes(below)]
+        end = below[below["limit_censored"] & ~_holes(below)]
         line = (f"- **{arch_label(arch)}**: the limit reaches the bound N - (l - 1) in "
                 f"{len(reach)} of {len(sel)} configurations ({_where(reach)})")
-        if len(below) - len(open_):
-            line += (f"; stays below it in {len(below) - len(open_)} "
+        if len(below) - len(end) - len(holes):
+            line += (f"; stays below it in {len(below) - len(end) - len(holes)} "
                      f"({_where(below[~below['limit_censored']])})")
-        if len(open_):
-            line += (f"; {len(open_)} below it are censored by the grid's largest p, so they may "
-                     f"reach it ({_where(open_)})")
+        if len(end):
+            line += (f"; {len(end)} below it are censored by the grid's largest p, so they may "
+                     f"reach it ({_where(end)})")
+        if len(holes):
+            line += (f"; {len(holes)} below it lack the next position, not measured yet, so "
+                     f"they may reach it ({_where(holes)})")
         out.append(line + ".")
     return out
 
@@ -135,14 +147,16 @@ def count_sentence(lim: pd.DataFrame, threshold: float) -> str:
     n = len(lim)
     above = int((lim["limit"] > lim["bound"]).sum())
     at = int((lim["limit"] == lim["bound"]).sum())
-    cens = int(lim["limit_censored"].sum())
+    holes = int(_holes(lim).sum())
+    cens = int(lim["limit_censored"].sum()) - holes
     spread = int((lim["seed_spread"] > 0).sum())
     short = int((lim["seeds_reaching"] < lim["seeds"]).sum())
     median = int((lim["seed_limit_median"] != lim["limit"]).sum())
     text = (f"{n} configurations. The limit (largest p whose mean loss over seeds is below "
             f"{threshold} at every p' <= p) equals the bound N - (l - 1) in {at}, exceeds it in "
             f"{above}, and is censored by the grid's largest p in {cens} (a lower bound, "
-            f"`>= p`). Seeds' own limits differ from one another in {spread}; some seed falls "
+            f"`>= p`)" + (f", and by a position not measured yet in {holes}" if holes else "")
+            + f". Seeds' own limits differ from one another in {spread}; some seed falls "
             f"short of the limit in {short}; the median seed's limit differs from it in "
             f"{median}.")
     stricter = [t for t in STRICT_THRESHOLDS if t < threshold and f"limit_{t:g}" in lim]
