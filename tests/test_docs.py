@@ -160,7 +160,10 @@ def test_readme_statements_hold_on_the_data():
         in text
     assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
     assert (today.loc["lru_real", "units"].min(), today.loc["lru_real", "units"].max()) == (2, 20)
-    assert "The selective SSM in **Mamba's block** holds 5 or 6 positions" in text
+    assert ("The **selective SSM** holds 2 to 4 positions from N = 8 to 80 behind an affine "
+            "input, at its best rate in 5 seeds, and 5 or 6 in **Mamba's block**") in text
+    assert set(today.loc["s6_bare", "limit"]) == {2, 3, 4}
+    assert (today.loc["s6_bare", "units"].min(), today.loc["s6_bare", "units"].max()) == (8, 80)
     mamba = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
     more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
     assert set(mamba["limit"]) == {5} and (mamba["limit"] < mamba["units"]).all()
@@ -412,6 +415,21 @@ def test_reproduction_statements_hold_on_the_data():
         [(4, 4, 3), (8, 9, 7), (12, 11, 11), (16, 12, 15), (20, 15, 19)]
     assert "No budget check covers the RNN's, the GRU's or the LSTM's limits yet" in text
     assert not any(k[0] in ("rnn", "gru", "lstm") for k in marks)
+    assert "**The bare SSM reads its memory, and holds 2 to 4 positions.**" in text
+    s6 = lim.loc["s6_bare"]
+    assert "holds 3 positions with one layer at every size from N = 8 to N = 40" in text
+    assert (s6.loc[1, "limit"] == 3).all() and list(s6.loc[1, "units"]) == [8, 16, 24, 32, 40]
+    assert "and with two 4 from N = 32 to N = 80 (2 at N = 16)" in text
+    assert list(s6.loc[2, "limit"]) == [2, 4, 4, 4, 4] and list(s6.loc[2, "units"]) == \
+        [16, 32, 48, 64, 80] and not s6["censored"].any()
+    assert "Its tuning chose 0.03, and 0.01 for two layers of 6 to 10" in text
+    rates = today[today["arch"] == "s6_bare"].groupby(["layers", "cells"])["lr"].unique()
+    assert {k: list(v) for k, v in rates.items()} == {
+        (l, c): [0.01 if (l, c) in ((2, 6), (2, 8), (2, 10)) else 0.03]
+        for l in (1, 2) for c in (2, 4, 6, 8, 10)}
+    assert "No budget check covers its limits yet" in text
+    assert not any(k[0] == "s6_bare" for k in marks)
+    assert "same SSM holds 2 to 4" in text and set(s6["limit"]) == {2, 3, 4}
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
