@@ -82,7 +82,7 @@ def _limits_independently(points: pd.DataFrame) -> dict[tuple, tuple[int, bool, 
 @pytest.mark.parametrize("name", ["fig6_rnn_tuned", "fig6_rnn-paper", "fig8_lstm",
                                   "fig8_gru-paper", "new_cells", "mamba_check",
                                   "mamba_budget_check-2x", "lru_check", "today_cells",
-                                  "today_cells_budget_check-2x"])
+                                  "today_cells_budget_check-2x", "today_cells_ssm_budget_check-2x"])
 def test_limits_recomputed_another_way(name):
     pts = pd.read_parquet(headline.DATA / name / "points")
     want = _limits_independently(pts)
@@ -427,8 +427,14 @@ def test_reproduction_statements_hold_on_the_data():
     assert {k: list(v) for k, v in rates.items()} == {
         (l, c): [0.01 if (l, c) in ((2, 6), (2, 8), (2, 10)) else 0.03]
         for l in (1, 2) for c in (2, 4, 6, 8, 10)}
-    assert "No budget check covers its limits yet" in text
-    assert not any(k[0] == "s6_bare" for k in marks)
+    assert "At twice the budget 9 of its 10 limits stay where they are, and the one at N = 16" \
+        " moves from 2 to 4, within its seeds' own range (2..4): all 10 are converged" in text
+    marks = headline.convergence({"today_cells"})
+    s6_marks = {k[1:]: v for k, v in marks.items() if k[0] == "s6_bare"}
+    assert len(s6_marks) == 10 and all(v.startswith("yes") for v in s6_marks.values())
+    assert [k for k, v in s6_marks.items() if "->" in v] == [(2, 2)]
+    assert s6_marks[(2, 2)].endswith(": 2 -> 4)") and tuple(s6.loc[(2, 2), ["seed_min",
+                                                                            "seed_max"]]) == (2, 4)
     assert "same SSM holds 2 to 4" in text and set(s6["limit"]) == {2, 3, 4}
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
