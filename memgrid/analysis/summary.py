@@ -124,13 +124,13 @@ def reach_sentences(lim: pd.DataFrame) -> list[str]:
         sel = lim[lim["arch"] == arch]
         reach = sel[sel["limit"] >= sel["bound"]]
         below = sel[sel["limit"] < sel["bound"]]
+        firm = below[~below["limit_censored"]]
         holes = below[_holes(below)]
         end = below[below["limit_censored"] & ~_holes(below)]
         line = (f"- **{arch_label(arch)}**: the limit reaches the bound N - (l - 1) in "
                 f"{len(reach)} of {len(sel)} configurations ({_where(reach)})")
-        if len(below) - len(end) - len(holes):
-            line += (f"; stays below it in {len(below) - len(end) - len(holes)} "
-                     f"({_where(below[~below['limit_censored']])})")
+        if len(firm):
+            line += f"; stays below it in {len(firm)} ({_where(firm)})"
         if len(end):
             line += (f"; {len(end)} below it are censored by the grid's largest p, so they may "
                      f"reach it ({_where(end)})")

@@ -22,9 +22,8 @@ cost model (memgrid.packs)"""
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm, the LRUs, the selective SSMs and the blocks but
-    mamba_complex), or None. Both
-    give ``usable``, ``train_scratch`` and ``train_step`` alike."""
+    :mod:`.diagonal`: mingru, minlstm, the LRUs, the selective SSMs and the blocks, but not
+    mamba_complex), or None. Both give ``usable``, ``train_scratch`` and ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH
 

@@ -1,8 +1,7 @@
 """The C kernel of the diagonal recurrences minGRU, minLSTM, the LRU (complex or real lambda) and
 the selective SSM, bare and in their published blocks (``csrc/diagonal.c``): a layer's state
-evolves as h_t = a_t * h_{t-1} + b_t,
-elementwise (complex for the LRU's complex lambda), with a_t and b_t from the inputs alone
-(memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
+evolves as h_t = a_t * h_{t-1} + b_t, elementwise (complex for the LRU's complex lambda), with
+a_t and b_t from the inputs alone (memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
 (:mod:`memgrid.fast.native`), with the same products, activations and optimizer
 (``csrc/common.h``).
 
