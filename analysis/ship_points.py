@@ -6,10 +6,15 @@ and a tuned grid's tuning run (tuning/: its points and packs) likewise. With --r
 without the plateau stop is replayed at budget/16 .. /1 first (memgrid.analysis.budget_rungs):
 one row per point and budget, `max_epochs` set to the budget and `@<max_epochs>` added to the
 point id (one point, several rows; the ids of a shorter budget's rows are not those a run at
-it would store).
+it would store). With --curves-every K, a curve keeps its first K evaluations (the fast
+start of training), every K-th after them, its last (the epoch it stopped at) and its first
+below the memorization threshold (so the epochs to memorize read from it stay exact): for a large grid, whose curves
+show how its points converged; a run whose curves are replayed (the plateau stop, --rungs)
+ships them whole.
 
     python analysis/ship_points.py results/fig4_rnn docs/data/fig4_rnn
     python analysis/ship_points.py results/big_stack_check-noplateau docs/data/big_stack_check-noplateau --curves
+    python analysis/ship_points.py results/today_cells docs/data/today_cells --curves-every 4
     python analysis/ship_points.py results/budget_lr_search_adam docs/data/budget_lr_search_adam-rungs --rungs
 """
 
@@ -17,10 +22,12 @@ import argparse
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memgrid.analysis import budget_rungs, load_curves, load_points
+from memgrid.config import THRESHOLD
 from memgrid.results import CURVE_SCHEMA, PACKS, POINT_SCHEMA
 from memgrid.results import TUNING
 
@@ -31,9 +38,16 @@ def main(argv=None) -> None:
     ap.add_argument("dest", help="the folder to write (replaced)")
     ap.add_argument("--rungs", action="store_true", help="replay a no-plateau run at every budget")
     ap.add_argument("--curves", action="store_true", help="ship the curves too (a small run)")
+    ap.add_argument("--curves-every", type=int, metavar="K",
+                    help="ship the curves thinned: the first K evaluations of each and every "
+                         "K-th after (a large grid)")
     args = ap.parse_args(argv)
-    if args.curves and args.rungs:
-        raise SystemExit("--curves and --rungs: a replayed folder's rows are not the curves' points")
+    if args.curves_every is not None and args.curves_every < 1:
+        ap.error(f"--curves-every: {args.curves_every} is not a positive whole number")
+    every = args.curves_every or (1 if args.curves else 0)
+    if every and args.rungs:
+        raise SystemExit("--curves or --curves-every with --rungs: a replayed folder's rows are not "
+                         "the curves' points")
     points = load_points(args.results)
     if args.rungs:
         points = budget_rungs(points, load_curves(args.results))
@@ -43,10 +57,10 @@ def main(argv=None) -> None:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
-    ship(args.results, dest, points, args.curves)
+    ship(args.results, dest, points, every)
     tuning = Path(args.results) / TUNING    # a tuned grid's tuning run: its choice, and resuming it
     if tuning.is_dir():
-        ship(str(tuning), dest / TUNING, load_points(str(tuning)), False)
+        ship(str(tuning), dest / TUNING, load_points(str(tuning)))
 
 
 def _parts(table, by: str, schema: pa.Schema, folder: Path) -> int:
@@ -59,20 +73,36 @@ def _parts(table, by: str, schema: pa.Schema, folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir())
 
 
-def ship(results: str, dest: Path, points, curves: bool) -> None:
+def thin(curves: pd.DataFrame, every: int, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """`curves` (sorted by point and epoch) with, of each point, its first `every`
+    evaluations, every `every`-th one, its last, and its first with `eval_loss` below
+    `threshold` kept."""
+    by = curves.groupby("point_id", sort=False)
+    i = by.cumcount()
+    below = curves["eval_loss"] < threshold
+    first_below = below & (below.astype(int).groupby(curves["point_id"]).cumsum() == 1)
+    keep = (i < every) | (i % every == 0) | (i == by["epoch"].transform("size") - 1) | first_below
+    return curves[keep]
+
+
+def ship(results: str, dest: Path, points, every: int = 0) -> None:
     """`points` (of the folder `results`) as zstd parts in `dest`, one per arch
     (`part-<arch>.parquet`, rows in point_id order: a cell's part is byte for byte the same
-    when a later copy of a growing run ships it again), with their curves if asked, and the
-    packs `results` saved mid-training."""
+    when a later copy of a growing run ships it again), with their curves if `every` (every
+    `every`-th evaluation, :func:`thin`), and the packs `results` saved mid-training."""
     points = points.sort_values("point_id", kind="stable")
-    if curves:    # before the points, as memgrid writes a part
+    if every:    # before the points, as memgrid writes a part
         table = load_curves(results, points["point_id"].tolist())
         (dest / "curves").mkdir(parents=True)
         arch = dict(zip(points["point_id"], points["arch"]))
         table = table.assign(_arch=table["point_id"].map(arch)).sort_values(
-            ["point_id", "epoch"], kind="stable")
+            ["point_id", "epoch"], kind="stable", ignore_index=True)
+        whole = len(table)
+        if every > 1:
+            table = thin(table, every)
         size = _parts(table, "_arch", CURVE_SCHEMA, dest / "curves")
-        print(f"{dest}: {len(table)} curve rows, {size} bytes")
+        print(f"{dest}: {len(table)} curve rows" + (f" of {whole}" if every > 1 else "")
+              + f", {size} bytes")
     if len(points):
         (dest / "points").mkdir(parents=True)
         size = _parts(points, "arch", POINT_SCHEMA, dest / "points")

@@ -35,13 +35,12 @@ from pathlib import Path
 import pandas as pd
 
 from .cells import CELLS
+from .config import THRESHOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "docs" / "data"
 PAGES = (ROOT / "README.md", ROOT / "docs" / "REPRODUCTION.md")
 COMMAND = "python -m memgrid.headline"
-THRESHOLD = 0.05
-"""mean MAE below which a position counts as memorized"""
 BAND = (0.05, 0.2)
 """the closed band of in-between mean losses (the paper's bimodality)"""
 KEYS = ["arch", "layers", "cells"]

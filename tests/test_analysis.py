@@ -633,6 +633,36 @@ def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
         load_points(str(res / "tuning"))["point_id"].tolist() and len(load_points(str(dest))) == 6
 
 
+def test_ship_points_thins_a_large_grids_curves(tmp_path):
+    """--curves-every K keeps a point's first K evaluations, every K-th one, its last and its
+    first below the threshold: against a plain loop over each curve."""
+    script = runpy.run_path(str(ROOT / "analysis" / "ship_points.py"))
+    rng = np.random.default_rng(0)
+    curves = pd.DataFrame([dict(point_id=f"p{i}", epoch=25 * e, train_loss=0.3,
+                                eval_loss=float(v))
+                           for i, n in enumerate([1, 2, 5, 9, 13, 40])
+                           for e, v in enumerate(np.sort(rng.uniform(0, 0.3, n))[::-1])])
+    for every in (1, 2, 4, 7):
+        kept = script["thin"](curves, every, threshold=0.1)
+        want = []
+        for _, c in curves.groupby("point_id", sort=False):
+            losses = c["eval_loss"].tolist()
+            below = [j for j, v in enumerate(losses) if v < 0.1][:1]
+            want += [c.index[j] for j in range(len(c))
+                     if j < every or j % every == 0 or j == len(c) - 1 or j in below]
+        assert kept.index.tolist() == want, every
+    assert len(script["thin"](curves, 4, 0.1)) < len(curves)
+    res, dest = tmp_path / "results", tmp_path / "shipped"
+    _results(res, {(1, 1): 0.005, (1, 2): 0.2})
+    script["main"]([str(res), str(dest), "--curves-every", "3"])   # two evaluations each: all
+    key = ["point_id", "epoch"]
+    assert load_curves(str(dest)).sort_values(key, ignore_index=True).equals(
+        load_curves(str(res)).sort_values(key, ignore_index=True))
+    with pytest.raises(SystemExit):
+        script["main"]([str(res), str(tmp_path / "none"), "--curves-every", "0"])
+    assert not (tmp_path / "none").exists()
+
+
 def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
     plot = runpy.run_path(str(ROOT / "analysis" / "lr_by_size.py"))["plot_lr_by_size"]
     t = pd.concat([points({5: 0.01 * l + lr, 10: 0.2}, layers=l, cells=c, lr=lr)
