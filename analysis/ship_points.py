@@ -52,12 +52,16 @@ def main(argv=None) -> None:
     if args.rungs:
         points = budget_rungs(points, load_curves(args.results))
         points["point_id"] = points["point_id"] + "@" + points["max_epochs"].astype(str)
+    curves = load_curves(args.results, points["point_id"].tolist()) if every else None
+    if curves is not None and curves.empty and len(points):
+        raise SystemExit(f"{args.results}: no curves to ship (its run did not keep them, or it "
+                         "was shipped without them)")
     dest = Path(args.dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
-    ship(args.results, dest, points, every)
+    ship(args.results, dest, points, curves, every)
     tuning = Path(args.results) / TUNING    # a tuned grid's tuning run: its choice, and resuming it
     if tuning.is_dir():
         ship(str(tuning), dest / TUNING, load_points(str(tuning)))
@@ -85,14 +89,15 @@ def thin(curves: pd.DataFrame, every: int, threshold: float = THRESHOLD) -> pd.D
     return curves[keep]
 
 
-def ship(results: str, dest: Path, points, every: int = 0) -> None:
+def ship(results: str, dest: Path, points: pd.DataFrame, curves: pd.DataFrame | None = None,
+         every: int = 1) -> None:
     """`points` (of the folder `results`) as zstd parts in `dest`, one per arch
     (`part-<arch>.parquet`, rows in point_id order: a cell's part is byte for byte the same
-    when a later copy of a growing run ships it again), with their curves if `every` (every
-    `every`-th evaluation, :func:`thin`), and the packs `results` saved mid-training."""
+    when a later copy of a growing run ships it again), with their `curves` if given (thinned
+    by :func:`thin` where `every` > 1), and the packs `results` saved mid-training."""
     points = points.sort_values("point_id", kind="stable")
-    if every:    # before the points, as memgrid writes a part
-        table = load_curves(results, points["point_id"].tolist())
+    if curves is not None:    # before the points, as memgrid writes a part
+        table = curves
         (dest / "curves").mkdir(parents=True)
         arch = dict(zip(points["point_id"], points["arch"]))
         table = table.assign(_arch=table["point_id"].map(arch)).sort_values(

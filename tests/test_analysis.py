@@ -660,6 +660,9 @@ def test_ship_points_thins_a_large_grids_curves(tmp_path):
         load_curves(str(res)).sort_values(key, ignore_index=True))
     with pytest.raises(SystemExit):
         script["main"]([str(res), str(tmp_path / "none"), "--curves-every", "0"])
+    script["main"]([str(res), str(dest)])                  # shipped without its curves
+    with pytest.raises(SystemExit, match="no curves to ship"):
+        script["main"]([str(dest), str(tmp_path / "none"), "--curves"])
     assert not (tmp_path / "none").exists()
 
 
