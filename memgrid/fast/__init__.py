@@ -14,7 +14,7 @@ with the paper cells' products, activations and optimizer (``csrc/common.h``).
 
 DIAGONAL = {"mingru": 0, "minlstm": 1, "lru": 2, "lru_ring": 2, "mamba": 3, "s6_bare": 4,
             "lru_real": 5, "mamba_lin": 3, "s6_bare_lin": 4, "mingru_block": 6, "minlstm_block": 7,
-            "lru_block": 8}
+            "lru_block": 8, "mamba_complex": 9}
 """the cells of the diagonal recurrences' C kernel, by their number in csrc/diagonal.c (lru_ring,
 mamba_lin, s6_bare_lin: another cell's computation, another init); here, torch-free, for the
 cost model (memgrid.packs)"""
@@ -22,8 +22,8 @@ cost model (memgrid.packs)"""
 
 def kernel_of(arch: str):
     """The module of the C kernel that runs `arch` (:mod:`.kernels`: rnn, lstm, gru;
-    :mod:`.diagonal`: mingru, minlstm, the LRUs, the selective SSMs and the blocks, but not
-    mamba_complex), or None. Both give ``usable``, ``train_scratch`` and ``train_step`` alike."""
+    :mod:`.diagonal`: mingru, minlstm, the LRUs, the selective SSMs, real and complex, and the
+    blocks), or None. Both give ``usable``, ``train_scratch`` and ``train_step`` alike."""
     from . import diagonal, kernels
     from .layout import ARCH
 

@@ -1,7 +1,8 @@
 """The C kernel of the diagonal recurrences minGRU, minLSTM, the LRU (complex or real lambda) and
-the selective SSM, bare and in their published blocks (``csrc/diagonal.c``): a layer's state
-evolves as h_t = a_t * h_{t-1} + b_t, elementwise (complex for the LRU's complex lambda), with
-a_t and b_t from the inputs alone (memgrid.cells defines the cells). Built, cached and loaded as the paper cells' kernel
+the selective SSM (real or complex), bare and in their published blocks (``csrc/diagonal.c``):
+a layer's state evolves as h_t = a_t * h_{t-1} + b_t, elementwise (complex for the LRU's
+complex lambda and the complex SSM), with a_t and b_t from the inputs alone (memgrid.cells
+defines the cells). Built, cached and loaded as the paper cells' kernel
 (:mod:`memgrid.fast.native`), with the same products, activations and optimizer
 (``csrc/common.h``).
 
@@ -55,17 +56,19 @@ def defines(dtype: torch.dtype) -> list[str]:
 def _build(dtype: torch.dtype) -> ctypes.CDLL:
     suffix = _VARIANTS[dtype][1]
     names = [f"memgrid_diag_{n}_{suffix}" for n in ("forward", "backward", "train_step",
-                                                     "train_scratch", "aux_rows", "phi")]
+                                                     "train_scratch", "aux_rows", "phi", "sincos")]
     lib = load_so(SRC, defines(dtype), f"diagonal_{suffix}", names)
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    fwd, bwd, step, scratch, aux, phi = (getattr(lib, n) for n in names)
+    fwd, bwd, step, scratch, aux, phi, sincos = (getattr(lib, n) for n in names)
     fwd.argtypes, fwd.restype = [i32] * 8 + [P] * 5, i32
     bwd.argtypes, bwd.restype = [i32] * 8 + [P] * 7, i32
     step.argtypes, step.restype = [i32] * 9 + [P] * 11, i32
     scratch.argtypes, scratch.restype = [i32] * 5, i64
     aux.argtypes, aux.restype = [i32] * 2, i32       # rows forward keeps per layer and step
     phi.argtypes, phi.restype = [i64, P, P], i32     # the blocks' GELU's Phi, for tests
-    lib.fwd, lib.bwd, lib.step, lib.scratch, lib.aux, lib.phi = fwd, bwd, step, scratch, aux, phi
+    sincos.argtypes, sincos.restype = [i64, P, P, P], i32    # the complex SSM's, for tests
+    lib.fwd, lib.bwd, lib.step, lib.scratch, lib.aux = fwd, bwd, step, scratch, aux
+    lib.phi, lib.sincos = phi, sincos
     return lib
 
 
