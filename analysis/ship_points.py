@@ -46,8 +46,8 @@ def main(argv=None) -> None:
         ap.error(f"--curves-every: {args.curves_every} is not a positive whole number")
     every = args.curves_every or (1 if args.curves else 0)
     if every and args.rungs:
-        raise SystemExit("--curves or --curves-every with --rungs: a replayed folder's rows are not "
-                         "the curves' points")
+        raise SystemExit("--curves or --curves-every with --rungs: a replayed folder's rows "
+                         "are not the curves' points")
     points = load_points(args.results)
     if args.rungs:
         points = budget_rungs(points, load_curves(args.results))

@@ -92,6 +92,9 @@ class Cell:
     label: str = ""
     """the cell's name as papers write it (minGRU, LRU), for tables and figures; its `name`
     upper-cased where empty"""
+    family: str = ""
+    """the cells a figure of many groups it with (the paper's cells, the LRU's variants); the
+    cells without one share a group"""
 
     def __post_init__(self):
         if not self.label:
@@ -189,9 +192,13 @@ def _gru_step(w, x, state):
     return h, (h,)
 
 
-RNN = Cell("rnn", _torch_weights(1), _rnn_step, fast=True)
-LSTM = Cell("lstm", _torch_weights(4), _lstm_step, state_rows=lambda c: (c, c), fast=True)
-GRU = Cell("gru", _torch_weights(3), _gru_step, fast=True)
+PAPER, MIN_GATED, LRU_FAMILY, SSM = ("the paper's cells", "minGRU and minLSTM", "the LRU",
+                                     "the selective SSM")
+"""the built-in cells' families (:attr:`Cell.family`)"""
+RNN = Cell("rnn", _torch_weights(1), _rnn_step, fast=True, family=PAPER)
+LSTM = Cell("lstm", _torch_weights(4), _lstm_step, state_rows=lambda c: (c, c), fast=True,
+            family=PAPER)
+GRU = Cell("gru", _torch_weights(3), _gru_step, fast=True, family=PAPER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,10 +250,12 @@ def _minlstm_recur(w, pre, state):
 
 _LINEAR_INIT = uniform_init(lambda m, c: 1 / math.sqrt(m))
 MINGRU = Cell("mingru", lambda m, c: {"w_z": (c, m), "b_z": (c,), "w_h": (c, m), "b_h": (c,)},
-              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT, label="minGRU")
+              pre=_mingru_pre, recur=_mingru_recur, init=_LINEAR_INIT, label="minGRU",
+              family=MIN_GATED)
 MINLSTM = Cell("minlstm", lambda m, c: {"w_f": (c, m), "b_f": (c,), "w_i": (c, m), "b_i": (c,),
                                          "w_h": (c, m), "b_h": (c,)},
-               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT, label="minLSTM")
+               pre=_minlstm_pre, recur=_minlstm_recur, init=_LINEAR_INIT, label="minLSTM",
+               family=MIN_GATED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,14 +341,14 @@ def _lru_real_recur(w, pre, state):
 
 
 _LRU = dict(weights=_lru_weights, pre=_lru_pre, recur=_lru_recur, state_rows=lambda c: (c, c),
-            read=all_states, units=lambda c: 2 * c)                         # (re, im): 2c
+            read=all_states, units=lambda c: 2 * c, family=LRU_FAMILY)      # (re, im): 2c
 LRU = Cell("lru", init=lru_init(0.0, 1.0, 2 * math.pi), label="LRU", **_LRU)
 LRU_RING = Cell("lru_ring", init=lru_init(0.9, 1.0, math.pi / 10), label="LRU (ring 0.9, pi/10)",
                 **_LRU)
 LRU_REAL = Cell("lru_real", lambda m, c: {"nu_log": (c,), "gamma_log": (c,), "b": (c, m),
                                           "c": (c, c), "d": (c, m)},
                 pre=_lru_real_pre, recur=_lru_real_recur, init=lru_init(0.0, 1.0, 0.0),
-                label="LRU (real lambda)")
+                label="LRU (real lambda)", family=LRU_FAMILY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,10 +542,10 @@ def _mamba_recur(ssm_step):
 
 
 _S6 = dict(weights=_s6_weights, pre=_s6_pre, recur=_s6_recur, state_rows=lambda c: (c * S6_STATE,),
-           read=lambda out, state: state[0], units=lambda c: c * S6_STATE)
+           read=lambda out, state: state[0], units=lambda c: c * S6_STATE, family=SSM)
 _MAMBA = dict(weights=_mamba_weights, pre=_mamba_pre, recur=_mamba_recur(_ssm_step),
               state_rows=lambda c: (c * S6_STATE, c * (MAMBA_CONV - 1)), read=all_states,
-              units=lambda c: c * (S6_STATE + MAMBA_CONV - 1))
+              units=lambda c: c * (S6_STATE + MAMBA_CONV - 1), family=SSM)
 S6_BARE = Cell("s6_bare", init=s6_init("real"), label="S6 (bare)", **_S6)
 MAMBA = Cell("mamba", init=s6_init("real"), label="Mamba (S6 block)", **_MAMBA)
 S6_BARE_LIN = Cell("s6_bare_lin", init=s6_init("lin"), label="S6 (bare, real S4D-Lin)", **_S6)
@@ -545,7 +554,7 @@ MAMBA_COMPLEX = Cell("mamba_complex", _mamba_complex_weights, pre=_mamba_pre,
                      recur=_mamba_recur(_ssm_step_complex), init=s6_init("complex"),
                      state_rows=lambda c: (c * S6_STATE, c * S6_STATE, c * (MAMBA_CONV - 1)),
                      read=all_states, units=lambda c: c * (2 * S6_STATE + MAMBA_CONV - 1),
-                     label="Mamba (complex, S4D-Lin)")
+                     label="Mamba (complex, S4D-Lin)", family=SSM)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,7 +625,7 @@ def _block_recur(rnn_pre, rnn_recur):
 
 
 _BLOCK = dict(pre=_block_pre, init=_block_init, state_rows=lambda c: (c, c * (BLOCK_CONV - 1)),
-              read=all_states, units=lambda c: c * BLOCK_CONV)         # h and the window: 3c
+              read=all_states, units=lambda c: c * BLOCK_CONV, family=MIN_GATED)  # h, window: 3c
 MINGRU_BLOCK = Cell("mingru_block", _block_weights(("h", "z")),
                     recur=_block_recur(_mingru_pre, _mingru_recur), label="minGRU (block)",
                     **_BLOCK)
@@ -680,7 +689,7 @@ def _lru_block_recur(w, pre, state):
 
 LRU_BLOCK = Cell("lru_block", _lru_block_weights, pre=_block_pre, recur=_lru_block_recur,
                  init=_lru_block_init, state_rows=lambda c: (c, c), read=all_states,
-                 units=lambda c: 2 * c, label="LRU (block)")
+                 units=lambda c: 2 * c, label="LRU (block)", family=LRU_FAMILY)
 
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN, LSTM, GRU, MINGRU, MINLSTM, MINGRU_BLOCK,

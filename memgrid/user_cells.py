@@ -266,7 +266,8 @@ def _shape(t: Any) -> str:
 def single_network(name: str, weights: Callable[[int, int], Shapes], step: Callable, *,
                    state_rows: Callable[[int], tuple[int, ...]] = lambda c: (c,),
                    init: Callable | None = None, read: Callable | None = None,
-                   units: Callable[[int], int] = lambda c: c, label: str = "") -> Cell:
+                   units: Callable[[int], int] = lambda c: c, label: str = "",
+                   family: str = "") -> Cell:
     """A :class:`Cell` from a step written for one network, as a plain PyTorch user writes
     it: ``step(w, x, state) -> (out, state)`` with w the layer's parameters by name in their
     own shapes (``weights(m, c)``), x `(m, B)`, state a tuple of `(rows, B)` and out `(c, B)`.
@@ -285,4 +286,4 @@ def single_network(name: str, weights: Callable[[int, int], Shapes], step: Calla
 
     return Cell(name, weights, packed_step, init=init or uniform_init(lambda m, c: 1 / math.sqrt(c)),
                 state_rows=state_rows, read=packed_read if read else (lambda out, state: out),
-                units=units, label=label)
+                units=units, label=label, family=family)

@@ -19,8 +19,8 @@ from memgrid.analysis import (against_state_size, bimodality, capacity_violation
                               plot_loss_curves, save,
                               write_report)
 from memgrid.analysis.scripts import heatmap
-from memgrid.analysis.tables import (load_curves, load_points, mean_losses, units_text,
-                                     variant_columns)
+from memgrid.analysis.tables import (arch_label, load_curves, load_points, mean_losses,
+                                     units_text, variant_columns)
 from memgrid.config import Point
 from memgrid.results import write_grid_identity, write_points
 from memgrid.rows import point_settings
@@ -357,6 +357,28 @@ def test_limit_per_cell_draws_each_cells_limits_against_its_n():
     with pytest.raises(ValueError):
         plot_limit_per_cell(t.iloc[:0])
 
+
+def test_limit_per_cell_puts_many_cells_in_a_row_per_family():
+    """Past FAMILY_ROWS cells, a row of panels per family of cells (memgrid.cells'
+    Cell.family), in the order of each family's first cell; each panel draws its family's cells
+    alone, and the row's first panel names them."""
+    from memgrid.analysis.plots import FAMILY_ROWS
+
+    archs = ["rnn", "gru", "mingru", "minlstm", "lru", "lru_real", "s6_bare", "mamba"]
+    assert len(archs) > FAMILY_ROWS
+    t = pd.concat([points({1: 0.01, 2: 0.3}, arch=a, layers=l, cells=2)
+                   for a in archs for l in (1, 2)])
+    fig = plot_limit_per_cell(t)
+    assert len(fig.axes) == 4 * 2
+    families = [["rnn", "gru"], ["mingru", "minlstm"], ["lru", "lru_real"], ["mamba", "s6_bare"]]
+    for i, family in enumerate(families):
+        for ax in fig.axes[2 * i:2 * i + 2]:
+            assert [line.get_gid() for line in ax.lines if line.get_gid()] == family
+        legend = fig.axes[2 * i].get_legend()
+        assert [tx.get_text() for tx in legend.get_texts()] == [arch_label(a) for a in family]
+    assert fig.axes[4].get_title() == "the LRU, l = 1"
+    few = plot_limit_per_cell(t[t["arch"].isin(archs[:FAMILY_ROWS])])
+    assert len(few.axes) == 2                             # one row: every cell in each panel
 
 def test_limit_per_cell_bars_the_seeds_range_where_the_mean_passes_every_seed():
     """Seeds failing at different positions: their own limits 1, 2, 3, the mean's 4. The bar

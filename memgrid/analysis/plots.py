@@ -377,66 +377,67 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
     return fig
 
 
+FAMILY_ROWS = 6
+"""plot_limit_per_cell draws more cells than this a row of panels per family (Cell.family)"""
+
+
+def _families(archs: list[str]) -> list[tuple[str, list[str]]]:
+    """`archs` grouped by their cell's family, the groups in the order of their first cell; a
+    cell without a family (not in memgrid.cells, or none given) in the group "other cells"."""
+    from ..cells import CELLS
+
+    groups: dict[str, list[str]] = {}
+    for a in archs:
+        family = CELLS[a].family if a in CELLS and CELLS[a].family else "other cells"
+        groups.setdefault(family, []).append(a)
+    return list(groups.items())
+
+
 def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
                         converged: dict[tuple, str] | None = None) -> Figure:
     """The memory limit against N for cells whose N per unit differs (N from 2 to 100s): one
-    panel per depth l, N on a log axis, a line per cell through its sizes; each limit is the
-    limit of the mean over seeds (marker) with the range of the seeds' own limits (bar); a
-    censored one (the walk reached the configuration's largest p) is an open marker with an
-    arrow up; the largest p trained, where the grid caps it for every N, a dotted line. The
-    diagonal: the paper's bound N - (l - 1). `converged` as in :func:`plot_limits_vs_units`:
-    a filled marker is a limit a budget check leaves in its seeds' range, a half-filled one
-    unchecked, a cross one it moves."""
+    panel per depth l (and, past FAMILY_ROWS cells, one row of panels per family of cells),
+    N on a log axis, a line per cell through its sizes; each limit is the limit of the mean
+    over seeds (marker) with the range of the seeds' own limits (bar); a censored one (the walk
+    reached the configuration's largest p) is an open marker with an arrow up; the largest p
+    trained, where the grid caps it for every N, a dotted line. The diagonal: the paper's bound
+    N - (l - 1). `converged` as in :func:`plot_limits_vs_units`: a filled marker is a limit a
+    budget check leaves in its seeds' range, a half-filled one unchecked, a cross one it
+    moves."""
     if points.empty:
         raise ValueError("no points to draw")
     limits = limits_with_seeds(points, threshold, CONFIG)
     archs, layers = _archs(points), sorted(int(v) for v in points["layers"].unique())
-    fig = _figure(5.2 * len(layers) + 2.4, 4.6)
-    axes = np.atleast_1d(fig.subplots(1, len(layers), sharey=True))
+    groups = _families(archs) if len(archs) > FAMILY_ROWS else [("", archs)]
+    fig = _figure(5.2 * len(layers) + 2.4, 4.6 if len(groups) == 1 else 2.9 * len(groups) + 0.9)
+    axes = fig.subplots(len(groups), len(layers), sharex="col", sharey=True, squeeze=False)
     n_lo, n_hi = int(limits["units"].min()), int(limits["units"].max())
     p_top = int(limits["p_max"].max())
     marks = converged or {}
     checked = any(v != "unchecked" for v in marks.values())
-    for ax, l in zip(axes, layers):
-        n = np.geomspace(max(l, n_lo) / 1.2, n_hi * 1.2, 50)
-        ax.plot(n, n - (l - 1), color="0.4", lw=1, zorder=1)
-        ax.axhline(p_top, color="0.5", lw=0.8, ls=(0, (1, 3)), zorder=1)
-        for arch in archs:
-            lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)].sort_values("units")
-            if lim.empty:
-                continue
-            col = ARCH_COLORS.get(arch, "k")
-            dodge = 2 ** (0.05 * (archs.index(arch) - (len(archs) - 1) / 2))  # apart at one N
-            x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
-            ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
-            _seed_range(ax, x, lim, ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
-            cens = lim["limit_censored"].to_numpy(dtype=bool)
-            state = np.array([marks.get((arch, l, c), "unchecked") for c in lim["cells"]])
-            filled = ~cens & ((state == "converged") | (not checked))
-            half = ~cens & (state == "unchecked") & checked
-            ax.scatter(x[filled], y[filled], s=30, color=col, zorder=3)
-            ax.scatter(x[half], y[half], s=30, color=col, zorder=3, marker=MarkerHalf)
-            ax.scatter(x[cens], y[cens], s=30, facecolors="white", edgecolors=col, zorder=3)
-            for xi, yi in zip(x[cens], y[cens]):
-                ax.annotate("", xy=(xi, yi + 1.6), xytext=(xi, yi + 0.5), zorder=3,
-                            arrowprops=dict(arrowstyle="-|>", color=col, lw=0.9,
-                                            mutation_scale=7, shrinkA=0, shrinkB=0))
-            moving = np.isin(state, ["moves", "not converged"])
-            ax.scatter(x[moving], y[moving], marker="x", s=60, color="0.15", linewidths=1.0,
-                       zorder=4)
-        ax.set_xscale("log", base=2)
-        ticks = [t for t in (2, 4, 8, 16, 32, 64, 128, 256, 512) if n_lo / 1.2 <= t <= n_hi * 1.2]
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_xlim(max(l, n_lo) / 1.2, n_hi * 1.2)
-        ax.set_ylim(0, p_top + 3)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for row, (family, members) in zip(axes, groups):
+        for ax, l in zip(row, layers):
+            _draw_limits(ax, limits, members, l, marks, checked, p_top)
+            ticks = [t for t in (2, 4, 8, 16, 32, 64, 128, 256, 512)
+                     if n_lo / 1.2 <= t <= n_hi * 1.2]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.set_xlim(max(l, n_lo) / 1.2, n_hi * 1.2)
+            ax.set_ylim(0, p_top + 3)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title((f"{family}, " if family else "") + f"l = {l}"
+                         + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
+            ax.grid(alpha=0.25)
+        if family:      # the row's cells, where its lines start (the lower left stays clear)
+            row[0].legend(handles=[_cell_handle(a) for a in members], fontsize=7.5,
+                          loc="upper left")
+    for ax in axes[-1]:
         ax.set_xlabel("N, the numbers the state holds (an LSTM's: c; log scale)")
-        ax.set_title(f"l = {l}" + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
-        ax.grid(alpha=0.25)
-    axes[0].set_ylabel(f"memory limit (largest p, mean loss < {threshold:g} for all p' <= p)",
-                       fontsize=8.5)
-    legend = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=1.5, marker="o", ms=4,
-                     label=arch_label(a)) for a in archs]
+    ylabel = f"memory limit (largest p, mean loss < {threshold:g} for all p' <= p)"
+    if len(groups) == 1:
+        axes[0][0].set_ylabel(ylabel, fontsize=8.5)
+    else:
+        fig.supylabel(ylabel, fontsize=9.5)
+    legend = [] if len(groups) > 1 else [_cell_handle(a) for a in archs]
     legend += [Line2D([], [], color="0.4", lw=1, label="limit = N - (l - 1)"),
                Line2D([], [], color="0.5", lw=0.8, ls=(0, (1, 3)), label=f"largest p ({p_top})"),
                Line2D([], [], color="0.3", marker="|", ls="", ms=9, label="bar: seeds' own limits"),
@@ -452,6 +453,44 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
     fig.legend(handles=legend, fontsize=7.5, loc="outside right center")
     fig.suptitle(f"How far back each cell remembers ({length_text(points)})", fontsize=11)
     return fig
+
+
+def _cell_handle(arch: str) -> Line2D:
+    return Line2D([], [], color=ARCH_COLORS.get(arch, "k"), lw=1.5, marker="o", ms=4,
+                  label=arch_label(arch))
+
+
+def _draw_limits(ax, limits: pd.DataFrame, archs: list[str], l: int, marks: dict, checked: bool,
+                 p_top: int) -> None:
+    """One panel of :func:`plot_limit_per_cell`: the cells `archs` at depth `l`."""
+    n_lo, n_hi = int(limits["units"].min()), int(limits["units"].max())
+    n = np.geomspace(max(l, n_lo) / 1.2, n_hi * 1.2, 50)
+    ax.plot(n, n - (l - 1), color="0.4", lw=1, zorder=1)
+    ax.axhline(p_top, color="0.5", lw=0.8, ls=(0, (1, 3)), zorder=1)
+    for arch in archs:
+        lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)].sort_values("units")
+        if lim.empty:
+            continue
+        col = ARCH_COLORS.get(arch, "k")
+        dodge = 2 ** (0.05 * (archs.index(arch) - (len(archs) - 1) / 2))  # apart at one N
+        x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
+        ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
+        _seed_range(ax, x, lim, ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
+        cens = lim["limit_censored"].to_numpy(dtype=bool)
+        state = np.array([marks.get((arch, l, c), "unchecked") for c in lim["cells"]])
+        filled = ~cens & ((state == "converged") | (not checked))
+        half = ~cens & (state == "unchecked") & checked
+        ax.scatter(x[filled], y[filled], s=30, color=col, zorder=3)
+        ax.scatter(x[half], y[half], s=30, color=col, zorder=3, marker=MarkerHalf)
+        ax.scatter(x[cens], y[cens], s=30, facecolors="white", edgecolors=col, zorder=3)
+        for xi, yi in zip(x[cens], y[cens]):
+            ax.annotate("", xy=(xi, yi + 1.6), xytext=(xi, yi + 0.5), zorder=3,
+                        arrowprops=dict(arrowstyle="-|>", color=col, lw=0.9,
+                                        mutation_scale=7, shrinkA=0, shrinkB=0))
+        moving = np.isin(state, ["moves", "not converged"])
+        ax.scatter(x[moving], y[moving], marker="x", s=60, color="0.15", linewidths=1.0,
+                   zorder=4)
+    ax.set_xscale("log", base=2)
 
 
 def plot_limits_by_budget(conv: pd.DataFrame) -> Figure:
