@@ -107,7 +107,7 @@ def test_phi_is_the_normal_distribution_function(dtype, atol):
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 2.3e-16), (torch.float32, 1.2e-7)])
 def test_sincos_is_sine_and_cosine(dtype, atol):
-    """The complex SSM's phase (csrc/diagonal.c's sincos_, range reduction and polynomials)
+    """The complex SSM's phase (csrc/diag_ssm.h's sincos_, range reduction and polynomials)
     equals torch's sin and cos in float64 of the same numbers, to a unit or two of the type's
     last place, from -1000 to 1000 (every quadrant, many turns) and near 0."""
     from memgrid.fast.native import pointer
