@@ -228,22 +228,12 @@ static void blk_forward_member(int arch, int K, int L, int T, int P, int B, int 
                 SIMD for (int b = 0; b < B; b++) xmj[b] = xj[b] * mk[b];
             }
             /* pc = the causal depthwise convolution of the window and x, summed over k from 0 */
+            const REAL *xm0 = Ak ? Ak + (int64_t)i * T * rb + (int64_t)o.xm * B : NULL;
+            const REAL *ring0 = Ak ? NULL : ring + (int64_t)i * BCONV * cb;
             for (int j = 0; j < c; j++) {
-                const REAL *tap[BCONV];                         /* oldest first; NULL: zeros */
-                for (int k = 0; k < BCONV - 1; k++) {
-                    const int tt = t - (BCONV - 1) + k;
-                    const REAL *src = NULL;
-                    if (tt >= t0)
-                        src = Ak ? Ak + ((int64_t)i * T + tt) * rb + (int64_t)o.xm * B
-                                 : ring + ((int64_t)i * BCONV + tt % BCONV) * cb;
-                    tap[k] = src ? src + (int64_t)j * B : NULL;
-                }
-                tap[BCONV - 1] = x + (int64_t)j * B;
                 const REAL *w = s.wconv + (int64_t)j * BCONV, bcj = s.bconv[j];
                 REAL *pj = pc + (int64_t)j * B;
-                SIMD for (int b = 0; b < B; b++) pj[b] = 0;
-                for (int k = 0; k < BCONV; k++)
-                    if (tap[k]) { SIMD for (int b = 0; b < B; b++) pj[b] += w[k] * tap[k][b]; }
+                conv_taps(BCONV, j, t, t0, B, cb, x + (int64_t)j * B, w, xm0, rb, ring0, pj);
                 SIMD for (int b = 0; b < B; b++) pj[b] += bcj;
             }
             if (!Ak) memcpy(ring + ((int64_t)i * BCONV + t % BCONV) * cb, xm, sizeof(REAL) * cb);
@@ -408,16 +398,9 @@ static void blk_backward_member(int arch, int K, int L, int T, int P, int B, int
                     gxj[b] = gx2j[b] + gpj[b] * w[BCONV - 1] + cj[b] * mk[b];
                     cj[b] = 0;
                 }
-                lanes_dot(acc_conv + ((int64_t)c * BCONV + j) * VL, gpj, NULL, B);   /* b_conv */
-                lanes_dot(acc_conv + ((int64_t)j * BCONV + BCONV - 1) * VL, gpj, x + (int64_t)j * B, B);
-                for (int k = 0; k < BCONV - 1; k++) {
-                    const int tt = t - (BCONV - 1) + k;
-                    if (tt < t0) continue;
-                    const REAL *xm = Ak + ((int64_t)i * T + tt) * rb + (int64_t)(o.xm + j) * B;
-                    REAL *pk = pend + (int64_t)(tt % BCONV) * cb + (int64_t)j * B;
-                    lanes_dot(acc_conv + ((int64_t)j * BCONV + k) * VL, gpj, xm, B);
-                    SIMD for (int b = 0; b < B; b++) pk[b] += gpj[b] * w[k];
-                }
+                conv_taps_grad(BCONV, c, j, t, t0, B, cb, gpj, x + (int64_t)j * B, w,
+                               Ak + (int64_t)i * T * rb + (int64_t)(o.xm + j) * B, rb, pend,
+                               acc_conv);
             }
             /* x = W_in u + b_in */
             const REAL *in = i == 0 ? xk + (int64_t)t * K * B : Hin + (int64_t)(t + 1) * cb;

@@ -201,23 +201,13 @@ static void ssm_forward_member(int arch, int K, int L, int T, int P, int B, int 
             if (ssm_conv(arch)) {
                 const REAL *x = a + (int64_t)o.P * B;
                 REAL *xm = a + (int64_t)o.xm * B, *pv = a + (int64_t)o.pv * B;
-                const REAL *tap[CONVW];                         /* oldest first; NULL: zeros */
+                const REAL *xm0 = Ak ? Ak + (int64_t)i * T * rb + (int64_t)o.xm * B : NULL;
+                const REAL *ring0 = Ak ? NULL : ring + (int64_t)i * CONVW * cb;
                 for (int j = 0; j < c; j++) {
-                    for (int k = 0; k < CONVW - 1; k++) {
-                        const int tt = t - (CONVW - 1) + k;
-                        const REAL *src = NULL;
-                        if (tt >= t0)
-                            src = Ak ? Ak + ((int64_t)i * T + tt) * rb + (int64_t)o.xm * B
-                                     : ring + ((int64_t)i * CONVW + tt % CONVW) * cb;
-                        tap[k] = src ? src + (int64_t)j * B : NULL;
-                    }
-                    tap[CONVW - 1] = x + (int64_t)j * B;
                     const REAL *w = s.wconv + (int64_t)j * CONVW, bc = s.bconv[j];
                     REAL *pj = pv + (int64_t)j * B, *vj = v + (int64_t)j * B, *xmj = xm + (int64_t)j * B;
                     const REAL *xj = x + (int64_t)j * B;
-                    SIMD for (int b = 0; b < B; b++) pj[b] = 0;
-                    for (int k = 0; k < CONVW; k++)                 /* summed over k from 0 */
-                        if (tap[k]) { SIMD for (int b = 0; b < B; b++) pj[b] += w[k] * tap[k][b]; }
+                    conv_taps(CONVW, j, t, t0, B, cb, xj, w, xm0, rb, ring0, pj);
                     SIMD for (int b = 0; b < B; b++) {
                         pj[b] += bc;
                         vj[b] = silu_(pj[b]);
@@ -458,16 +448,9 @@ static void ssm_backward_member(int arch, int K, int L, int T, int P, int B, int
                         gxj[b] = gvj[b] * w[CONVW - 1] + cj[b] * mk[b];
                         cj[b] = 0;
                     }
-                    lanes_dot(acc_conv + ((int64_t)c * CONVW + j) * VL, gvj, NULL, B);   /* b_conv */
-                    lanes_dot(acc_conv + ((int64_t)j * CONVW + CONVW - 1) * VL, gvj, x + (int64_t)j * B, B);
-                    for (int k = 0; k < CONVW - 1; k++) {
-                        const int tt = t - (CONVW - 1) + k;
-                        if (tt < t0) continue;
-                        const REAL *xm = Ak + ((int64_t)i * T + tt) * rb + (int64_t)(o.xm + j) * B;
-                        REAL *pk = pend + (int64_t)(tt % CONVW) * cb + (int64_t)j * B;
-                        lanes_dot(acc_conv + ((int64_t)j * CONVW + k) * VL, gvj, xm, B);
-                        SIMD for (int b = 0; b < B; b++) pk[b] += gvj[b] * w[k];
-                    }
+                    conv_taps_grad(CONVW, c, j, t, t0, B, cb, gvj, x + (int64_t)j * B, w,
+                                   Ak + (int64_t)i * T * rb + (int64_t)(o.xm + j) * B, rb, pend,
+                                   acc_conv);
                 }
             } else {
                 memcpy(gP, gv, sizeof(REAL) * cb);

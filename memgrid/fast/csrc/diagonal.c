@@ -119,6 +119,42 @@ static inline REAL lanes_total(const REAL *acc) {
     return s;
 }
 
+/* Forward of a causal depthwise convolution of width W (Mamba's, minLM's) at step t, channel
+ * j, before its bias: pj = the sum over k from 0 of w[k] tap_k, its taps oldest first: the
+ * masked inputs of steps t - W + 1 .. t - 1 (xm0 + tt rb in training, the ring's rows
+ * ring0 + (tt mod W) cb in evaluation; none before t0), then x, its own. */
+static inline void conv_taps(int W, int j, int t, int t0, int B, int64_t cb, const REAL *x,
+                             const REAL *w, const REAL *xm0, int64_t rb, const REAL *ring0,
+                             REAL *pj) {
+    SIMD for (int b = 0; b < B; b++) pj[b] = 0;
+    for (int k = 0; k < W; k++) {
+        const int tt = t - (W - 1) + k;
+        if (tt < t0) continue;
+        const REAL *tap = k == W - 1 ? x
+                        : (xm0 ? xm0 + tt * rb : ring0 + (int64_t)(tt % W) * cb) + (int64_t)j * B;
+        SIMD for (int b = 0; b < B; b++) pj[b] += w[k] * tap[b];
+    }
+}
+
+/* Backward of a causal depthwise convolution of width W (Mamba's, minLM's) at step t, channel
+ * j, from g, the gradient on its output: its weight's and bias's lane sums (acc: w (c, W),
+ * then b (c)), with x its own tap's input and xm0 + tt rb the masked input of an earlier step
+ * tt, and the gradient to those inputs, added to their steps' rows of the ring pend (W steps
+ * of (c, B)), each taken where its step is reached. */
+static inline void conv_taps_grad(int W, int c, int j, int t, int t0, int B, int64_t cb,
+                                  const REAL *g, const REAL *x, const REAL *w, const REAL *xm0,
+                                  int64_t rb, REAL *pend, REAL *acc) {
+    lanes_dot(acc + ((int64_t)c * W + j) * VL, g, NULL, B);                   /* b */
+    lanes_dot(acc + ((int64_t)j * W + W - 1) * VL, g, x, B);
+    for (int k = 0; k < W - 1; k++) {
+        const int tt = t - (W - 1) + k;
+        if (tt < t0) continue;
+        REAL *pk = pend + (int64_t)(tt % W) * cb + (int64_t)j * B;
+        lanes_dot(acc + ((int64_t)j * W + k) * VL, g, xm0 + tt * rb, B);
+        SIMD for (int b = 0; b < B; b++) pk[b] += g[b] * w[k];
+    }
+}
+
 #include "diag_minlm.h"
 #include "diag_lru.h"
 #include "diag_ssm.h"
