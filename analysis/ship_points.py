@@ -8,13 +8,13 @@ one row per point and budget, `max_epochs` set to the budget and `@<max_epochs>`
 point id (one point, several rows; the ids of a shorter budget's rows are not those a run at
 it would store). With --curves-every K, a curve keeps its first K evaluations (the fast
 start of training), every K-th after them, its last (the epoch it stopped at) and its first
-below the memorization threshold (so the epochs to memorize read from it stay exact): for a large grid, whose curves
-show how its points converged; a run whose curves are replayed (the plateau stop, --rungs)
-ships them whole.
+below the memorization threshold (so the epochs to memorize read from it stay exact): for a
+large grid, whose curves show how its points converged; a run whose curves are replayed (the
+plateau stop, --rungs) ships them whole.
 
     python analysis/ship_points.py results/fig4_rnn docs/data/fig4_rnn
     python analysis/ship_points.py results/big_stack_check-noplateau docs/data/big_stack_check-noplateau --curves
-    python analysis/ship_points.py results/today_cells docs/data/today_cells --curves-every 4
+    python analysis/ship_points.py results/today_cells docs/data/today_cells --curves-every 8
     python analysis/ship_points.py results/budget_lr_search_adam docs/data/budget_lr_search_adam-rungs --rungs
 """
 

@@ -427,7 +427,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
             ax.set_title((f"{family}, " if family else "") + f"l = {l}"
                          + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
             ax.grid(alpha=0.25)
-        if family:      # the row's cells, where its lines start (the lower left stays clear)
+        if family:      # the row's cells, upper left: the lines rise from the lower left
             row[0].legend(handles=[_cell_handle(a) for a in members], fontsize=7.5,
                           loc="upper left")
     for ax in axes[-1]:
