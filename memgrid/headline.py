@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .analysis.tables import arch_label as label
 from .cells import CELLS
 from .config import THRESHOLD
 
@@ -44,11 +45,6 @@ COMMAND = "python -m memgrid.headline"
 BAND = (0.05, 0.2)
 """the closed band of in-between mean losses (the paper's bimodality)"""
 KEYS = ["arch", "layers", "cells"]
-
-
-def label(arch: str) -> str:
-    """How the pages name a cell: its definition's label (memgrid.cells: minGRU, LRU, ...)."""
-    return CELLS[arch].label if arch in CELLS else arch.upper()
 
 
 CONVERGED = {"rnn": "fig6_rnn_tuned", "lstm": "fig8_lstm", "gru": "fig8_gru"}
