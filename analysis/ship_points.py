@@ -57,14 +57,22 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.results}: no curves to ship (its run did not keep them, or it "
                          "was shipped without them)")
     dest = Path(args.dest)
+    part = dest.with_name(f".{dest.name}.shipping")   # written whole, then put in dest's place
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    try:
+        shutil.copy(Path(args.results) / "grid.json", part / "grid.json")
+        ship(args.results, part, points, curves, every, shown=dest)
+        tuning = Path(args.results) / TUNING    # a tuned grid's tuning run: its choice, resuming it
+        if tuning.is_dir():
+            ship(str(tuning), part / TUNING, load_points(str(tuning)), shown=dest / TUNING)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    shutil.copy(Path(args.results) / "grid.json", dest / "grid.json")
-    ship(args.results, dest, points, curves, every)
-    tuning = Path(args.results) / TUNING    # a tuned grid's tuning run: its choice, and resuming it
-    if tuning.is_dir():
-        ship(str(tuning), dest / TUNING, load_points(str(tuning)))
+    part.rename(dest)
 
 
 def _parts(table, by: str, schema: pa.Schema, folder: Path) -> int:
@@ -90,11 +98,13 @@ def thin(curves: pd.DataFrame, every: int, threshold: float = THRESHOLD) -> pd.D
 
 
 def ship(results: str, dest: Path, points: pd.DataFrame, curves: pd.DataFrame | None = None,
-         every: int = 1) -> None:
+         every: int = 1, shown: Path | None = None) -> None:
     """`points` (of the folder `results`) as zstd parts in `dest`, one per arch
     (`part-<arch>.parquet`, rows in point_id order: a cell's part is byte for byte the same
     when a later copy of a growing run ships it again), with their `curves` if given (thinned
-    by :func:`thin` where `every` > 1), and the packs `results` saved mid-training."""
+    by :func:`thin` where `every` > 1), and the packs `results` saved mid-training; what it
+    wrote printed as in `shown` (default `dest`)."""
+    shown = shown or dest
     points = points.sort_values("point_id", kind="stable")
     if curves is not None:    # before the points, as memgrid writes a part
         table = curves
@@ -106,18 +116,18 @@ def ship(results: str, dest: Path, points: pd.DataFrame, curves: pd.DataFrame | 
         if every > 1:
             table = thin(table, every)
         size = _parts(table, "_arch", CURVE_SCHEMA, dest / "curves")
-        print(f"{dest}: {len(table)} curve rows" + (f" of {whole}" if every > 1 else "")
+        print(f"{shown}: {len(table)} curve rows" + (f" of {whole}" if every > 1 else "")
               + f", {size} bytes")
     if len(points):
         (dest / "points").mkdir(parents=True)
         size = _parts(points, "arch", POINT_SCHEMA, dest / "points")
-        print(f"{dest}: {len(points)} rows, {size} bytes")
+        print(f"{shown}: {len(points)} rows, {size} bytes")
     packs = Path(results) / PACKS
     if packs.is_dir() and any(packs.glob("*.pt")):    # a grid still running: what resumes it
         shutil.copytree(packs, dest / PACKS, ignore=shutil.ignore_patterns(".tmp-*"))
         size = sum(f.stat().st_size for f in (dest / PACKS).iterdir())
-        print(f"{dest / PACKS}: {len(list((dest / PACKS).glob('*.pt')))} packs saved mid-training, "
-              f"{size} bytes (a run into a copy of {dest} continues them)")
+        print(f"{shown / PACKS}: {len(list((dest / PACKS).glob('*.pt')))} packs saved mid-training, "
+              f"{size} bytes (a run into a copy of {shown} continues them)")
 
 
 if __name__ == "__main__":

@@ -686,6 +686,10 @@ def test_ship_points_thins_a_large_grids_curves(tmp_path):
     with pytest.raises(SystemExit, match="no curves to ship"):
         script["main"]([str(dest), str(tmp_path / "none"), "--curves"])
     assert not (tmp_path / "none").exists()
+    script["main"]([str(dest), str(dest)])                 # into itself: read, then replaced
+    assert load_points(str(dest)).sort_values("point_id", ignore_index=True).equals(
+        load_points(str(res)).sort_values("point_id", ignore_index=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "shipped"]   # no leftovers
 
 
 def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
