@@ -334,6 +334,24 @@ def test_plots_axes_and_save(tmp_path):
         plot_heatmaps(t, "median")
 
 
+def test_loss_curves_of_many_positions_take_a_colour_bar_and_their_late_top():
+    """Past 10 positions, the colour of p is read from a colour bar, not from a legend entry
+    per p; the y axis tops where the curves lie after their first 5 % of epochs, so a start
+    high above them (a thinned curve's first evaluations) does not squeeze them."""
+    many = points({p: 0.01 if p < 3 else 0.22 for p in range(1, 13)})
+    cur = pd.DataFrame([dict(point_id=pid, epoch=e, train_loss=0.3,
+                             eval_loss=0.9 if e == 0 else loss)
+                        for pid, loss in zip(many["point_id"], many["loss"])
+                        for e in (0, 25, 200, 400, 1000)])
+    fig = plot_loss_curves(many, cur, "rnn", 1, 5)
+    ax, bar = fig.axes
+    assert bar.get_ylabel() == "position p" and bar.get_ylim() == (1, 12)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "constant guess 0.25", "memorized < 0.05"]
+    assert ax.get_ylim() == (0, 0.3)            # 0.22 * 1.05 < 0.3, the least top
+    few = plot_loss_curves(points(FIG4), _curves(points(FIG4)), "rnn", 1, 5)
+    assert len(few.axes) == 1 and len(few.axes[0].get_legend().get_texts()) == len(FIG4) + 2
+
 def test_limit_per_cell_draws_each_cells_limits_against_its_n():
     """A line per cell through (N, limit) in each depth's panel, N its own (2c for the LRU); a
     censored limit drawn open; the bound N - (l - 1) and the grid's largest p as lines."""

@@ -94,12 +94,25 @@ def plot_loss_curves(points: pd.DataFrame, curves: pd.DataFrame, arch: str, laye
         ax.plot(g["epoch"], g["eval_loss"], color=color[p], lw=0.8, alpha=0.7)
     ax.axhline(PLATEAU, color="0.3", ls="--", lw=1)
     ax.axhline(threshold, color="0.3", ls=":", lw=1)
-    top = cur["eval_loss"].quantile(0.99) if len(cur) else PLATEAU
+    # the top: where the curves lie after their fast start (its first 5 % of epochs), as many
+    # evaluations as a curve keeps (every one, or a shipped grid's thinned ones)
+    late = cur[cur["epoch"] >= 0.05 * cur["epoch"].max()] if len(cur) else cur
+    top = late["eval_loss"].quantile(0.99) if len(late) else PLATEAU
     ax.set_ylim(0, float(np.clip(top * 1.05, 0.3, 0.6)))
-    handles = [Line2D([], [], color=color[p], lw=2, label=f"p = {p}") for p in positions]
-    handles += [Line2D([], [], color="0.3", ls="--", label="constant guess 0.25"),
-                Line2D([], [], color="0.3", ls=":", label=f"memorized < {threshold}")]
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    handles = [Line2D([], [], color="0.3", ls="--", label="constant guess 0.25"),
+               Line2D([], [], color="0.3", ls=":", label=f"memorized < {threshold}")]
+    if len(positions) <= 10:        # a legend entry per p; past 10, a colour bar of p
+        handles = [Line2D([], [], color=color[p], lw=2, label=f"p = {p}")
+                   for p in positions] + handles
+    else:
+        bar = matplotlib.cm.ScalarMappable(
+            matplotlib.colors.Normalize(min(positions), max(positions)), cmap)
+        fig.colorbar(bar, ax=ax, label="position p", pad=0.02)
+    if len(positions) <= 10:
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    else:           # the two lines' legend under the axes, the colour bar beside them
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                  fontsize=8, frameon=False)
     seeds = sel.groupby("position")["seed"].nunique()
     n_seeds = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     pooled = [k for k in variant_columns(sel) if k not in ("position", "seed")]
