@@ -352,6 +352,18 @@ def test_loss_curves_of_many_positions_take_a_colour_bar_and_their_late_top():
     few = plot_loss_curves(points(FIG4), _curves(points(FIG4)), "rnn", 1, 5)
     assert len(few.axes) == 1 and len(few.axes[0].get_legend().get_texts()) == len(FIG4) + 2
 
+def test_the_state_size_label_fits_under_its_panel():
+    """The x label of N against size names each cell's N per c and l; in lines of at most 60
+    characters, none breaking a term such as `7 c * l`."""
+    from memgrid.analysis.plots import _units_label
+
+    text = _units_label(["rnn", "lru", "s6_bare", "mamba"])
+    lines = text.split("\n")
+    assert len(lines) == 2 and all(len(line) <= 60 for line in lines)
+    assert text.replace("\u00a0", " ").replace("\n", " ") == (
+        "state size N = c * l (2 c * l: LRU; 4 c * l: S6 (bare); 7 c * l: Mamba (S6 block))")
+    assert all(line.split()[0] != "*" and not line.endswith(" c") for line in lines)
+
 def test_limit_per_cell_draws_each_cells_limits_against_its_n():
     """A line per cell through (N, limit) in each depth's panel, N its own (2c for the LRU); a
     censored limit drawn open; the bound N - (l - 1) and the grid's largest p as lines."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -57,6 +59,13 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, whatever backend the process has selected
     return fig
+
+
+def _units_label(archs: list[str]) -> str:
+    """`state size N = c * l (...)` in lines that fit under one panel, never broken inside a
+    term such as `2 c * l`."""
+    text = f"state size {units_text(archs)}".replace(" * ", "\u00a0*\u00a0")
+    return textwrap.fill(re.sub(r"(\d+) c\u00a0", "\\1\u00a0c\u00a0", text), 60)
 
 
 def _archs(points: pd.DataFrame) -> list[str]:
@@ -382,7 +391,7 @@ def plot_limits_vs_units(points: pd.DataFrame, threshold: float = THRESHOLD,
     top_mc = float(mc["hi"].max()) if len(mc) else 1.0
     for ax, top in ((ax_lim, top_lim), (ax_mc, top_mc * 1.1 + 0.5)):
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(f"state size {units_text(archs)}")
+        ax.set_xlabel(_units_label(archs))
         ax.set_xlim(0, n_max + 1)
         ax.set_ylim(0, top)
         ax.grid(alpha=0.25)
@@ -643,7 +652,7 @@ def plot_mc_vs_units(points: pd.DataFrame) -> Figure:
                 Line2D([], [], color="0.3", marker="h", mfc="none", ls="",
                        label="hollow: task MC = sum_p r2_p, mean over seeds")]
     fig.legend(handles=handles, fontsize=7.5, loc="outside right center")
-    ax.set_xlabel(f"state size {units_text(archs)}")
+    ax.set_xlabel(_units_label(archs))
     ax.set_ylabel("memory capacity MC")
     ax.set_xlim(0, n_max + 1)
     ax.set_ylim(0, top * 1.1 + 0.5)         # the data, not the bound lines, set the height
