@@ -52,6 +52,9 @@ def main(argv=None) -> None:
     if args.rungs:
         points = budget_rungs(points, load_curves(args.results))
         points["point_id"] = points["point_id"] + "@" + points["max_epochs"].astype(str)
+    if every > 1 and "plateau" in points and not points["plateau"].astype(bool).all():
+        raise SystemExit(f"{args.results}: a run without the plateau stop, whose curves replay "
+                         "its shorter budgets: ship them whole (--curves)")
     curves = load_curves(args.results, points["point_id"].tolist()) if every else None
     if curves is not None and curves.empty and len(points):
         raise SystemExit(f"{args.results}: no curves to ship (its run did not keep them, or it "

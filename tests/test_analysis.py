@@ -687,7 +687,12 @@ def test_ship_points_writes_a_folder_that_reads_as_the_run(tmp_path):
 
 def test_ship_points_thins_a_large_grids_curves(tmp_path):
     """--curves-every K keeps a point's first K evaluations, every K-th one, its last and its
-    first below the threshold: against a plain loop over each curve."""
+    first below the threshold: against a plain loop over each curve. A folder without curves,
+    or a run without the plateau stop (whose curves replay its shorter budgets), is refused
+    and nothing written; a folder shipped into itself is read whole first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     script = runpy.run_path(str(ROOT / "analysis" / "ship_points.py"))
     rng = np.random.default_rng(0)
     curves = pd.DataFrame([dict(point_id=f"p{i}", epoch=25 * e, train_loss=0.3,
@@ -716,10 +721,18 @@ def test_ship_points_thins_a_large_grids_curves(tmp_path):
     with pytest.raises(SystemExit, match="no curves to ship"):
         script["main"]([str(dest), str(tmp_path / "none"), "--curves"])
     assert not (tmp_path / "none").exists()
+    noplateau = tmp_path / "noplateau"
+    _results(noplateau, {(1, 1): 0.005})
+    table = pq.read_table(noplateau / "points" / "pack0-0.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("plateau"), "plateau",
+                                    pa.array([False] * len(table))),
+                   noplateau / "points" / "pack0-0.parquet")
+    with pytest.raises(SystemExit, match="ship them whole"):    # its curves are replayed
+        script["main"]([str(noplateau), str(tmp_path / "none"), "--curves-every", "2"])
     script["main"]([str(dest), str(dest)])                 # into itself: read, then replaced
     assert load_points(str(dest)).sort_values("point_id", ignore_index=True).equals(
         load_points(str(res)).sort_values("point_id", ignore_index=True))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "shipped"]   # no leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noplateau", "results", "shipped"]
 
 
 def test_lr_by_size_draws_the_loss_against_the_rate_per_size():
