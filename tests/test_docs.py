@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from memgrid import headline, reference
+from memgrid.cells import MAMBA_CONV
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -161,13 +162,18 @@ def test_readme_statements_hold_on_the_data():
     assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
     assert (today.loc["lru_real", "units"].min(), today.loc["lru_real", "units"].max()) == (2, 20)
     assert ("The **selective SSM** holds 2 to 4 positions from N = 8 to 80 behind an affine "
-            "input, at its best rate in 5 seeds, and 5 or 6 in **Mamba's block**") in text
+            "input, at its best rate in 5 seeds; in **Mamba's block** it holds 5 or 6 with one "
+            "layer and 8 to 10 with two, from N = 14 to 140: one to three more than its "
+            "convolutions reach, far below its N (not yet budget-checked)") in text
     assert set(today.loc["s6_bare", "limit"]) == {2, 3, 4}
     assert (today.loc["s6_bare", "units"].min(), today.loc["s6_bare", "units"].max()) == (8, 80)
-    mamba = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
-    more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
-    assert set(mamba["limit"]) == {5} and (mamba["limit"] < mamba["units"]).all()
-    assert list(more) == [5, 6]
+    mamba = today.loc["mamba"].set_index("layers")
+    assert set(mamba.loc[1, "limit"]) == {5, 6} and set(mamba.loc[2, "limit"]) == {8, 10}
+    assert (mamba["units"].min(), mamba["units"].max()) == (14, 140)
+    reach = mamba.index.map({1: MAMBA_CONV, 2: 2 * MAMBA_CONV - 1}.get)   # the convolutions'
+    assert set(mamba["limit"] - reach) == {1, 2, 3} and not mamba["censored"].any()
+    assert (mamba["limit"] < mamba["units"] / 2).all()        # far below N
+    assert not any(k[0] == "mamba" for k in headline.convergence({"today_cells"}))
 
 
 def test_readme_is_the_front_door():
@@ -436,6 +442,25 @@ def test_reproduction_statements_hold_on_the_data():
     assert s6_marks[(2, 2)].endswith(": 2 -> 4)") and tuple(s6.loc[(2, 2), ["seed_min",
                                                                             "seed_max"]]) == (2, 4)
     assert "same SSM holds 2 to 4" in text and set(s6["limit"]) == {2, 3, 4}
+    assert "**Mamba's block holds one to three positions more than its convolutions reach.**" \
+        in text
+    mb = lim.loc["mamba"]
+    assert "holds 5 or 6 positions with one layer from N = 14 to N = 70" in text
+    assert set(mb.loc[1, "limit"]) == {5, 6} and list(mb.loc[1, "units"]) == [14, 28, 42, 56, 70]
+    assert "where its convolution of width 4 reaches 4, and 8 to 10 with two" in text
+    assert MAMBA_CONV == 4 and set(mb.loc[2, "limit"]) == {8, 10} and not mb["censored"].any()
+    assert "from N = 28 to N = 140, where its two convolutions reach 7" in text
+    assert list(mb.loc[2, "units"]) == [28, 56, 84, 112, 140]
+    assert "one seed of two layers of 10 holds 24" in text and mb.loc[(2, 10), "seed_max"] == 24
+    rates = today[today["arch"] == "mamba"]["lr"]
+    assert "Its tuning chose 0.003 to 0.03" in text
+    assert (rates.min(), rates.max()) == (0.003, 0.03)
+    assert "No budget check covers these limits yet" in text
+    assert not any(k[0] == "mamba" for k in marks)
+    assert "one of two one-layer sizes moved from 5 to 6 at twice the budget" in text
+    before = headline.limits(headline.points("mamba_check")).set_index("arch").loc["mamba"]
+    more = headline.limits(headline.points("mamba_budget_check-2x")).set_index("cells")["limit"]
+    assert list(before["limit"]) == [5, 5] and list(more) == [5, 6]
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
