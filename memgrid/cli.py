@@ -172,9 +172,15 @@ def _ends_cleanly(command):
                 stored = ""
                 if grid is not None:
                     try:     # a tuned grid's points: at the rates its tuning run chose
-                        ids = {p.point_id for p in grid_points(grid, out, partial=True)}
+                        points = grid_points(grid, out, partial=True)
+                        ids = {p.point_id for p in points}
                         n = sum(stop_counts(out, ids).values())
-                        stored = f"{out}: {n}/{grid.n_points} points stored; "
+                        stored = f"{out}: {n}/{grid.n_points} points stored"
+                        if grid.walk is not None:
+                            from .walk import plan, stored_losses
+                            left = plan(points, stored_losses(out), grid.walk).left_out
+                            stored += f", {len(left)} past settled limits left out"
+                        stored += "; "
                     except (OSError, ValueError):
                         pass
                 click.echo(f"memgrid: interrupted: {stored}run the same command again to "
@@ -312,13 +318,15 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
                                tracking=tracking)
         except ConfigError as e:     # the address or the cluster's resources: nothing trained
             _fail(str(e))
-        if summary["done"] == summary["points"] and not summary["failed_trials"]:
+        missing = summary["points"] - summary["done"] - summary["left_out"]
+        if not missing and not summary["failed_trials"]:
             _compact_after_run(out)   # every point stored: its parts into a few, still locked
     finally:
         folder_lock.release()
-    missing = summary["points"] - summary["done"]
+    left = (f", {summary['left_out']} past settled limits left out (walk)"
+            if summary["left_out"] else "")
     click.echo(f"{out}: {summary['done']}/{summary['points']} points stored "
-               f"({summary['trained']} trained now, {summary['done_before']} before)"
+               f"({summary['trained']} trained now, {summary['done_before']} before{left})"
                + (f"; {missing} missing: run the same command again to finish them" if missing else ""))
     if summary["done"]:
         click.echo(f"analyse it: memgrid analyze {out}")
@@ -344,6 +352,11 @@ def status(results):
         points = grid_points(grid, results, partial=True)
     t = read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
     reason = dict(zip(t["point_id"], t["stop_reason"]))
+    left: set[str] = set()
+    if grid.walk is not None:       # positions past a settled limit: never trained
+        from .walk import plan, stored_losses
+
+        left = {p.point_id for p in plan(points, stored_losses(results), grid.walk).left_out}
     by_net: dict[tuple, Counter] = {}
     for p in points:
         c = by_net.setdefault((p.arch, p.layers, p.cells), Counter())
@@ -352,14 +365,19 @@ def status(results):
         if r:
             c["done"] += 1
             c[r] += 1
+        elif p.point_id in left:
+            c["past limit"] += 1
     done = sum(c["done"] for c in by_net.values())
-    click.echo(f"{results}: grid '{grid.name}', {done}/{len(points)} points done, "
-               f"{len(points) - done} missing")
+    past = (f", {len(left)} past settled limits left out (walk: {grid.walk.describe()})"
+            if grid.walk is not None else "")
+    click.echo(f"{results}: grid '{grid.name}', {done}/{len(points)} points done{past}, "
+               f"{len(points) - done - len(left)} missing")
     saved = saved_packs(results)
     if saved:
         click.echo(f"  packs saved mid-training in {results.rstrip('/')}/{PACKS}/: "
                    f"{len(saved)}; the next run continues each where it stopped")
-    reasons = sorted({k for c in by_net.values() for k in c} - {"total", "done"})
+    reasons = sorted({k for c in by_net.values() for k in c} - {"total", "done", "past limit"})
+    reasons += ["past limit"] if left else []
     header = ["arch", "l", "c", "done", "total"] + reasons
     rows = [[a, l, c, cnt["done"], cnt["total"]] + [cnt[r] for r in reasons]
             for (a, l, c), cnt in sorted(by_net.items())]

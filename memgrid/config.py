@@ -3,7 +3,8 @@
 A :class:`Point` is everything one training run depends on (its fields are the points table's
 setting columns); a :class:`Grid` is a grid file as loaded: axes whose product gives the points,
 the settings they share, how trials are cut (:class:`Resources`), and an optional tuning of the
-learning rate (:class:`LRTuning`). :data:`PROTOCOLS` names the training settings the paper
+learning rate (:class:`LRTuning`) and a walk that leaves out the positions past a settled
+limit (:class:`Walk`). :data:`PROTOCOLS` names the training settings the paper
 leaves open. Reading and checking a grid file is :mod:`memgrid.grid_file`'s work.
 """
 
@@ -301,6 +302,31 @@ class LRTuning:
 
 
 @dataclass(frozen=True)
+class Walk:
+    """The `walk:` section of a grid file: each configuration's positions train upward, a band
+    at a time, and stop once its memory limit is settled (memgrid.walk). What it leaves out are
+    positions past the limit that no limit, seed's limit or stricter threshold's limit reads;
+    the heatmaps have no cells there."""
+
+    band: int = 4
+    """positions per round: a configuration trains its next `band` positions of the axis at once"""
+    past: int = 2
+    """the limit is settled once the mean loss over seeds has failed (>= THRESHOLD) at this many
+    positions in a row and every seed has failed at one of its positions so far"""
+
+    def describe(self) -> str:
+        return (f"positions upward in bands of {self.band}, each configuration until its mean has "
+                f"failed at {self.past} in a row and every seed has failed")
+
+    def to_dict(self) -> dict:
+        return {"band": self.band, "past": self.past}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Walk:
+        return cls(int(d["band"]), int(d["past"]))
+
+
+@dataclass(frozen=True)
 class Grid:
     """A loaded grid file: its points and how to run them."""
 
@@ -325,6 +351,9 @@ class Grid:
     max_position: int | None = None
     """k of the file's `max_position: kN`: a network of N units (:func:`units`) trains only the
     positions p <= k N of the position axis; None: every position"""
+    walk: Walk | None = None
+    """the `walk:` section (:class:`Walk`): positions past a settled limit are left out; None:
+    every point of the axes trains"""
 
     def _capped(self, arch: str, layers: int, cells: int, position: int) -> bool:
         """Whether the `max_position` cap leaves this point out."""
@@ -413,6 +442,8 @@ class Grid:
             ident["cells"] = {s.name: s.identity() for s in self.user_cells}
         if self.max_position is not None:
             ident["max_position"] = f"{self.max_position}N"
+        if self.walk is not None:     # which points the folder holds, not what any point is
+            ident["walk"] = self.walk.to_dict()
         return ident
 
     def with_overrides(self, **settings: Any) -> Grid:

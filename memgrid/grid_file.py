@@ -36,7 +36,7 @@ from .cells import CELLS
 from .config import (AXIS_KEYS, BY_ARCH, DEFAULT_PROTOCOL, ESN_LOOP_CHANCE_MIN, INT32_MAX,
                      LONG_POSITION_RULES, LR_SCHEDULES, MC_BYTES_PER_STEP, MC_LENGTH_MAX,
                      OPTIMIZERS, POINT_FIELDS, PROTOCOLS, READOUTS, REQUIRED_AXES, SECTIONS,
-                     ConfigError, Grid, LRTuning, Point, Resources, default_k_max,
+                     ConfigError, Grid, LRTuning, Point, Resources, Walk, default_k_max,
                      esn_loop_chance, mc_length_min, units)
 
 def _where(source: str, key: str) -> str:
@@ -230,7 +230,8 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
     every setting whatever later versions' defaults are."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid file is a mapping with axes/task/train/stop/resources")
-    allowed = {"name", "protocol", "tune_lr", "max_position", "axes", "resources", *SECTIONS}
+    allowed = {"name", "protocol", "tune_lr", "max_position", "walk", "axes", "resources",
+               *SECTIONS}
     for k in raw:
         if k not in allowed:
             raise ConfigError(f"{_where(source, k)}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -299,7 +300,8 @@ def parse_grid(raw: Any, source: str = "<grid>", protocol: str | None = None) ->
     grid = Grid(name=name, axes=axes, fixed=fixed, resources=check_resources(source, **res),
                 source=source, protocol=protocol, tune_lr=tune_lr,
                 user_cells=tuple(user.values()),
-                max_position=_max_position(source, raw.get("max_position")))
+                max_position=_max_position(source, raw.get("max_position")),
+                walk=_parse_walk(source, raw.get("walk")))
     for s in grid.user_cells:            # one step of the grid's sizes, before anything runs
         try:
             user_cells.check(CELLS[s.name], [(l, c) for l in axes["layers"] for c in axes["cells"]],
@@ -388,6 +390,29 @@ def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
     if "esn" in axes.get("arch", []):
         raise ConfigError(f"{_where(source, 'axes.arch')}: esn has no learning rate to tune")
     return LRTuning(tuple(cand), tuple(seeds), eta, rungs, positions)
+
+
+WALK_KEYS = ("band", "past")
+
+
+def _parse_walk(source: str, raw: Any) -> Walk | None:
+    """The `walk:` section (:class:`Walk`), or None where there is none. `true` or an empty
+    mapping: the defaults."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    where = _where(source, "walk")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping with {', '.join(WALK_KEYS)} (or true)")
+    for k in raw:
+        if k not in WALK_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key (one of {', '.join(WALK_KEYS)})")
+    out = {k: _check_type(source, f"walk.{k}", raw.get(k, getattr(Walk, k)), int) for k in WALK_KEYS}
+    for k, v in out.items():
+        if not 1 <= v <= INT32_MAX:
+            raise ConfigError(f"{where}.{k}: an integer from 1 to {INT32_MAX:,}, got {v}")
+    return Walk(**out)
 
 
 CPUS_PER_TRIAL_MIN = 0.01
@@ -479,7 +504,8 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
         raise ConfigError(f"{_where(source, 'tune_lr')}: not a tuning ({e})") from None
     grid = Grid(name=identity["name"], axes=identity["axes"], fixed=identity["fixed"],
                 source=source, tune_lr=tuning, user_cells=_recorded_cells(identity, source),
-                max_position=_max_position(source, identity.get("max_position")))
+                max_position=_max_position(source, identity.get("max_position")),
+                walk=_parse_walk(source, identity.get("walk")))
     if check:
         check_grid(grid)
     return grid

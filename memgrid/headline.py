@@ -212,18 +212,31 @@ def _grid_json(name: str) -> dict:
 
 def today_archs() -> dict[str, list[str]]:
     """The today_cells grid's cells by how much of them the shipped folder holds: `done`
-    (every point), `part` (some) and `rest` (none yet), each in the arch axis's order; and
-    `want`, every cell's count of points (positions up to max_position N, or the axis's)."""
-    grid = _grid_json(TODAY)
-    axes, k = grid["axes"], int(grid["max_position"].removesuffix("N"))
-    want = {a: len(axes["seed"]) * sum(p <= k * CELLS[a].units(c) * l for l in axes["layers"]
-                                       for c in axes["cells"] for p in axes["position"])
-            for a in axes["arch"]}
-    have = points(TODAY)["arch"].value_counts()
-    return {"done": [a for a in axes["arch"] if have.get(a, 0) == want[a]],
-            "part": [a for a in axes["arch"] if 0 < have.get(a, 0) < want[a]],
-            "rest": [a for a in axes["arch"] if not have.get(a, 0)],
-            "want": want, "have": have.to_dict()}
+    (every point its run trains), `part` (some) and `rest` (none yet), each in the arch axis's
+    order; `want`, every cell's count of points its run trains (positions up to max_position N,
+    or the axis's, less those its walk leaves out past settled limits: memgrid.walk), and
+    `have`, those stored."""
+    from .grid_file import grid_from_identity
+    from .lr_tuning import grid_points
+    from .walk import plan
+
+    folder = str(DATA / TODAY)
+    grid = grid_from_identity(_grid_json(TODAY))
+    df = points(TODAY)
+    losses = dict(zip(df["point_id"], df["loss"].astype(float)))
+    by_arch: dict[str, list] = {a: [] for a in grid.axes["arch"]}
+    for p in grid_points(grid, folder, partial=True):
+        by_arch[p.arch].append(p)
+    want, have = {}, {}
+    for arch, pts in by_arch.items():
+        left = len(plan(pts, losses, grid.walk).left_out) if grid.walk is not None else 0
+        want[arch] = len(pts) - left
+        have[arch] = sum(p.point_id in losses for p in pts)
+    archs = grid.axes["arch"]
+    return {"done": [a for a in archs if 0 < have[a] == want[a]],
+            "part": [a for a in archs if 0 < have[a] < want[a]],
+            "rest": [a for a in archs if not have[a]],
+            "want": want, "have": have}
 
 
 def today_status() -> str:

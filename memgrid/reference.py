@@ -1,7 +1,7 @@
 """docs/reference.md, generated from the code: every grid-file setting and every CLI flag.
 
 The settings come from the dataclasses of :mod:`memgrid.config` (``Point``, ``Grid``,
-``Resources``, ``LRTuning``): each field's docstring (the string
+``Resources``, ``LRTuning``, ``Walk``): each field's docstring (the string
 literal under it), its default, whether it may be an axis, and which section of a grid file
 holds it. The flags come from the click commands of :mod:`memgrid.cli`: each option's help,
 type and default. Nothing here is written by hand, so the page cannot disagree with the code;
@@ -77,7 +77,7 @@ def _settings_section() -> list[str]:
 
     out = ["## Grid files", "",
            "A grid file is YAML. Its top-level keys are `name`, `protocol`, `axes`, the sections "
-           "below, `resources` and `tune_lr`; every key is checked at load time, and an unknown "
+           "below, `resources`, `tune_lr` and `walk`; every key is checked at load time, and an unknown "
            "key, a wrong type or an impossible value ends the run with one line naming the file "
            "and the key (exit status 2).", "",
            "### The grid (`memgrid.config.Grid`)", "",
@@ -123,6 +123,12 @@ def _settings_section() -> list[str]:
     tl_fields = {f.name: f for f in dataclasses.fields(config.LRTuning)}
     for name, text in field_docs(config.LRTuning).items():
         out.append(f"| `{name}` | {_default(tl_fields[name])} | {_cell(text)} |")
+    out += ["", "### `walk` (`memgrid.config.Walk`)", "",
+            "`walk: true` takes every default; a mapping sets some.", "",
+            "| key | default | meaning |", "| --- | --- | --- |"]
+    walk_fields = {f.name: f for f in dataclasses.fields(config.Walk)}
+    for name, text in field_docs(config.Walk).items():
+        out.append(f"| `{name}` | {_default(walk_fields[name])} | {_cell(text)} |")
     return out + [""]
 
 

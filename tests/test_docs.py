@@ -496,3 +496,45 @@ def test_section_links_land_on_a_heading(page):
         dest = (page.parent / target) if target else page
         if dest.suffix == ".md" and dest.exists():
             assert anchor in _anchors(dest), f"{page.name} links {target}#{anchor}: no such heading"
+
+
+def test_what_the_walk_saves_is_what_the_guide_says():
+    """The guide's share of training epochs the walk skips, replayed (memgrid.walk.replay) on
+    the today_cells cells stored whole: every limit the same (tests/test_walk.py), fewer epochs."""
+    from memgrid.config import Walk
+    from memgrid.grid_file import grid_from_identity
+    from memgrid.lr_tuning import grid_points
+    from memgrid.walk import replay
+
+    folder = ROOT / "docs" / "data" / "today_cells"
+    df = headline.points("today_cells")
+    epochs = dict(zip(df["point_id"], df["epochs"]))
+    grid = grid_from_identity(headline._grid_json("today_cells"))
+    by_arch: dict[str, list] = {}
+    for p in grid_points(grid, str(folder), partial=True):
+        by_arch.setdefault(p.arch, []).append(p)
+    whole = {a: pts for a, pts in by_arch.items() if all(p.point_id in epochs for p in pts)}
+    assert len(whole) >= 9
+    losses = dict(zip(df["point_id"], df["loss"].astype(float)))
+    total = {a: sum(epochs[p.point_id] for p in pts) for a, pts in whole.items()}
+
+    def saved(band: int) -> dict[str, int]:
+        return {a: total[a] - sum(epochs[i] for i in replay(pts, losses, Walk(band=band)))
+                for a, pts in whole.items()}
+
+    def overall(s: dict[str, int]) -> int:
+        return round(100 * sum(s.values()) / sum(total.values()))
+
+    guide = " ".join((ROOT / "docs" / "guide.md").read_text().split())
+    m = re.search(r"trained whole it skips (\d+) % of their training epochs \((\d+)-(\d+) % per "
+                  r"cell\)", guide)
+    assert m, "the guide's sentence on what the walk saves"
+    four = saved(4)
+    share = [100 * four[a] / total[a] for a in whole]
+    assert int(m[1]) == overall(four)
+    assert (int(m[2]), int(m[3])) == (round(min(share)), round(max(share)))
+    history = " ".join((ROOT / "docs" / "history.md").read_text().split())
+    m = re.search(r"skips (\d+) % of the training epochs position by position\. Bands of 2, 3, 4 "
+                  r"and 6 positions per round skip (\d+), (\d+), (\d+) and (\d+) %", history)
+    assert m, "the history's sentence on the walk's bands"
+    assert [int(x) for x in m.groups()] == [overall(saved(b)) for b in (1, 2, 3, 4, 6)]

@@ -75,10 +75,18 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
                                  or "none (defaults)") + ".", ""]
     expected = math.prod(len(v) for v in axes.values()) if axes else 0
     done = len(points)
-    ids = _grid_ids(identity, expected, uri)
-    if ids is not None:
+    grid = _grid_points(identity, expected, uri)
+    if grid is not None:
+        walk, grid_points = grid
+        ids = {p.point_id for p in grid_points}
         in_grid = int(points["point_id"].isin(ids).sum()) if done else 0
         text = f"Points done: **{in_grid} of {expected}** ({100 * in_grid / max(expected, 1):.1f}%)."
+        if walk is not None:
+            from ..walk import plan
+            losses = dict(zip(points["point_id"], points["loss"].astype(float))) if done else {}
+            left = len(plan(grid_points, losses, walk).left_out)
+            text += (f" The walk ({walk.describe()}) leaves out {left} past their configurations' "
+                     "settled limits.")
         if done > in_grid:
             text += f" {done - in_grid} more rows are not points of this grid (another grid?)."
     else:
@@ -86,17 +94,19 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
     return out + [text, ""]
 
 
-def _grid_ids(identity: dict, expected: int, uri: str) -> set[str] | None:
-    """point_ids of the grid's points, or None if the grid is too big or will not expand."""
+def _grid_points(identity: dict, expected: int, uri: str) -> tuple | None:
+    """The grid's walk (or None) and its points, or None if the grid is too big or will not
+    expand."""
     if not 0 < expected <= MAX_ID_CHECK:
         return None
     from ..grid_file import grid_from_identity
     from ..lr_tuning import grid_points
     try:
-        points = grid_points(grid_from_identity(identity), uri, partial=True)
+        grid = grid_from_identity(identity)
+        points = grid_points(grid, uri, partial=True)
     except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
         return None
-    return None if points is None else {p.point_id for p in points}
+    return None if points is None else (grid.walk, points)
 
 
 def _limits_section(kind: str, lim: pd.DataFrame, threshold: float) -> list[str]:

@@ -132,11 +132,11 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
         say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
             "holds ...")
     if grid.tune_lr is None:
-        return run_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
+        return train_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
     every = grid.points()
     archs = list(dict.fromkeys(p.arch for p in every))
     total = {"points": len(every), "done_before": 0, "done": 0, "trained": 0, "packs": 0,
-             "failed_trials": 0, "stops": {}}
+             "failed_trials": 0, "left_out": 0, "stops": {}}
     for arch in archs:
         stage = [p for p in every if p.arch == arch]
         named = f"{arch}: " if len(archs) > 1 else ""
@@ -150,14 +150,59 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
         if waiting and not kwargs.get("quiet"):
             say(f"[{grid.name}] {named}{plural(len(waiting), 'point')} wait for a learning rate: "
                 "a failed tuning trial left their configurations' tuning incomplete")
-        done = run_points(grid, points, out, lr_source=grid.lr_source, label=arch if named else "",
-                          **kwargs)
+        done = train_points(grid, points, out, lr_source=grid.lr_source,
+                            label=arch if named else "", **kwargs)
         total["failed_trials"] += first["failed_trials"]
-        for k in ("done_before", "done", "trained", "packs", "failed_trials"):
+        for k in ("done_before", "done", "trained", "packs", "failed_trials", "left_out"):
             total[k] += done[k]
         for k, n in done["stops"].items():
             total["stops"][k] = total["stops"].get(k, 0) + n
     return total
+
+
+def train_points(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
+    """`points` of `grid` trained into `out`: all of them (:func:`run_points`), or for a grid
+    with a `walk:` section round by round, each round the next band of positions of every
+    configuration whose limit is not settled yet (memgrid.walk), until none is left. Each round
+    is a run of its own (:func:`run_points`: Ray started and ended), so that a stopped walk
+    resumes from what the folder stores. A round that stores nothing (its trials failed) ends
+    the walk: the next run goes on from there. The summary's `left_out` counts the points past
+    settled limits."""
+    if grid.walk is None:
+        return {**run_points(grid, points, out, **kwargs), "left_out": 0}
+    from ..walk import plan, stored_losses
+
+    ids = {p.point_id for p in points}
+    label, quiet = kwargs.pop("label", ""), kwargs.get("quiet", False)
+    named = f"{label}: " if label else ""
+    todo = plan(points, stored_losses(out), grid.walk)
+    if not todo.next and kwargs.get("prepare") is not None:
+        kwargs.pop("prepare")()     # grid.json and a repair, as run_points would
+        todo = plan(points, stored_losses(out), grid.walk)
+    summary = {"points": len(points), "done_before": len(done_ids(out) & ids), "trained": 0,
+               "packs": 0, "failed_trials": 0}
+    while todo.next:
+        span = f"p {min(p.position for p in todo.next)}..{max(p.position for p in todo.next)}"
+        if not quiet:
+            say(f"[{grid.name}] {named}walk: {_settled(todo)}; next {span} of the others "
+                f"({plural(len(todo.next), 'point')})")
+        done = run_points(grid, todo.next, out, label=named + span, **kwargs)
+        kwargs.pop("prepare", None)     # done by the first round
+        for k in ("trained", "packs", "failed_trials"):
+            summary[k] += done[k]
+        todo = plan(points, stored_losses(out), grid.walk)
+        if not done["trained"]:     # its trials failed: the next run goes on from here
+            break
+    if not quiet and todo.left_out:
+        say(f"[{grid.name}] {named}walk: {_settled(todo)}; "
+            f"{plural(len(todo.left_out), 'point')} past their limits left out")
+    stops = stop_counts(out, ids)
+    return {**summary, "done": sum(stops.values()), "left_out": len(todo.left_out),
+            "stops": dict(stops)}
+
+
+def _settled(todo) -> str:
+    return f"{todo.settled} of {plural(todo.configurations, 'configuration')} settled"
 
 
 def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None = None,

@@ -45,7 +45,8 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
     text of a user's cell (memgrid.user_cells; another cell may join), and the tuning (`tune_lr`; for a tuned grid also the axes its tuning run reads: positions,
     unless tune_lr.positions names them, and the stop settings and momentum). The answer is
     the union: each axis with the folder's values, then the grid's new ones; per-arch settings
-    merged. A run trains the grid's own points that the folder lacks; the points the grid
+    merged; the grid's `walk` (or none), which says which points a run trains, not what any
+    point is. A run trains the grid's own points that the folder lacks; the points the grid
     leaves out stay stored and stay in grid.json, so that `status` and `analyze` count them,
     and the union's other combinations count as missing until a grid asks for them.
 
@@ -70,7 +71,7 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
             refuse(f"cells.{name}: {src['origin']} is not the text its stored points were trained "
                    f"with (sha256 {str(was.get('sha256'))[:12]}... there, {src['sha256'][:12]}... "
                    "here)")
-    rest = sorted((set(old) | set(new)) - {"axes", "fixed", "cells"})
+    rest = sorted((set(old) | set(new)) - {"axes", "fixed", "cells", "walk"})
     what = first_difference({k: old.get(k) for k in rest}, {k: new.get(k) for k in rest})
     if what:
         refuse(what)
@@ -102,6 +103,9 @@ def grown_identity(grid: Grid, out: str, old: dict | None) -> dict:
                    "trained at")
         axes[k] = before + [v for v in values if v not in before]
     union = {**old, "axes": axes, "fixed": fixed}
+    union.pop("walk", None)     # which points a run trains, not what one is: this run's walk
+    if "walk" in new:
+        union["walk"] = new["walk"]
     if old_cells or new_cells:
         union["cells"] = {**old_cells, **new_cells}
     try:
@@ -130,6 +134,10 @@ def growth(grid: Grid, old: dict | None) -> list[str]:
     if any(left.values()):
         lines.append(f"this grid leaves out the folder's {listed(left)}: what the folder "
                      "stores of them stays")
+    walk = grid.walk.to_dict() if grid.walk is not None else None
+    if walk != old.get("walk"):
+        lines.append(f"walk: {grid.walk.describe()}" if walk else
+                     "no walk: every point of the axes trains, past settled limits too")
     return lines
 
 
