@@ -2,10 +2,12 @@
 missing from the results folder cut into packs and handed to Tune, one trial per pack.
 
 The driver expands the grid, drops the points the results folder already holds, cuts the rest
-into packs (memgrid.packs) and runs one Tune trial per pack (memgrid.run.trial). It checks what
-it asks of Ray before a trial starts (memgrid.run.address), ends on SIGINT, SIGTERM or SIGHUP
-with the points stored so far kept (memgrid.processes.Interrupted), and, for an embedded Ray,
-ends every process it started before it returns, however it ends.
+into packs (memgrid.packs) and runs one Tune trial per pack (memgrid.run.trial); a grid with a
+`walk:` section goes in rounds, each the next band of positions of the configurations whose
+limit is not settled yet (memgrid.walk). It checks what it asks of Ray before a trial starts
+(memgrid.run.address), ends on SIGINT, SIGTERM or SIGHUP with the points stored so far kept
+(memgrid.processes.Interrupted), and, for an embedded Ray, ends every process it started
+before it returns, however it ends.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
         say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
             "holds ...")
     if grid.tune_lr is None:
-        return train_points(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
+        return run_walk(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
     every = grid.points()
     archs = list(dict.fromkeys(p.arch for p in every))
     total = {"points": len(every), "done_before": 0, "done": 0, "trained": 0, "packs": 0,
@@ -150,8 +152,8 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
         if waiting and not kwargs.get("quiet"):
             say(f"[{grid.name}] {named}{plural(len(waiting), 'point')} wait for a learning rate: "
                 "a failed tuning trial left their configurations' tuning incomplete")
-        done = train_points(grid, points, out, lr_source=grid.lr_source,
-                            label=arch if named else "", **kwargs)
+        done = run_walk(grid, points, out, lr_source=grid.lr_source,
+                        label=arch if named else "", **kwargs)
         total["failed_trials"] += first["failed_trials"]
         for k in ("done_before", "done", "trained", "packs", "failed_trials", "left_out"):
             total[k] += done[k]
@@ -160,7 +162,7 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
     return total
 
 
-def train_points(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
+def run_walk(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
     """`points` of `grid` trained into `out`: all of them (:func:`run_points`), or for a grid
     with a `walk:` section round by round, each round the next band of positions of every
     configuration whose limit is not settled yet (memgrid.walk), until none is left. Each round
