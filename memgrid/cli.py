@@ -26,6 +26,7 @@ from .results import compact as compact_folder
 from .run.preflight import (EXIT_BAD_INPUT, MAX_POINTS, build_grid, check_driver, check_link,
                             check_machine, check_out, check_size, growth, prepare_out,
                             read_identity)
+from .walk import left_out
 
 def _fail(msg: str) -> None:
     click.echo(f"memgrid: error: {msg}", err=True)
@@ -175,12 +176,10 @@ def _ends_cleanly(command):
                         points = grid_points(grid, out, partial=True)
                         ids = {p.point_id for p in points}
                         n = sum(stop_counts(out, ids).values())
-                        stored = f"{out}: {n}/{grid.n_points} points stored"
-                        if grid.walk is not None:
-                            from .walk import plan, stored_losses
-                            left = plan(points, stored_losses(out), grid.walk).left_out
-                            stored += f", {len(left)} past settled limits left out"
-                        stored += "; "
+                        left = left_out(grid, out, points)
+                        stored = (f"{out}: {n}/{grid.n_points} points stored"
+                                  + (f", {len(left)} past settled limits left out" if left else "")
+                                  + "; ")
                     except (OSError, ValueError):
                         pass
                 click.echo(f"memgrid: interrupted: {stored}run the same command again to "
@@ -352,11 +351,7 @@ def status(results):
         points = grid_points(grid, results, partial=True)
     t = read_points(results, columns=["point_id", "stop_reason"]).to_pydict()
     reason = dict(zip(t["point_id"], t["stop_reason"]))
-    left: set[str] = set()
-    if grid.walk is not None:       # positions past a settled limit: never trained
-        from .walk import plan, stored_losses
-
-        left = {p.point_id for p in plan(points, stored_losses(results), grid.walk).left_out}
+    left = {p.point_id for p in left_out(grid, results, points)}    # past settled limits
     by_net: dict[tuple, Counter] = {}
     for p in points:
         c = by_net.setdefault((p.arch, p.layers, p.cells), Counter())

@@ -218,21 +218,18 @@ def today_archs() -> dict[str, list[str]]:
     `have`, those stored."""
     from .grid_file import grid_from_identity
     from .lr_tuning import grid_points
-    from .walk import plan
+    from .walk import left_out
 
     folder = str(DATA / TODAY)
     grid = grid_from_identity(_grid_json(TODAY))
-    df = points(TODAY)
-    losses = dict(zip(df["point_id"], df["loss"].astype(float)))
-    by_arch: dict[str, list] = {a: [] for a in grid.axes["arch"]}
-    for p in grid_points(grid, folder, partial=True):
-        by_arch[p.arch].append(p)
-    want, have = {}, {}
-    for arch, pts in by_arch.items():
-        left = len(plan(pts, losses, grid.walk).left_out) if grid.walk is not None else 0
-        want[arch] = len(pts) - left
-        have[arch] = sum(p.point_id in losses for p in pts)
+    stored = set(points(TODAY)["point_id"])
+    every = grid_points(grid, folder, partial=True)
+    left = {p.point_id for p in left_out(grid, folder, every)}
     archs = grid.axes["arch"]
+    want, have = dict.fromkeys(archs, 0), dict.fromkeys(archs, 0)
+    for p in every:
+        want[p.arch] += p.point_id not in left
+        have[p.arch] += p.point_id in stored
     return {"done": [a for a in archs if 0 < have[a] == want[a]],
             "part": [a for a in archs if 0 < have[a] < want[a]],
             "rest": [a for a in archs if not have[a]],

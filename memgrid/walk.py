@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .config import THRESHOLD, Point, Walk
+from .config import THRESHOLD, Grid, Point, Walk
 from .results import read_points
 
-__all__ = ["WalkPlan", "configuration", "plan", "replay", "stored_losses"]
+__all__ = ["WalkPlan", "configuration", "left_out", "plan", "replay", "stored_losses"]
 
 
 def configuration(p: Point) -> tuple:
@@ -44,6 +44,14 @@ def stored_losses(out: str) -> dict[str, float]:
     """point_id -> evaluation loss of every point stored in `out` (NaN for a diverged one)."""
     t = read_points(out, columns=["point_id", "loss"]).to_pydict()
     return {i: math.nan if v is None else float(v) for i, v in zip(t["point_id"], t["loss"])}
+
+
+def left_out(grid: Grid, out: str, points: list[Point]) -> list[Point]:
+    """The points of `points` (some of `grid`'s, at their learning rates) that its walk leaves
+    out past settled limits, given what the results folder `out` stores; none without a walk."""
+    if grid.walk is None:
+        return []
+    return plan(points, stored_losses(out), grid.walk).left_out
 
 
 def _failed(loss: float, threshold: float) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import read_grid_identity
+from ..walk import left_out
 from .capacity import capacity_testable, memory_capacity
 from .claims import check_claims
 from .convergence import (LOSS_TOL, budget_convergence, budget_rungs, check_fits,
@@ -75,18 +76,16 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
                                  or "none (defaults)") + ".", ""]
     expected = math.prod(len(v) for v in axes.values()) if axes else 0
     done = len(points)
-    grid = _grid_points(identity, expected, uri)
-    if grid is not None:
-        walk, grid_points = grid
+    expanded = _grid_points(identity, expected, uri)
+    if expanded is not None:
+        grid, grid_points = expanded
         ids = {p.point_id for p in grid_points}
         in_grid = int(points["point_id"].isin(ids).sum()) if done else 0
         text = f"Points done: **{in_grid} of {expected}** ({100 * in_grid / max(expected, 1):.1f}%)."
-        if walk is not None:
-            from ..walk import plan
-            losses = dict(zip(points["point_id"], points["loss"].astype(float))) if done else {}
-            left = len(plan(grid_points, losses, walk).left_out)
-            text += (f" The walk ({walk.describe()}) leaves out {left} past their configurations' "
-                     "settled limits.")
+        if grid.walk is not None:
+            text += (f" The walk ({grid.walk.describe()}) leaves out "
+                     f"{len(left_out(grid, uri, grid_points))} past their configurations' settled "
+                     "limits.")
         if done > in_grid:
             text += f" {done - in_grid} more rows are not points of this grid (another grid?)."
     else:
@@ -95,8 +94,8 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
 
 
 def _grid_points(identity: dict, expected: int, uri: str) -> tuple | None:
-    """The grid's walk (or None) and its points, or None if the grid is too big or will not
-    expand."""
+    """The grid and its points (at their tuned rates), or None if the grid is too big or will
+    not expand."""
     if not 0 < expected <= MAX_ID_CHECK:
         return None
     from ..grid_file import grid_from_identity
@@ -106,7 +105,7 @@ def _grid_points(identity: dict, expected: int, uri: str) -> tuple | None:
         points = grid_points(grid, uri, partial=True)
     except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
         return None
-    return None if points is None else (grid.walk, points)
+    return None if points is None else (grid, points)
 
 
 def _limits_section(kind: str, lim: pd.DataFrame, threshold: float) -> list[str]:
