@@ -150,7 +150,7 @@ def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp
     grid = write_grid(tmp_path / "walk.yaml", **sections, walk={"band": 1})
     out = tmp_path / "out"
     dry = memgrid_cli("run", grid, "--out", out, "--dry-run")
-    assert dry.returncode == 0 and "the next round trains 4" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "each open configuration, 4 points" in dry.stdout, dry.stdout + dry.stderr
     r = memgrid_cli("run", grid, "--out", out)
     assert r.returncode == 0, r.stderr
     assert "8/16 points stored" in r.stdout and "8 past settled limits left out" in r.stdout

@@ -80,9 +80,10 @@ def describe_plan(grid: Grid, out: str, *, slots: int, note: str = "",
         walk = plan(points, stored_losses(out), grid.walk)
         lines.append(f"  walk ({grid.walk.describe()}): {walk.settled} of {walk.configurations} "
                      f"configurations settled, {plural(len(walk.left_out), 'point')} past their "
-                     f"limits left out; {len(todo) - len(walk.left_out)} still open, of which the "
-                     f"next round trains {len(walk.next)} (below); each later round, the next band "
-                     "of the configurations not settled by then")
+                     f"limits left out; {len(todo) - len(walk.left_out)} still open: the next "
+                     f"band of each open configuration, {len(walk.next)} points, below (a tuned "
+                     "grid trains them arch by arch); each later round, the next band of those "
+                     "not settled by then")
         todo = walk.next
     mem = cpu_slot_bytes(0.7 * _available_bytes(), slots)   # Ray's memory: 70 % of what's free
     packs = plan_packs(todo, grid.resources.pack, slots, mem_per_slot=mem) if todo else []
