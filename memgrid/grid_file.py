@@ -338,19 +338,29 @@ MAX_RUNGS = 31
 epoch 0"""
 
 
-def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
-    """The `tune_lr:` section (:class:`LRTuning`), or None where there is none. `true` or an
-    empty mapping: the defaults."""
+def _switched_section(source: str, name: str, raw: Any, keys: tuple[str, ...]) -> dict | None:
+    """A section that is off (absent, null, false), on at its defaults (`true`: an empty
+    mapping) or a mapping of some of `keys`; ConfigError naming the key otherwise."""
     if raw is None or raw is False:
         return None
     if raw is True:
-        raw = {}
-    where = _where(source, "tune_lr")
+        return {}
+    where = _where(source, name)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping with {', '.join(TUNE_LR_KEYS)} (or true)")
+        raise ConfigError(f"{where}: a mapping with {', '.join(keys)} (or true)")
     for k in raw:
-        if k not in TUNE_LR_KEYS:
-            raise ConfigError(f"{where}.{k}: unknown key (one of {', '.join(TUNE_LR_KEYS)})")
+        if k not in keys:
+            raise ConfigError(f"{where}.{k}: unknown key (one of {', '.join(keys)})")
+    return raw
+
+
+def _parse_tune_lr(source: str, raw: Any, axes: dict, fixed: dict):
+    """The `tune_lr:` section (:class:`LRTuning`), or None where there is none. `true` or an
+    empty mapping: the defaults."""
+    raw = _switched_section(source, "tune_lr", raw, TUNE_LR_KEYS)
+    if raw is None:
+        return None
+    where = _where(source, "tune_lr")
     out = LRTuning()
     cand = [_check_type(source, "tune_lr.candidates", v, float)
             for v in raw.get("candidates", out.candidates)]
@@ -398,16 +408,10 @@ WALK_KEYS = ("band", "past")
 def _parse_walk(source: str, raw: Any) -> Walk | None:
     """The `walk:` section (:class:`Walk`), or None where there is none. `true` or an empty
     mapping: the defaults."""
-    if raw is None or raw is False:
+    raw = _switched_section(source, "walk", raw, WALK_KEYS)
+    if raw is None:
         return None
-    if raw is True:
-        raw = {}
     where = _where(source, "walk")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping with {', '.join(WALK_KEYS)} (or true)")
-    for k in raw:
-        if k not in WALK_KEYS:
-            raise ConfigError(f"{where}.{k}: unknown key (one of {', '.join(WALK_KEYS)})")
     out = {k: _check_type(source, f"walk.{k}", raw.get(k, getattr(Walk, k)), int) for k in WALK_KEYS}
     for k, v in out.items():
         if not 1 <= v <= INT32_MAX:

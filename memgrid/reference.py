@@ -111,25 +111,19 @@ def _settings_section() -> list[str]:
     if rest:
         out += ["Settings no section holds (set by memgrid, not by a grid file): "
                 + ", ".join(f"`{k}`" for k in rest) + ".", ""]
-    out += ["### `resources` (`memgrid.config.Resources`)", "",
-            "How trials are cut and placed; they change no result.", "",
-            "| key | default | meaning |", "| --- | --- | --- |"]
-    res_fields = {f.name: f for f in dataclasses.fields(config.Resources)}
-    for name, text in field_docs(config.Resources).items():
-        out.append(f"| `{name}` | {_default(res_fields[name])} | {_cell(text)} |")
-    out += ["", "### `tune_lr` (`memgrid.config.LRTuning`)", "",
-            "`tune_lr: true` takes every default; a mapping sets some.", "",
-            "| key | default | meaning |", "| --- | --- | --- |"]
-    tl_fields = {f.name: f for f in dataclasses.fields(config.LRTuning)}
-    for name, text in field_docs(config.LRTuning).items():
-        out.append(f"| `{name}` | {_default(tl_fields[name])} | {_cell(text)} |")
-    out += ["", "### `walk` (`memgrid.config.Walk`)", "",
-            "`walk: true` takes every default; a mapping sets some.", "",
-            "| key | default | meaning |", "| --- | --- | --- |"]
-    walk_fields = {f.name: f for f in dataclasses.fields(config.Walk)}
-    for name, text in field_docs(config.Walk).items():
-        out.append(f"| `{name}` | {_default(walk_fields[name])} | {_cell(text)} |")
-    return out + [""]
+    sections = [("resources", config.Resources, "How trials are cut and placed; they change no "
+                 "result."),
+                ("tune_lr", config.LRTuning, "`tune_lr: true` takes every default; a mapping "
+                 "sets some."),
+                ("walk", config.Walk, "`walk: true` takes every default; a mapping sets some.")]
+    for key, cls, intro in sections:
+        out += [f"### `{key}` (`memgrid.config.{cls.__name__}`)", "", intro, "",
+                "| key | default | meaning |", "| --- | --- | --- |"]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, text in field_docs(cls).items():
+            out.append(f"| `{name}` | {_default(fields[name])} | {_cell(text)} |")
+        out.append("")
+    return out
 
 
 def _param_type(p: click.Parameter) -> str:
