@@ -214,8 +214,8 @@ def today_archs() -> dict[str, list[str]]:
     """The today_cells grid's cells by how much of them the shipped folder holds: `done`
     (every point its run trains), `part` (some) and `rest` (none yet), each in the arch axis's
     order; `want`, every cell's count of points its run trains (positions up to max_position N,
-    or the axis's, less those its walk leaves out past settled limits: memgrid.walk), and
-    `have`, those stored."""
+    or the axis's, less those its walk leaves out past settled limits: memgrid.walk), `have`,
+    those stored, and `axes`, those of the axes (the walk's left out among them)."""
     from .grid_file import grid_from_identity
     from .lr_tuning import grid_points
     from .walk import left_out
@@ -226,14 +226,15 @@ def today_archs() -> dict[str, list[str]]:
     every = grid_points(grid, folder, partial=True)
     left = {p.point_id for p in left_out(grid, folder, every)}
     archs = grid.axes["arch"]
-    want, have = dict.fromkeys(archs, 0), dict.fromkeys(archs, 0)
+    want, have, axes = dict.fromkeys(archs, 0), dict.fromkeys(archs, 0), dict.fromkeys(archs, 0)
     for p in every:
+        axes[p.arch] += 1
         want[p.arch] += p.point_id not in left
         have[p.arch] += p.point_id in stored
     return {"done": [a for a in archs if 0 < have[a] == want[a]],
             "part": [a for a in archs if 0 < have[a] < want[a]],
             "rest": [a for a in archs if not have[a]],
-            "want": want, "have": have}
+            "want": want, "have": have, "axes": axes}
 
 
 def today_status() -> str:
@@ -281,8 +282,10 @@ def today_limits() -> str:
 
 
 def today_cost() -> str:
-    """What each cell of today_cells cost: its points and tuning points and the CPU hours of
-    their packs (each pack runs on one core; its time is its longest member's `wall_s`)."""
+    """What each cell of today_cells cost: its points, the points its walk left out past
+    settled limits (memgrid.walk; none for the cells trained whole), its tuning points and the
+    CPU hours of their packs (each pack runs on one core; its time is its longest member's
+    `wall_s`)."""
     rows = []
     for part in ("points", "tuning"):
         d = pd.read_parquet(DATA / TODAY / ("points" if part == "points" else "tuning/points"),
@@ -292,9 +295,12 @@ def today_cost() -> str:
     per_pack = d.groupby(["arch", "part", "pack_id"])["wall_s"].max().groupby(
         ["arch", "part"]).sum()
     n = d.groupby(["arch", "part"]).size()
-    lines = ["| cell | points | tuning points | CPU hours (tuning) |", "| --- | --- | --- | --- |"]
-    for arch in today_archs()["done"]:
-        lines.append(f"| {label(arch)} | {n[(arch, 'points')]:,} | {n.get((arch, 'tuning'), 0):,}"
+    t = today_archs()
+    lines = ["| cell | points | past the limit, left out | tuning points | CPU hours (tuning) |",
+             "| --- | --- | --- | --- | --- |"]
+    for arch in t["done"]:
+        lines.append(f"| {label(arch)} | {n[(arch, 'points')]:,} | "
+                     f"{t['axes'][arch] - t['want'][arch]:,} | {n.get((arch, 'tuning'), 0):,}"
                      f" | {(per_pack[(arch, 'points')] + per_pack.get((arch, 'tuning'), 0)) / 3600:.1f}"
                      f" ({per_pack.get((arch, 'tuning'), 0) / 3600:.1f}) |")
     return "\n".join(lines)
