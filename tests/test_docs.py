@@ -165,8 +165,9 @@ def test_readme_statements_hold_on_the_data():
     assert ("The **selective SSM** holds 2 to 4 positions from N = 8 to 80 behind an affine "
             "input, at its best rate in 5 seeds; in **Mamba's block** it holds 5 or 6 with one "
             "layer and 8 to 10 with two, from N = 14 to 140: one to three more than its "
-            "convolutions reach, far below its N (9 of its 10 limits converged at twice the "
-            "budget)") in text
+            "convolutions reach, far below its N (all 10 within their seeds' spread at twice the "
+            "budget, where two layers of 10 hold 20: past p = 10 the target is one of a "
+            "sequence's first six inputs)") in text
     assert set(today.loc["s6_bare", "limit"]) == {2, 3, 4}
     assert (today.loc["s6_bare", "units"].min(), today.loc["s6_bare", "units"].max()) == (8, 80)
     mamba = today.loc["mamba"].set_index("layers")
@@ -177,7 +178,11 @@ def test_readme_statements_hold_on_the_data():
     assert (mamba["limit"] < mamba["units"] / 2).all()        # far below N
     mamba_marks = {k: v for k, v in headline.convergence({"today_cells"}).items()
                    if k[0] == "mamba"}
-    assert len(mamba_marks) == 9 and all(v.startswith("yes") for v in mamba_marks.values())
+    assert len(mamba_marks) == 10 and all(v.startswith("yes") for v in mamba_marks.values())
+    assert mamba_marks[("mamba", 2, 10)].endswith(": 10 -> 20)")
+    # past p = 10 (= q_min) the lengths shift: the target is among the first q_max - q_min + 1
+    grid = headline._grid_json("today_cells_mamba_budget_check-2x")
+    assert (grid["fixed"]["q_min"], grid["fixed"]["q_max"]) == (10, 15)
 
 
 def test_readme_is_the_front_door():
@@ -459,14 +464,22 @@ def test_reproduction_statements_hold_on_the_data():
     rates = today[today["arch"] == "mamba"]["lr"]
     assert "Its tuning chose 0.003 to 0.03" in text
     assert (rates.min(), rates.max()) == (0.003, 0.03)
-    assert "9 of its 10 limits stay within their seeds' spread; two layers of 10 move from 10 to" \
-        " at least 14, the check's largest p: that limit is a lower bound" in text
+    assert "all 10 of its limits stay within their seeds' spread, and two layers of 10 move " \
+        "from 10 to 20 (seeds 9..30 at twice the budget, 10..24 at once)" in text
     mamba_marks = {k[1:]: v for k, v in marks.items() if k[0] == "mamba"}
-    assert len(mamba_marks) == 9 and all(v.startswith("yes") for v in mamba_marks.values())
-    check = headline.limits(headline.points("today_cells_mamba_budget_check-2x")).set_index(
-        ["layers", "cells"])
-    assert (2, 10) not in mamba_marks and check.loc[(2, 10), "limit"] == 14
-    assert check.loc[(2, 10), "censored"] and lim.loc[("mamba", 2, 10), "limit"] == 10
+    assert len(mamba_marks) == 10 and all(v.startswith("yes") for v in mamba_marks.values())
+    more = headline.points("today_cells_mamba_budget_check-2x")
+    check = headline.limits(more).set_index(["layers", "cells"])
+    assert check.loc[(2, 10), "limit"] == 20 and not check.loc[(2, 10), "censored"]
+    assert tuple(check.loc[(2, 10), ["seed_min", "seed_max"]]) == (9, 30)
+    assert lim.loc[("mamba", 2, 10), "limit"] == 10
+    assert tuple(lim.loc[("mamba", 2, 10), ["seed_min", "seed_max"]]) == (10, 24)
+    assert "two layers of 8 fail p = 11 on every seed and pass p = 12 to 19 on every seed" in text
+    eight = more[(more["layers"] == 2) & (more["cells"] == 8)].assign(ok=lambda d: d["loss"] < 0.05)
+    passed = eight.groupby("position")["ok"].agg(["sum", "size"])
+    assert passed.loc[11, "sum"] == 0
+    assert (passed.loc[12:19, "sum"] == passed.loc[12:19, "size"]).all()
+    assert passed.loc[20, "sum"] < passed.loc[20, "size"]
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
