@@ -310,13 +310,15 @@ class Walk:
 
     band: int = 4
     """positions per round: a configuration trains its next `band` positions of the axis at once"""
-    past: int = 2
+    past: int = 1
     """the limit is settled once the mean loss over seeds has failed (>= THRESHOLD) at this many
-    positions in a row and every seed has failed at one of its positions so far"""
+    positions in a row and every seed has failed at one of its positions so far (1: at the
+    position past the limit, which settles every limit; more keep more of the heatmap past it)"""
 
     def describe(self) -> str:
-        return (f"positions upward in bands of {self.band}, each configuration until its mean has "
-                f"failed at {self.past} in a row and every seed has failed")
+        times = "" if self.past == 1 else f" at {self.past} positions in a row"
+        return (f"positions upward in bands of {self.band}, each configuration until its mean "
+                f"has failed{times} and every seed has failed")
 
     def to_dict(self) -> dict:
         return {"band": self.band, "past": self.past}

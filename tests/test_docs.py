@@ -551,3 +551,9 @@ def test_what_the_walk_saves_is_what_the_guide_says():
                   r"and 6 positions per round skip (\d+), (\d+), (\d+) and (\d+) %", history)
     assert m, "the history's sentence on the walk's bands"
     assert [int(x) for x in m.groups()] == [overall(saved(b)) for b in (1, 2, 3, 4, 6)]
+    m = re.search(r"fail twice in a row, which skips (\d+) % of the nine cells' epochs at bands "
+                  r"of 4", history)
+    assert m and len(whole) == 9, "the history's sentence on two failures in a row"
+    assert int(m[1]) == overall({a: total[a] - sum(epochs[i] for i in replay(pts, losses,
+                                                                          Walk(4, past=2)))
+                                 for a, pts in whole.items()})

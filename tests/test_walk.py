@@ -118,8 +118,8 @@ def _grid(**extra):
 
 
 def test_the_walk_section_reads_strictly():
-    assert parse_grid(_grid(walk=True), "g.yaml").walk == Walk(4, 2)
-    assert parse_grid(_grid(walk={"band": 2}), "g.yaml").walk == Walk(2, 2)
+    assert parse_grid(_grid(walk=True), "g.yaml").walk == Walk(4, 1)
+    assert parse_grid(_grid(walk={"band": 2, "past": 2}), "g.yaml").walk == Walk(2, 2)
     assert parse_grid(_grid(), "g.yaml").walk is None
     for bad, where in [({"band": 0}, "walk.band"), ({"past": -1}, "walk.past"),
                        ({"bnad": 2}, "walk.bnad"), ({"band": 2.5}, "walk.band"), (3, "walk")]:
@@ -128,7 +128,7 @@ def test_the_walk_section_reads_strictly():
 
 
 def test_the_walk_is_recorded_and_a_folder_takes_the_newest_walk(tmp_path):
-    walked = parse_grid(_grid(walk={"band": 2}), "g.yaml")
+    walked = parse_grid(_grid(walk={"band": 2, "past": 2}), "g.yaml")
     plain = parse_grid(_grid(), "g.yaml")
     ident = json.loads(json.dumps(walked.identity))
     assert ident["walk"] == {"band": 2, "past": 2}
@@ -147,7 +147,7 @@ def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp
                     task={"q_min": 4, "q_max": 6},
                     train={"max_epochs": 4, "eval_size": 64, "eval_every": 2, "batch_size": 16,
                            "lr": 1e-6})
-    grid = write_grid(tmp_path / "walk.yaml", **sections, walk={"band": 1})
+    grid = write_grid(tmp_path / "walk.yaml", **sections, walk={"band": 1, "past": 2})
     out = tmp_path / "out"
     dry = memgrid_cli("run", grid, "--out", out, "--dry-run")
     assert dry.returncode == 0, dry.stderr
