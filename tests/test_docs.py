@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from memgrid import headline, reference
-from memgrid.cells import MAMBA_CONV
+from memgrid.cells import BLOCK_CONV, MAMBA_CONV
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -480,6 +480,33 @@ def test_reproduction_statements_hold_on_the_data():
     assert passed.loc[11, "sum"] == 0
     assert (passed.loc[12:19, "sum"] == passed.loc[12:19, "size"]).all()
     assert passed.loc[20, "sum"] < passed.loc[20, "size"]
+    assert "**minGRU's block, like Mamba's, holds one to three positions more than its " \
+        "convolutions reach.**" in text
+    blk = lim.loc["mingru_block"]
+    reach = {1: BLOCK_CONV, 2: 2 * BLOCK_CONV - 1}
+    assert "holds 4 positions with one layer at every size from N = 6 to N = 30" in text
+    assert set(blk.loc[1, "limit"]) == {4} and list(blk.loc[1, "units"]) == [6, 12, 18, 24, 30]
+    assert "6 to 8 with two, from N = 12 to N = 60, where its two convolutions reach 5" in text
+    assert set(blk.loc[2, "limit"]) == {6, 7, 8} and list(blk.loc[2, "units"]) == [12, 24, 36,
+                                                                                   48, 60]
+    assert BLOCK_CONV == 3 and not blk["censored"].any()
+    assert {int(r.limit) - reach[l] for (l, _), r in blk.iterrows()} == {1, 2, 3}
+    assert set(lim.loc["mingru", "limit"]) == {1, 2}
+    rates = today[today["arch"] == "mingru_block"]["lr"]
+    assert "Its tuning chose 0.003 to 0.03. It is the first cell the run walked" in text
+    assert (rates.min(), rates.max()) == (0.003, 0.03)
+    archs = headline.today_archs()
+    assert "538 of its 1,350 points trained, and the 812 past its settled limits were left out" \
+        in text
+    assert (archs["have"]["mingru_block"], archs["axes"]["mingru_block"]) == (538, 1350)
+    assert archs["axes"]["mingru_block"] - archs["want"]["mingru_block"] == 812
+    # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
+    wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
+                 & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
+    by_p = wide.groupby("position")["ok"].agg(["sum", "size"])
+    assert by_p.loc[9, "sum"] == 0 and by_p.loc[10, "sum"] > by_p.loc[10, "size"] / 2
+    assert "every seed fails p = 9 and most pass again from p = 10" in " ".join(
+        (ROOT / "docs" / "history.md").read_text().split())
     assert "both minimal gated cells hold 2 positions at N = 20" in text
     assert (lim.loc[["mingru", "minlstm"]].query("units == 20")["limit"] == 2).all()
     assert "(one rate, 2 seeds, c = 2 and 5) said the same of these two cells" in text
