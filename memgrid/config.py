@@ -323,10 +323,6 @@ class Walk:
     def to_dict(self) -> dict:
         return {"band": self.band, "past": self.past}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Walk:
-        return cls(int(d["band"]), int(d["past"]))
-
 
 @dataclass(frozen=True)
 class Grid:

@@ -412,7 +412,8 @@ def _parse_walk(source: str, raw: Any) -> Walk | None:
     if raw is None:
         return None
     where = _where(source, "walk")
-    out = {k: _check_type(source, f"walk.{k}", raw.get(k, getattr(Walk, k)), int) for k in WALK_KEYS}
+    out = {k: _check_type(source, f"walk.{k}", raw.get(k, getattr(Walk, k)), int)
+           for k in WALK_KEYS}
     for k, v in out.items():
         if not 1 <= v <= INT32_MAX:
             raise ConfigError(f"{where}.{k}: an integer from 1 to {INT32_MAX:,}, got {v}")

@@ -77,9 +77,9 @@ def _settings_section() -> list[str]:
 
     out = ["## Grid files", "",
            "A grid file is YAML. Its top-level keys are `name`, `protocol`, `axes`, the sections "
-           "below, `resources`, `tune_lr` and `walk`; every key is checked at load time, and an unknown "
-           "key, a wrong type or an impossible value ends the run with one line naming the file "
-           "and the key (exit status 2).", "",
+           "below, `resources`, `tune_lr` and `walk`; every key is checked at load time, and an "
+           "unknown key, a wrong type or an impossible value ends the run with one line naming "
+           "the file and the key (exit status 2).", "",
            "### The grid (`memgrid.config.Grid`)", "",
            "| key | meaning |", "| --- | --- |"]
     for name, text in field_docs(config.Grid).items():
