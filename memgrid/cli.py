@@ -20,8 +20,9 @@ import click
 from .config import THRESHOLD, ConfigError
 from .grid_file import grid_from_identity
 from .processes import exit_status, launch_time, signals_held, stoppable
-from .results import (PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy, FolderLock, check_results,
-                      damaged_parts, done_ids, first_line, read_points, repair, saved_packs)
+from .results import (MERGE_FIRST_PARTS, PACKS, READ_ERRORS, TABLES, TUNING, FolderBusy,
+                      FolderLock, check_results, damaged_parts, done_ids, first_line, part_names,
+                      read_points, repair, saved_packs)
 from .results import compact as compact_folder
 from .run.preflight import (EXIT_BAD_INPUT, MAX_POINTS, build_grid, check_driver, check_link,
                             check_machine, check_out, check_size, growth, prepare_out,
@@ -308,6 +309,7 @@ def run(grid_file, out, pack, cpus_per_trial, gpus_per_trial, max_epochs, protoc
                 click.echo(f"memgrid: {out}: {line}", err=True)
             for line in repair(out):      # damaged or half-written parts go aside
                 click.echo(f"memgrid: {line}", err=True)
+            _merge_first(out)
 
         from .run.driver import run_grid  # Ray is imported inside, once the input is good
 
@@ -455,10 +457,10 @@ def _report_folder(results: str, out: str | None) -> str:
     return out
 
 
-def _compact(results: str, *, changed_only: bool = False) -> None:
+def _compact(results: str, *, changed_only: bool = False, err: bool = False) -> None:
     """compact of `results` and of its tuning run's folder where it has one, holding the
-    folder's lock: one line each on stdout (`changed_only`: where parts were merged), repair's
-    lines on stderr."""
+    folder's lock: one line each on stdout (`err`: stderr; `changed_only`: where parts were
+    merged), repair's lines on stderr."""
     for uri in (results, f"{results.rstrip('/')}/{TUNING}"):
         if uri != results:
             try:
@@ -471,7 +473,21 @@ def _compact(results: str, *, changed_only: bool = False) -> None:
         b, a = s["parts_before"], s["parts_after"]
         if b != a or not changed_only:
             click.echo(f"{uri}: {b['points']} + {b['curves']} parts (points + curves) -> "
-                       f"{a['points']} + {a['curves']}, {s['points']} points, {s['seconds']:.1f} s")
+                       f"{a['points']} + {a['curves']}, {s['points']} points, {s['seconds']:.1f} s",
+                       err=err)
+
+
+def _merge_first(out: str) -> None:
+    """A resumed run's folder, or its tuning run's, holding more than MERGE_FIRST_PARTS parts:
+    compacted before training (a line on stderr), since each of the run's reads of the folder
+    opens every part."""
+    many = {uri: n for uri in (out, f"{out.rstrip('/')}/{TUNING}")
+            if (n := len(part_names(uri, ""))) > MERGE_FIRST_PARTS}
+    for uri, n in many.items():
+        click.echo(f"memgrid: {uri}: {n} points parts: merging them first (memgrid compact) ...",
+                   err=True)
+    if many:
+        _compact(out, changed_only=True, err=True)
 
 
 def _compact_after_run(out: str) -> None:

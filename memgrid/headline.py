@@ -28,6 +28,7 @@ Definitions (one each, used everywhere on the pages):
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -87,7 +88,13 @@ the README's first screen holds the table and a figure (the reproduction page ha
 
 
 def points(name: str) -> pd.DataFrame:
-    """The points table of docs/data/<name> (pyarrow)."""
+    """The points table of docs/data/<name> (pyarrow): a copy of what this process read first
+    (the shipped folders do not change while the pages are made)."""
+    return _points(name).copy()
+
+
+@functools.cache
+def _points(name: str) -> pd.DataFrame:
     return pd.read_parquet(DATA / name / "points", engine="pyarrow")
 
 
@@ -104,16 +111,27 @@ def limits(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (arch, layers, cells): units N, bound N - (l - 1), p_max, seeds, the limit of
     the mean over seeds and whether it is censored, and each seed's own limit (min, max) and
     how many seeds memorize every p <= the configuration's limit (`seeds_at_limit`)."""
+    if df.empty:
+        return pd.DataFrame()
+    mean = df.groupby(KEYS + ["position"], sort=True)["loss"].mean()   # NaN skipped
+    means: dict[tuple, dict[int, float]] = {}
+    for (*key, p), v in zip(mean.index, mean.to_numpy(float)):
+        means.setdefault(tuple(key), {})[int(p)] = v
+    seeds: dict[tuple, dict[int, dict[int, float]]] = {}    # key -> seed -> {p: loss}
+    first: dict[tuple, int] = {}                              # key -> its first row's units
+    cols = [df[k].to_numpy() for k in KEYS]
+    for *key, seed, p, loss, n in zip(*cols, df["seed"].to_numpy(), df["position"].to_numpy(),
+                                      df["loss"].to_numpy(float), df["units"].to_numpy()):
+        key = tuple(key)
+        seeds.setdefault(key, {}).setdefault(int(seed), {})[int(p)] = loss
+        first.setdefault(key, int(n))
     rows = []
-    for key, g in df.groupby(KEYS, sort=True):
-        mean = g.groupby("position")["loss"].mean()
-        limit, censored = _walk(dict(zip(mean.index.astype(int), mean.to_numpy(float))))
-        own = []
-        for _, s in g.groupby("seed"):
-            own.append(_walk(dict(zip(s["position"].astype(int), s["loss"].astype(float))))[0])
-        n = int(g["units"].iloc[0])
+    for key, mean_losses in means.items():
+        limit, censored = _walk(mean_losses)
+        own = [_walk(s)[0] for s in seeds[key].values()]
+        n = first[key]
         rows.append(dict(zip(KEYS, key), units=n, bound=n - (int(key[1]) - 1),
-                         p_max=int(g["position"].max()), seeds=g["seed"].nunique(),
+                         p_max=max(mean_losses), seeds=len(seeds[key]),
                          limit=limit, censored=censored, seed_min=min(own), seed_max=max(own),
                          seeds_at_limit=sum(o >= limit for o in own)))
     return pd.DataFrame(rows)
@@ -211,12 +229,14 @@ def _grid_json(name: str) -> dict:
     return json.loads((DATA / name / "grid.json").read_text())
 
 
+@functools.cache
 def today_archs() -> dict[str, list[str]]:
     """The today_cells grid's cells by how much of them the shipped folder holds: `done`
     (every point its run trains), `part` (some) and `rest` (none yet), each in the arch axis's
     order; `want`, every cell's count of points its run trains (positions up to max_position N,
     or the axis's, less those its walk leaves out past settled limits: memgrid.walk), `have`,
-    those stored, and `axes`, those of the axes (the walk's left out among them)."""
+    those stored, and `axes`, those of the axes (the walk's left out among them). Made once
+per process: do not change what it returns."""
     from .grid_file import grid_from_identity
     from .lr_tuning import grid_points
     from .walk import left_out

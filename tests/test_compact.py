@@ -24,9 +24,10 @@ from memgrid.results import (COMPACTING, COMPACT_ROWS, CURVE_SCHEMA, POINT_SCHEM
 from memgrid.results import io, layout, lock, saved, upkeep
 from memgrid.results.upkeep import _compaction, _plan
 from memgrid.grid_file import load_grid
+from memgrid.run.preflight import prepare_out
 from memgrid.results.lock import LOCK_NAME, FolderLock
 
-from .conftest import memgrid_cli
+from .conftest import memgrid_cli, write_grid
 from .test_failures import fake_rows, refused, stored_folder, tree
 
 
@@ -267,6 +268,40 @@ def test_compact_command_merges_a_folder_and_its_tuning_run(tmp_path, tiny_grid)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"file://{out}: 1 + 1 parts (points + curves) -> 1 + 1, 16 points")
     assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_run_resuming_a_folder_of_many_parts_merges_them_first(tmp_path):
+    grid_file = write_grid(
+        tmp_path / "many.yaml", name="many",
+        axes={"arch": ["rnn"], "layers": [1], "cells": [2], "position": "1..2",
+              "seed": f"0..{upkeep.MERGE_FIRST_PARTS // 2}"},
+        task={"q_min": 4, "q_max": 6},
+        train={"max_epochs": 40, "eval_size": 64, "eval_every": 20, "batch_size": 16})
+    grid = load_grid(grid_file)
+    out = tmp_path / "res"
+    prepare_out(grid, str(out))
+    pts = grid.points()
+    stored = pts[:-1]                        # one part per point, as packs of one write them
+    assert len(stored) == upkeep.MERGE_FIRST_PARTS + 1
+    for i, p in enumerate(stored):
+        rows, curves = fake_rows([p], grid.name, f"pack-{i:012d}")
+        write_points(str(out), f"pack-{i:012d}-0000", rows, curves)
+    before = table(out, "points")
+
+    r = memgrid_cli("run", grid_file, "--out", out)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.splitlines()
+    n = upkeep.MERGE_FIRST_PARTS + 1
+    merging = [i for i, l in enumerate(err) if l == f"memgrid: {out}: {n} points parts: merging "
+               "them first (memgrid compact) ..."]
+    training = [i for i, l in enumerate(err) if l.startswith("[many] 201/202 points")]
+    assert merging and training and merging[0] < training[0], r.stderr    # before it trains
+    assert f"{out}: {n} + {n} parts (points + curves) -> 1 + 1, {n} points, " in r.stderr
+    after = table(out, "points")             # every point once, the stored ones unchanged
+    assert len(after) == len(pts) and after["point_id"].is_unique
+    kept = after[after["point_id"].isin(before["point_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before)
 
 
 def test_compact_is_refused_while_a_run_holds_the_folder(tmp_path, tiny_grid):

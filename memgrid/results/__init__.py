@@ -30,6 +30,7 @@ from .layout import write_grid_identity as write_grid_identity
 from .lock import FolderBusy as FolderBusy
 from .lock import FolderLock as FolderLock
 from .upkeep import COMPACT_ROWS as COMPACT_ROWS
+from .upkeep import MERGE_FIRST_PARTS as MERGE_FIRST_PARTS
 from .upkeep import compact as compact
 from .upkeep import repair as repair
 from .upkeep import set_pack_aside as set_pack_aside

@@ -109,6 +109,6 @@ def lacking(schema: pa.Schema, table_name: str) -> list[str]:
     """The columns of `table_name` that a part file of `schema` lacks though its schema
     version must have them (ADDED_IN): such a part is damaged. ValueError where the version
     recorded is not a number."""
-    version, added = schema_version(schema), ADDED_IN[table_name]
+    version, added, names = schema_version(schema), ADDED_IN[table_name], set(schema.names)
     return [f.name for f in TABLES[table_name]
-            if f.name not in schema.names and added.get(f.name, 1) <= version]
+            if f.name not in names and added.get(f.name, 1) <= version]

@@ -158,6 +158,10 @@ def _tidy_packs(uri: str, fs: pafs.FileSystem, base: str) -> list[str]:
 COMPACT_ROWS = 1_000_000
 """rows (points and curves together) of one merged part at most: what compacting holds in
 memory at once (~40 MB of curves), and what a reader of one part does"""
+MERGE_FIRST_PARTS = 200
+"""a `memgrid run` that resumes a folder (or its tuning run's folder) holding more points parts
+than this compacts it first: every read of a folder (what it stores, the walk's losses, the
+tuned rates) opens each part, a second or more per read at a thousand parts"""
 _SHOWN = ("curves", "points")
 """the order in which a merged part's files become visible: points last, as in write_points"""
 
