@@ -171,7 +171,7 @@ def test_tuned_grid_end_to_end(tmp_path):
     """`memgrid run` of a grid with tune_lr: the tuning run lands in tuning/ on the tuning seeds
     only; the points table holds the grid's seeds at the chosen rate, each row saying how it
     was chosen; the grid runs arch by arch (the RNN tuned and measured before the GRU is
-    tuned); a second run trains nothing."""
+    tuned), every phase on one embedded Ray; a second run trains nothing."""
     import pandas as pd
 
     from .conftest import memgrid_cli, write_grid
@@ -204,6 +204,7 @@ def test_tuned_grid_end_to_end(tmp_path):
     stages = ["(rnn: tuning lr)]", "(rnn)]", "(gru: tuning lr)]", "(gru)]"]
     assert [said.find(s) for s in stages] == sorted(said.find(s) for s in stages)
     assert all(said.find(s) >= 0 for s in stages)
+    assert said.count("starting Ray") == 1, said      # one embedded Ray for the four phases
     again = memgrid_cli("run", grid, "--out", out)
     assert again.returncode == 0 and "8/8 points stored (0 trained now" in again.stdout
     status = memgrid_cli("status", out)

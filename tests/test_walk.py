@@ -156,6 +156,7 @@ def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp
     assert r.returncode == 0, r.stderr
     assert "8/16 points stored" in r.stdout and "8 past settled limits left out" in r.stdout
     assert "next p 2..2" in r.stderr
+    assert r.stderr.count("starting Ray") == 1, r.stderr      # one Ray for both rounds
     from memgrid.results import read_points
     stored = read_points(str(out)).to_pandas()
     assert sorted(stored["position"]) == [1] * 4 + [2] * 4 and (stored["loss"] >= THRESHOLD).all()

@@ -128,11 +128,31 @@ def run_grid(grid: Grid, out: str, **kwargs) -> dict:
     own points at the chosen rates into `out`. A long run stopped part way leaves whole archs
     measured; every phase resumes: a second run skips what either phase stored. The points of
     a configuration whose tuning a failed trial left incomplete wait for the next run; the
-    rest of the grid goes on.
+    rest of the grid goes on. An embedded Ray (`address` None) starts with the first run that
+    trains and serves every phase and round until this returns or raises.
     """
     if grid.n_points >= NOTICE_POINTS and not kwargs.get("quiet"):
         say(f"[{grid.name}] {grid.n_points} points: expanding the grid, reading what {out} "
             "holds ...")
+    held = HeldRay() if kwargs.get("address") is None else None
+    try:
+        return _run_grid(grid, out, held=held, **kwargs)
+    finally:
+        if held is not None and held.keep is not None:
+            with signals_held():
+                _end_ray(held.keep)
+
+
+class HeldRay:
+    """The embedded Ray of one :func:`run_grid`, kept up across its runs (each arch's phases,
+    each round of a walk): the first of them that trains starts it, and run_grid ends it.
+    `keep`: the processes there before it started (None: not started)."""
+
+    def __init__(self) -> None:
+        self.keep: set[int] | None = None
+
+
+def _run_grid(grid: Grid, out: str, **kwargs) -> dict:
     if grid.tune_lr is None:
         return run_walk(grid, grid.points(), out, lr_source=grid.lr_source, **kwargs)
     every = grid.points()
@@ -166,8 +186,8 @@ def run_walk(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
     """`points` of `grid` trained into `out`: all of them (:func:`run_points`), or for a grid
     with a `walk:` section round by round, each round the next band of positions of every
     configuration whose limit is not settled yet (memgrid.walk), until none is left. Each round
-    is a run of its own (:func:`run_points`: Ray started and ended), so that a stopped walk
-    resumes from what the folder stores. A round that stores nothing (its trials failed) ends
+    is a run of its own (:func:`run_points`, on run_grid's one embedded Ray), so that a stopped
+    walk resumes from what the folder stores. A round that stores nothing (its trials failed) ends
     the walk: the next run goes on from there. The summary's `left_out` counts the points past
     settled limits."""
     if grid.walk is None:
@@ -212,7 +232,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
                quiet: bool = False,
                started: float | None = None, names: dict[str, str] | None = None,
                prepare=None, halving: LRTuning | None = None, lr_source: str = "grid",
-               label: str = "", tracking: list[tuple[str, str]] = ()) -> dict:
+               label: str = "", tracking: list[tuple[str, str]] = (),
+               held: HeldRay | None = None) -> dict:
     """Train every one of `points` (of `grid`) missing from `out`. Returns a summary dict.
 
     `address`: join a running Ray cluster (None: an embedded Ray on loopback, ended with every
@@ -234,7 +255,8 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
 
     `halving` (a tuning run): all the candidates of a configuration share one pack, where
     successive halving compares them. `lr_source`: recorded in every row. `label`: shown
-    after the grid's name in the progress line.
+    after the grid's name in the progress line. `held` (embedded Ray only): the Ray is
+    started once into it (or is already up there) and left running; its owner ends it.
     """
     ids = {p.point_id for p in points}
     todo, before = _missing(out, points, ids)
@@ -248,15 +270,20 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
     if not todo:
         return summary
 
+    embedded = address is None
+    up = embedded and held is not None and held.keep is not None    # held up by the caller
+
     def say_starting() -> None:
         if not quiet:
-            where = "starting Ray ..." if address is None else f"on the Ray cluster at {address}"
-            say(f"[{grid.name}] {len(todo)} of {plural(len(points), 'point')} to train; {where}")
+            where = ("" if up else "; starting Ray ...") if embedded else \
+                f"; on the Ray cluster at {address}"
+            say(f"[{grid.name}] {len(todo)} of {plural(len(points), 'point')} to train{where}")
 
-    embedded = address is None
     if embedded:
         say_starting()    # at once: importing Ray and torch and starting Ray take 5-25 s
-    keep = descendants() if embedded else set()
+    keep = (held.keep if up else descendants()) if embedded else set()
+    if embedded and held is not None:
+        held.keep = keep    # before Ray starts: its owner ends whatever of it started
     progress = None
     try:
         res: Resources = grid.resources
@@ -303,7 +330,7 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
         raise
     finally:
         with signals_held():
-            if embedded:
+            if embedded and held is None:
                 _end_ray(keep)
     stops = stop_counts(out, ids)
     summary.update(done=sum(stops.values()), stops=dict(stops))
