@@ -139,6 +139,7 @@ def test_the_walk_is_recorded_and_a_folder_takes_the_newest_walk(tmp_path):
     assert "walk" not in grown_identity(plain, str(tmp_path), ident)
 
 
+@pytest.mark.slow
 def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp_path):
     """A real run: every point at lr 1e-6 fails, so each configuration settles at p = 2 and
     p 3, 4 are left out; `status` and a second run agree; the grid without its walk trains them."""
