@@ -142,7 +142,8 @@ def test_the_walk_is_recorded_and_a_folder_takes_the_newest_walk(tmp_path):
 @pytest.mark.slow
 def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp_path):
     """A real run: every point at lr 1e-6 fails, so each configuration settles at p = 2 and
-    p 3, 4 are left out; `status` and a second run agree; the grid without its walk trains them."""
+    p 3, 4 are left out; `status` and a second run agree, and the second drops a pack saved
+    mid-training of those points; the grid without its walk trains them."""
     sections = dict(name="walk", axes={"arch": ["rnn"], "layers": [1], "cells": [2, 3],
                                        "position": "1..4", "seed": "0..1"},
                     task={"q_min": 4, "q_max": 6},
@@ -164,8 +165,18 @@ def test_a_walked_run_trains_up_to_its_settled_limits_and_resumes_to_nothing(tmp
     s = memgrid_cli("status", out)
     assert "8/16 points done, 8 past settled limits left out" in s.stdout
     assert "0 missing" in s.stdout
+    # a pack saved mid-training before the walk settled its points goes; another stays
+    from memgrid.grid_file import load_grid
+    from memgrid.packs import pack_id, pack_spec
+    from memgrid.results import saved_packs, write_pack_state
+
+    past = [p for p in load_grid(grid).points() if p.position >= 3]
+    other = [Point("gru", 1, 2, 1, 0)]
+    for pk in (past, other):
+        write_pack_state(str(out), pack_id(pk), pack_spec(pk), b"state")
     again = memgrid_cli("run", grid, "--out", out)
     assert again.returncode == 0 and "0 trained now" in again.stdout, again.stdout + again.stderr
+    assert set(saved_packs(str(out))) == {pack_id(other)}
     whole = memgrid_cli("run", write_grid(tmp_path / "whole.yaml", **sections), "--out", out)
     assert whole.returncode == 0 and "16/16 points stored (8 trained now" in whole.stdout
     assert "no walk: every point of the axes trains" in whole.stderr

@@ -29,7 +29,7 @@ from .address import check_address, check_fits
 from .plan import NOTICE_POINTS, cpu_slot_bytes
 from .progress import Progress, plural, say
 from .tracking import callbacks as tracking_callbacks
-from .trial import check_saved, pack_trial, resume_saved
+from .trial import check_saved, forget_saved, pack_trial, resume_saved
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """ray.init: an embedded Ray (address None) on loopback only, or join `address`."""
@@ -189,7 +189,8 @@ def run_walk(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
     is a run of its own (:func:`run_points`, on run_grid's one embedded Ray), so that a stopped
     walk resumes from what the folder stores. A round that stores nothing (its trials failed) ends
     the walk: the next run goes on from there. The summary's `left_out` counts the points past
-    settled limits."""
+    settled limits; a pack saved mid-training that holds only those (a run stopped before the
+    walk settled them, or under another walk) is dropped."""
     if grid.walk is None:
         return {**run_points(grid, points, out, **kwargs), "left_out": 0}
     from ..walk import plan, stored_losses
@@ -218,6 +219,8 @@ def run_walk(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
     if not quiet and todo.left_out:
         say(f"[{grid.name}] {named}walk: {_settled(todo)}; "
             f"{plural(len(todo.left_out), 'point')} past their limits left out")
+    if todo.left_out and not todo.next:     # a pack a run saved before the walk settled them
+        forget_saved(out, {p.point_id for p in todo.left_out})
     stops = stop_counts(out, ids)
     return {**summary, "done": sum(stops.values()), "left_out": len(todo.left_out),
             "stops": dict(stops)}

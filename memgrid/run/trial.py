@@ -277,3 +277,21 @@ def resume_saved(out: str, todo: list[Point]) -> tuple[list[list[Point]], list[P
             for p in missing:
                 del left[p.point_id]
     return packs, list(left.values())
+
+
+def forget_saved(out: str, ids: set[str]) -> list[str]:
+    """Drop the packs a stopped run saved mid-training (saved_packs) whose points not stored
+    yet are all among `ids`, points that no run of the grid trains now (past limits its walk
+    has settled), so that no state waits in packs/ for a run that never comes; returns their
+    pack ids. A pack it cannot read stays."""
+    done, gone = done_ids(out), []
+    for pid, spec in saved_packs(out).items():
+        try:
+            _, pts = spec_points(spec)
+        except (ValueError, TypeError, KeyError):
+            continue
+        missing = {p.point_id for p in pts} - done
+        if missing and missing <= ids:
+            drop_pack_state(out, pid)
+            gone.append(pid)
+    return gone
