@@ -236,7 +236,7 @@ def today_archs() -> dict[str, list[str]]:
     order; `want`, every cell's count of points its run trains (positions up to max_position N,
     or the axis's, less those its walk leaves out past settled limits: memgrid.walk), `have`,
     those stored, and `axes`, those of the axes (the walk's left out among them). Made once
-per process: do not change what it returns."""
+    per process: do not change what it returns."""
     from .grid_file import grid_from_identity
     from .lr_tuning import grid_points
     from .walk import left_out
