@@ -106,7 +106,7 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
            "today_cells_mamba_budget_check-2x"]
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
-SHIPPED_PARTLY: list[str] = ["fig6_rnn", "today_cells"]
+SHIPPED_PARTLY: list[str] = ["fig6_rnn", "today_cells", "today_cells_block_budget_check-2x"]
 """docs/data's folders of grids that hold only some of their points (runs still under way)"""
 
 
@@ -340,7 +340,8 @@ def test_benchmark_header_names_the_core_generation():
 SHIPPED_CURVES = ["fig4_rnn", "fig4_rnn-paper", "fig5_lstm", "fig5_lstm-paper",
                   "big_stack_check-noplateau", "mamba_check", "mamba_budget_check-2x", "lru_check",
                   "today_cells", "today_cells_budget_check-2x", "today_cells_lru_budget_check-2x",
-                  "today_cells_ssm_budget_check-2x", "today_cells_mamba_budget_check-2x"]
+                  "today_cells_ssm_budget_check-2x", "today_cells_mamba_budget_check-2x",
+                  "today_cells_block_budget_check-2x"]
 """docs/data's folders that ship their curves (the loss-curve figures, Figures 4 and 5, the
 plateau stop's replay, and the newer cells' checks, whose curves show whether they converged)"""
 
