@@ -284,9 +284,11 @@ def run_points(grid: Grid, points: list[Point], out: str, *, address: str | None
 
     if embedded:
         say_starting()    # at once: importing Ray and torch and starting Ray take 5-25 s
-    keep = (held.keep if up else descendants()) if embedded else set()
-    if embedded and held is not None:
-        held.keep = keep    # before Ray starts: its owner ends whatever of it started
+    keep = set()
+    if embedded:
+        keep = held.keep if up else descendants()
+        if held is not None:
+            held.keep = keep    # before Ray starts: its owner ends whatever of it started
     progress = None
     try:
         res: Resources = grid.resources

@@ -284,8 +284,11 @@ def forget_saved(out: str, ids: set[str]) -> list[str]:
     yet are all among `ids`, points that no run of the grid trains now (past limits its walk
     has settled), so that no state waits in packs/ for a run that never comes; returns their
     pack ids. A pack it cannot read stays."""
+    saved = saved_packs(out)
+    if not saved:
+        return []
     done, gone = done_ids(out), []
-    for pid, spec in saved_packs(out).items():
+    for pid, spec in saved.items():
         try:
             _, pts = spec_points(spec)
         except (ValueError, TypeError, KeyError):
