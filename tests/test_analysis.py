@@ -524,7 +524,11 @@ def test_report_partial_grid(tmp_path, capsys):
     assert text.index("## Summary") < text.index("## Settings") < text.index("## Grid")
     assert "| 1 | 1 |\n| 2 | >= 2 |" in text          # the summary grid: c = 2 is censored
     assert "| rnn | 1 | 1 | 1 | 1 | 1 | 1..1 (median 1) | 2/2 | 1 | 1 | loss |" in text
-    assert "| rnn | 1 | 2 | 2 | 2 | >= 2 | 2..2 (median 2) | 2/2 | 1 | 1 | end |" in text
+    # p = 3 of c = 2 is in the grid but not trained yet: the limit is censored by it, not by
+    # the grid's end
+    assert "| rnn | 1 | 2 | 2 | 2 | >= 2 | 2..2 (median 2) | 2/2 | 1 | 1 | missing |" in text
+    assert ("censored by the grid's largest p in 0 (a lower bound, `>= p`), and by a position "
+            "not measured yet in 1.") in text
     limits = pd.read_csv(tmp_path / "report" / "limits.csv")
     assert limits["limit_text"].tolist() == ["1", ">= 2"]
     assert limits["seeds_passing"].tolist() == ["2 0 0", "2 2"]
@@ -535,6 +539,16 @@ def test_report_partial_grid(tmp_path, capsys):
         assert f"]({png})" in text and (tmp_path / "report" / png).exists()
     assert "### Paper claims" in text and "not covered by this grid" in text
     assert "Configurations whose limit reaches N: **2 of 2** (0 censored below N)." in text   # N = c
+
+
+def test_report_says_a_limit_at_the_grids_largest_p_is_censored_by_it(tmp_path):
+    """c = 2 passes every p of the grid (1..3): its limit is censored by the grid's end."""
+    res = tmp_path / "results"
+    _results(res, {(1, 1): 0.005, (1, 2): 0.2, (1, 3): 0.25,
+                   (2, 1): 0.005, (2, 2): 0.02, (2, 3): 0.03})
+    text = write_report(str(res), tmp_path / "report").read_text()
+    assert "| rnn | 1 | 2 | 2 | 2 | >= 3 | 3..3 (median 3) | 2/2 | 1 | 1 | end |" in text
+    assert "censored by the grid's largest p in 1 (a lower bound, `>= p`)." in text
 
 
 def test_report_without_points(tmp_path):

@@ -64,7 +64,9 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS, full: str | None = None
     return "\n".join(lines) + "\n"
 
 
-def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list[str]:
+def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str,
+                  expanded: tuple | None) -> list[str]:
+    """What the grid is and how much of it is done; `expanded`: :func:`_grid_points`."""
     if identity is None:
         return ["## Grid", "", "No `grid.json` in the results folder: the grid is unknown, so "
                 "progress cannot be measured against it.", ""]
@@ -74,9 +76,8 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
                                  columns=["axis", "values", "count"])),
            "Fixed settings: " + (", ".join(f"`{k} = {v}`" for k, v in sorted(fixed.items()))
                                  or "none (defaults)") + ".", ""]
-    expected = math.prod(len(v) for v in axes.values()) if axes else 0
+    expected = _expected(identity)
     done = len(points)
-    expanded = _grid_points(identity, expected, uri)
     if expanded is not None:
         grid, grid_points = expanded
         ids = {p.point_id for p in grid_points}
@@ -93,10 +94,16 @@ def _grid_section(identity: dict | None, points: pd.DataFrame, uri: str) -> list
     return out + [text, ""]
 
 
-def _grid_points(identity: dict, expected: int, uri: str) -> tuple | None:
-    """The grid and its points (at their tuned rates), or None if the grid is too big or will
-    not expand."""
-    if not 0 < expected <= MAX_ID_CHECK:
+def _expected(identity: dict) -> int:
+    """The number of points the grid's axes span."""
+    axes = identity.get("axes", {})
+    return math.prod(len(v) for v in axes.values()) if axes else 0
+
+
+def _grid_points(identity: dict | None, uri: str) -> tuple | None:
+    """The grid and its points (at their tuned rates), or None if there is no grid.json, or the
+    grid is too big or will not expand."""
+    if identity is None or not 0 < _expected(identity) <= MAX_ID_CHECK:
         return None
     from ..grid_file import grid_from_identity
     from ..lr_tuning import grid_points
@@ -130,7 +137,7 @@ def _limits_section(kind: str, lim: pd.DataFrame, threshold: float) -> list[str]
             "`>= p`: the walk ended without a measured failure (at the grid's largest p, or a "
             "position not run), so the limit is a lower bound. Seeds' own limits: the same walk "
             "on each seed's losses. `limit_t`: the limit at the stricter threshold t. `stop`: "
-            "`loss` = p = limit + 1 failed; `missing` = not in the data; `end` = the grid's "
+            "`loss` = p = limit + 1 failed; `missing` = not measured yet; `end` = the grid's "
             "largest p. `converged`: a budget check at twice the budget or more moves the limit "
             "by no more than the seeds' range (or, for a table with its own budgets, no larger "
             "budget moves it: Training budget); `moves`: by more; `unchecked`: no such check. "
@@ -442,10 +449,15 @@ def write_report(results_uri: str, out_dir: str | Path | None = None,
     with warnings.catch_warnings():  # print nothing: empty slices, layout hints
         warnings.simplefilter("ignore")
         check = _load_checks([str(c) for c in checks], points)
-        limits = limits_table(points, threshold, check)
+        expanded = _grid_points(identity, uri)
+        grid = None if expanded is None else pd.DataFrame(
+            [(p.arch, p.layers, p.cells, p.position, p.q_min, p.q_max) for p in expanded[1]],
+            columns=CONFIG + ["position", "q_min", "q_max"])
+        limits = limits_table(points, threshold, check, grid)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        text = _report(uri, out, threshold, identity, points, limits, [str(c) for c in checks])
+        text = _report(uri, out, threshold, identity, expanded, points, limits,
+                       [str(c) for c in checks])
     path = out / "report.md"
     write_atomic(path, text)
     return path
@@ -506,8 +518,8 @@ def _summary(limits: pd.DataFrame, claims: pd.DataFrame, threshold: float,
             for arch in archs_in_order(lim):
                 lines += [f"{arch_label(arch)}, limit per (l, c):", "",
                           md_table(summary_grid(lim, arch), max_rows=10_000)]
-            lines += ["A cell: the limit; `>= p`: censored by the grid's largest p (a lower "
-                      "bound); **bold**: above the bound N - (l - 1) in the column's head; "
+            lines += ["A cell: the limit; `>= p`: a lower bound, censored by the grid's "
+                      "largest p or by the next position, not measured yet; **bold**: above the bound N - (l - 1) in the column's head; "
                       "`(a..b, k/n)`: the seeds' own limits range over a..b and k of the n "
                       "seeds reach the limit (shown only where they differ from it); ✓: a budget "
                       "check at twice the budget or more moves it by no more than that range; ✗: "
@@ -536,13 +548,14 @@ def _settings_section(points: pd.DataFrame, threshold: float, checks: list[str])
 
 
 def _report(uri: str, out: Path, threshold: float, identity: dict | None,
-            points: pd.DataFrame, limits: pd.DataFrame, checks: list[str]) -> str:
+            expanded: tuple | None, points: pd.DataFrame, limits: pd.DataFrame,
+            checks: list[str]) -> str:
     name = identity.get("name", "?") if identity else Path(uri).name
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [f"# memgrid report: {name}", "",
             f"Results: `{uri}`, read {when}. A folder still being written is read as it was "
             "then.", ""]
-    grid = _grid_section(identity, points, uri)
+    grid = _grid_section(identity, points, uri, expanded)
     tuned = bool((identity or {}).get("tune_lr"))
     if tuned:
         grid += _tuning_line(identity, points)

@@ -28,18 +28,25 @@ CHECK_COLUMNS = ["check_budget", "check_seeds", "paired_limit", "check_limit", "
 
 
 def limits_table(points: pd.DataFrame, threshold: float = THRESHOLD,
-                 check: pd.DataFrame | None = None) -> pd.DataFrame:
+                 check: pd.DataFrame | None = None,
+                 grid: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every configuration's limit with its seeds, per task: :func:`limits_with_seeds` of the
     random- and the fixed-length points, a `task` column first (`random`, `fixed`), then the
     budget check's columns (:func:`memgrid.analysis.convergence.budget_check`, of the
     random-length points; NaN where the check has no such configuration) and `converged`
-    (`converged`, `moves`, `unchecked`: :func:`memgrid.analysis.convergence.check_marks`)."""
+    (`converged`, `moves`, `unchecked`: :func:`memgrid.analysis.convergence.check_marks`).
+
+    `grid`: the points of the grid the table comes from (arch, layers, cells, position, q_min,
+    q_max), where it is known. A limit at the table's largest p whose grid goes further is not
+    measured yet (`stop` `missing`), not censored by the grid's end: a grid still running."""
     parts = []
     for task, _, select in TASKS:
         sub = select(points)
         if sub.empty:
             continue
         lim = limits_with_seeds(sub, threshold)
+        if grid is not None:
+            lim = _not_measured_yet(lim, select(grid))
         chk = None
         if check is not None and task == "random" and not random_length(check).empty:
             chk = budget_check(sub, random_length(check), threshold)
@@ -53,6 +60,18 @@ def limits_table(points: pd.DataFrame, threshold: float = THRESHOLD,
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
     return out[["task"] + [c for c in out.columns if c != "task"]]
+
+
+def _not_measured_yet(lim: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFrame:
+    """`lim` with `stop` `missing` where the walk ended at the table's largest p (`end`) and the
+    grid has a larger p for that configuration."""
+    if grid.empty:
+        return lim
+    ends = grid.groupby(CONFIG)["position"].max()
+    key = pd.MultiIndex.from_frame(lim[CONFIG].astype({"layers": int, "cells": int}))
+    grid_end = ends.reindex(key).to_numpy(dtype=float)
+    further = (lim["stop"] == "end").to_numpy() & (grid_end > lim["p_max"].to_numpy())
+    return lim.assign(stop=np.where(further, "missing", lim["stop"]))
 
 
 def _bound_text(sel: pd.DataFrame, layers: int) -> str:
