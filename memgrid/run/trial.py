@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -226,7 +227,9 @@ def _load_state(uri: str, pid: str) -> tuple[dict | None, str]:
     if blob is None:
         return None, ""
     try:
-        return torch.load(io.BytesIO(blob), weights_only=True), ""
+        with warnings.catch_warnings():   # torch's warnings on a damaged file: the line below says it
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(blob), weights_only=True), ""
     except Exception as e:       # noqa: BLE001 - any unreadable state: train the pack again
         return None, f"unreadable ({one_line(e)})"
 
