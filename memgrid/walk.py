@@ -38,6 +38,14 @@ class WalkPlan:
     left_out: list[Point] = field(default_factory=list)
     settled: int = 0
     configurations: int = 0
+    bands: set[tuple[int, int]] = field(default_factory=set)
+    """the first and last position of each open configuration's next band"""
+
+    def span(self) -> str:
+        """The next round's bands: `p 5..8`, `p 5..8, 9..12`, `p 1..4 to 17..20` (more than
+        three bands)."""
+        bands = [f"{a}..{b}" for a, b in sorted(self.bands)]
+        return "p " + (", ".join(bands) if len(bands) <= 3 else f"{bands[0]} to {bands[-1]}")
 
 
 def stored_losses(out: str) -> dict[str, float]:
@@ -84,6 +92,7 @@ def plan(points: list[Point], losses: dict[str, float], walk: Walk,
             if any(p.point_id not in losses for p in pts):
                 band = positions[i // walk.band * walk.band:(i // walk.band + 1) * walk.band]
                 out.next += [p for q in band for p in by_position[q] if p.point_id not in losses]
+                out.bands.add((band[0], band[-1]))
                 break
             own = [losses[p.point_id] for p in pts]
             failed_seeds |= {p.seed for p, loss in zip(pts, own) if _failed(loss, threshold)}

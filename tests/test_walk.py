@@ -13,7 +13,7 @@ from memgrid.analysis.limits import limits_with_seeds
 from memgrid.config import THRESHOLD, ConfigError, Point, Walk
 from memgrid.grid_file import grid_from_identity, parse_grid
 from memgrid.run.preflight import grown_identity
-from memgrid.walk import plan, replay
+from memgrid.walk import WalkPlan, plan, replay
 
 from .conftest import memgrid_cli, write_grid
 
@@ -62,6 +62,7 @@ def test_a_band_at_a_time_until_the_mean_fails_twice_and_every_seed_has_failed()
     assert sorted((p.position, p.seed) for p in step.next) == [(q, s) for q in (1, 2, 3)
                                                                for s in (0, 1)]
     assert not step.left_out and step.settled == 0 and step.configurations == 1
+    assert step.span() == "p 1..3"
     # seed 1 holds p 1..3 while the mean fails at p 2 and 3: not settled, the next band
     losses = {at[q, 0].point_id: (PASS if q == 1 else FAIL) for q in (1, 2, 3)}
     losses |= {at[q, 1].point_id: PASS for q in (1, 2, 3)}
@@ -73,6 +74,7 @@ def test_a_band_at_a_time_until_the_mean_fails_twice_and_every_seed_has_failed()
     step = plan(points, losses, walk)
     assert sorted((p.position, p.seed) for p in step.next) == [(4, 0), (5, 0), (5, 1), (6, 0),
                                                                (6, 1)]
+    assert step.span() == "p 4..6"
     # seed 1 fails at p 4: settled there, p 5..8 left out though p 5 and 6 were its band
     losses[at[4, 0].point_id] = FAIL
     step = plan(points, losses, walk)
@@ -108,6 +110,10 @@ def test_configurations_walk_apart():
     step = plan(points, losses, Walk(band=2, past=2))
     assert step.settled == 1 and step.configurations == 3
     assert {(p.cells, p.lr) for p in step.left_out} == {(2, Point.lr)}
+    assert step.span() == "p 3..4"                      # the two open ones, both at their 2nd
+    losses |= {p.point_id: PASS for p in points if p.cells == 3 and p.position in (3, 4)}
+    assert plan(points, losses, Walk(band=2, past=2)).span() == "p 3..4, 5..6"   # apart
+    assert WalkPlan(bands={(1, 2), (3, 4), (5, 6), (7, 8)}).span() == "p 1..2 to 7..8"
     assert {(p.cells, p.lr, p.position) for p in step.next} == {
         (c, lr, q) for c, lr in ((3, Point.lr), (2, 0.1)) for q in (3, 4)}
 

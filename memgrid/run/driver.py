@@ -205,7 +205,7 @@ def run_walk(grid: Grid, points: list[Point], out: str, **kwargs) -> dict:
     summary = {"points": len(points), "done_before": len(done_ids(out) & ids), "trained": 0,
                "packs": 0, "failed_trials": 0}
     while todo.next:
-        span = f"p {min(p.position for p in todo.next)}..{max(p.position for p in todo.next)}"
+        span = todo.span()
         if not quiet:
             say(f"[{grid.name}] {named}walk: {_settled(todo)}; next {span} of the others "
                 f"({plural(len(todo.next), 'point')})")
