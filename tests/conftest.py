@@ -46,3 +46,13 @@ def memgrid_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "memgrid.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def stored_parts(out: Path) -> list[Path]:
+    """The points part files stored in the results folder `out`: not the hidden ones still
+    being written, which a kill can leave behind unrenamed (pathlib's glob matches a name
+    starting with a dot, where pyarrow and pandas skip it)."""
+    folder = out / "points"
+    if not folder.exists():
+        return []
+    return [f for f in folder.glob("*.parquet") if not f.name.startswith(".")]

@@ -35,7 +35,7 @@ from memgrid.run import launch as launch_mod
 from memgrid.cli import main
 from memgrid.grid_file import load_grid
 
-from .conftest import ROOT, write_grid
+from .conftest import ROOT, stored_parts, write_grid
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -352,10 +352,6 @@ def assert_every_point_once(grid: Path, out: Path) -> pd.DataFrame:
     return points
 
 
-def _parts(out: Path) -> int:
-    return len(list((out / "points").glob("*.parquet"))) if (out / "points").exists() else 0
-
-
 def _job_id(stdout: str) -> str:
     return re.search(r"submitted job (\S+):", stdout).group(1)
 
@@ -429,14 +425,14 @@ def test_grid_survives_a_worker_node_killed_mid_run(cluster, tmp_path):
                             env=launch_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 150
-        while _parts(out) < 1:          # the first point is stored: the worker is at work
+        while len(stored_parts(out)) < 1:      # the first point is stored: the worker is at work
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "no progress to interrupt"
             time.sleep(0.2)
         killed = {n["node_id"] for n in cluster.nodes() if n["state"] == "ALIVE" and not n["is_head_node"]}
         assert len(killed) == 1
         first.kill()                    # every process of the worker node: it dies at once
-        assert _parts(out) < 8
+        assert len(stored_parts(out)) < 8
         twice = memgrid_launch(cluster, "--address", cluster.dashboard, grid, "--out", out)
         assert twice.returncode == 1 and "is already running into" in twice.stderr, twice.stderr
         second = cluster.add_worker("--num-gpus", "1")
@@ -495,7 +491,7 @@ def test_stopped_job_is_finished_by_launching_again(cluster, tmp_path):
         assert r.returncode == 0, r.stderr
         job = _job_id(r.stdout)
         deadline = time.monotonic() + 150
-        while _parts(out) < 1:
+        while len(stored_parts(out)) < 1:
             assert cluster.job(job)["status"] in ("PENDING", "RUNNING"), cluster.job(job)
             assert time.monotonic() < deadline, "no progress to interrupt"
             time.sleep(0.2)

@@ -12,7 +12,7 @@ import pytest
 
 from memgrid.results import CURVE_SCHEMA, POINT_SCHEMA
 
-from .conftest import ROOT, memgrid_cli, write_grid
+from .conftest import ROOT, memgrid_cli, stored_parts, write_grid
 
 pytestmark = pytest.mark.slow
 
@@ -76,21 +76,16 @@ def test_pack_1_and_packed_give_the_same_losses(tmp_path):
     assert (cm.eval_loss_x - cm.eval_loss_y).abs().max() <= 1e-6
 
 
-def _parts(out):
-    folder = out / "points"
-    return [p for p in folder.glob("*.parquet")] if folder.exists() else []
-
-
 def _interrupt(grid, out, sig) -> pd.DataFrame:
     """A run of `grid` into `out`, ended by `sig` once it has stored two more points (SIGKILL:
     to its whole process group, the driver and its embedded Ray at once); the points stored
     then."""
-    start = len(_parts(out))
+    start = len(stored_parts(out))
     proc = subprocess.Popen([sys.executable, "-m", "memgrid.cli", "run", str(grid), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
-    while len(_parts(out)) < start + 2 and time.time() < deadline and proc.poll() is None:
+    while len(stored_parts(out)) < start + 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, "finished before it could be interrupted"
     if sig == signal.SIGKILL:
@@ -105,11 +100,11 @@ def _interrupt(grid, out, sig) -> pd.DataFrame:
             last.endswith(" points stored; run the same command again to finish"), err
         assert "Tuner.restore" not in err and "FileNotFoundError" not in err, err
     # a worker may complete a write already under way when the driver dies: let it land
-    seen, quiet_since = len(_parts(out)), time.time()
+    seen, quiet_since = len(stored_parts(out)), time.time()
     while time.time() - quiet_since < 3:
         time.sleep(0.2)
-        if len(_parts(out)) != seen:
-            seen, quiet_since = len(_parts(out)), time.time()
+        if len(stored_parts(out)) != seen:
+            seen, quiet_since = len(stored_parts(out)), time.time()
     return pd.read_parquet(out / "points")
 
 

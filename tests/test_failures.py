@@ -345,6 +345,28 @@ def test_repair_moves_damaged_and_orphaned_parts_aside_and_drops_repeats(tmp_pat
     assert repair(str(out)) == []                                    # nothing left to do
 
 
+def test_repair_removes_the_files_of_writes_a_kill_cut_short_before_their_rename(tmp_path,
+                                                                                 tiny_grid):
+    """A writer killed between its write and its rename leaves a hidden file (a whole part
+    here, grid.json, a saved pack): nothing reads it and it is no result, so repair removes it;
+    the stored points and another hidden file stay as they were."""
+    out, parts = stored_folder(tmp_path, tiny_grid)
+    before = pd.read_parquet(out / "points")
+    whole = (out / "points" / f"{parts[0]}.parquet").read_bytes()
+    (out / "points" / ".tmp-pack-000000000009-0000-0badc0de.parquet").write_bytes(whole)
+    (out / "curves" / ".tmp-pack-000000000009-0000-0badc0de.parquet").write_bytes(whole[:99])
+    (out / ".tmp-grid.json-0badc0de").write_text("{")
+    (out / "packs").mkdir(exist_ok=True)
+    (out / "packs" / ".tmp-pack-000000000009.pt-0badc0de").write_bytes(b"state")
+    (out / "points" / ".keep").write_text("")             # hidden, but no write of memgrid's
+    msgs = repair(str(out))
+    assert msgs == [f"{out}: 4 unfinished writes (hidden .tmp-* files a kill left before their "
+                    "rename) removed"]
+    assert not [f for f in out.rglob(".tmp-*")] and (out / "points" / ".keep").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "points"), before)
+    assert repair(str(out)) == []
+
+
 @pytest.mark.slow
 def test_run_moves_a_damaged_part_aside_and_trains_exactly_its_points(tmp_path, tiny_grid):
     out, parts = stored_folder(tmp_path, tiny_grid)

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..config import ID_OMITTED_AT
-from .layout import COMPACTING, READ_ERRORS, _exists, first_line, resolve
+from .layout import COMPACTING, READ_ERRORS, UNFINISHED, _exists, first_line, resolve
 from .schema import CURVE_SCHEMA, POINT_SCHEMA, TABLES, lacking, schema_version
 
 
@@ -37,7 +37,7 @@ def write_part(uri: str, table_name: str, part: str, table: pa.Table) -> str:
     fs, base = resolve(uri)
     folder = f"{base}/{table_name}"
     fs.create_dir(folder, recursive=True)
-    tmp = f"{folder}/.tmp-{part}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = f"{folder}/{UNFINISHED}{part}-{uuid.uuid4().hex[:8]}.parquet"
     final = f"{folder}/{part}.parquet"
     try:
         pq.write_table(table, tmp, filesystem=fs)

@@ -48,6 +48,10 @@ FOLDERS = (*TABLES, DAMAGED, PACKS)
 COMPACTING = ".memgrid-compacting.json"
 """while a compaction replaces parts: {merged part: [the parts it replaces]} (hidden: pyarrow
 and pandas skip it)"""
+UNFINISHED = ".tmp-"
+"""how the hidden name of a file being written begins (a part, grid.json, a saved pack): it is
+written there, then renamed; one left behind is a write a kill cut short, which holds nothing
+the folder stores"""
 READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 """what reading an unreadable part raises (truncated, garbage, another schema)"""
 
@@ -146,7 +150,7 @@ def write_grid_identity(uri: str, identity: dict) -> None:
 def _write_json(fs: pafs.FileSystem, path: str, obj: dict) -> None:
     """`obj` as JSON at `path`, atomically (write a hidden file beside it, then rename)."""
     folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp = f"{folder}/{UNFINISHED}{name}-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as f:
         f.write(json.dumps(obj, indent=1, sort_keys=True).encode())
     fs.move(tmp, path)
@@ -154,7 +158,7 @@ def _write_json(fs: pafs.FileSystem, path: str, obj: dict) -> None:
 
 def _write_bytes(fs: pafs.FileSystem, path: str, blob: bytes) -> None:
     folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp = f"{folder}/{UNFINISHED}{name}-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as f:
         f.write(blob)
     fs.move(tmp, path)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ..processes import signals_held
 from .io import (_entries, _manifest, _part_files, _read, damaged_parts, done_ids, write_part)
-from .layout import COMPACTING, DAMAGED, PACKS, _exists, _write_json, resolve
+from .layout import COMPACTING, DAMAGED, PACKS, UNFINISHED, _exists, _write_json, resolve
 from .saved import _pack_files, _pack_points, drop_pack_state
 from .schema import TABLES
 
@@ -43,14 +43,16 @@ def repair(uri: str) -> list[str]:
     - a point stored in two parts (two writers before the lock existed) keeps its first row;
       the later part goes aside and is written again without that point and its curve;
     - first of all, a compaction cut short (:func:`compact`) is finished: the parts that its
-      merged parts already shown replace are removed, a merged part not shown is;
+      merged parts already shown replace are removed, a merged part not shown is; then the
+      files of writes a kill cut short before their rename (hidden, :data:`UNFINISHED`) are
+      removed: they hold nothing the folder stores, and what they were writing is written again;
     - last, packs/ keeps only packs saved mid-training whose points are not all stored:
       anything else there goes to `damaged/packs/`, a finished pack's state is dropped.
 
     Call it only while holding the folder's lock: a writer at work would look like the second
     case."""
     fs, base = resolve(uri)
-    msgs = _finish_compaction(uri, fs, base)
+    msgs = _finish_compaction(uri, fs, base) + _drop_unfinished(uri, fs, base)
     parts = {t: _part_files(fs, f"{base}/{t}") for t in TABLES}
     others = {t: _entries(fs, f"{base}/{t}")[1] for t in TABLES}
     shown_uri = uri.rstrip("/")
@@ -78,6 +80,21 @@ def repair(uri: str) -> list[str]:
                     "be trained again")
     msgs += _drop_repeated_points(uri, fs, base, sorted(parts["points"]))
     return msgs + _tidy_packs(uri, fs, base)
+
+
+def _drop_unfinished(uri: str, fs: pafs.FileSystem, base: str) -> list[str]:
+    """Remove the hidden files of writes cut short before their rename, in the folder and in
+    its points/, curves/ and packs/; one line, or none."""
+    gone = 0
+    for folder in (base, *(f"{base}/{t}" for t in (*TABLES, PACKS))):
+        if fs.get_file_info(folder).type != pafs.FileType.Directory:
+            continue
+        for i in fs.get_file_info(pafs.FileSelector(folder)):
+            if i.type == pafs.FileType.File and i.base_name.startswith(UNFINISHED):
+                fs.delete_file(i.path)
+                gone += 1
+    return [f"{uri.rstrip('/')}: {gone} unfinished {'write' if gone == 1 else 'writes'} "
+            f"(hidden {UNFINISHED}* files a kill left before their rename) removed"] if gone else []
 
 
 def _move_aside(fs: pafs.FileSystem, base: str, folder: str, name: str) -> None:
@@ -228,7 +245,7 @@ def _plan(fs: pafs.FileSystem, base: str, max_rows: int) -> dict[str, list[str]]
 
 
 def _hidden(base: str, table_name: str, merged: str) -> str:
-    return f"{base}/{table_name}/.tmp-{merged}.parquet"
+    return f"{base}/{table_name}/{UNFINISHED}{merged}.parquet"
 
 
 def _compaction(fs: pafs.FileSystem, base: str, plan: dict[str, list[str]]) -> Iterator[str]:
