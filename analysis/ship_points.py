@@ -88,15 +88,19 @@ def _parts(table, by: str, schema: pa.Schema, folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir())
 
 
-def thin(curves: pd.DataFrame, every: int, threshold: float = THRESHOLD) -> pd.DataFrame:
+def thin(curves: pd.DataFrame, every: int, eval_every: dict[str, int],
+         threshold: float = THRESHOLD) -> pd.DataFrame:
     """`curves` (sorted by point and epoch) with, of each point, its first `every`
     evaluations, every `every`-th one, its last, and its first with `eval_loss` below
-    `threshold` kept."""
+    `threshold` kept. An evaluation is counted by its epoch (epoch // the point's
+    `eval_every`), not by its row, so that curves thinned once come through again unchanged:
+    a run resumed from a shipped folder ships its earlier points' curves as they were."""
     by = curves.groupby("point_id", sort=False)
-    i = by.cumcount()
+    i = curves["epoch"] // curves["point_id"].map(eval_every)
     below = curves["eval_loss"] < threshold
     first_below = below & (below.astype(int).groupby(curves["point_id"]).cumsum() == 1)
-    keep = (i < every) | (i % every == 0) | (i == by["epoch"].transform("size") - 1) | first_below
+    last = by.cumcount() == by["epoch"].transform("size") - 1
+    keep = (i < every) | (i % every == 0) | last | first_below
     return curves[keep]
 
 
@@ -117,7 +121,7 @@ def ship(results: str, dest: Path, points: pd.DataFrame, curves: pd.DataFrame | 
             ["point_id", "epoch"], kind="stable", ignore_index=True)
         whole = len(table)
         if every > 1:
-            table = thin(table, every)
+            table = thin(table, every, dict(zip(points["point_id"], points["eval_every"])))
         size = _parts(table, "_arch", CURVE_SCHEMA, dest / "curves")
         print(f"{shown}: {len(table)} curve rows" + (f" of {whole}" if every > 1 else "")
               + f", {size} bytes")

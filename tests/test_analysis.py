@@ -713,8 +713,9 @@ def test_ship_points_thins_a_large_grids_curves(tmp_path):
                                 eval_loss=float(v))
                            for i, n in enumerate([1, 2, 5, 9, 13, 40])
                            for e, v in enumerate(np.sort(rng.uniform(0, 0.3, n))[::-1])])
+    each = {f"p{i}": 25 for i in range(6)}                # eval_every of every point
     for every in (1, 2, 4, 7):
-        kept = script["thin"](curves, every, threshold=0.1)
+        kept = script["thin"](curves, every, each, threshold=0.1)
         want = []
         for _, c in curves.groupby("point_id", sort=False):
             losses = c["eval_loss"].tolist()
@@ -722,7 +723,9 @@ def test_ship_points_thins_a_large_grids_curves(tmp_path):
             want += [c.index[j] for j in range(len(c))
                      if j < every or j % every == 0 or j == len(c) - 1 or j in below]
         assert kept.index.tolist() == want, every
-    assert len(script["thin"](curves, 4, 0.1)) < len(curves)
+        # thinned again (a run resumed from a shipped folder, shipped again): the same rows
+        assert script["thin"](kept, every, each, threshold=0.1).index.tolist() == want, every
+    assert len(script["thin"](curves, 4, each, 0.1)) < len(curves)
     res, dest = tmp_path / "results", tmp_path / "shipped"
     _results(res, {(1, 1): 0.005, (1, 2): 0.2})
     script["main"]([str(res), str(dest), "--curves-every", "3"])   # two evaluations each: all
