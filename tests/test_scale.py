@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -132,22 +133,48 @@ def test_the_shipped_results_are_found_by_their_grids():
         assert done < trained if partly else done == trained, d.name
 
 
-@pytest.mark.parametrize("name", ["fig6_rnn-paper", "fig6_slice", "today_cells", "mamba_check"])
-def test_shipped_points_retrain_to_their_rows(name):
-    """A sample of a shipped folder's points, retrained alone by this memgrid, gives back their
-    stored rows (epochs, stop reason, losses and r2 bit for bit, the stream MC's float64 fit to
-    1e-12): what the kernels or the task change must not change them (small networks, so that
-    it takes seconds). today_cells trained on the diagonal cells' C kernel, mamba_check on their
-    definitions under autograd (its rows' `kernel`: torch)."""
+CPU_BOUND = ("lru", "lru_ring", "lru_real", "lru_block", "mamba", "mamba_lin", "mamba_complex",
+             "s6_bare", "s6_bare_lin")
+"""today_cells' cells whose rows retrain bit for bit only on the kind of CPU that trained them,
+an Intel Xeon with AVX-512: on an AMD EPYC (Zen 4, AVX-512) the LRU's train apart in the last
+bits from the first epochs on, and the selective SSMs' stream MC differs in its 6th digit. The
+other cells' rows retrain bit for bit on both."""
+
+
+def _retrain(name: str, where) -> tuple[int, int]:
     from memgrid.verify import check_results
 
     threads = torch.get_num_threads()
     try:
-        n, bad = check_results(str(ROOT / "docs" / "data" / name), 3, seed=7,
-                            where=lambda r: r["layers"] * r["cells"] <= 12 and r["epochs"] <= 1000)
+        return check_results(str(ROOT / "docs" / "data" / name), 3, seed=7,
+                             where=lambda r: r["layers"] * r["cells"] <= 12 and r["epochs"] <= 1000
+                             and where(r))
     finally:
         torch.set_num_threads(threads)
-    assert (n, bad) == (3, 0)
+
+
+@pytest.mark.parametrize("name", ["fig6_rnn-paper", "fig6_slice", "today_cells"])
+def test_shipped_points_retrain_to_their_rows(name):
+    """A sample of a shipped folder's points, retrained alone by this memgrid, gives back their
+    stored rows (epochs, stop reason, losses and r2 bit for bit, the stream MC's float64 fit to
+    1e-12) on any x86-64 CPU: what the kernels or the task change must not change them (small
+    networks, so that it takes seconds). today_cells trained on the diagonal cells' C kernel;
+    its cells that round by CPU (:data:`CPU_BOUND`) are the next test's."""
+    assert _retrain(name, lambda r: r["arch"] not in CPU_BOUND) == (3, 0)
+
+
+@pytest.mark.parametrize("name", ["today_cells", "mamba_check"])
+def test_rows_that_round_by_cpu_retrain_on_the_kind_of_cpu_that_trained_them(name):
+    """The rows of today_cells' :data:`CPU_BOUND` cells, and mamba_check's, trained on their
+    definitions under autograd (`kernel`: torch), retrain bit for bit on an Intel CPU with
+    AVX-512, the kind that trained them; elsewhere they agree to float rounding only."""
+    from memgrid.fast.native import cpu_flags
+
+    info = Path("/proc/cpuinfo")
+    intel = info.exists() and "GenuineIntel" in info.read_text()
+    if not (intel and "avx512f" in cpu_flags()):
+        pytest.skip("trained on an Intel CPU with AVX-512; this CPU rounds them otherwise")
+    assert _retrain(name, lambda r: r["arch"] in CPU_BOUND or r["kernel"] == "torch") == (3, 0)
 
 
 def _random_grid(rng: random.Random) -> dict:
