@@ -500,6 +500,24 @@ def test_reproduction_statements_hold_on_the_data():
         in text
     assert (archs["have"]["mingru_block"], archs["axes"]["mingru_block"]) == (538, 1350)
     assert archs["axes"]["mingru_block"] - archs["want"]["mingru_block"] == 812
+    assert "**minLSTM's block holds what minGRU's does.**" in text
+    mlb = lim.loc["minlstm_block"]
+    assert "holds 4 positions with one layer from N = 6 to N = 24 and 5 at N = 30" in text
+    assert list(mlb.loc[1, "limit"]) == [4, 4, 4, 4, 5]
+    assert list(mlb.loc[1, "units"]) == [6, 12, 18, 24, 30]
+    assert "and 7 or 8 with two, from N = 12 to N = 60" in text
+    assert set(mlb.loc[2, "limit"]) == {7, 8} and list(mlb.loc[2, "units"]) == [12, 24, 36, 48, 60]
+    assert not mlb["censored"].any()
+    assert {int(r.limit) - reach[l] for (l, _), r in mlb.iterrows()} == {1, 2, 3}
+    assert set(lim.loc["minlstm", "limit"]) == {1, 2}
+    assert "one seed of two layers of 8 holds 17" in text
+    assert mlb.loc[(2, 8), "seed_max"] == 17 and (mlb.drop((2, 8))["seed_max"] < 17).all()
+    rates = today[today["arch"] == "minlstm_block"]["lr"]
+    assert "Its tuning chose 0.003 to 0.03. 500 of its 1,350 points trained, and the 850 past" \
+        in " ".join(text.split())
+    assert (rates.min(), rates.max()) == (0.003, 0.03)
+    assert (archs["have"]["minlstm_block"], archs["axes"]["minlstm_block"]) == (500, 1350)
+    assert archs["axes"]["minlstm_block"] - archs["want"]["minlstm_block"] == 850
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
