@@ -153,6 +153,15 @@ def test_readme_statements_hold_on_the_data():
     grid = headline._grid_json("today_cells")
     assert len(grid["tune_lr"]["candidates"]) == 7 and len(grid["axes"]["seed"]) == 5
     assert "twice the budget leaves every limit within its seeds' range" in text   # checked
+    assert ("in their **published block** (minLM's, around a causal convolution of width 3) "
+            "they hold 4 or 5 positions with one layer and 6 to 8 with two, from N = 6 to 60: one "
+            "to three more than the convolutions reach") in text
+    blocks = today.loc[["mingru_block", "minlstm_block"]].reset_index()
+    assert set(blocks[blocks["layers"] == 1]["limit"]) == {4, 5}
+    assert set(blocks[blocks["layers"] == 2]["limit"]) == {6, 7, 8}
+    assert (blocks["units"].min(), blocks["units"].max()) == (6, 60) and BLOCK_CONV == 3
+    reach = blocks["layers"].map({1: BLOCK_CONV, 2: 2 * BLOCK_CONV - 1})
+    assert set(blocks["limit"] - reach) == {1, 2, 3} and not blocks["censored"].any()
     # per configuration with the reproduction page's statements
     assert "remembers N + 1 to N + 3 positions from N = 4 to 24" in text
     seen = today.loc["lru"][~today.loc["lru", "censored"]]
