@@ -67,7 +67,8 @@ BUDGET_CHECKS = (("fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "2x"),
                  (TODAY, "today_cells_budget_check-2x", "2x"),
                  (TODAY, "today_cells_lru_budget_check-2x", "2x"),
                  (TODAY, "today_cells_ssm_budget_check-2x", "2x"),
-                 (TODAY, "today_cells_mamba_budget_check-2x", "2x"))
+                 (TODAY, "today_cells_mamba_budget_check-2x", "2x"),
+                 (TODAY, "today_cells_block_budget_check-2x", "2x"))
 """(run at the protocol's budget, the same configurations at a larger one, the factor)"""
 HEADLINE = [("rnn", 1, 5), ("rnn", 1, 10), ("rnn", 1, 20), ("rnn", 2, 5),
             ("rnn", 2, 10), ("rnn", 3, 5), ("rnn", 5, 20),

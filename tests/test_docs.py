@@ -509,6 +509,20 @@ def test_reproduction_statements_hold_on_the_data():
         in text
     assert (archs["have"]["mingru_block"], archs["axes"]["mingru_block"]) == (538, 1350)
     assert archs["axes"]["mingru_block"] - archs["want"]["mingru_block"] == 812
+    marks = {k[1:]: v for k, v in headline.convergence({"today_cells"}).items()
+             if k[0] == "mingru_block"}
+    assert "At twice the budget (`tune_configs/today_cells_block_budget_check.yaml`, its own " \
+        "tuning, walked) 8 of its 10 limits stay within their seeds' spread" in text
+    assert len(marks) == 10 and sum(v.startswith("yes") for v in marks.values()) == 8
+    assert "One layer of 8 moves from 4 to 5, where its five seeds all held 4" in text
+    assert marks[(1, 8)] == "no (2x, seeds 0..2: 4 -> 5)"
+    assert tuple(blk.loc[(1, 8), ["seed_min", "seed_max"]]) == (4, 4)
+    assert "two layers of 10 from 8 to at least 24, where the check's walk is still open" in text
+    assert marks[(2, 10)] == "no (2x, seeds 0..2: 8 -> 24+)"
+    check = headline.limits(headline.points("today_cells_block_budget_check-2x")).set_index(
+        ["layers", "cells"])
+    assert "one seed of two layers of 8 passes p = 24 too" in text
+    assert check.loc[(2, 8), "seed_max"] == check.loc[(2, 8), "p_max"] == 24
     assert "**minLSTM's block holds what minGRU's does.**" in text
     mlb = lim.loc["minlstm_block"]
     assert "holds 4 positions with one layer from N = 6 to N = 24 and 5 at N = 30" in text
