@@ -519,11 +519,11 @@ def _summary(limits: pd.DataFrame, claims: pd.DataFrame, threshold: float,
                 lines += [f"{arch_label(arch)}, limit per (l, c):", "",
                           md_table(summary_grid(lim, arch), max_rows=10_000)]
             lines += ["A cell: the limit; `>= p`: a lower bound, censored by the grid's "
-                      "largest p or by the next position, not measured yet; **bold**: above the bound N - (l - 1) in the column's head; "
-                      "`(a..b, k/n)`: the seeds' own limits range over a..b and k of the n "
-                      "seeds reach the limit (shown only where they differ from it); ✓: a budget "
-                      "check at twice the budget or more moves it by no more than that range; ✗: "
-                      "by more; no mark: unchecked.", ""]
+                      "largest p or by the next position, not measured yet; **bold**: above the "
+                      "bound N - (l - 1) in the column's head; `(a..b, k/n)`: the seeds' own "
+                      "limits range over a..b and k of the n seeds reach the limit (shown only "
+                      "where they differ from it); ✓: a budget check at twice the budget or more "
+                      "moves it by no more than that range; ✗: by more; no mark: unchecked.", ""]
         else:
             lines += ["The table varies settings inside a configuration: the limits per "
                       "setting are in [limits.csv](limits.csv).", ""]

@@ -29,7 +29,7 @@ from .schema import TABLES
 
 def repair(uri: str) -> list[str]:
     """Make the folder one that plain pandas reads with every point once; returns one line per
-    change. Nothing is deleted: parts go to `damaged/<table>/` as they were.
+    change. No part is deleted: parts go to `damaged/<table>/` as they were.
 
     - an unreadable part, points or curves, or one lacking a column (:func:`lacking`), goes
       aside with its partner of the same name (a points part without its curves, or curves

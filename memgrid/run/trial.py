@@ -227,7 +227,7 @@ def _load_state(uri: str, pid: str) -> tuple[dict | None, str]:
     if blob is None:
         return None, ""
     try:
-        with warnings.catch_warnings():   # torch's warnings on a damaged file: the line below says it
+        with warnings.catch_warnings():   # a damaged file: the line below says so, not torch
             warnings.simplefilter("ignore")
             return torch.load(io.BytesIO(blob), weights_only=True), ""
     except Exception as e:       # noqa: BLE001 - any unreadable state: train the pack again
