@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import re
 import sys
 from pathlib import Path
@@ -163,15 +164,22 @@ def convergence(bases: set[str] | None = None) -> dict[tuple, str]:
         a, b = limits(less).set_index(KEYS), limits(more).set_index(KEYS)
         where = f"{factor}, seeds {seeds[0]}..{seeds[-1]}"
         for key in a.index.intersection(b.index):
-            if b.loc[key, "p_max"] < whole.loc[key, "p_max"] and \
-                    (a.loc[key, "censored"] or b.loc[key, "censored"]):
-                continue          # the check stops short of a limit: it says nothing of it
+            # where one ran positions the other did not, a limit that reaches its last
+            # position is a lower bound: the move is known to be at least, or at most, so much
+            cut = not a.loc[key, "p_max"] == b.loc[key, "p_max"] == whole.loc[key, "p_max"]
+            top_a = math.inf if cut and a.loc[key, "censored"] else int(a.loc[key, "limit"])
+            top_b = math.inf if cut and b.loc[key, "censored"] else int(b.loc[key, "limit"])
+            least, most = int(b.loc[key, "limit"]) - top_a, top_b - int(a.loc[key, "limit"])
+            if least > spread[key] or most < -spread[key]:
+                verdict = "no"
+            elif -spread[key] <= least and most <= spread[key]:
+                verdict = "yes"
+            else:
+                continue          # the check may move it by less or by more: no verdict
             la = _fmt(a.loc[key, "limit"], a.loc[key, "censored"])
             lb = _fmt(b.loc[key, "limit"], b.loc[key, "censored"])
-            within = abs(int(b.loc[key, "limit"]) - int(a.loc[key, "limit"])) <= spread[key]
             out.setdefault(tuple(key), []).append(
-                f"yes ({where})" if la == lb else
-                f"{'yes' if within else 'no'} ({where}: {la} -> {lb})")
+                f"yes ({where})" if la == lb else f"{verdict} ({where}: {la} -> {lb})")
     return {k: "; ".join(v) for k, v in out.items()}
 
 

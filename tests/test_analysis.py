@@ -365,24 +365,28 @@ def test_the_state_size_label_fits_under_its_panel():
     assert all(line.split()[0] != "*" and not line.endswith(" c") for line in lines)
 
 def test_limit_per_cell_draws_each_cells_limits_against_its_n():
-    """A line per cell through (N, limit) in each depth's panel, N its own (2c for the LRU); a
-    censored limit drawn open; the bound N - (l - 1) and the grid's largest p as lines."""
+    """A line per cell through (N, limit) in each depth's panel, N its own (2c for the LRU); the
+    cells of one N per unit side by side, a tenth of an octave apart; a censored limit drawn
+    open; the bound N - (l - 1) and the grid's largest p as lines."""
     t = pd.concat([points({1: 0.01, 2: 0.01, 3: 0.3}, arch="rnn", cells=2, units=2),
                    points({1: 0.01, 2: 0.3, 3: 0.3}, arch="rnn", cells=4, units=4),
+                   points({1: 0.3, 2: 0.3, 3: 0.3}, arch="gru", cells=2, units=2),
                    points({1: 0.01, 2: 0.01, 3: 0.01}, arch="lru", cells=2, units=4),
                    points({1: 0.01, 2: [0.01, 0.01, 0.3], 3: 0.3}, arch="lru", layers=2,
                           cells=2, units=8)])
     fig = plot_limit_per_cell(t, converged={("rnn", 1, 2): "converged", ("rnn", 1, 4): "moves"})
     l1, l2 = fig.axes
-    drawn = [(np.round(np.asarray(line.get_xdata(), float), 3).tolist(),
-              np.asarray(line.get_ydata(), float).tolist()) for line in l1.lines if line.get_gid()]
-    dodge = 2 ** 0.025
-    assert drawn == [([round(2 / dodge, 3), round(4 / dodge, 3)], [2.0, 1.0]),   # rnn
-                     ([round(4 * dodge, 3)], [3.0])]                             # lru: >= 3
+    drawn = {line.get_gid(): (np.round(np.asarray(line.get_xdata(), float), 3).tolist(),
+                              np.asarray(line.get_ydata(), float).tolist())
+             for line in l1.lines if line.get_gid()}
+    dodge = 2 ** 0.05
+    assert drawn == {"rnn": ([round(2 / dodge, 3), round(4 / dodge, 3)], [2.0, 1.0]),
+                     "gru": ([round(2 * dodge, 3)], [0.0]),           # N = c, as the RNN's
+                     "lru": ([4.0], [3.0])}                           # N = 2c, alone: >= 3
     assert list(l1.lines[1].get_ydata()) == [3, 3]              # the largest p
     (lru,) = [line for line in l2.lines if line.get_gid()]
     x, y = lru.get_xdata(), lru.get_ydata()
-    assert (round(x[0] / dodge, 6), y[0]) == (8.0, 1.0)   # l = 2: seeds 2, 2, 1: mean fails at 2
+    assert (x[0], y[0]) == (8.0, 1.0)     # l = 2: seeds 2, 2, 1: mean fails at 2
     assert l2.get_title() == "l = 2; line: N - 1"
     with pytest.raises(ValueError):
         plot_limit_per_cell(t.iloc[:0])

@@ -223,3 +223,29 @@ def test_a_budget_check_on_the_first_positions_of_a_grid():
     limits = limits_with_seeds(run).reset_index(drop=True)
     marks = dict(zip(limits["cells"], check_marks(limits, got.reset_index())))
     assert marks == {2: "converged", 3: "unchecked"}    # c = 2: seeds' own limits 1..2
+
+
+def test_a_walked_run_is_checked_on_the_positions_both_hold_with_every_seed():
+    """A walk trains its last positions on the seeds that have not failed yet only: the run
+    and its check are compared on the positions both hold with every seed (here 1..3 and
+    1..4), where the check's limit reaches the last of them and is a lower bound. A move past
+    the seeds' spread already is one (c = 2, spread 0: at least 1); one that may still end
+    within it is no verdict (c = 3, spread 2: at least 2)."""
+    from memgrid.analysis.convergence import budget_check, check_marks
+    from memgrid.analysis.limits import limits_with_seeds
+
+    run = pd.concat([
+        table({5000: {1: 0.01, 2: 0.01, 3: 0.2, 4: 0.2}}, cells=2),
+        table({5000: {1: 0.01, 2: 0.01, 3: [0.2, 0.2, 0.01], 4: [0.2, 0.2, 0.01], 5: 0.2}},
+              cells=3)])
+    run = run[(run["position"] < run["cells"] + 2) | (run["seed"] == 2)]   # the walk's last band
+    check = pd.concat([table({10000: {p: 0.01 for p in range(1, 7)}}, cells=c) for c in (2, 3)])
+    got = budget_check(run, check).set_index("cells")
+    assert got[["paired_limit", "check_limit", "move_min", "move_max"]].to_dict("index") == {
+        2: dict(paired_limit=2, check_limit=3, move_min=1, move_max=np.inf),
+        3: dict(paired_limit=2, check_limit=4, move_min=2, move_max=np.inf)}
+    assert got["check_censored"].all() and got["move"].isna().all()
+    limits = limits_with_seeds(run).reset_index(drop=True)
+    assert limits["seed_spread"].tolist() == [0, 2]
+    marks = dict(zip(limits["cells"], check_marks(limits, got.reset_index())))
+    assert marks == {2: "moves", 3: "unchecked"}

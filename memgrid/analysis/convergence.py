@@ -261,24 +261,28 @@ def budget_check(points: pd.DataFrame, check: pd.DataFrame, threshold: float = T
       check_seeds            seeds both hold (the limits below are over these)
       paired_limit           the run's limit on those seeds
       check_limit            the check's limit on those seeds; check_censored: it is a lower bound
-      move                   check_limit - paired_limit; NaN where the check ran fewer
-                             positions than the run and a limit reaches the last it ran
+      move_min, move_max     how far the check moves the limit: at least, at most. Where one
+                             table ran positions past those both ran, a limit that reaches the
+                             last of them is a lower bound (inf on the other side); else both
+                             are check_limit - paired_limit
+      move                   check_limit - paired_limit where that is known (NaN: not)
     Raises ValueError where the check does not fit the run (:func:`check_fits`)."""
     cols = CONFIG + ["budget", "check_budget", "check_seeds", "paired_limit", "check_limit",
-                     "check_censored", "move"]
+                     "check_censored", "move_min", "move_max", "move"]
     budget, other = check_fits(points, check, min_factor)
     _, lim = compare_runs(points, check, threshold)
     if lim.empty:
         return pd.DataFrame(columns=cols)
     seeds = len(set(points["seed"]) & set(check["seed"]))
-    keys = lim[CONFIG].itertuples(index=False, name=None)
+    keys = list(lim[CONFIG].itertuples(index=False, name=None))
+    a, b = lim["limit_a"].astype(float), lim["limit_b"].astype(float)
+    up_a = a.where(~(lim["cut"] & lim["censored_a"]), np.inf)     # a lower bound: no top
+    up_b = b.where(~(lim["cut"] & lim["censored_b"]), np.inf)
     out = lim[CONFIG].assign(
-        budget=[int(budget[k]) for k in keys],
-        check_budget=[int(other[k]) for k in lim[CONFIG].itertuples(index=False, name=None)],
+        budget=[int(budget[k]) for k in keys], check_budget=[int(other[k]) for k in keys],
         check_seeds=seeds, paired_limit=lim["limit_a"], check_limit=lim["limit_b"],
-        check_censored=lim["censored_b"],
-        move=(lim["limit_b"] - lim["limit_a"]).where(
-            ~(lim["cut"] & (lim["censored_a"] | lim["censored_b"]))))
+        check_censored=lim["censored_b"], move_min=b - up_a, move_max=up_b - a,
+        move=(b - a).where((up_a == a) & (up_b == b)))
     return out[cols].reset_index(drop=True)
 
 
@@ -286,11 +290,15 @@ def check_marks(limits: pd.DataFrame, check: pd.DataFrame | None) -> pd.Series:
     """Per row of `limits` (:func:`memgrid.analysis.limits_with_seeds`): `converged` where the
     budget check (:func:`budget_check`) moves the limit by no more than the spread of the seeds'
     own limits (``|move| <= seed_spread``: a move the seeds already disagree by is no finding),
-    `moves` where it moves it by more, `unchecked` where the check has no such configuration."""
+    `moves` where it moves it by more (a move known only to be at least, or at most, some
+    number: where that is past the spread already), `unchecked` where the check has no such
+    configuration or its move may be either."""
     if check is None or check.empty or limits.empty:
         return pd.Series("unchecked", index=limits.index, name="converged")
-    moved = limits[CONFIG].merge(check[CONFIG + ["move"]], on=CONFIG, how="left")["move"]
-    spread = limits["seed_spread"].to_numpy()
-    mark = np.where(moved.isna(), "unchecked",
-                    np.where(moved.abs().to_numpy() <= spread, "converged", "moves"))
+    moved = limits[CONFIG].merge(check[CONFIG + ["move_min", "move_max"]], on=CONFIG,
+                                 how="left")
+    lo, hi = moved["move_min"].to_numpy(float), moved["move_max"].to_numpy(float)
+    spread = limits["seed_spread"].to_numpy(float)
+    mark = np.where((lo > spread) | (hi < -spread), "moves",
+                    np.where((lo >= -spread) & (hi <= spread), "converged", "unchecked"))
     return pd.Series(mark, index=limits.index, name="converged")

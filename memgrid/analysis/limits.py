@@ -228,10 +228,11 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
     shared seed in both, columns `mean_a`, `mean_b` (loss over those seeds)
     and `memorized_a`, `memorized_b` (mean < threshold). `limits`: one row per configuration
     one of whose tables has all its positions in `means` (the other may have more: a check run
-    on the first positions of a grid), columns `units`, `bound` and `limit_a`, `limit_b`,
-    `censored_a`, `censored_b` as in :func:`memory_limits`, both limits walked on the
-    positions in `means`, and `cut`: the other table has positions past them (a limit
-    censored there says nothing about that table's own limit).
+    on the first positions of a grid), or whose positions in `means` are the first positions of
+    both (a walked run leaves out the seeds that have failed at its last positions), columns
+    `units`, `bound` and `limit_a`, `limit_b`, `censored_a`, `censored_b` as in
+    :func:`memory_limits`, both limits walked on the positions in `means`, and `cut`: a table
+    has positions past them (a limit censored at their last is then only a lower bound).
     """
     for name, table in (("a", a), ("b", b)):
         if varies := variant_columns(table):
@@ -251,7 +252,14 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, threshold: float = THRESHOLD
     have = means.groupby(CONFIG)["position"].nunique()
     counts = [t[cell].drop_duplicates().groupby(CONFIG)["position"].nunique()
               .reindex(have.index) for t in (a, b)]
-    whole = have.index[(have == counts[0]) | (have == counts[1])]
+    # comparable: one table's positions all in `means`, or `means` the first positions of
+    # both (a walk leaves out the seeds that have failed at its last positions)
+    shared_pos = means.groupby(CONFIG)["position"].apply(sorted)
+    own = [t.groupby(CONFIG)["position"].unique().map(sorted).reindex(have.index)
+           for t in (a, b)]
+    prefix = pd.Series([all(o[key][:len(m)] == m for o in own)
+                        for key, m in shared_pos.items()], index=have.index, dtype=bool)
+    whole = have.index[(have == counts[0]) | (have == counts[1]) | prefix]
     cut = (have != counts[0]) | (have != counts[1])
     shared_cells = means.set_index(cell).index
     lims = [memory_limits(t[t.set_index(cell).index.isin(shared_cells)

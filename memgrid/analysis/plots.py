@@ -489,12 +489,18 @@ def _draw_limits(ax, limits: pd.DataFrame, archs: list[str], l: int, marks: dict
     n = np.geomspace(max(l, n_lo) / 1.2, n_hi * 1.2, 50)
     ax.plot(n, n - (l - 1), color="0.4", lw=1, zorder=1)
     ax.axhline(p_top, color="0.5", lw=0.8, ls=(0, (1, 3)), zorder=1)
+    panel = limits[limits["arch"].isin(archs) & (limits["layers"] == l)]
+    # the cells whose N per unit is the same share N: side by side there, a tenth of an octave
+    # apart (their markers would cover one another)
+    per_unit = (panel["units"] / panel["cells"]).groupby(panel["arch"]).first()
+    peers = {a: [b for b in archs if b in per_unit and per_unit[b] == per_unit[a]]
+             for a in per_unit.index}
     for arch in archs:
-        lim = limits[(limits["arch"] == arch) & (limits["layers"] == l)].sort_values("units")
+        lim = panel[panel["arch"] == arch].sort_values("units")
         if lim.empty:
             continue
         col = ARCH_COLORS.get(arch, "k")
-        dodge = 2 ** (0.05 * (archs.index(arch) - (len(archs) - 1) / 2))  # apart at one N
+        dodge = 2 ** (0.1 * (peers[arch].index(arch) - (len(peers[arch]) - 1) / 2))
         x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
         ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
         _seed_range(ax, x, lim, ecolor=col, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)

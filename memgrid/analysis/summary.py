@@ -24,7 +24,7 @@ TASKS = (("random", "random length (Definition 1)", random_length),
          ("fixed", "fixed length (Definition 2)", fixed_length))
 """The two tasks a table may hold: (name, title, selection of its points)."""
 CHECK_COLUMNS = ["check_budget", "check_seeds", "paired_limit", "check_limit", "check_censored",
-                 "move"]
+                 "move_min", "move_max", "move"]
 
 
 def limits_table(points: pd.DataFrame, threshold: float = THRESHOLD,
