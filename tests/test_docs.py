@@ -383,6 +383,18 @@ def test_reproduction_statements_hold_on_the_data():
     assert "its tuning chose rates from 0.01 to 0.1" in text
     rates = today[today["arch"] == "minlstm"]["lr"]
     assert (rates.min(), rates.max()) == (0.01, 0.1)
+    # past the tuning's largest rate: the configurations it chose it for, at 0.3 and 1.0
+    assert "Where it chose 0.1, the largest rate it tries (one layer of 4 and of 6, limit 1, " \
+        "the seeds' own 1..2), the next rate past it, 0.3, gives 2 at both, and 1.0 gives 0 " \
+        "and 1" in " ".join(text.split())
+    at_top = today[(today["arch"] == "minlstm") & (today["lr"] == 0.1)]
+    assert sorted(set(zip(at_top["layers"], at_top["cells"]))) == [(1, 4), (1, 6)]
+    assert minlstm.loc[[(1, 4), (1, 6)], ["limit", "seed_min", "seed_max"]].values.tolist() == \
+        [[1, 1, 2], [1, 1, 2]]
+    edge = headline.points("today_cells_rate_edge_check")
+    past = {lr: headline.limits(edge[edge["lr"] == lr]).set_index("cells")["limit"].tolist()
+            for lr in (0.3, 1.0)}
+    assert past == {0.3: [2, 2], 1.0: [0, 1]}
     assert checked_within_range("minlstm") == len(minlstm)
     lru_t = lim.loc["lru"]
     assert "**The LRU remembers more than N.**" in text

@@ -104,7 +104,7 @@ SHIPPED = ["esn_vs_rnn", "esn_vs_rnn-paper", "fig4_rnn", "fig4_rnn-paper", "fig5
            "fig6_rnn_tuned", "fig6_tuned_budget_check-2x", "fig6_tuned_budget_check_wide-2x",
            "mamba_check", "mamba_budget_check-2x", "lru_check", "today_cells_budget_check-2x",
            "today_cells_lru_budget_check-2x", "today_cells_ssm_budget_check-2x",
-           "today_cells_mamba_budget_check-2x"]
+           "today_cells_mamba_budget_check-2x", "today_cells_rate_edge_check"]
 """docs/data's results folders of whole grids, written by this and earlier versions (the
 `-rungs` folders hold replays at shorter budgets, not a grid's points)"""
 SHIPPED_PARTLY: list[str] = ["fig6_rnn", "today_cells", "today_cells_block_budget_check-2x"]
@@ -368,7 +368,7 @@ SHIPPED_CURVES = ["fig4_rnn", "fig4_rnn-paper", "fig5_lstm", "fig5_lstm-paper",
                   "big_stack_check-noplateau", "mamba_check", "mamba_budget_check-2x", "lru_check",
                   "today_cells", "today_cells_budget_check-2x", "today_cells_lru_budget_check-2x",
                   "today_cells_ssm_budget_check-2x", "today_cells_mamba_budget_check-2x",
-                  "today_cells_block_budget_check-2x"]
+                  "today_cells_block_budget_check-2x", "today_cells_rate_edge_check"]
 """docs/data's folders that ship their curves (the loss-curve figures, Figures 4 and 5, the
 plateau stop's replay, and the newer cells' checks, whose curves show whether they converged)"""
 
