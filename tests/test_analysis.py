@@ -392,6 +392,33 @@ def test_limit_per_cell_draws_each_cells_limits_against_its_n():
         plot_limit_per_cell(t.iloc[:0])
 
 
+def test_users_cells_get_colours_of_their_own():
+    """Two users' cells beside S6 (black) and the RNN: four colours, in the lines and the
+    legend, whatever order the cells come in."""
+    from matplotlib.colors import to_hex
+
+    from memgrid.analysis.plots import plot_limits_vs_units
+    from memgrid.analysis.tables import arch_label
+
+    def drawn(archs):
+        t = pd.concat([points({1: 0.01, 2: 0.3}, arch=a, cells=2, units=2) for a in archs])
+        fig = plot_limit_per_cell(t)
+        lines = {ln.get_gid(): to_hex(ln.get_color()) for ln in fig.axes[0].lines if ln.get_gid()}
+        legend = {t.get_text(): to_hex(h.get_color()) for t, h in
+                  zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+        return lines, legend, plot_limits_vs_units(t)
+
+    lines, legend, vs_units = drawn(["rnn", "s6_bare", "mine_b", "mine_a"])
+    assert len(set(lines.values())) == 4 and to_hex("black") == lines["s6_bare"]
+    assert {legend[k] for k in ("mine_a", "mine_b")} == {lines["mine_a"], lines["mine_b"]}
+    legends = [lg for ax in vs_units.axes for lg in [ax.get_legend()] if lg] + vs_units.legends
+    by_name = {t.get_text(): to_hex(h.get_color()) for lg in legends
+               for t, h in zip(lg.get_texts(), lg.legend_handles)}
+    assert [by_name[arch_label(a)] for a in ("rnn", "s6_bare", "mine_a", "mine_b")] == \
+        [lines[a] for a in ("rnn", "s6_bare", "mine_a", "mine_b")]
+    assert drawn(["mine_a", "mine_b", "rnn"])[0]["mine_a"] == lines["mine_a"]
+
+
 def test_limit_per_cell_puts_many_cells_in_a_row_per_family():
     """Past FAMILY_ROWS cells, a row of panels per family of cells (memgrid.cells'
     Cell.family), in the order of each family's first cell; each panel draws its family's cells

@@ -42,6 +42,19 @@ ARCH_COLORS = {**_COLORS, **{a: _PALETTE[i % len(_PALETTE)]
                              for i, a in enumerate(a for a in ARCH_ORDER if a not in _COLORS)}}
 """One colour per arch in every figure, the same whatever cells join: the built-in cells' own,
 any other's (a cell added to memgrid.cells) from a palette of the rest."""
+_USER_COLORS = ["crimson", "dodgerblue", "darkorange", "limegreen", "darkviolet", "deeppink",
+                "darkcyan", "maroon"]
+"""Users' cells' colours: none of the built-in cells'."""
+
+
+def arch_color(arch: str, archs=()) -> str:
+    """The colour of `arch` in a figure of `archs`: a built-in cell's own (ARCH_COLORS), a
+    user's cell (memgrid.user_cells) one of _USER_COLORS, by its place among the figure's users'
+    cells in name order, so that two of them never share one."""
+    if arch in ARCH_COLORS:
+        return ARCH_COLORS[arch]
+    users = sorted({a for a in archs if a not in ARCH_COLORS} | {arch})
+    return _USER_COLORS[users.index(arch) % len(_USER_COLORS)]
 LAYER_MARKERS = "osD^vP*X"
 MarkerHalf = matplotlib.markers.MarkerStyle("o", fillstyle="left")
 """a half-filled circle: a limit no budget check covers, beside checked ones"""
@@ -290,7 +303,7 @@ def _depth_style(archs: list[str], layers: list[int]):
         cmap = matplotlib.colormaps["tab10"]
         colors = {l: cmap(i % 10) for i, l in enumerate(layers)}
         return (lambda a, l: colors[l]), marker, (lambda l: colors[l]), True
-    return (lambda a, l: ARCH_COLORS.get(a, "k")), marker, (lambda l: "0.4"), False
+    return (lambda a, l: arch_color(a, archs)), marker, (lambda l: "0.4"), False
 
 
 def _bound_lines(ax, layers: list[int], n_max: int, line_color) -> None:
@@ -308,7 +321,7 @@ def _depth_legend(archs, layers, color, marker, line_color, by_depth) -> list:
                       label=f"l = {l}; line: N - (l - 1)" if l > 1 else "l = 1; line: N")
                for k, l in enumerate(layers)]
     if not by_depth or len(archs) > 1:
-        handles = [Line2D([], [], color=ARCH_COLORS.get(a, "k"), lw=5, label=arch_label(a))
+        handles = [Line2D([], [], color=arch_color(a, archs), lw=5, label=arch_label(a))
                    for a in archs] + handles
     return handles
 
@@ -439,7 +452,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
     checked = any(v != "unchecked" for v in marks.values())
     for row, (family, members) in zip(axes, groups):
         for ax, l in zip(row, layers):
-            _draw_limits(ax, limits, members, l, marks, checked, p_top)
+            _draw_limits(ax, limits, members, l, marks, checked, p_top, archs)
             ticks = [t for t in (2, 4, 8, 16, 32, 64, 128, 256, 512)
                      if n_lo / 1.2 <= t <= n_hi * 1.2]
             ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -450,7 +463,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
                          + ("" if l == 1 else f"; line: N - {l - 1}"), fontsize=9.5)
             ax.grid(alpha=0.25)
         if family:      # the row's cells, upper left: the lines rise from the lower left
-            row[0].legend(handles=[_cell_handle(a) for a in members], fontsize=7.5,
+            row[0].legend(handles=[_cell_handle(a, archs) for a in members], fontsize=7.5,
                           loc="upper left")
     for ax in axes[-1]:
         ax.set_xlabel("N, the numbers the state holds (an LSTM's: c; log scale)")
@@ -459,7 +472,7 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
         axes[0][0].set_ylabel(ylabel, fontsize=8.5)
     else:
         fig.supylabel(ylabel, fontsize=9.5)
-    legend = [] if len(groups) > 1 else [_cell_handle(a) for a in archs]
+    legend = [] if len(groups) > 1 else [_cell_handle(a, archs) for a in archs]
     legend += [Line2D([], [], color="0.4", lw=1, label="limit = N - (l - 1)"),
                Line2D([], [], color="0.5", lw=0.8, ls=(0, (1, 3)), label=f"largest p ({p_top})"),
                Line2D([], [], color="0.3", marker="|", ls="", ms=9, label="bar: seeds' own limits"),
@@ -477,14 +490,15 @@ def plot_limit_per_cell(points: pd.DataFrame, threshold: float = THRESHOLD,
     return fig
 
 
-def _cell_handle(arch: str) -> Line2D:
-    return Line2D([], [], color=ARCH_COLORS.get(arch, "k"), lw=1.5, marker="o", ms=4,
+def _cell_handle(arch: str, archs: list[str]) -> Line2D:
+    return Line2D([], [], color=arch_color(arch, archs), lw=1.5, marker="o", ms=4,
                   label=arch_label(arch))
 
 
 def _draw_limits(ax, limits: pd.DataFrame, archs: list[str], l: int, marks: dict, checked: bool,
-                 p_top: int) -> None:
-    """One panel of :func:`plot_limit_per_cell`: the cells `archs` at depth `l`."""
+                 p_top: int, every: list[str]) -> None:
+    """One panel of :func:`plot_limit_per_cell`: the cells `archs` (of the figure's `every`) at
+    depth `l`."""
     n_lo, n_hi = int(limits["units"].min()), int(limits["units"].max())
     n = np.geomspace(max(l, n_lo) / 1.2, n_hi * 1.2, 50)
     ax.plot(n, n - (l - 1), color="0.4", lw=1, zorder=1)
@@ -499,7 +513,7 @@ def _draw_limits(ax, limits: pd.DataFrame, archs: list[str], l: int, marks: dict
         lim = panel[panel["arch"] == arch].sort_values("units")
         if lim.empty:
             continue
-        col = ARCH_COLORS.get(arch, "k")
+        col = arch_color(arch, every)
         dodge = 2 ** (0.1 * (peers[arch].index(arch) - (len(peers[arch]) - 1) / 2))
         x, y = lim["units"].to_numpy(float) * dodge, lim["limit"].to_numpy(float)
         ax.plot(x, y, color=col, lw=1.2, zorder=2, gid=arch)
