@@ -55,6 +55,8 @@ def arch_color(arch: str, archs=()) -> str:
         return ARCH_COLORS[arch]
     users = sorted({a for a in archs if a not in ARCH_COLORS} | {arch})
     return _USER_COLORS[users.index(arch) % len(_USER_COLORS)]
+
+
 LAYER_MARKERS = "osD^vP*X"
 MarkerHalf = matplotlib.markers.MarkerStyle("o", fillstyle="left")
 """a half-filled circle: a limit no budget check covers, beside checked ones"""
