@@ -517,7 +517,8 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
 
 
 def _recorded_cells(identity: dict, source: str) -> tuple:
-    """The user's cells a grid.json records (`cells`: name -> spec, origin, attr, sha256), as
+    """The user's cells a grid.json records (`cells`: name -> spec, origin, attr, sha256, and
+    the label where a run recorded one), as
     CellSources without their code: what they were, not loaded (a folder is read, and its
     analysis reads N from its rows, without running anybody's file)."""
     recorded = identity.get("cells") or {}
@@ -527,7 +528,8 @@ def _recorded_cells(identity: dict, source: str) -> tuple:
             for k, v in recorded.items()):
         raise ConfigError(f"{_where(source, 'cells')}: not a mapping of each cell's "
                           f"{', '.join(keys)}")
-    return tuple(user_cells.CellSource(*(v[f] for f in keys), code="", name=k)
+    return tuple(user_cells.CellSource(*(v[f] for f in keys), code="", name=k,
+                                       label=v["label"] if isinstance(v.get("label"), str) else "")
                  for k, v in recorded.items())
 
 

@@ -53,10 +53,14 @@ class CellSource:
     """the file's text"""
     name: str = ""
     """the Cell's own name (its `arch`), once loaded"""
+    label: str = ""
+    """the Cell's label, once loaded: how figures and tables name it"""
 
     def identity(self) -> dict:
-        """What a results folder's grid.json records of it (the code stays in the file)."""
-        return {"spec": self.spec, "origin": self.origin, "attr": self.attr, "sha256": self.sha256}
+        """What a results folder's grid.json records of it (the code stays in the file; the
+        label, where known, names the cell in the folder's analysis, which runs no file)."""
+        return {"spec": self.spec, "origin": self.origin, "attr": self.attr, "sha256": self.sha256,
+                **({"label": self.label} if self.label else {})}
 
     def to_dict(self) -> dict:
         """Everything, the code included: what a trial carries to a worker (:func:`from_dict`)."""
@@ -64,7 +68,8 @@ class CellSource:
 
     @staticmethod
     def from_dict(d: dict) -> "CellSource":
-        return CellSource(d["spec"], d["origin"], d["attr"], d["sha256"], d["code"], d["name"])
+        return CellSource(d["spec"], d["origin"], d["attr"], d["sha256"], d["code"], d["name"],
+                          d.get("label", ""))
 
     @property
     def text(self) -> str:
@@ -182,7 +187,7 @@ def register(cell: Cell, source: CellSource) -> Cell:
         other = have.spec if have else "a built-in cell"
         raise CellError(f"{source.spec}: its name {cell.name!r} is taken by {other}")
     CELLS[cell.name] = cell
-    _SOURCES[cell.name] = dataclasses.replace(source, name=cell.name)
+    _SOURCES[cell.name] = dataclasses.replace(source, name=cell.name, label=cell.label)
     return cell
 
 

@@ -1,6 +1,7 @@
 """Cells of the user's own (memgrid.user_cells): loaded by path, checked before anything runs,
 and a cell written for one network lifted to memgrid's packed layout."""
 
+import json
 import textwrap
 
 import pytest
@@ -200,6 +201,12 @@ def test_a_users_cell_runs_analyses_and_refuses_a_changed_file(tmp_path):
     assert a.returncode == 0 and (tmp_path / "report" / "limits.csv").exists(), a.stderr
     limits = pd.read_csv(tmp_path / "report" / "limits.csv")
     assert set(limits["arch"]) == {"my_tanh", "rnn"}
+    # the report names the cell by its label (the Cell's default: its name in capitals), which
+    # the folder's grid.json records
+    recorded = json.loads((out / "grid.json").read_text())["cells"]["my_tanh"]
+    assert recorded["label"] == "MY_TANH"
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "- **MY_TANH**: the limit" in report and "- **RNN**: the limit" in report
     (tmp_path / "gone.py").rename(cell_file)
     cell_file.write_text(cell_file.read_text() + "\n# tuned\n")
     before = sorted(p.name for p in (out / "points").iterdir())

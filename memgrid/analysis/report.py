@@ -29,7 +29,7 @@ from .plots import (plot_heatmaps, plot_limit_per_cell, plot_limits_by_budget,
 from .summary import (TASKS, archs_in_order, claim_sentences, count_sentence, has_variants, limits_table,
                       reach_sentences, settings_table, summary_grid)
 from .tables import (CONFIG, THRESHOLD, arch_label, budget_steps, fixed_length, load_curves,
-                     load_points, random_length, units, units_text, values_text,
+                     load_points, random_length, remember_labels, units, units_text, values_text,
                      variant_columns)
 
 MAX_ID_CHECK = 100_000
@@ -98,6 +98,16 @@ def _expected(identity: dict) -> int:
     """The number of points the grid's axes span."""
     axes = identity.get("axes", {})
     return math.prod(len(v) for v in axes.values()) if axes else 0
+
+
+def _remember_labels(identity: dict | None) -> None:
+    """The labels of the users' cells the folder's grid.json records, for the report's names
+    (memgrid.analysis.tables.remember_labels); nothing where it records none or will not read."""
+    from ..grid_file import grid_from_identity
+    try:
+        remember_labels(grid_from_identity(identity or {}))
+    except (KeyError, TypeError, ValueError):  # a grid.json from another memgrid version
+        pass
 
 
 def _grid_points(identity: dict | None, uri: str) -> tuple | None:
@@ -445,6 +455,7 @@ def write_report(results_uri: str, out_dir: str | Path | None = None,
     uri = str(results_uri)
     checks = [budget_check] if isinstance(budget_check, (str, Path)) else list(budget_check or [])
     identity = read_grid_identity(uri)
+    _remember_labels(identity)
     points = load_points(uri)
     with warnings.catch_warnings():  # print nothing: empty slices, layout hints
         warnings.simplefilter("ignore")

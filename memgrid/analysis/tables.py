@@ -86,12 +86,27 @@ ARCH_LABELS = {"esn": "ESN", "s6": "S6"}
 and a cell withdrawn whose rows are still read)."""
 
 
+RECORDED_LABELS: dict[str, str] = {}
+"""Labels of users' cells as the results folders read here record them (their grid.json's
+`cells`): a folder is analysed without running anybody's file. Filled by
+:func:`remember_labels`."""
+
+
+def remember_labels(grid) -> None:
+    """Keep the labels of the users' cells that `grid` (a :class:`memgrid.config.Grid` read
+    from a results folder's grid.json) records, for :func:`arch_label`."""
+    RECORDED_LABELS.update({s.name: s.label for s in grid.user_cells if s.label})
+
+
 def arch_label(arch: str) -> str:
     """How figures and tables name `arch`: its cell's `label` (``memgrid.cells``: `minGRU` for
-    `mingru`), else :data:`ARCH_LABELS` (the ESN, a cell whose rows outlive it), else as it is."""
+    `mingru`), else :data:`ARCH_LABELS` (the ESN, a cell whose rows outlive it), else the label
+    a results folder records of a user's cell (:func:`remember_labels`), else as it is."""
     from ..cells import CELLS
 
-    return CELLS[arch].label if arch in CELLS else ARCH_LABELS.get(arch, arch)
+    if arch in CELLS:
+        return CELLS[arch].label
+    return ARCH_LABELS.get(arch) or RECORDED_LABELS.get(arch, arch)
 
 
 def units_text(archs) -> str:
