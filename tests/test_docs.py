@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from memgrid import headline, reference
 from memgrid.cells import BLOCK_CONV, MAMBA_CONV
@@ -125,6 +126,19 @@ def _limit(name, arch, l, c):
     return headline.limits(headline.points(name)).set_index(headline.KEYS).loc[(arch, l, c)]
 
 
+def _two_channels_give_a_sign() -> bool:
+    """torch.nn.LayerNorm over two channels (the LRU's block's, memgrid.cells) gives +-(1, -1)
+    before its gain and bias wherever the two differ by more than a few hundredths."""
+    from memgrid.cells import _layer_norm
+
+    u = torch.randn(1, 2, 10_000, dtype=torch.float64)
+    apart = (u[0, 0] - u[0, 1]).abs() > 0.02
+    y = _layer_norm(u, torch.ones(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    return bool(apart.sum() > 9_000 and torch.allclose(y[0, 0], -y[0, 1])
+                and torch.allclose(y[0, 0, apart].abs(), torch.ones(int(apart.sum()),
+                                                                    dtype=torch.float64), atol=0.05))
+
+
 def test_readme_statements_hold_on_the_data():
     text = " ".join(README.read_text().split())
     tuned = headline.points("fig6_rnn_tuned")
@@ -172,6 +186,14 @@ def test_readme_statements_hold_on_the_data():
     seen = today.loc["lru"][~today.loc["lru", "censored"]]
     assert set(seen["limit"] - seen["units"]) == {1, 2, 3}
     assert (seen["units"].min(), seen["units"].max()) == (4, 24)
+    assert ("in its block it holds at least as much from c = 4 on, and 1 position at c = 2, "
+            "where a LayerNorm over two channels leaves the recurrence one sign per step") in text
+    block, alone = (today.loc[a].set_index(["layers", "cells"])["limit"]
+                    for a in ("lru_block", "lru"))
+    wide = block.index.get_level_values("cells") >= 4
+    assert (block[wide] >= alone[wide]).all() and wide.sum() == 8
+    assert (block[~wide] == 1).all() and (~wide).sum() == 2
+    assert _two_channels_give_a_sign()
     assert "Restricted to real lambda, the same unit holds 2 to 4 positions from N = 2 to 20" \
         in text
     assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
@@ -558,6 +580,31 @@ def test_reproduction_statements_hold_on_the_data():
     assert (rates.min(), rates.max()) == (0.003, 0.03)
     assert (archs["have"]["minlstm_block"], archs["axes"]["minlstm_block"]) == (500, 1350)
     assert archs["axes"]["minlstm_block"] - archs["want"]["minlstm_block"] == 850
+    # the LRU's block against the LRU alone
+    flat = " ".join(text.split())
+    assert "**The LRU's block holds what the LRU does, but at c = 2.**" in flat
+    lb, lru = lim.loc["lru_block"], lim.loc["lru"]
+    assert "holds with one layer N + 1 positions from N = 8 to N = 16 and N + 2 at N = 20, the " \
+        "LRU's own limits" in flat
+    one = lb.loc[1].drop(2)
+    assert list(one["limit"] - one["units"]) == [1, 1, 1, 2] and list(one["units"]) == [8, 12, 16, 20]
+    assert list(one["limit"]) == list(lru.loc[1].drop(2)["limit"]) and not one["censored"].any()
+    assert "and with two it passes p = 30, the last position the grid trains, at every size " \
+        "from N = 16 to N = 40, where the LRU alone holds 17 at N = 16 and 27 at N = 24" in flat
+    two = lb.loc[2].drop(2)
+    assert (two["limit"] == 30).all() and two["censored"].all() and \
+        list(two["units"]) == [16, 24, 32, 40]
+    assert list(lru.loc[2].loc[[4, 6], "limit"]) == [17, 27]
+    assert "With c = 2 it holds 1 position at both depths, where the LRU alone holds N + 1" in flat
+    assert list(lb.xs(2, level="cells")["limit"]) == [1, 1]
+    assert list(lru.xs(2, level="cells")["limit"] - lru.xs(2, level="cells")["units"]) == [1, 1]
+    assert "a LayerNorm over two channels gives ±(1, -1) before its gain and bias whenever the " \
+        "two differ by more than a few hundredths" in flat and _two_channels_give_a_sign()
+    rates = today[today["arch"] == "lru_block"]["lr"]
+    assert "Its tuning chose 0.003 or 0.01. 1,000 of its 1,220 points trained, and the 220 past" \
+        in flat and set(rates) == {0.003, 0.01}
+    assert (archs["have"]["lru_block"], archs["axes"]["lru_block"]) == (1000, 1220)
+    assert archs["axes"]["lru_block"] - archs["want"]["lru_block"] == 220
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)

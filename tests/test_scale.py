@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from collections import Counter
 
+import pandas as pd
 import pytest
 import torch
 
@@ -135,10 +136,14 @@ def test_the_shipped_results_are_found_by_their_grids():
 
 CPU_BOUND = ("lru", "lru_ring", "lru_real", "lru_block", "mamba", "mamba_lin", "mamba_complex",
              "s6_bare", "s6_bare_lin")
-"""today_cells' cells whose rows retrain bit for bit only on the kind of CPU that trained them,
-an Intel Xeon with AVX-512: on an AMD EPYC (Zen 4, AVX-512) the LRU's train apart in the last
+"""today_cells' cells whose rows retrain bit for bit only on the kind of CPU that trained them:
+an AMD EPYC (Zen 4, AVX-512) trains the LRU's apart from an Intel Xeon with AVX-512 in the last
 bits from the first epochs on, and the selective SSMs' stream MC differs in its 6th digit. The
 other cells' rows retrain bit for bit on both."""
+TRAINED_ON = {"GenuineIntel": ("lru", "lru_real", "s6_bare", "mamba"),
+              "AuthenticAMD": ("lru_block",)}
+"""which CPU's vendor trained today_cells' rows of each :data:`CPU_BOUND` cell (both with
+AVX-512; docs/data/README.md's provenance)"""
 
 
 def _retrain(name: str, where) -> tuple[int, int]:
@@ -163,18 +168,29 @@ def test_shipped_points_retrain_to_their_rows(name):
     assert _retrain(name, lambda r: r["arch"] not in CPU_BOUND) == (3, 0)
 
 
-@pytest.mark.parametrize("name", ["today_cells", "mamba_check"])
-def test_rows_that_round_by_cpu_retrain_on_the_kind_of_cpu_that_trained_them(name):
+def test_every_cpu_bound_cell_shipped_names_the_cpu_that_trained_it():
+    stored = set(pd.read_parquet(ROOT / "docs" / "data" / "today_cells" / "points",
+                                 columns=["arch"])["arch"])
+    named = [a for archs in TRAINED_ON.values() for a in archs]
+    assert sorted(named) == sorted(set(named)) and set(named) <= set(CPU_BOUND)
+    assert stored & set(CPU_BOUND) == set(named)
+
+
+@pytest.mark.parametrize("vendor, name", [("GenuineIntel", "today_cells"),
+                                          ("GenuineIntel", "mamba_check"),
+                                          ("AuthenticAMD", "today_cells")])
+def test_rows_that_round_by_cpu_retrain_on_the_kind_of_cpu_that_trained_them(vendor, name):
     """The rows of today_cells' :data:`CPU_BOUND` cells, and mamba_check's, trained on their
-    definitions under autograd (`kernel`: torch), retrain bit for bit on an Intel CPU with
-    AVX-512, the kind that trained them; elsewhere they agree to float rounding only."""
+    definitions under autograd (`kernel`: torch) on an Intel Xeon, retrain bit for bit on a CPU
+    of the vendor that trained them (:data:`TRAINED_ON`), with AVX-512; elsewhere they agree to
+    float rounding only."""
     from memgrid.fast.native import cpu_flags
 
     info = Path("/proc/cpuinfo")
-    intel = info.exists() and "GenuineIntel" in info.read_text()
-    if not (intel and "avx512f" in cpu_flags()):
-        pytest.skip("trained on an Intel CPU with AVX-512; this CPU rounds them otherwise")
-    assert _retrain(name, lambda r: r["arch"] in CPU_BOUND or r["kernel"] == "torch") == (3, 0)
+    if not (info.exists() and vendor in info.read_text() and "avx512f" in cpu_flags()):
+        pytest.skip(f"trained on a {vendor} CPU with AVX-512; this CPU rounds them otherwise")
+    assert _retrain(name, lambda r: r["arch"] in TRAINED_ON[vendor]
+                    or r["kernel"] == "torch") == (3, 0)
 
 
 def _random_grid(rng: random.Random) -> dict:
