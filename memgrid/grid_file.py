@@ -518,9 +518,9 @@ def grid_from_identity(identity: dict[str, Any], source: str = "grid.json",
 
 def _recorded_cells(identity: dict, source: str) -> tuple:
     """The user's cells a grid.json records (`cells`: name -> spec, origin, attr, sha256, and
-    the label where a run recorded one), as
-    CellSources without their code: what they were, not loaded (a folder is read, and its
-    analysis reads N from its rows, without running anybody's file)."""
+    the label where a run recorded one), as CellSources without their code: what they were, not
+    loaded (a folder is read, and its analysis reads N from its rows, without running anybody's
+    file)."""
     recorded = identity.get("cells") or {}
     keys = ("spec", "origin", "attr", "sha256")
     if not isinstance(recorded, dict) or not all(
