@@ -194,6 +194,10 @@ def test_readme_statements_hold_on_the_data():
     assert (block[wide] >= alone[wide]).all() and wide.sum() == 8
     assert (block[~wide] == 1).all() and (~wide).sum() == 2
     assert _two_channels_give_a_sign()
+    assert "started on its long-range ring it falls below N from N = 12" in text
+    ring = today.loc["lru_ring"].set_index("units")["limit"]
+    assert (ring[ring.index < 12] > ring.index[ring.index < 12]).all()
+    assert (ring[ring.index >= 12] < ring.index[ring.index >= 12]).all()
     assert "Restricted to real lambda, the same unit holds 2 to 4 positions from N = 2 to 20" \
         in text
     assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
@@ -605,6 +609,32 @@ def test_reproduction_statements_hold_on_the_data():
         in flat and set(rates) == {0.003, 0.01}
     assert (archs["have"]["lru_block"], archs["axes"]["lru_block"]) == (1000, 1220)
     assert archs["axes"]["lru_block"] - archs["want"]["lru_block"] == 220
+    # the LRU on its long-range ring against its default initialisation
+    assert "**On its long-range ring the LRU holds fewer.**" in flat
+    ring = lim.loc["lru_ring"]
+    assert not ring["censored"].any()
+    assert "holds N + 1 positions at N = 4 and 8 with one layer and at N = 8 with two, as the " \
+        "LRU with its default initialisation, and falls below N from there on" in flat
+    near = ring[ring["units"] <= 8]
+    assert list(zip(near["units"], near["limit"])) == [(4, 5), (8, 9), (8, 9)]
+    assert all((lru.loc[k, "limit"] == r.limit) for k, r in near.iterrows())
+    assert (ring[ring["units"] > 8]["limit"] < ring[ring["units"] > 8]["units"]).all()
+    assert "9, 11 and 14 with one layer at N = 12, 16 and 20 (the default: 13, 17 and 22)" in flat
+    assert list(ring.loc[1].loc[[6, 8, 10], "limit"]) == [9, 11, 14]
+    assert list(lru.loc[1].loc[[6, 8, 10], "limit"]) == [13, 17, 22]
+    assert "14 to 21 with two from N = 16 to N = 40 (the default: 17, 27 and past 30)" in flat
+    assert list(ring.loc[2].loc[[4, 10], "limit"]) == [14, 21] and \
+        ring.loc[2].drop(2)["limit"].between(14, 21).all()
+    assert list(lru.loc[2].loc[[4, 6], "limit"]) == [17, 27] and \
+        lru.loc[2].loc[[8, 10], "censored"].all()
+    assert "saw it fall short already at N = 4 and 8; at its best rate it does not there" in flat
+    one_rate = headline.limits(headline.points("lru_check")).set_index(headline.KEYS)
+    assert (one_rate.loc["lru_ring", "limit"] < one_rate.loc["lru", "limit"]).all()
+    rates = today[today["arch"] == "lru_ring"]["lr"]
+    assert "Its tuning chose 0.01 to 0.1. 800 of its 1,220 points trained, and the 420 past" \
+        in flat and (rates.min(), rates.max()) == (0.01, 0.1)
+    assert (archs["have"]["lru_ring"], archs["axes"]["lru_ring"]) == (800, 1220)
+    assert archs["axes"]["lru_ring"] - archs["want"]["lru_ring"] == 420
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
