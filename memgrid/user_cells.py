@@ -31,6 +31,18 @@ from typing import Any, Callable
 from .cells import CELLS, Cell, Shapes, uniform_init
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_LABEL_ODD = re.compile(r"[|$\\`<>]")
+
+
+def label_problem(label: Any) -> str | None:
+    """Why `label` cannot name a cell in the reports' tables and the figures (a table cell of
+    Markdown, a matplotlib text), or None: one printable line of up to 60 characters, none of
+    ``| $ \\ ` < >``."""
+    if not isinstance(label, str):
+        return f"is a {type(label).__name__}, not a str"
+    if not 0 < len(label) <= 60 or not label.isprintable() or _LABEL_ODD.search(label):
+        return "is not one printable line of 1 to 60 characters without | $ \\ ` < >"
+    return None
 
 
 class CellError(ValueError):
@@ -171,6 +183,10 @@ def load(source: CellSource) -> Cell:
     if not isinstance(cell.name, str) or not _NAME.fullmatch(cell.name):
         raise CellError(f"{source.spec}: its name {cell.name!r} is not lower-case letters, "
                         "digits and '_' (up to 40, a letter first): it is the points' arch")
+    why = label_problem(cell.label)
+    if why:
+        raise CellError(f"{source.spec}: its label {cell.label!r} {why}: it names the cell in "
+                        "tables and figures")
     return register(cell, source)
 
 

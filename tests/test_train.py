@@ -30,8 +30,9 @@ def test_rnn_learns_p1():
 
 
 def test_a_pack_says_where_its_time_went():
-    """PackTrainer.seconds: its phases (start, steps, evaluations, rows and stream MC) add up to
-    at most the wall time, each measured; steps take most of a pack trained to the end."""
+    """PackTrainer.seconds: its phases (start, steps, evaluations, rows and stream MC) are each
+    measured and, timed apart, add up to at most the wall time (which phase takes longest
+    depends on the machine's load: not asserted)."""
     import time
 
     t0 = time.perf_counter()
@@ -42,7 +43,7 @@ def test_a_pack_says_where_its_time_went():
     wall = time.perf_counter() - t0
     s = tr.seconds
     assert set(s) == {"start", "train", "evaluate", "mc"} and min(s.values()) > 0
-    assert sum(s.values()) <= wall and s["train"] > s["evaluate"]
+    assert sum(s.values()) <= wall
 
 
 # -- the stopping rule on synthetic curves ------------------------------------------------------

@@ -128,6 +128,10 @@ def test_a_cell_by_path_loads_registers_and_records_its_source(tmp_path, fresh_c
     ("raise RuntimeError('boom')\n", "cell.py:X", "RuntimeError: boom"),
     (GOOD.replace('"mine"', '"rnn"'), "cell.py:CELL", "'rnn' is taken by a built-in cell"),
     (GOOD.replace('"mine"', '"My Cell"'), "cell.py:CELL", "is not lower-case"),
+    (GOOD.replace('step)', 'step, label="a | b")'), "cell.py:CELL",
+     "its label 'a | b' is not one printable line of 1 to 60 characters without | $"),
+    (GOOD.replace('step)', 'step, label="two\\nlines")'), "cell.py:CELL", "its label 'two\\nlines' is not"),
+    (GOOD.replace('step)', 'step, label="$x^2$")'), "cell.py:CELL", "its label '$x^2$' is not"),
     (GOOD.replace("return h, (h,)", "return h[:, :1], (h,)"), "cell.py:CELL",
      "gave out of shape (2, 1, 3), not (K, c, B) = (2, 3, 3)"),
     (GOOD.replace("return h, (h,)", "return h, (h, h)"), "cell.py:CELL", "gave states"),
@@ -140,6 +144,22 @@ def test_a_broken_cell_is_one_line_naming_file_and_name(tmp_path, fresh_cells, b
         check(load(locate(spec, tmp_path)), [(1, 3), (2, 3)], spec)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(spec) and says in msg, msg
+
+
+def test_a_hand_edited_label_in_grid_json_is_passed_over(monkeypatch):
+    """A results folder's recorded labels name users' cells in its analysis; one that no cell
+    could carry (a `|` would split the report's table row) falls back to the arch."""
+    from types import SimpleNamespace
+
+    from memgrid.analysis import tables
+    from memgrid.user_cells import CellSource
+
+    monkeypatch.setattr(tables, "RECORDED_LABELS", {})
+    src = lambda name, label: CellSource(f"c.py:{name.upper()}", "/c.py", name.upper(), "0" * 64,
+                                         "", name, label)
+    tables.remember_labels(SimpleNamespace(user_cells=[src("good", "My cell (v2)"),
+                                                       src("bad", "a | b"), src("odd", "x\ny")]))
+    assert [tables.arch_label(a) for a in ("good", "bad", "odd")] == ["My cell (v2)", "bad", "odd"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,8 +94,12 @@ RECORDED_LABELS: dict[str, str] = {}
 
 def remember_labels(grid) -> None:
     """Keep the labels of the users' cells that `grid` (a :class:`memgrid.config.Grid` read
-    from a results folder's grid.json) records, for :func:`arch_label`."""
-    RECORDED_LABELS.update({s.name: s.label for s in grid.user_cells if s.label})
+    from a results folder's grid.json) records, for :func:`arch_label`; a label no cell could
+    carry (:func:`memgrid.user_cells.label_problem`: a hand-edited file's) is passed over."""
+    from ..user_cells import label_problem
+
+    RECORDED_LABELS.update({s.name: s.label for s in grid.user_cells
+                            if s.label and label_problem(s.label) is None})
 
 
 def arch_label(arch: str) -> str:
