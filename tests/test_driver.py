@@ -551,6 +551,10 @@ def test_embedded_ray_listens_on_loopback_only_and_ctrl_c_ends_it_cleanly(run_lo
     assert {"gcs_server", "raylet"} <= names, (procs, sockets)
     assert any(n.startswith("ray::DashboardA") for n in names), names
     assert any(n.startswith("ray::RuntimeEnv") for n in names), names
+    # its node agent minimal, whether or not ray[default] is installed (it is, here): no
+    # metrics server, its port recorded as -1
+    ports = list(run.ray_tmp.glob("ray/session_*/metrics_agent_port_*"))
+    assert {p.read_text().strip() for p in ports} == {"-1"}, ports     # (and session_latest)
     wide = [(procs[pid], addr, port) for pid, addr, port in sockets if not _loopback(addr)]
     assert wide == [], wide
     assert run.proc.poll() is None                 # the scan saw the run alive

@@ -51,16 +51,22 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
     # _node_ip_address by the machine's outward address unless Ray is told that this node is
     # no cluster (its ENABLE_RAY_CLUSTER switch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
     # laptops get by default); a cluster of one node needs no other address.
+    # No dashboard, and its node agent minimal, as where ray[default] is not installed: the
+    # agent's HTTP server (jobs, metrics, events) serves nothing an embedded run uses, and the
+    # raylet waits for the whole agent to load before it takes work (about 3 s of each start).
     from ray._private import ray_constants
+    from ray._private import utils as ray_utils
 
     private_auth_token()
     kwargs.update(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1")
-    cluster = ray_constants.ENABLE_RAY_CLUSTER
+    cluster, deps = ray_constants.ENABLE_RAY_CLUSTER, ray_utils.get_dashboard_dependency_error
     ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_utils.get_dashboard_dependency_error = lambda: ImportError("embedded: a minimal agent")
     try:
         _init(ray, kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
+        ray_utils.get_dashboard_dependency_error = deps
 
 
 def private_auth_token() -> Path | None:
