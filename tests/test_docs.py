@@ -203,13 +203,17 @@ def test_readme_statements_hold_on_the_data():
     assert set(today.loc["lru_real", "limit"]) == {2, 3, 4}
     assert (today.loc["lru_real", "units"].min(), today.loc["lru_real", "units"].max()) == (2, 20)
     assert ("The **selective SSM** holds 2 to 4 positions from N = 8 to 80 behind an affine "
-            "input, at its best rate in 5 seeds; in **Mamba's block** it holds 5 or 6 with one "
+            "input, at its best rate in 5 seeds (started on the real part of S4D-Lin, within one "
+            "position of that at every size); in **Mamba's block** it holds 5 or 6 with one "
             "layer and 8 to 10 with two, from N = 14 to 140: one to three more than its "
             "convolutions reach, far below its N (all 10 within their seeds' spread at twice the "
             "budget, where two layers of 10 hold 20: past p = 10 the target is one of a "
             "sequence's first six inputs)") in text
     assert set(today.loc["s6_bare", "limit"]) == {2, 3, 4}
     assert (today.loc["s6_bare", "units"].min(), today.loc["s6_bare", "units"].max()) == (8, 80)
+    lin = today.loc["s6_bare_lin"].set_index(["layers", "cells"])
+    real = today.loc["s6_bare"].set_index(["layers", "cells"])
+    assert len(lin) == 10 and (lin["limit"] - real["limit"]).abs().max() == 1
     mamba = today.loc["mamba"].set_index("layers")
     assert set(mamba.loc[1, "limit"]) == {5, 6} and set(mamba.loc[2, "limit"]) == {8, 10}
     assert (mamba["units"].min(), mamba["units"].max()) == (14, 140)
@@ -635,6 +639,28 @@ def test_reproduction_statements_hold_on_the_data():
         in flat and (rates.min(), rates.max()) == (0.01, 0.1)
     assert (archs["have"]["lru_ring"], archs["axes"]["lru_ring"]) == (800, 1220)
     assert archs["axes"]["lru_ring"] - archs["want"]["lru_ring"] == 420
+    # the bare SSM on the real part of S4D-Lin against S4D-Real
+    assert "**Started on the real part of S4D-Lin, the bare SSM holds what it does on " \
+        "S4D-Real.**" in flat
+    lin, real = lim.loc["s6_bare_lin"], lim.loc["s6_bare"]
+    assert not lin["censored"].any()
+    assert "holds 3 positions with one layer from N = 16 to N = 40 (2 at N = 8), and 4 or 5 " \
+        "with two from N = 32 to N = 80 (1 at N = 16): within one position of S4D-Real's limit " \
+        "at every size" in flat
+    assert list(lin.loc[1, "limit"]) == [2, 3, 3, 3, 3] and list(lin.loc[1, "units"]) == [8, 16, 24, 32, 40]
+    assert list(lin.loc[2, "limit"]) == [1, 4, 4, 5, 4] and list(lin.loc[2, "units"]) == [16, 32, 48, 64, 80]
+    assert (lin["limit"] - real["limit"]).abs().max() == 1
+    from memgrid.cells import CELLS
+    a = lambda arch: CELLS[arch].init("a_log", (1, 4), 1, 1, lambda n: torch.rand(1, n),
+                                      {"w_in": torch.zeros(1, 1)})
+    assert "A started at -1/2 for every state number" in flat and "starts at A = -(1..4)" in flat
+    assert (-a("s6_bare_lin").exp()).tolist() == [[-0.5] * 4]
+    assert (-a("s6_bare").exp()).tolist() == [[-1.0, -2.0, -3.0, -4.0]]
+    rates = today[today["arch"] == "s6_bare_lin"]["lr"]
+    assert "Its tuning chose 0.01 or 0.03. 320 of its 1,430 points trained, and the 1,110 past" \
+        in flat and set(rates) == {0.01, 0.03}
+    assert (archs["have"]["s6_bare_lin"], archs["axes"]["s6_bare_lin"]) == (320, 1430)
+    assert archs["axes"]["s6_bare_lin"] - archs["want"]["s6_bare_lin"] == 1110
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
