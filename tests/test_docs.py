@@ -661,6 +661,16 @@ def test_reproduction_statements_hold_on_the_data():
         in flat and set(rates) == {0.01, 0.03}
     assert (archs["have"]["s6_bare_lin"], archs["axes"]["s6_bare_lin"]) == (320, 1430)
     assert archs["axes"]["s6_bare_lin"] - archs["want"]["s6_bare_lin"] == 1110
+    marks = {k[1:]: v for k, v in headline.convergence({"today_cells"}).items()
+             if k[0] == "s6_bare_lin"}
+    assert "all 10 of its limits stay within their seeds' spread: six stay where they are, three " \
+        "move by one position, and two layers of 2 move from 1 to 3, where its seeds hold 1 to 4" \
+        in flat
+    assert len(marks) == 10 and all(v.startswith("yes (2x, seeds 0..2") for v in marks.values())
+    moved = {k: v.split(": ")[1].rstrip(")") for k, v in marks.items() if ": " in v}
+    assert len(moved) == 4 and moved.pop((2, 2)) == "1 -> 3"
+    assert all(abs(int(a) - int(b)) == 1 for a, b in (m.split(" -> ") for m in moved.values()))
+    assert tuple(lin.loc[2].loc[2, ["seed_min", "seed_max"]]) == (1, 4)
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
