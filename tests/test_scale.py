@@ -141,7 +141,7 @@ an AMD EPYC (Zen 4, AVX-512) trains the LRU's apart from an Intel Xeon with AVX-
 bits from the first epochs on, and the selective SSMs' stream MC differs in its 6th digit. The
 other cells' rows retrain bit for bit on both."""
 TRAINED_ON = {"GenuineIntel": ("lru", "lru_real", "s6_bare", "mamba"),
-              "AuthenticAMD": ("lru_block", "lru_ring", "s6_bare_lin")}
+              "AuthenticAMD": ("lru_block", "lru_ring", "s6_bare_lin", "mamba_lin")}
 """which CPU's vendor trained today_cells' rows of each :data:`CPU_BOUND` cell (both with
 AVX-512; docs/data/README.md's provenance)"""
 
