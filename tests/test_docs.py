@@ -205,7 +205,8 @@ def test_readme_statements_hold_on_the_data():
     assert ("The **selective SSM** holds 2 to 4 positions from N = 8 to 80 behind an affine "
             "input, at its best rate in 5 seeds (started on the real part of S4D-Lin, within one "
             "position of that at every size); in **Mamba's block** it holds 5 or 6 with one "
-            "layer and 8 to 10 with two, from N = 14 to 140: one to three more than its "
+            "layer and 8 to 10 with two, from N = 14 to 140 (started on the real part of S4D-Lin, "
+            "within one position of that): one to three more than its "
             "convolutions reach, far below its N (all 10 within their seeds' spread at twice the "
             "budget, where two layers of 10 hold 20: past p = 10 the target is one of a "
             "sequence's first six inputs)") in text
@@ -214,6 +215,9 @@ def test_readme_statements_hold_on_the_data():
     lin = today.loc["s6_bare_lin"].set_index(["layers", "cells"])
     real = today.loc["s6_bare"].set_index(["layers", "cells"])
     assert len(lin) == 10 and (lin["limit"] - real["limit"]).abs().max() == 1
+    mlin = today.loc["mamba_lin"].set_index(["layers", "cells"])
+    assert len(mlin) == 10 and (mlin["limit"] - today.loc["mamba"].set_index(
+        ["layers", "cells"])["limit"]).abs().max() == 1
     mamba = today.loc["mamba"].set_index("layers")
     assert set(mamba.loc[1, "limit"]) == {5, 6} and set(mamba.loc[2, "limit"]) == {8, 10}
     assert (mamba["units"].min(), mamba["units"].max()) == (14, 140)
@@ -671,6 +675,27 @@ def test_reproduction_statements_hold_on_the_data():
     assert len(moved) == 4 and moved.pop((2, 2)) == "1 -> 3"
     assert all(abs(int(a) - int(b)) == 1 for a, b in (m.split(" -> ") for m in moved.values()))
     assert tuple(lin.loc[2].loc[2, ["seed_min", "seed_max"]]) == (1, 4)
+    # Mamba's block on the real part of S4D-Lin against S4D-Real
+    assert "**Started on the real part of S4D-Lin, Mamba's block holds what it does on " \
+        "S4D-Real.**" in flat
+    mlin, mreal = lim.loc["mamba_lin"], lim.loc["mamba"]
+    assert not mlin["censored"].any() and (mlin["units"] == mreal["units"]).all()
+    assert "holds Mamba's own limits with one layer, 5 positions at N = 14 and 6 from N = 28 to " \
+        "N = 70, and 7 to 11 with two, from N = 28 to N = 140: within one position of Mamba on " \
+        "S4D-Real at every size" in flat
+    assert list(mlin.loc[1, "limit"]) == list(mreal.loc[1, "limit"]) == [5, 6, 6, 6, 6]
+    assert list(mlin.loc[1, "units"]) == [14, 28, 42, 56, 70]
+    assert (mlin.loc[2, "limit"].min(), mlin.loc[2, "limit"].max()) == (7, 11)
+    assert list(mlin.loc[2, "units"]) == [28, 56, 84, 112, 140]
+    assert (mlin["limit"] - mreal["limit"]).abs().max() == 1
+    assert "with its SSM's A started at -1/2 for every state number" in flat
+    assert (-a("mamba_lin").exp()).tolist() == [[-0.5] * 4]
+    assert (-a("mamba").exp()).tolist() == [[-1.0, -2.0, -3.0, -4.0]]
+    rates = today[today["arch"] == "mamba_lin"]["lr"]
+    assert "Its tuning chose 0.01 or 0.03. 540 of its 1,490 points trained, and the 950 past" \
+        in flat and set(rates) == {0.01, 0.03}
+    assert (archs["have"]["mamba_lin"], archs["axes"]["mamba_lin"]) == (540, 1490)
+    assert archs["axes"]["mamba_lin"] - archs["want"]["mamba_lin"] == 950
     # the history: every seed of two layers of 8 and 10 fails p = 9, most pass from p = 10
     wide = today[(today["arch"] == "mingru_block") & (today["layers"] == 2)
                  & (today["cells"] >= 8)].assign(ok=lambda d: d["loss"] < 0.05)
