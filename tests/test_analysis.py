@@ -874,3 +874,27 @@ def test_report_of_a_no_plateau_run_says_what_the_stop_would_change(tmp_path):
     assert "## What the plateau stop would change" in text
     assert "1 of 2 points would stop at the plateau, saving 17% of the epochs" in text  # 1000 of 6000
     assert "(lost 0, gained 0)" in text
+
+
+def test_every_cell_has_its_own_colour_that_reads_on_white():
+    """Each built-in cell's colour is its own (as RGB, not only as a name), no user's cell gets
+    one of them, and every line stands out from the white of the axes: a contrast ratio of at
+    least 2 (WCAG's relative luminance; gold, 1.4, fails)."""
+    import matplotlib.colors
+
+    from memgrid.analysis.plots import _USER_COLORS, ARCH_COLORS, arch_color
+
+    def contrast_on_white(c):
+        lin = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4
+               for x in matplotlib.colors.to_rgb(c)]
+        return 1.05 / (0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] + 0.05)
+
+    builtin = [matplotlib.colors.to_hex(c) for c in ARCH_COLORS.values()]
+    users = [matplotlib.colors.to_hex(c) for c in _USER_COLORS]
+    assert len(set(builtin)) == len(builtin) and len(set(users)) == len(users)
+    assert not set(builtin) & set(users)
+    weak = {c: round(contrast_on_white(c), 2) for c in [*ARCH_COLORS.values(), *_USER_COLORS]
+            if contrast_on_white(c) < 2}
+    assert not weak, weak
+    assert contrast_on_white("gold") < 2 and contrast_on_white("black") == pytest.approx(21)
+    assert arch_color("a.py:CELL", ["a.py:CELL", "rnn"]) == _USER_COLORS[0]

@@ -35,7 +35,7 @@ _COLORS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green", "mingru"
            "minlstm": "tab:brown", "mingru_block": "tab:pink", "minlstm_block": "rosybrown",
            "lru": "tab:cyan", "lru_ring": "tab:gray", "lru_real": "tab:olive",
            "lru_block": "navy", "mamba": "darkgoldenrod", "s6_bare": "black",
-           "mamba_lin": "gold", "mamba_complex": "sienna", "s6_bare_lin": "slategray",
+           "mamba_lin": "mediumvioletred", "mamba_complex": "sienna", "s6_bare_lin": "slategray",
            "esn": "tab:purple"}
 _PALETTE = ["lightseagreen", "orchid", "peru", "darkred", "teal", "indigo", "olivedrab"]
 ARCH_COLORS = {**_COLORS, **{a: _PALETTE[i % len(_PALETTE)]
