@@ -146,9 +146,10 @@ def _fmt(limit: int, censored: bool) -> str:
 def convergence(bases: set[str] | None = None) -> dict[tuple, str]:
     """(arch, layers, cells) -> e.g. `yes (2x, seeds 0..2)`, `yes (2x, seeds 0..2: 3 -> 2)` or
     `no (2x, seeds 0..2: 10 -> 13)`: the limit on the seeds that a run at the protocol's budget
-    and a shipped run at a larger budget share, compared; yes where it moves by no more than
-    the spread of the run's seeds' own limits (the module's definition of converged); every
-    check of a configuration, joined by `; `. `bases`: only the checks of these runs."""
+    and a shipped run at a larger budget share, at the positions both ran, compared; yes where
+    it moves by no more than the spread of the run's seeds' own limits (the module's definition
+    of converged); every check of a configuration, joined by `; `. `bases`: only the checks of
+    these runs."""
     out: dict[tuple, list[str]] = {}
     for base, check, factor in BUDGET_CHECKS:
         if bases is not None and base not in bases:
@@ -158,15 +159,18 @@ def convergence(bases: set[str] | None = None) -> dict[tuple, str]:
         less = points(base)
         whole = limits(less).set_index(KEYS)
         spread = whole["seed_max"] - whole["seed_min"]
+        ran = limits(more).set_index(KEYS)
         # paired: the seeds both hold, at the positions both ran
-        less = less[less["seed"].isin(seeds)].merge(
-            more[KEYS + ["position"]].drop_duplicates(), on=KEYS + ["position"])
+        less = less[less["seed"].isin(seeds)]
+        both = less[KEYS + ["position"]].drop_duplicates().merge(
+            more[KEYS + ["position"]].drop_duplicates())
+        less, more = less.merge(both), more.merge(both)
         a, b = limits(less).set_index(KEYS), limits(more).set_index(KEYS)
         where = f"{factor}, seeds {seeds[0]}..{seeds[-1]}"
         for key in a.index.intersection(b.index):
             # where one ran positions the other did not, a limit that reaches its last
             # position is a lower bound: the move is known to be at least, or at most, so much
-            cut = not a.loc[key, "p_max"] == b.loc[key, "p_max"] == whole.loc[key, "p_max"]
+            cut = not a.loc[key, "p_max"] == whole.loc[key, "p_max"] == ran.loc[key, "p_max"]
             top_a = math.inf if cut and a.loc[key, "censored"] else int(a.loc[key, "limit"])
             top_b = math.inf if cut and b.loc[key, "censored"] else int(b.loc[key, "limit"])
             least, most = int(b.loc[key, "limit"]) - top_a, top_b - int(a.loc[key, "limit"])
