@@ -305,8 +305,19 @@ def test_the_guide_lists_every_grid_file_with_its_points():
     assert sorted(named) == sorted(p.name for p in (ROOT / "tune_configs").glob("*.yaml"))
 
 
+def _walked(archs: dict, arch: str) -> tuple[int, int, int]:
+    """A walked cell of today_cells: (points trained, points of its axes, points left out past
+    its settled limits), from memgrid.headline.today_archs."""
+    return archs["have"][arch], archs["axes"][arch], archs["axes"][arch] - archs["want"][arch]
+
+
 def test_reproduction_statements_hold_on_the_data():
     text = " ".join(REPRO.read_text().split())
+    today_marks = headline.convergence({"today_cells"})      # the page's marks, read once
+
+    def marks_of(arch):
+        return {k[1:]: v for k, v in today_marks.items() if k[0] == arch}
+
     # Figure 4
     assert "Under both protocols the limit is 5 = c, and p = 6..8 stay in between" in text
     for name in ("fig4_rnn", "fig4_rnn-paper"):
@@ -445,7 +456,7 @@ def test_reproduction_statements_hold_on_the_data():
     assert "Its tuning chose 0.003 or 0.01" in text
     assert set(today[today["arch"] == "lru"]["lr"]) == {0.003, 0.01}
     assert "every one of its 10 limits stays within its seeds' spread, the two past p = 30" in text
-    marks = headline.convergence({"today_cells"})
+    marks = today_marks
     assert len(lru_t) == 10 and all(marks[("lru", *k)].startswith("yes") for k in lru_t.index)
     assert "**The same unit with real lambda holds 2 to 4.**" in text
     real = lim.loc["lru_real"]
@@ -455,7 +466,6 @@ def test_reproduction_statements_hold_on_the_data():
     assert set(real.loc[2, "limit"]) == {3, 4} and list(real.loc[2, "units"]) == [4, 8, 12, 16, 20]
     assert "At twice the budget 9 of its 10 limits stay within their seeds' spread" in text
     assert "the one at N = 10 with one layer moves from 2 to 3" in text
-    marks = headline.convergence({"today_cells"})
     moved = [k for k in real.index if marks[("lru_real", *k)].startswith("no")]
     assert moved == [(1, 10)] and marks[("lru_real", 1, 10)].endswith(": 2 -> 3)")
     assert "**The RNN beside them reaches its bound.**" in text
@@ -504,8 +514,7 @@ def test_reproduction_statements_hold_on_the_data():
         for l in (1, 2) for c in (2, 4, 6, 8, 10)}
     assert "At twice the budget 9 of its 10 limits stay where they are, and the one at N = 16" \
         " moves from 2 to 4, within its seeds' own range (2..4): all 10 are converged" in text
-    marks = headline.convergence({"today_cells"})
-    s6_marks = {k[1:]: v for k, v in marks.items() if k[0] == "s6_bare"}
+    s6_marks = marks_of("s6_bare")
     assert len(s6_marks) == 10 and all(v.startswith("yes") for v in s6_marks.values())
     assert [k for k, v in s6_marks.items() if "->" in v] == [(2, 2)]
     assert s6_marks[(2, 2)].endswith(": 2 -> 4)") and tuple(s6.loc[(2, 2), ["seed_min",
@@ -526,7 +535,7 @@ def test_reproduction_statements_hold_on_the_data():
     assert (rates.min(), rates.max()) == (0.003, 0.03)
     assert "all 10 of its limits stay within their seeds' spread, and two layers of 10 move " \
         "from 10 to 20 (seeds 9..30 at twice the budget, 10..24 at once)" in text
-    mamba_marks = {k[1:]: v for k, v in marks.items() if k[0] == "mamba"}
+    mamba_marks = marks_of("mamba")
     assert len(mamba_marks) == 10 and all(v.startswith("yes") for v in mamba_marks.values())
     more = headline.points("today_cells_mamba_budget_check-2x")
     check = headline.limits(more[more["arch"] == "mamba"]).set_index(["layers", "cells"])
@@ -559,10 +568,8 @@ def test_reproduction_statements_hold_on_the_data():
     archs = headline.today_archs()
     assert "538 of its 1,350 points trained, and the 812 past its settled limits were left out" \
         in text
-    assert (archs["have"]["mingru_block"], archs["axes"]["mingru_block"]) == (538, 1350)
-    assert archs["axes"]["mingru_block"] - archs["want"]["mingru_block"] == 812
-    marks = {k[1:]: v for k, v in headline.convergence({"today_cells"}).items()
-             if k[0] == "mingru_block"}
+    assert _walked(archs, "mingru_block") == (538, 1350, 812)
+    marks = marks_of("mingru_block")
     assert "At twice the budget (`tune_configs/today_cells_block_budget_check.yaml`, its own " \
         "tuning, walked) 8 of its 10 limits stay within their seeds' spread" in text
     assert len(marks) == 10 and sum(v.startswith("yes") for v in marks.values()) == 8
@@ -597,8 +604,7 @@ def test_reproduction_statements_hold_on_the_data():
     assert "Its tuning chose 0.003 to 0.03. 500 of its 1,350 points trained, and the 850 past" \
         in " ".join(text.split())
     assert (rates.min(), rates.max()) == (0.003, 0.03)
-    assert (archs["have"]["minlstm_block"], archs["axes"]["minlstm_block"]) == (500, 1350)
-    assert archs["axes"]["minlstm_block"] - archs["want"]["minlstm_block"] == 850
+    assert _walked(archs, "minlstm_block") == (500, 1350, 850)
     # the LRU's block against the LRU alone
     flat = " ".join(text.split())
     assert "**The LRU's block holds at least what the LRU does, but at c = 2.**" in flat
@@ -622,8 +628,7 @@ def test_reproduction_statements_hold_on_the_data():
     rates = today[today["arch"] == "lru_block"]["lr"]
     assert "Its tuning chose 0.003 or 0.01. 1,000 of its 1,220 points trained, and the 220 past" \
         in flat and set(rates) == {0.003, 0.01}
-    assert (archs["have"]["lru_block"], archs["axes"]["lru_block"]) == (1000, 1220)
-    assert archs["axes"]["lru_block"] - archs["want"]["lru_block"] == 220
+    assert _walked(archs, "lru_block") == (1000, 1220, 220)
     # the LRU on its long-range ring against its default initialisation
     assert "**On its long-range ring the LRU holds fewer.**" in flat
     ring = lim.loc["lru_ring"]
@@ -648,8 +653,7 @@ def test_reproduction_statements_hold_on_the_data():
     rates = today[today["arch"] == "lru_ring"]["lr"]
     assert "Its tuning chose 0.01 to 0.1. 800 of its 1,220 points trained, and the 420 past" \
         in flat and (rates.min(), rates.max()) == (0.01, 0.1)
-    assert (archs["have"]["lru_ring"], archs["axes"]["lru_ring"]) == (800, 1220)
-    assert archs["axes"]["lru_ring"] - archs["want"]["lru_ring"] == 420
+    assert _walked(archs, "lru_ring") == (800, 1220, 420)
     # the bare SSM on the real part of S4D-Lin against S4D-Real
     assert "**Started on the real part of S4D-Lin, the bare SSM holds what it does on " \
         "S4D-Real.**" in flat
@@ -670,10 +674,8 @@ def test_reproduction_statements_hold_on_the_data():
     rates = today[today["arch"] == "s6_bare_lin"]["lr"]
     assert "Its tuning chose 0.01 or 0.03. 320 of its 1,430 points trained, and the 1,110 past" \
         in flat and set(rates) == {0.01, 0.03}
-    assert (archs["have"]["s6_bare_lin"], archs["axes"]["s6_bare_lin"]) == (320, 1430)
-    assert archs["axes"]["s6_bare_lin"] - archs["want"]["s6_bare_lin"] == 1110
-    marks = {k[1:]: v for k, v in headline.convergence({"today_cells"}).items()
-             if k[0] == "s6_bare_lin"}
+    assert _walked(archs, "s6_bare_lin") == (320, 1430, 1110)
+    marks = marks_of("s6_bare_lin")
     assert "all 10 of its limits stay within their seeds' spread: six stay where they are, three " \
         "move by one position, and two layers of 2 move from 1 to 3, where its seeds hold 1 to 4" \
         in flat
@@ -701,10 +703,8 @@ def test_reproduction_statements_hold_on_the_data():
     rates = today[today["arch"] == "mamba_lin"]["lr"]
     assert "Its tuning chose 0.01 or 0.03. 540 of its 1,490 points trained, and the 950 past" \
         in flat and set(rates) == {0.01, 0.03}
-    assert (archs["have"]["mamba_lin"], archs["axes"]["mamba_lin"]) == (540, 1490)
-    assert archs["axes"]["mamba_lin"] - archs["want"]["mamba_lin"] == 950
-    marks = {k[1:]: v for k, v in headline.convergence({"today_cells"}).items()
-             if k[0] == "mamba_lin"}
+    assert _walked(archs, "mamba_lin") == (540, 1490, 950)
+    marks = marks_of("mamba_lin")
     assert "grown by it) 8 of its 10 limits stay within their seeds' spread. On seeds 0..2 two " \
         "layers of 10 move from 10 to at least 12, the last position both runs trained, and two " \
         "layers of 8 from 14 to at least 16, which may or may not pass their seeds' spread (9 " \
